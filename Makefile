@@ -1,0 +1,48 @@
+# micebench developer entry points. `make demo` and `make test` each install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU build by default so a laptop/CI never downloads a multi-GB CUDA wheel; override on GPU boxes,
+# e.g. `make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+TORCH_SPEC ?= torch==2.13.0
+# Local mirror of collections (BEIR layout); used when present, otherwise ir_datasets downloads.
+MICEBENCH_DATA ?= $(firstword $(wildcard ../shared/data))
+export MICEBENCH_DATA
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+export IR_DATASETS_HOME ?= $(CURDIR)/.cache/ir_datasets
+export TOKENIZERS_PARALLELISM ?= false
+DEMO_RESULTS ?= results/demo
+
+.PHONY: install test test-fast demo lint clean
+
+$(BIN)/micebench: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(BIN)/micebench
+
+install: $(BIN)/micebench
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check micebench tests benchmarks
+	$(BIN)/ruff format --check micebench tests benchmarks
+
+demo: install
+	$(BIN)/micebench datasets
+	$(BIN)/micebench run --model bm25 --dataset scifact --first-stage bm25 --top-k 1000 --output $(DEMO_RESULTS) --overwrite
+	$(BIN)/micebench run --model dense --dataset scifact --first-stage full --top-k 1000 --output $(DEMO_RESULTS) --overwrite
+	@if $(BIN)/micebench datasets --quiet-check trec-dl-19 2>/dev/null; then \
+	  $(BIN)/micebench run --model bm25 --dataset trec-dl-19 --output $(DEMO_RESULTS) --overwrite && \
+	  $(BIN)/micebench run --model dense --dataset trec-dl-19 --output $(DEMO_RESULTS) --overwrite; \
+	else echo "TREC DL 2019 is not mirrored locally (set MICEBENCH_DATA); skipping it."; fi
+	$(BIN)/micebench results $(DEMO_RESULTS)
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info

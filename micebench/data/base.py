@@ -1,0 +1,61 @@
+"""The dataset contract every collection source (local folder, ir_datasets) implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+
+from micebench.data.trec import Qrels, Run
+
+
+def join_title(title: str | None, text: str | None) -> str:
+    """Document text as BEIR and MTEB build it: title, a space, then the body (title omitted when empty)."""
+    title = (title or "").strip()
+    text = text or ""
+    return f"{title} {text}" if title else text
+
+
+class Dataset(ABC):
+    """A test collection: queries, judgements for one split, a streamable corpus, optional candidates."""
+
+    #: the name the user gave, used for result folders
+    name: str
+    #: where it resolved, e.g. ``local:/data/scifact`` or ``ir_datasets:beir/scifact/test``
+    source: str
+
+    @abstractmethod
+    def queries(self) -> dict[str, str]:
+        """All queries of the split as {qid: text}."""
+
+    @abstractmethod
+    def qrels(self) -> Qrels:
+        """Judgements of the split as {qid: {docno: grade}}."""
+
+    @abstractmethod
+    def iter_docs(self) -> Iterator[tuple[str, str]]:
+        """Stream the corpus as (docno, text) without holding it in memory."""
+
+    @abstractmethod
+    def doc_texts(self, docnos: Iterable[str]) -> dict[str, str]:
+        """Texts of the given documents only; ids absent from the corpus are left out."""
+
+    def candidate_names(self) -> list[str]:
+        """Names of the first-stage runs that ship with the dataset (e.g. ``bm25``)."""
+        return []
+
+    def candidates(self, name: str) -> Run:
+        """A shipped first-stage run by name."""
+        raise KeyError(name)
+
+    def fingerprint(self) -> str:
+        """A string that changes when the corpus changes; keys on-disk caches such as BM25 indexes."""
+        return self.source
+
+    def judged_queries(self) -> dict[str, str]:
+        """Queries that have at least one judgement in the split: the ones that are evaluated."""
+        qrels = self.qrels()
+        return {qid: text for qid, text in self.queries().items() if qid in qrels}
+
+    def describe(self) -> dict[str, str]:
+        """A small provenance record for manifests."""
+        return {"name": self.name, "source": self.source, "fingerprint": self.fingerprint()}

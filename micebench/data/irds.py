@@ -1,0 +1,84 @@
+"""Collections served by ir_datasets (downloaded and cached by ir_datasets itself)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from micebench.data.base import Dataset, join_title
+from micebench.data.trec import Qrels, Run
+from micebench.errors import DataError, UnknownNameError
+
+
+def _import_irds() -> Any:
+    import ir_datasets
+
+    return ir_datasets
+
+
+def irds_has(dataset_id: str) -> bool:
+    """True when ir_datasets knows the id (no download happens)."""
+    return dataset_id in _import_irds().registry
+
+
+def _doc_text(doc: Any) -> str:
+    fields = doc._fields
+    if "title" in fields and "text" in fields:
+        return join_title(doc.title, doc.text)
+    return doc.default_text()
+
+
+def _query_text(query: Any) -> str:
+    return query.text if "text" in query._fields else query.default_text()
+
+
+class IrDatasetsDataset(Dataset):
+    """An ir_datasets id, e.g. ``msmarco-passage/trec-dl-2019/judged`` or ``beir/scifact/test``."""
+
+    def __init__(self, dataset_id: str, name: str | None = None):
+        irds = _import_irds()
+        if dataset_id not in irds.registry:
+            raise UnknownNameError(f"unknown ir_datasets id: {dataset_id!r}")
+        self.dataset_id = dataset_id
+        self._ds = irds.load(dataset_id)
+        if not self._ds.has_queries() or not self._ds.has_qrels():
+            raise DataError(f"ir_datasets id {dataset_id!r} has no queries/qrels to evaluate against")
+        self.name = name or dataset_id
+        self.source = f"ir_datasets:{dataset_id}"
+        self._queries: dict[str, str] | None = None
+        self._qrels: Qrels | None = None
+
+    def queries(self) -> dict[str, str]:
+        if self._queries is None:
+            self._queries = {q.query_id: _query_text(q) for q in self._ds.queries_iter()}
+        return self._queries
+
+    def qrels(self) -> Qrels:
+        if self._qrels is None:
+            qrels: Qrels = {}
+            for row in self._ds.qrels_iter():
+                qrels.setdefault(row.query_id, {})[row.doc_id] = int(row.relevance)
+            self._qrels = qrels
+        return self._qrels
+
+    def iter_docs(self) -> Iterator[tuple[str, str]]:
+        for doc in self._ds.docs_iter():
+            yield doc.doc_id, _doc_text(doc)
+
+    def doc_texts(self, docnos: Iterable[str]) -> dict[str, str]:
+        store = self._ds.docs_store()
+        return {docno: _doc_text(doc) for docno, doc in store.get_many(list(set(docnos))).items()}
+
+    def candidate_names(self) -> list[str]:
+        return ["bm25"] if self._ds.has_scoreddocs() else []
+
+    def candidates(self, name: str) -> Run:
+        if name != "bm25" or not self._ds.has_scoreddocs():
+            raise KeyError(name)
+        run: Run = {}
+        for row in self._ds.scoreddocs_iter():
+            run.setdefault(row.query_id, {})[row.doc_id] = float(row.score)
+        return run
+
+    def fingerprint(self) -> str:
+        return self.source

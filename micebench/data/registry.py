@@ -1,0 +1,104 @@
+"""Dataset name resolution: local path, then the local mirror (data dir), then ir_datasets."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from micebench.data.base import Dataset
+from micebench.data.local import LocalBeirDataset, is_beir_folder
+from micebench.errors import DataError, UnknownNameError
+
+DATA_DIR_ENV = "MICEBENCH_DATA"
+
+
+@dataclass(frozen=True)
+class ShortName:
+    """A paper dataset name, its ir_datasets id and the folder names a local mirror may use."""
+
+    name: str
+    irds_id: str
+    mirror_folders: tuple[str, ...]
+    group: str  # "in-domain" or "beir"
+
+
+def _beir(name: str, irds_id: str, *folders: str) -> ShortName:
+    return ShortName(name, irds_id, (name, *folders), "beir")
+
+
+SHORT_NAMES: dict[str, ShortName] = {
+    s.name: s
+    for s in [
+        ShortName("msmarco-dev", "msmarco-passage/dev/small", ("msmarco-dev", "msmarco-passage-dev-small"), "in-domain"),
+        ShortName("trec-dl-19", "msmarco-passage/trec-dl-2019/judged", ("trec-dl-2019-passage", "trec-dl-19"), "in-domain"),
+        ShortName("trec-dl-20", "msmarco-passage/trec-dl-2020/judged", ("trec-dl-2020-passage", "trec-dl-20"), "in-domain"),
+        _beir("arguana", "beir/arguana"),
+        _beir("climate-fever", "beir/climate-fever"),
+        _beir("dbpedia", "beir/dbpedia-entity/test", "dbpedia-entity"),
+        _beir("fever", "beir/fever/test"),
+        _beir("fiqa", "beir/fiqa/test"),
+        _beir("hotpotqa", "beir/hotpotqa/test"),
+        _beir("nfcorpus", "beir/nfcorpus/test"),
+        _beir("nq", "beir/nq"),
+        _beir("quora", "beir/quora/test"),
+        _beir("scidocs", "beir/scidocs"),
+        _beir("scifact", "beir/scifact/test"),
+        _beir("touche", "beir/webis-touche2020/v2", "webis-touche2020", "webis-touche2020-v2"),
+        _beir("trec-covid", "beir/trec-covid"),
+    ]
+}
+
+
+def data_dir(explicit: str | Path | None = None) -> Path | None:
+    """The local mirror folder: the explicit argument, else $MICEBENCH_DATA, else none."""
+    value = explicit or os.environ.get(DATA_DIR_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data directory not found: {value}")
+    return path
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~"))
+
+
+def where(name: str, data_dir_path: Path | None = None) -> tuple[str, str]:
+    """Say where a name resolves without loading it: ("local", path) or ("ir_datasets", id)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return "local", str(path.resolve())
+    if _looks_like_path(name):
+        raise DataError(f"dataset folder not found: {name}")
+    short = SHORT_NAMES.get(name)
+    if data_dir_path is not None:
+        for folder in short.mirror_folders if short else (name,):
+            candidate = data_dir_path / folder
+            if is_beir_folder(candidate):
+                return "local", str(candidate.resolve())
+    if short is not None:
+        return "ir_datasets", short.irds_id
+    from micebench.data.irds import irds_has
+
+    if irds_has(name):
+        return "ir_datasets", name
+    known = ", ".join(SHORT_NAMES)
+    raise UnknownNameError(
+        f"unknown dataset {name!r}: not a folder, not in the data directory, not an ir_datasets id "
+        f"(short names: {known})"
+    )
+
+
+def load_dataset(name: str, data_dir_path: str | Path | None = None, split: str | None = None) -> Dataset:
+    """Resolve a dataset name (path, short name, mirror folder or ir_datasets id) and open it."""
+    kind, target = where(name, data_dir(data_dir_path))
+    label = name if not Path(name).expanduser().is_dir() else Path(target).name
+    if kind == "local":
+        return LocalBeirDataset(target, split=split, name=label)
+    from micebench.data.irds import IrDatasetsDataset
+
+    if split is not None:
+        raise DataError("--split applies to local folders; ir_datasets ids name their split themselves")
+    return IrDatasetsDataset(target, name=label)

@@ -1,0 +1,15 @@
+"""User-facing errors: the CLI prints them as one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class MicebenchError(Exception):
+    """A problem with the user's input or environment, reported as one line without a traceback."""
+
+
+class DataError(MicebenchError):
+    """Malformed or inconsistent data (qrels, runs, corpus, queries)."""
+
+
+class UnknownNameError(MicebenchError):
+    """A model, dataset or first-stage name that does not resolve."""

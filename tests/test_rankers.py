@@ -1,0 +1,105 @@
+"""Rankers against independent references: unmodified HF logits, sentence-transformers embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from micebench import load_ranker
+from micebench.errors import MicebenchError, UnknownNameError
+
+QUERY = "how do goldfish grow"
+DOCS = [
+    "Goldfish grow according to the size of their tank and the quality of the water.",
+    "Wi-Fi is a family of wireless network protocols.",
+    "",
+    "A very long passage about aquariums. " * 80,
+]
+
+
+def _hf_logits(checkpoint: str, pairs: list[tuple[str, str]]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        out = []
+        for query, doc in pairs:  # one pair at a time: no padding involved in the reference
+            enc = tokenizer([query], [doc], truncation="longest_first", max_length=512, return_tensors="pt")
+            out.append(model(**enc).logits[0, 0].item())
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+def test_cross_encoder_equals_unmodified_hf_logits(tiny_bert_ce, batch_size):
+    ranker = load_ranker("ce", checkpoint=tiny_bert_ce, device="cpu", batch_size=batch_size)
+    expected = _hf_logits(tiny_bert_ce, [(QUERY, d) for d in DOCS])
+    np.testing.assert_allclose(ranker.score(QUERY, DOCS), expected, atol=1e-5, rtol=0)
+    assert ranker.describe()["attention"] == "sdpa"
+
+
+def test_cross_encoder_from_packaged_bi_encoder_gets_a_single_logit_head(minilm_path):
+    ranker = load_ranker("ce", checkpoint="minilm-l6", device="cpu")
+    assert ranker.model.config.num_labels == 1
+    assert ranker.score(QUERY, DOCS[:2]).shape == (2,)
+
+
+def test_dense_matches_sentence_transformers(minilm_path):
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(minilm_path, device="cpu")
+    expected = reference.encode(DOCS, convert_to_numpy=True) @ reference.encode([QUERY], convert_to_numpy=True)[0]
+    ranker = load_ranker("dense", device="cpu", batch_size=2)
+    assert ranker.max_length == 256 and ranker.normalize
+    np.testing.assert_allclose(ranker.score(QUERY, DOCS), expected, atol=1e-5, rtol=0)
+
+
+def _frame() -> pd.DataFrame:
+    rows = [("q1", QUERY, f"d{i}", text, 0.0) for i, text in enumerate(DOCS)]
+    rows += [("q2", "wireless networks", f"d{i}", text, 0.0) for i, text in enumerate(DOCS[:2])]
+    return pd.DataFrame(rows, columns=["qid", "query", "docno", "text", "score"])
+
+
+@pytest.mark.parametrize("model", ["ce", "dense", "bm25"])
+def test_ranker_contract(model, tiny_bert_ce, tiny_bert_encoder):
+    """Every ranker: one finite float per doc from score(); rerank() agrees with score() and ranks 1..n."""
+    options = {"ce": {"checkpoint": tiny_bert_ce}, "dense": {"checkpoint": tiny_bert_encoder}}.get(model, {})
+    ranker = load_ranker(model, device="cpu", **options)
+    scores = ranker.score(QUERY, DOCS)
+    assert scores.shape == (len(DOCS),) and np.all(np.isfinite(scores))
+    frame = _frame()
+    if model == "bm25":  # bm25 reranks by first-stage score; its score() uses the given docs' statistics
+        frame["score"] = [3.0, 1.0, 2.0, 1.0, 5.0, 4.0]
+    out = ranker.rerank(frame)
+    assert list(out.columns) == ["qid", "query", "docno", "text", "score", "rank"]
+    assert out.groupby("qid")["rank"].apply(list).to_dict() == {"q1": [1, 2, 3, 4], "q2": [1, 2]}
+    q1 = out[out.qid == "q1"].set_index("docno")["score"]
+    if model != "bm25":
+        np.testing.assert_allclose(q1[[f"d{i}" for i in range(len(DOCS))]].to_numpy(), scores, atol=1e-5)
+    assert ranker.describe()["ranker"] == model
+
+
+def test_bm25_score_prefers_matching_document():
+    ranker = load_ranker("bm25")
+    scores = ranker.score(QUERY, DOCS)
+    assert scores[0] > 0 and scores[1] == 0 and scores[2] == 0
+
+
+def test_ties_are_ranked_by_doc_id():
+    ranker = load_ranker("first-stage")
+    frame = pd.DataFrame(
+        [("q", "x", "b", "", 1.0), ("q", "x", "a", "", 1.0), ("q", "x", "c", "", 2.0)],
+        columns=["qid", "query", "docno", "text", "score"],
+    )
+    assert ranker.rerank(frame)["docno"].tolist() == ["c", "a", "b"]
+
+
+def test_unknown_model_and_empty_query(tiny_bert_ce):
+    with pytest.raises(UnknownNameError, match="unknown model 'nope'"):
+        load_ranker("nope")
+    with pytest.raises(MicebenchError, match="empty query"):
+        load_ranker("ce", checkpoint=tiny_bert_ce, device="cpu").score("  ", ["doc"])
+    with pytest.raises(MicebenchError, match="model folder not found"):
+        load_ranker("ce", checkpoint="./missing-model", device="cpu")

@@ -38,7 +38,7 @@ demo: install
 	$(BIN)/micebench datasets
 	$(BIN)/micebench run --model bm25 --dataset scifact --first-stage bm25 --top-k 1000 --output $(DEMO_RESULTS) --overwrite
 	$(BIN)/micebench run --model dense --dataset scifact --first-stage full --top-k 1000 --output $(DEMO_RESULTS) --overwrite
-	@if $(BIN)/micebench datasets --quiet-check trec-dl-19 2>/dev/null; then \
+	@if $(BIN)/micebench datasets where trec-dl-19 >/dev/null 2>&1; then \
 	  $(BIN)/micebench run --model bm25 --dataset trec-dl-19 --output $(DEMO_RESULTS) --overwrite && \
 	  $(BIN)/micebench run --model dense --dataset trec-dl-19 --output $(DEMO_RESULTS) --overwrite; \
 	else echo "TREC DL 2019 is not mirrored locally (set MICEBENCH_DATA); skipping it."; fi

@@ -1,4 +1,4 @@
-"""micebench: benchmark neural re-rankers (cross-encoders, late interaction, MICE) for effectiveness and latency.
+"""micebench: benchmark neural re-rankers (cross-encoders, late interaction, MICE): effectiveness, latency.
 
 Public API::
 

@@ -24,19 +24,33 @@ app = typer.Typer(
 datasets_app = typer.Typer(help="List datasets and show where a name resolves.", invoke_without_command=True)
 app.add_typer(datasets_app, name="datasets")
 
-out = Console()
-err = Console(stderr=True)
+
+def out() -> Console:
+    """Console for results (stdout); made per call so COLUMNS and redirections are honoured."""
+    return Console()
+
+
+def err() -> Console:
+    """Console for errors and warnings (stderr)."""
+    return Console(stderr=True)
+
 
 DataDirOption = Annotated[
     str | None,
-    typer.Option("--data-dir", envvar="MICEBENCH_DATA", help="Local mirror of collections (BEIR layout), searched first."),
+    typer.Option(
+        "--data-dir",
+        envvar="MICEBENCH_DATA",
+        help="Local mirror of collections (BEIR layout), searched first.",
+    ),
 ]
 
 
 @app.command()
 def run(
     model: Annotated[str, typer.Option("--model", "-m", help="Ranker name (see `micebench models`).")],
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Short name, ir_datasets id or BEIR folder path.")],
+    dataset: Annotated[
+        str, typer.Option("--dataset", "-d", help="Short name, ir_datasets id or BEIR folder path.")
+    ],
     first_stage: Annotated[
         str, typer.Option(help="auto | bm25 | dataset:<run> | full | path to a TREC run file.")
     ] = "auto",
@@ -44,7 +58,9 @@ def run(
     batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16.")] = "fp32",
-    checkpoint: Annotated[str | None, typer.Option(help="Local folder, short name or hub id of the weights.")] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="Local folder, short name or hub id of the weights.")
+    ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",
     seed: Annotated[int, typer.Option(help="Random seed recorded in the manifest.")] = 0,
     split: Annotated[str | None, typer.Option(help="qrels split of a local folder (default: test).")] = None,
@@ -77,9 +93,9 @@ def run(
     table.add_column("value", justify="right")
     for measure, value in result.evaluation.means.items():
         table.add_row(measure, f"{value:.4f}")
-    out.print(table)
+    out().print(table)
     timing = result.manifest["timings"]
-    out.print(
+    out().print(
         f"{result.evaluation.num_queries} queries, {result.manifest['first_stage']['pairs']} pairs "
         f"({result.manifest['first_stage']['source']}); re-ranking {timing['rerank_s']:.1f}s; "
         f"written to {result.folder}"
@@ -92,7 +108,8 @@ def datasets(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from micebench.data.local import is_beir_folder
-    from micebench.data.registry import SHORT_NAMES, data_dir as resolve_data_dir, where
+    from micebench.data.registry import SHORT_NAMES, where
+    from micebench.data.registry import data_dir as resolve_data_dir
 
     root = resolve_data_dir(data_dir)
     table = Table(title=f"datasets (local mirror: {root or 'none; set --data-dir or MICEBENCH_DATA'})")
@@ -107,17 +124,18 @@ def datasets(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
     if root is not None:
         for folder in sorted(p for p in root.iterdir() if is_beir_folder(p) and p.name not in mirrored):
             table.add_row(folder.name, "local", str(folder.resolve()), "local")
-    out.print(table)
-    out.print("Any other ir_datasets id (e.g. beir/nfcorpus/dev) or a BEIR-layout folder path also works.")
+    out().print(table)
+    out().print("Any other ir_datasets id (e.g. beir/nfcorpus/dev) or a BEIR-layout folder path also works.")
 
 
 @datasets_app.command("where")
 def datasets_where(name: str, data_dir: DataDirOption = None) -> None:
     """Say where NAME resolves (local folder or ir_datasets id); exits 1 if it is not local."""
-    from micebench.data.registry import data_dir as resolve_data_dir, where
+    from micebench.data.registry import data_dir as resolve_data_dir
+    from micebench.data.registry import where
 
     kind, target = where(name, resolve_data_dir(data_dir))
-    out.print(f"{name}\t{kind}\t{target}")
+    out().print(f"{name}\t{kind}\t{target}")
     raise typer.Exit(0 if kind == "local" else 1)
 
 
@@ -131,7 +149,7 @@ def models() -> None:
     table.add_column("description")
     for name, description in available_rankers().items():
         table.add_row(name, description)
-    out.print(table)
+    out().print(table)
 
 
 @app.command()
@@ -152,22 +170,24 @@ def results(
     for m in measures:
         table.add_column(m, justify="right")
     for row in rows:
-        table.add_row(row["dataset"], row["ranker"], *(f"{row['measures'].get(m, float('nan')):.4f}" for m in measures))
-    out.print(table)
+        table.add_row(
+            row["dataset"], row["ranker"], *(f"{row['measures'].get(m, float('nan')):.4f}" for m in measures)
+        )
+    out().print(table)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors become one line on stderr and exit status 2."""
     logging.basicConfig(
-        level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)]
+        level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=err(), show_path=False)]
     )
     for noisy in ("transformers", "bm25s", "ir_datasets"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        app()
+        app(args=argv, prog_name="micebench")
     except MicebenchError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        err().print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err().print("interrupted")
         sys.exit(130)

@@ -1,4 +1,4 @@
-"""One evaluation run: dataset -> first-stage candidates -> ranker scores -> run -> metrics -> result folder."""
+"""One evaluation run: dataset -> candidates -> ranker scores -> run -> metrics -> result folder."""
 
 from __future__ import annotations
 
@@ -99,7 +99,9 @@ def candidates_frame(dataset: Dataset, candidates: Candidates, with_text: bool) 
         empty = sum(1 for d in docnos if not texts[d].strip())
         if empty:
             log.warning("%d candidate documents have empty text", empty)
-    rows = [(qid, docno, score) for qid in sorted(candidates.run) for docno, score in candidates.run[qid].items()]
+    rows = [
+        (qid, docno, score) for qid in sorted(candidates.run) for docno, score in candidates.run[qid].items()
+    ]
     if not rows:
         raise DataError("the first stage returned no candidates for any judged query")
     frame = pd.DataFrame(rows, columns=["qid", "docno", "score"], dtype=object)
@@ -178,7 +180,9 @@ def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult
         "timings": timings,
         **environment(),
     }
-    write_result(folder, run, evaluation, manifest, tag=slug_tag(config.ranker_label()), overwrite=config.overwrite)
+    write_result(
+        folder, run, evaluation, manifest, tag=slug_tag(config.ranker_label()), overwrite=config.overwrite
+    )
     return RunResult(folder, evaluation, manifest)
 
 

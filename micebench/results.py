@@ -64,11 +64,18 @@ def git_sha() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -109,7 +116,9 @@ def write_result(
             for qid in qids:
                 values = [f"{evaluation.per_query[m][qid]:.6f}" for m in measures]
                 handle.write("\t".join([qid, *values]) + "\n")
-        (tmp / MANIFEST).write_text(json.dumps({**manifest, "status": "complete"}, indent=2, default=str) + "\n")
+        (tmp / MANIFEST).write_text(
+            json.dumps({**manifest, "status": "complete"}, indent=2, default=str) + "\n"
+        )
         if folder.exists():
             backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, backup)

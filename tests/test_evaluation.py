@@ -38,21 +38,31 @@ def test_binary_measures_respect_relevance_level():
 
 
 def test_cutoff_applies():
-    got = evaluate({"q": {"d": 1}}, {"q": {f"n{i}": 100 - i for i in range(10)} | {"d": 0.0}}, ["RR@10", "R@100"])
+    got = evaluate(
+        {"q": {"d": 1}}, {"q": {f"n{i}": 100 - i for i in range(10)} | {"d": 0.0}}, ["RR@10", "R@100"]
+    )
     assert got.means == {"RR@10": 0.0, "R@100": 1.0}
 
 
 REFERENCE = {  # nDCG@10 published by Anserini/Pyserini, listed in the data README
-    "trec-dl-2019-passage": {"bm25": 0.5058, "bm25_rm3": 0.5216, "tasb": 0.7210, "openai_ada2": 0.7035,
-                             "splade_pp_ed": 0.7308},
-    "trec-dl-2020-passage": {"bm25": 0.4796, "bm25_rm3": 0.4896, "tasb": 0.6854, "openai_ada2": 0.6759,
-                             "splade_pp_ed": 0.7197},
+    "trec-dl-2019-passage": {
+        "bm25": 0.5058,
+        "bm25_rm3": 0.5216,
+        "tasb": 0.7210,
+        "openai_ada2": 0.7035,
+        "splade_pp_ed": 0.7308,
+    },
+    "trec-dl-2020-passage": {
+        "bm25": 0.4796,
+        "bm25_rm3": 0.4896,
+        "tasb": 0.6854,
+        "openai_ada2": 0.6759,
+        "splade_pp_ed": 0.7197,
+    },
 }
 
 
-@pytest.mark.parametrize(
-    ("collection", "run_name"), [(c, r) for c, runs in REFERENCE.items() for r in runs]
-)
+@pytest.mark.parametrize(("collection", "run_name"), [(c, r) for c, runs in REFERENCE.items() for r in runs])
 def test_bundled_runs_reproduce_published_ndcg(data_dir, collection, run_name):
     dataset = load_dataset(str(data_dir / collection))
     value = evaluate(dataset.qrels(), dataset.candidates(run_name), ["nDCG@10"], dataset.relevance_level)

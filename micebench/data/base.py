@@ -53,7 +53,7 @@ class Dataset(ABC):
 
     @property
     def relevance_level(self) -> int:
-        """Lowest grade counted as relevant by binary measures: 2 for TREC DL passage judgements (0-3), else 1."""
+        """Lowest grade counted as relevant by binary measures: 2 for TREC DL passage judgements, else 1."""
         return 2 if "trec-dl" in f"{self.name} {self.source}" else 1
 
     def judged_queries(self) -> dict[str, str]:

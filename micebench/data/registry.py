@@ -30,9 +30,24 @@ def _beir(name: str, irds_id: str, *folders: str) -> ShortName:
 SHORT_NAMES: dict[str, ShortName] = {
     s.name: s
     for s in [
-        ShortName("msmarco-dev", "msmarco-passage/dev/small", ("msmarco-dev", "msmarco-passage-dev-small"), "in-domain"),
-        ShortName("trec-dl-19", "msmarco-passage/trec-dl-2019/judged", ("trec-dl-2019-passage", "trec-dl-19"), "in-domain"),
-        ShortName("trec-dl-20", "msmarco-passage/trec-dl-2020/judged", ("trec-dl-2020-passage", "trec-dl-20"), "in-domain"),
+        ShortName(
+            "msmarco-dev",
+            "msmarco-passage/dev/small",
+            ("msmarco-dev", "msmarco-passage-dev-small"),
+            "in-domain",
+        ),
+        ShortName(
+            "trec-dl-19",
+            "msmarco-passage/trec-dl-2019/judged",
+            ("trec-dl-2019-passage", "trec-dl-19"),
+            "in-domain",
+        ),
+        ShortName(
+            "trec-dl-20",
+            "msmarco-passage/trec-dl-2020/judged",
+            ("trec-dl-2020-passage", "trec-dl-20"),
+            "in-domain",
+        ),
         _beir("arguana", "beir/arguana"),
         _beir("climate-fever", "beir/climate-fever"),
         _beir("dbpedia", "beir/dbpedia-entity/test", "dbpedia-entity"),

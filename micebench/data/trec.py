@@ -75,7 +75,9 @@ def read_qrels_tsv(path: str | Path) -> Qrels:
             try:
                 grade = int(rel)
             except ValueError:
-                raise DataError(f"{path}:{lineno}: malformed qrels line (relevance {rel!r} is not an integer)") from None
+                raise DataError(
+                    f"{path}:{lineno}: malformed qrels line (relevance {rel!r} is not an integer)"
+                ) from None
             if not qid or not docno:
                 raise DataError(f"{path}:{lineno}: malformed qrels line (empty id)")
             qrels.setdefault(qid, {})[docno] = grade

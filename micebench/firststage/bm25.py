@@ -86,7 +86,9 @@ class BM25Index:
         token_ids: list[list[int]] = []
         with progress_bar("BM25 indexing", unit="docs") as bar:
             for ids, texts in _chunks(docs, _CHUNK):
-                token_ids.extend(tokenizer.tokenize(texts, update_vocab=True, return_as="ids", show_progress=False))
+                token_ids.extend(
+                    tokenizer.tokenize(texts, update_vocab=True, return_as="ids", show_progress=False)
+                )
                 docnos.extend(ids)
                 bar.advance(len(ids))
         model = bm25s.BM25(k1=params.k1, b=params.b, method=params.method)
@@ -126,7 +128,7 @@ class BM25Index:
         return cls(model, tokenizer, docnos, params)
 
     def search(self, queries: dict[str, str], k: int) -> Run:
-        """Top-k matching documents per query (ties at the cut-off broken by doc id, so runs are reproducible)."""
+        """Top-k matching documents per query; ties at the cut-off go by doc id (reproducible)."""
         qids = sorted(queries)
         tokens = self.tokenizer.tokenize(
             [queries[q] for q in qids], update_vocab="never", return_as="ids", show_progress=False

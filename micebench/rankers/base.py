@@ -30,7 +30,7 @@ class Ranker(ABC):
         """One float per document, in the order given."""
 
     def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
-        """Re-score a candidates frame (qid, query, docno, text[, score]); returns it with new score and rank."""
+        """Re-score a candidates frame (qid, query, docno, text); returns it with score and rank."""
         scores = np.empty(len(candidates), dtype=np.float64)
         groups = candidates.groupby("qid", sort=False).indices
         with progress_bar(f"re-ranking ({self.name})", total=len(groups), unit="queries") as bar:

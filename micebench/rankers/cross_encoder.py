@@ -62,7 +62,9 @@ class CrossEncoderRanker(Ranker):
             return logits[:, 0]
         if logits.shape[-1] == 2:  # binary classifier: log-odds of the relevant class
             return logits[:, 1] - logits[:, 0]
-        raise MicebenchError(f"cross-encoder {self.checkpoint!r} has {logits.shape[-1]} labels; expected 1 or 2")
+        raise MicebenchError(
+            f"cross-encoder {self.checkpoint!r} has {logits.shape[-1]} labels; expected 1 or 2"
+        )
 
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         if not query.strip():

@@ -48,9 +48,7 @@ DataDirOption = Annotated[
 @app.command()
 def run(
     model: Annotated[str, typer.Option("--model", "-m", help="Ranker name (see `micebench models`).")],
-    dataset: Annotated[
-        str, typer.Option("--dataset", "-d", help="Short name, ir_datasets id or BEIR folder path.")
-    ],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Short name, ir_datasets id or BEIR folder path.")],
     first_stage: Annotated[
         str, typer.Option(help="auto | bm25 | dataset:<run> | full | path to a TREC run file.")
     ] = "auto",
@@ -58,8 +56,10 @@ def run(
     batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16.")] = "fp32",
-    checkpoint: Annotated[
-        str | None, typer.Option(help="Local folder, short name or hub id of the weights.")
+    checkpoint: Annotated[str | None, typer.Option(help="Local folder, short name or hub id of the weights.")] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(help="masked-ce schedule: a preset, a TOML/YAML file, or rules like 'mask1;query>document@0-4'."),
     ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",
     seed: Annotated[int, typer.Option(help="Random seed recorded in the manifest.")] = 0,
@@ -77,6 +77,7 @@ def run(
         first_stage=first_stage,
         top_k=top_k,
         checkpoint=checkpoint,
+        schedule=schedule,
         batch_size=batch_size,
         device=device,
         dtype=dtype,
@@ -170,10 +171,95 @@ def results(
     for m in measures:
         table.add_column(m, justify="right")
     for row in rows:
-        table.add_row(
-            row["dataset"], row["ranker"], *(f"{row['measures'].get(m, float('nan')):.4f}" for m in measures)
-        )
+        table.add_row(row["dataset"], row["ranker"], *(f"{row['measures'].get(m, float('nan')):.4f}" for m in measures))
     out().print(table)
+
+
+@app.command()
+def schedules(
+    show: Annotated[
+        str | None, typer.Argument(help="A preset, schedule file or compact rule string to render.")
+    ] = None,
+    layers: Annotated[int, typer.Option(help="Model depth to render and validate against.")] = 12,
+) -> None:
+    """List the schedule presets, or render one as a per-layer segment x segment grid (✓ attends, · removed)."""
+    from micebench.schedules import PRESET_HELP, SEGMENTS, parse_schedule, render_grid
+
+    if show is None:
+        table = Table(title="schedule presets (also usable as --model names)")
+        table.add_column("preset")
+        table.add_column("removes")
+        for name, text in PRESET_HELP.items():
+            table.add_row(name, text)
+        out().print(table)
+        out().print(
+            "Custom: --schedule 'mask1;document>query@0-4' (from>to[@start-end], end exclusive) or a TOML/YAML file.",
+            markup=False,
+        )
+        return
+    schedule = parse_schedule(show).validate(layers)
+    out().print(f"{schedule.name}: {schedule.compact()}", markup=False)
+    for start, end, grid in schedule.layer_groups(layers):
+        table = Table(title=f"layers {start}-{end - 1}", title_justify="left")
+        table.add_column("from \\ to")
+        for segment in SEGMENTS:
+            table.add_column(segment, justify="center")
+        for segment, row in zip(SEGMENTS, render_grid(grid), strict=True):
+            table.add_row(segment, *row)
+        out().print(table)
+
+
+@app.command()
+def attention(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset whose query-candidate pairs are read.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="ce, masked-ce or a schedule preset name.")] = "ce",
+    checkpoint: Annotated[str | None, typer.Option(help="Cross-encoder weights.")] = None,
+    schedule: Annotated[str | None, typer.Option(help="Schedule for masked-ce.")] = None,
+    queries: Annotated[int, typer.Option(help="Judged queries to take (in id order).")] = 10,
+    docs_per_query: Annotated[int, typer.Option(help="Top first-stage candidates per query.")] = 2,
+    first_stage: Annotated[str, typer.Option(help="Where candidates come from (as for run).")] = "auto",
+    group_size: Annotated[int, typer.Option(help="Layers per heatmap figure.")] = 3,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",
+    data_dir: DataDirOption = None,
+) -> None:
+    """Measure per-layer attention mass between segments (cls, query, sep1, document, sep2); write table + heatmaps."""
+    from micebench.analysis.attention import segment_attention, write_attention_result
+    from micebench.data import load_dataset
+    from micebench.firststage.candidates import first_stage as get_candidates
+    from micebench.rankers.base import load_ranker
+    from micebench.results import environment, result_dir
+
+    if model not in ("ce", "masked-ce") and not __import__("micebench.schedules").schedules.is_preset(model):
+        raise MicebenchError(
+            f"attention analysis needs a cross-encoder model (ce, masked-ce or a preset), not {model!r}"
+        )
+    if queries < 1 or docs_per_query < 1:
+        raise MicebenchError("--queries and --docs-per-query must be at least 1")
+    ds = load_dataset(dataset, data_dir)
+    spec = "masked-ce" if model == "ce" else model
+    ranker = load_ranker(
+        spec,
+        checkpoint=checkpoint,
+        schedule=schedule or ("none" if spec == "masked-ce" else None),
+        device=device,
+        attn_implementation="eager",
+    )
+    texts = ds.judged_queries()
+    chosen = sorted(texts)[:queries]
+    candidates = get_candidates(ds, first_stage, docs_per_query).run
+    docs = ds.doc_texts({d for q in chosen for d in candidates.get(q, {})})
+    from micebench.data.trec import ranked
+
+    pairs = [(texts[q], docs[d]) for q in chosen for d, _ in ranked(candidates.get(q, {})) if d in docs]
+    if not pairs:
+        raise MicebenchError("no query-candidate pairs to analyse")
+    result = segment_attention(ranker, pairs)
+    label = model if model != "masked-ce" else f"masked-ce-{ranker.schedule.name}"
+    folder = result_dir(Path(output) / "attention", ds.name, label)
+    meta = {"dataset": ds.describe(), "ranker": ranker.describe(), "pairs": len(pairs), **environment()}
+    files = write_attention_result(result, folder, f"{ds.name} · {label}", meta, group_size)
+    out().print(f"{len(pairs)} pairs; wrote {len(files)} files to {folder}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,7 @@ from micebench.data.trec import Run
 from micebench.errors import DataError, MicebenchError
 from micebench.evaluation import DEFAULT_MEASURES, Evaluation, evaluate
 from micebench.firststage.candidates import Candidates, first_stage
-from micebench.rankers.base import Ranker, available_rankers, load_ranker
+from micebench.rankers.base import Ranker, available_rankers, is_registered, load_ranker
 from micebench.rankers.models import resolve_model
 from micebench.results import environment, is_complete, result_dir, write_result
 
@@ -33,6 +33,7 @@ class RunConfig:
     first_stage: str = "auto"
     top_k: int = 100
     checkpoint: str | None = None
+    schedule: str | None = None
     batch_size: int | None = None
     device: str = "auto"
     dtype: str = "fp32"
@@ -48,9 +49,10 @@ class RunConfig:
         """Result-folder name of the ranker: `--name`, else the model plus a non-default checkpoint's name."""
         if self.name:
             return self.name
+        label = self.model if not self.schedule else f"{self.model}-{Path(self.schedule).stem}"
         if self.checkpoint:
-            return f"{self.model}-{Path(resolve_model(self.checkpoint)).name}"
-        return self.model
+            return f"{label}-{Path(resolve_model(self.checkpoint)).name}"
+        return label
 
 
 @dataclass
@@ -99,9 +101,7 @@ def candidates_frame(dataset: Dataset, candidates: Candidates, with_text: bool) 
         empty = sum(1 for d in docnos if not texts[d].strip())
         if empty:
             log.warning("%d candidate documents have empty text", empty)
-    rows = [
-        (qid, docno, score) for qid in sorted(candidates.run) for docno, score in candidates.run[qid].items()
-    ]
+    rows = [(qid, docno, score) for qid in sorted(candidates.run) for docno, score in candidates.run[qid].items()]
     if not rows:
         raise DataError("the first stage returned no candidates for any judged query")
     frame = pd.DataFrame(rows, columns=["qid", "docno", "score"], dtype=object)
@@ -123,8 +123,11 @@ def frame_to_run(frame: pd.DataFrame, top_k: int | None = None) -> Run:
 
 def build_ranker(config: RunConfig) -> Ranker:
     """Load the ranker named by the config with its options."""
+    if config.schedule is not None and config.model != "masked-ce":
+        raise MicebenchError(f"--schedule applies to --model masked-ce, not {config.model!r}")
     return load_ranker(
         config.model,
+        schedule=config.schedule,
         checkpoint=config.checkpoint,
         batch_size=config.batch_size,
         device=config.device,
@@ -136,7 +139,7 @@ def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult
     """Run one (dataset, ranker) evaluation and write its result folder; see RunConfig for the knobs."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    if ranker is None and config.model not in available_rankers():
+    if ranker is None and not is_registered(config.model):
         known = ", ".join(available_rankers())
         raise MicebenchError(f"unknown model {config.model!r} (available: {known})")
     dataset = load_dataset(config.dataset, config.data_dir, config.split)
@@ -180,9 +183,7 @@ def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult
         "timings": timings,
         **environment(),
     }
-    write_result(
-        folder, run, evaluation, manifest, tag=slug_tag(config.ranker_label()), overwrite=config.overwrite
-    )
+    write_result(folder, run, evaluation, manifest, tag=slug_tag(config.ranker_label()), overwrite=config.overwrite)
     return RunResult(folder, evaluation, manifest)
 
 

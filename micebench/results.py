@@ -116,9 +116,7 @@ def write_result(
             for qid in qids:
                 values = [f"{evaluation.per_query[m][qid]:.6f}" for m in measures]
                 handle.write("\t".join([qid, *values]) + "\n")
-        (tmp / MANIFEST).write_text(
-            json.dumps({**manifest, "status": "complete"}, indent=2, default=str) + "\n"
-        )
+        (tmp / MANIFEST).write_text(json.dumps({**manifest, "status": "complete"}, indent=2, default=str) + "\n")
         if folder.exists():
             backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, backup)

@@ -79,9 +79,7 @@ def tiny_bert_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_path: str
     return str(folder)
 
 
-def write_beir(
-    folder: Path, corpus: list[dict], queries: list[dict], qrels: list[tuple], split: str = "test"
-) -> Path:
+def write_beir(folder: Path, corpus: list[dict], queries: list[dict], qrels: list[tuple], split: str = "test") -> Path:
     """Write a small BEIR-layout collection (plain corpus.jsonl) for tests."""
     import json
 

@@ -35,9 +35,7 @@ def _metrics(folder) -> dict:
     ("collection", "expected"), [("trec-dl-2019-passage", 0.5058), ("trec-dl-2020-passage", 0.4796)]
 )
 def test_bm25_run_reproduces_reference(capsys, tmp_path, data_dir, collection, expected):
-    code, out, err = cli(
-        capsys, "run", "--model", "bm25", "--dataset", str(data_dir / collection), "-o", str(tmp_path)
-    )
+    code, out, err = cli(capsys, "run", "--model", "bm25", "--dataset", str(data_dir / collection), "-o", str(tmp_path))
     assert code == 0, err
     folder = tmp_path / collection / "bm25"
     assert round(_metrics(folder)["nDCG@10"], 4) == expected
@@ -196,18 +194,12 @@ def test_unknown_model(capsys, tmp_path, data_dir):
     code, _, err = cli(
         capsys, "run", "--model", "nope", "--dataset", str(data_dir / "adi"), "-o", str(tmp_path / "out")
     )
-    assert (
-        code == 2
-        and err.strip().startswith("error: unknown model 'nope'")
-        and len(err.strip().splitlines()) == 1
-    )
+    assert code == 2 and err.strip().startswith("error: unknown model 'nope'") and len(err.strip().splitlines()) == 1
     assert _no_results(tmp_path)
 
 
 def test_unknown_dataset_and_missing_folder(capsys, tmp_path):
-    code, _, err = cli(
-        capsys, "run", "--model", "bm25", "--dataset", "no-such-set", "-o", str(tmp_path / "out")
-    )
+    code, _, err = cli(capsys, "run", "--model", "bm25", "--dataset", "no-such-set", "-o", str(tmp_path / "out"))
     assert code == 2 and "unknown dataset 'no-such-set'" in err
     code, _, err = cli(
         capsys, "run", "--model", "bm25", "--dataset", str(tmp_path / "gone"), "-o", str(tmp_path / "out")
@@ -227,9 +219,7 @@ def test_malformed_qrels_line(capsys, tmp_path):
     folder = _small_collection(tmp_path)
     with open(folder / "qrels" / "test.tsv", "a") as handle:
         handle.write("q1\td3\n")
-    code, _, err = cli(
-        capsys, "run", "--model", "bm25", "--dataset", str(folder), "-o", str(tmp_path / "out")
-    )
+    code, _, err = cli(capsys, "run", "--model", "bm25", "--dataset", str(folder), "-o", str(tmp_path / "out"))
     assert code == 2 and "test.tsv:4: malformed qrels line" in err
     assert _no_results(tmp_path)
 
@@ -277,12 +267,8 @@ def test_run_ids_not_in_corpus(capsys, tmp_path, tiny_bert_ce):
 
 
 def test_empty_query(capsys, tmp_path):
-    folder = _small_collection(
-        tmp_path, queries=[{"_id": "q1", "text": "goldfish"}, {"_id": "q2", "text": "  "}]
-    )
-    code, _, err = cli(
-        capsys, "run", "--model", "bm25", "--dataset", str(folder), "-o", str(tmp_path / "out")
-    )
+    folder = _small_collection(tmp_path, queries=[{"_id": "q1", "text": "goldfish"}, {"_id": "q2", "text": "  "}])
+    code, _, err = cli(capsys, "run", "--model", "bm25", "--dataset", str(folder), "-o", str(tmp_path / "out"))
     assert code == 2 and "empty text (e.g. query id 'q2')" in err
     assert _no_results(tmp_path)
 
@@ -320,11 +306,6 @@ def test_datasets_and_models_listing(capsys, data_dir):
 
 def test_results_table(capsys, tmp_path, data_dir):
     shutil.rmtree(tmp_path / "r", ignore_errors=True)
-    assert (
-        cli(capsys, "run", "--model", "bm25", "--dataset", str(data_dir / "adi"), "-o", str(tmp_path / "r"))[
-            0
-        ]
-        == 0
-    )
+    assert cli(capsys, "run", "--model", "bm25", "--dataset", str(data_dir / "adi"), "-o", str(tmp_path / "r"))[0] == 0
     code, out, _ = cli(capsys, "results", str(tmp_path / "r"))
     assert code == 0 and "adi" in out and "nDCG@10" in out

@@ -67,9 +67,7 @@ def test_unknown_and_missing_datasets(tmp_path):
 
 
 def test_malformed_corpus_line_is_located(tmp_path):
-    folder = write_beir(
-        tmp_path / "c", [{"_id": "d1", "text": "a"}], [{"_id": "q", "text": "a"}], [("q", "d1", 1)]
-    )
+    folder = write_beir(tmp_path / "c", [{"_id": "d1", "text": "a"}], [{"_id": "q", "text": "a"}], [("q", "d1", 1)])
     with open(folder / "corpus.jsonl", "a") as handle:
         handle.write("{not json\n")
     with pytest.raises(DataError, match=r"corpus.jsonl:2: malformed JSON"):
@@ -95,9 +93,7 @@ def test_ir_datasets_adapter_matches_the_local_folder(data_dir, tmp_path):
     (tmp_path / "docs.tsv").write_text("".join(f"{d['_id']}\t{d['text']}\n" for d in corpus))
     (tmp_path / "queries.tsv").write_text("".join(f"{q['_id']}\t{q['text']}\n" for q in queries))
     qrels_lines = (data_dir / "irds-dummy" / "qrels" / "test.tsv").read_text().splitlines()[1:]
-    (tmp_path / "qrels.txt").write_text(
-        "".join(f"{q} 0 {d} {r}\n" for q, d, r in (x.split("\t") for x in qrels_lines))
-    )
+    (tmp_path / "qrels.txt").write_text("".join(f"{q} 0 {d} {r}\n" for q, d, r in (x.split("\t") for x in qrels_lines)))
     dataset_id = f"micebench-test/dummy-{tmp_path.name}"
     ir_datasets.registry.register(
         dataset_id,

@@ -38,9 +38,7 @@ def test_binary_measures_respect_relevance_level():
 
 
 def test_cutoff_applies():
-    got = evaluate(
-        {"q": {"d": 1}}, {"q": {f"n{i}": 100 - i for i in range(10)} | {"d": 0.0}}, ["RR@10", "R@100"]
-    )
+    got = evaluate({"q": {"d": 1}}, {"q": {f"n{i}": 100 - i for i in range(10)} | {"d": 0.0}}, ["RR@10", "R@100"])
     assert got.means == {"RR@10": 0.0, "R@100": 1.0}
 
 

@@ -50,9 +50,7 @@ def test_dense_matches_sentence_transformers(minilm_path):
     from sentence_transformers import SentenceTransformer
 
     reference = SentenceTransformer(minilm_path, device="cpu")
-    expected = (
-        reference.encode(DOCS, convert_to_numpy=True) @ reference.encode([QUERY], convert_to_numpy=True)[0]
-    )
+    expected = reference.encode(DOCS, convert_to_numpy=True) @ reference.encode([QUERY], convert_to_numpy=True)[0]
     ranker = load_ranker("dense", device="cpu", batch_size=2)
     assert ranker.max_length == 256 and ranker.normalize
     np.testing.assert_allclose(ranker.score(QUERY, DOCS), expected, atol=1e-5, rtol=0)

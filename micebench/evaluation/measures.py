@@ -42,13 +42,9 @@ class Evaluation:
         }
 
 
-def evaluate(
-    qrels: Qrels, run: Run, measures: Sequence[str] = DEFAULT_MEASURES, rel_level: int = 1
-) -> Evaluation:
+def evaluate(qrels: Qrels, run: Run, measures: Sequence[str] = DEFAULT_MEASURES, rel_level: int = 1) -> Evaluation:
     """Evaluate the judged queries of `qrels`; judged queries missing from the run score 0 (trec_eval -c)."""
-    os.environ.setdefault(
-        "NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "micebench", "numba")
-    )
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "micebench", "numba"))
     from ranx import Qrels as RanxQrels
     from ranx import Run as RanxRun
     from ranx import evaluate as ranx_evaluate

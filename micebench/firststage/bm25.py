@@ -86,9 +86,7 @@ class BM25Index:
         token_ids: list[list[int]] = []
         with progress_bar("BM25 indexing", unit="docs") as bar:
             for ids, texts in _chunks(docs, _CHUNK):
-                token_ids.extend(
-                    tokenizer.tokenize(texts, update_vocab=True, return_as="ids", show_progress=False)
-                )
+                token_ids.extend(tokenizer.tokenize(texts, update_vocab=True, return_as="ids", show_progress=False))
                 docnos.extend(ids)
                 bar.advance(len(ids))
         model = bm25s.BM25(k1=params.k1, b=params.b, method=params.method)

@@ -58,8 +58,6 @@ def first_stage(dataset: Dataset, spec: str, top_k: int) -> Candidates:
     if path.is_file():
         run = read_run(path)
         if not judged & set(run):
-            raise DataError(
-                f"run file {spec}: none of its query ids matches a judged query of {dataset.name!r}"
-            )
+            raise DataError(f"run file {spec}: none of its query ids matches a judged query of {dataset.name!r}")
         return Candidates(_top(run, judged, top_k), f"run:{path.resolve()}", is_bm25=False)
     raise UnknownNameError(f"unknown first stage {spec!r}: expected {FIRST_STAGE_HELP}")

@@ -66,11 +66,13 @@ def with_ranks(candidates: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
 
 _REGISTRY: dict[str, Callable[..., Ranker]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+_PATTERNS: list[tuple[Callable[[str], bool], Callable[..., Ranker]]] = []
 #: modules holding the built-in rankers; imported on first lookup so `import micebench` stays light
 _BUILTIN_MODULES = (
     "micebench.rankers.first_stage",
     "micebench.rankers.cross_encoder",
     "micebench.rankers.dense",
+    "micebench.rankers.masked",
 )
 
 
@@ -83,6 +85,20 @@ def register_ranker(name: str, description: str = "") -> Callable[[type[Ranker]]
         return cls
 
     return decorate
+
+
+def register_ranker_pattern(
+    matches: Callable[[str], bool], factory: Callable[..., Ranker], descriptions: dict[str, str]
+) -> None:
+    """Register a family of names (e.g. ``mask3-l<k>``): `factory(name, **options)` builds the ranker."""
+    _PATTERNS.append((matches, factory))
+    _DESCRIPTIONS.update(descriptions)
+
+
+def is_registered(spec: str) -> bool:
+    """True when `spec` names a registered ranker or matches a registered name family."""
+    _load_builtins()
+    return spec in _REGISTRY or any(matches(spec) for matches, _ in _PATTERNS)
 
 
 def _load_builtins() -> None:
@@ -101,8 +117,11 @@ def load_ranker(spec: str, **options: Any) -> Ranker:
     _load_builtins()
     factory = _REGISTRY.get(spec)
     if factory is None:
-        known = ", ".join(sorted(_REGISTRY))
-        raise UnknownNameError(f"unknown model {spec!r} (available: {known})")
+        pattern = next((f for matches, f in _PATTERNS if matches(spec)), None)
+        if pattern is None:
+            known = ", ".join(sorted(_DESCRIPTIONS))
+            raise UnknownNameError(f"unknown model {spec!r} (available: {known})")
+        factory = lambda **kw: pattern(spec, **kw)  # noqa: E731
     options = {k: v for k, v in options.items() if v is not None}
     try:
         return factory(**options)

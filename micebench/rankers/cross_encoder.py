@@ -39,6 +39,7 @@ class CrossEncoderRanker(Ranker):
         batch_size: int = 32,
         max_length: int = 512,
         dtype: str = "fp32",
+        attn_implementation: str = "sdpa",
         **_: Any,
     ):
         import torch
@@ -52,7 +53,7 @@ class CrossEncoderRanker(Ranker):
         extra = {"num_labels": 1} if _needs_fresh_head(checkpoint) else {}
         self.tokenizer = load_pretrained(AutoTokenizer, checkpoint)
         self.model = load_pretrained(
-            AutoModelForSequenceClassification, checkpoint, attn_implementation="sdpa", **extra
+            AutoModelForSequenceClassification, checkpoint, attn_implementation=attn_implementation, **extra
         )
         self.model.to(self.device, dtype=self.dtype).eval()
         self._torch = torch
@@ -62,9 +63,22 @@ class CrossEncoderRanker(Ranker):
             return logits[:, 0]
         if logits.shape[-1] == 2:  # binary classifier: log-odds of the relevant class
             return logits[:, 1] - logits[:, 0]
-        raise MicebenchError(
-            f"cross-encoder {self.checkpoint!r} has {logits.shape[-1]} labels; expected 1 or 2"
-        )
+        raise MicebenchError(f"cross-encoder {self.checkpoint!r} has {logits.shape[-1]} labels; expected 1 or 2")
+
+    def tokenize_pairs(self, queries: list[str], docs: list[str]) -> Any:
+        """`[CLS] q [SEP] d [SEP]` batches, truncated longest-first to `max_length` (as sentence-transformers)."""
+        return self.tokenizer(
+            queries,
+            docs,
+            truncation="longest_first",
+            max_length=self.max_length,
+            padding=True,
+            return_tensors="pt",
+        ).to(self.device)
+
+    def forward(self, batch: Any, **kwargs: Any) -> Any:
+        """Model output for a tokenised batch (kwargs such as output_attentions go to the model)."""
+        return self.model(**batch, **kwargs)
 
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         if not query.strip():
@@ -72,15 +86,8 @@ class CrossEncoderRanker(Ranker):
         scores = np.empty(len(docs), dtype=np.float64)
         with self._torch.inference_mode():
             for idx in length_sorted_batches(docs, self.batch_size):
-                batch = self.tokenizer(
-                    [query] * len(idx),
-                    [docs[i] for i in idx],
-                    truncation="longest_first",
-                    max_length=self.max_length,
-                    padding=True,
-                    return_tensors="pt",
-                ).to(self.device)
-                logits = self.model(**batch).logits.float()
+                batch = self.tokenize_pairs([query] * len(idx), [docs[i] for i in idx])
+                logits = self.forward(batch).logits.float()
                 scores[idx] = self._logits_to_scores(logits).cpu().numpy()
         return scores
 

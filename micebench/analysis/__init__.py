@@ -1,0 +1,1 @@
+"""Analyses of model internals (segment-to-segment attention)."""

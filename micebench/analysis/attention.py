@@ -1,0 +1,146 @@
+"""Segment attention analysis: how much attention mass flows from each input segment to each other, per layer.
+
+For a token of segment `a`, the mass to segment `b` is the sum of its (head-averaged) attention probabilities
+over the tokens of `b`; values are averaged over the tokens of `a`, then over query-document pairs. Each row
+therefore sums to 1. This is the measurement the paper's masks were derived from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from micebench.models.segments import PAD, segment_ids
+from micebench.progress import progress_bar
+from micebench.schedules import SEGMENTS
+
+
+@dataclass
+class SegmentAttention:
+    """mass[layer, from, to] averaged over pairs where `from` is present; counts of such pairs per segment."""
+
+    mass: np.ndarray
+    pairs: int
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        return [
+            {"layer": layer, "from": SEGMENTS[a], "to": SEGMENTS[b], "mass": float(self.mass[layer, a, b])}
+            for layer in range(self.mass.shape[0])
+            for a in range(len(SEGMENTS))
+            for b in range(len(SEGMENTS))
+        ]
+
+
+def segment_attention(ranker: Any, pairs: list[tuple[str, str]], batch_size: int = 8) -> SegmentAttention:
+    """Measure segment-to-segment attention of a (masked) cross-encoder built with eager attention."""
+    import torch
+
+    num_layers = ranker.model.config.num_hidden_layers
+    total = np.zeros((num_layers, len(SEGMENTS), len(SEGMENTS)))
+    count = np.zeros((len(SEGMENTS),))
+    with torch.inference_mode(), progress_bar("attention", total=len(pairs), unit="pairs") as bar:
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            batch = ranker.tokenize_pairs([q for q, _ in chunk], [d for _, d in chunk])
+            attentions = ranker.forward(batch, output_attentions=True).attentions
+            seg = segment_ids(batch["input_ids"], batch["attention_mask"], ranker.tokenizer.sep_token_id)
+            onehot = torch.nn.functional.one_hot(seg, PAD + 1)[..., :PAD].double()  # B x L x 5
+            tokens = onehot.sum(1)  # B x 5
+            present = tokens > 0
+            for layer, probs in enumerate(attentions):
+                p = probs.double().mean(1)  # head average: B x L x L
+                flow = torch.einsum("bia,bij,bjc->bac", onehot, p, onehot)  # summed over tokens
+                per_token = flow / tokens.clamp(min=1).unsqueeze(-1)
+                total[layer] += (per_token * present.unsqueeze(-1)).sum(0).numpy()
+            count += present.sum(0).numpy()
+            bar.advance(len(chunk))
+    mass = total / np.maximum(count, 1)[None, :, None]
+    return SegmentAttention(mass, len(pairs))
+
+
+def layer_groups(num_layers: int, group_size: int) -> list[range]:
+    return [range(s, min(s + group_size, num_layers)) for s in range(0, num_layers, group_size)]
+
+
+def plot_heatmaps(result: SegmentAttention, folder: Path, title: str, group_size: int = 3) -> list[Path]:
+    """One figure per group of layers (PNG and SVG), one 5x5 heatmap per layer with values written in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for group in layer_groups(result.mass.shape[0], group_size):
+        fig, axes = plt.subplots(1, len(group), figsize=(3.4 * len(group) + 0.8, 3.6), squeeze=False)
+        for ax, layer in zip(axes[0], group, strict=False):
+            image = ax.imshow(result.mass[layer], cmap="Greys", vmin=0.0, vmax=1.0)
+            ax.set_title(f"layer {layer}")
+            ax.set_xticks(range(len(SEGMENTS)), SEGMENTS, rotation=45, ha="right")
+            ax.set_xlabel("to segment")
+            if layer == group[0]:
+                ax.set_yticks(range(len(SEGMENTS)), SEGMENTS)
+                ax.set_ylabel("from segment")
+            else:
+                ax.set_yticks(range(len(SEGMENTS)), [])
+            for a in range(len(SEGMENTS)):
+                for b in range(len(SEGMENTS)):
+                    value = result.mass[layer, a, b]
+                    ax.text(
+                        b,
+                        a,
+                        f"{value:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if value > 0.5 else "black",
+                    )
+        fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="attention mass (row sums to 1)")
+        fig.suptitle(f"{title}: layers {group[0]}-{group[-1]} ({result.pairs} pairs, head average)", fontsize=10)
+        for suffix in ("png", "svg"):
+            path = folder / f"attention_layers_{group[0]}-{group[-1]}.{suffix}"
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+            written.append(path)
+        plt.close(fig)
+    return written
+
+
+def markdown_table(result: SegmentAttention) -> str:
+    """Per layer, a from x to table of attention mass."""
+    lines = []
+    for layer in range(result.mass.shape[0]):
+        lines.append(f"\n**layer {layer}**\n")
+        lines.append("| from \\ to | " + " | ".join(SEGMENTS) + " |")
+        lines.append("|---" * (len(SEGMENTS) + 1) + "|")
+        for a, name in enumerate(SEGMENTS):
+            lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in result.mass[layer, a]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_attention_result(
+    result: SegmentAttention, folder: Path, title: str, meta: dict, group_size: int
+) -> list[Path]:
+    """attention.csv, attention.md, manifest.json and the heatmaps, written into a temporary folder first."""
+    import os
+    import shutil
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        with open(tmp / "attention.csv", "w", encoding="utf-8") as handle:
+            handle.write("layer,from,to,mass\n")
+            handle.writelines(f"{r['layer']},{r['from']},{r['to']},{r['mass']:.6f}\n" for r in result.to_rows())
+        (tmp / "attention.md").write_text(f"# {title}\n" + markdown_table(result))
+        plot_heatmaps(result, tmp, title, group_size)
+        (tmp / "manifest.json").write_text(json.dumps({**meta, "status": "complete"}, indent=2, default=str) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(folder.iterdir())

@@ -61,6 +61,10 @@ def run(
         str | None,
         typer.Option(help="masked-ce schedule: a preset, a TOML/YAML file, or rules like 'mask1;query>document@0-4'."),
     ] = None,
+    merge_layer: Annotated[int | None, typer.Option(help="MICE: layer where query and document meet (k).")] = None,
+    top_layers: Annotated[int | None, typer.Option(help="MICE: number of top layers kept (m).")] = None,
+    precomputed: Annotated[str | None, typer.Option(help="Document store built by `micebench precompute`.")] = None,
+    untrained: Annotated[bool, typer.Option(help="Allow evaluating a MICE that was never fine-tuned.")] = False,
     output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",
     seed: Annotated[int, typer.Option(help="Random seed recorded in the manifest.")] = 0,
     split: Annotated[str | None, typer.Option(help="qrels split of a local folder (default: test).")] = None,
@@ -78,6 +82,10 @@ def run(
         top_k=top_k,
         checkpoint=checkpoint,
         schedule=schedule,
+        merge_layer=merge_layer,
+        top_layers=top_layers,
+        precomputed=precomputed,
+        untrained=untrained,
         batch_size=batch_size,
         device=device,
         dtype=dtype,
@@ -173,6 +181,76 @@ def results(
     for row in rows:
         table.add_row(row["dataset"], row["ranker"], *(f"{row['measures'].get(m, float('nan')):.4f}" for m in measures))
     out().print(table)
+
+
+@app.command()
+def convert(
+    source: Annotated[str, typer.Option("--from", help="Cross-encoder (or base model) to convert.")],
+    merge_layer: Annotated[int, typer.Option(help="Layer k where query and document meet.")],
+    top_layers: Annotated[int, typer.Option(help="Number m of top layers kept (copied from k..k+m-1).")],
+    out_dir: Annotated[str, typer.Option("--out", help="Folder for the MICE checkpoint.")],
+    top_self_attention: Annotated[bool, typer.Option(help="Keep query self-attention in the top layers.")] = True,
+    query_attends_cls: Annotated[bool, typer.Option(help="Let query tokens attend to cls in the top layers.")] = False,
+    cls_attends_document: Annotated[bool, typer.Option(help="Let cls cross-attend to the document.")] = False,
+    random_top_layers: Annotated[bool, typer.Option(help="Re-initialise the top layers instead of copying.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Write the initial (untrained) MICE-l<k>+<m> from a cross-encoder as a normal checkpoint folder."""
+    from micebench.models.mice import MiceConfig
+    from micebench.models.mice_io import convert_cross_encoder, save_mice
+
+    if Path(out_dir).exists() and not overwrite:
+        raise MicebenchError(f"{out_dir} already exists (use --overwrite to replace it)")
+    config = MiceConfig(merge_layer, top_layers, top_self_attention, query_attends_cls, cls_attends_document,
+                        random_top_layers)
+    model, tokenizer = convert_cross_encoder(source, config)
+    folder = save_mice(model, tokenizer, out_dir)
+    params = sum(p.numel() for p in model.parameters())
+    out().print(f"{config.label()} from {source}: {params / 1e6:.2f}M parameters, written to {folder}")
+
+
+@app.command()
+def precompute(
+    model: Annotated[str, typer.Option("--model", "-m", help="mice, mice-l<k>+<m> or colbert.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset whose corpus is encoded.")],
+    checkpoint: Annotated[str | None, typer.Option(help="Model weights (a MICE checkpoint or a cross-encoder).")] = None,
+    mode: Annotated[str, typer.Option(help="MICE: states (layer-k states) or kv (top-layer keys/values).")] = "states",
+    dtype: Annotated[str, typer.Option(help="Storage dtype: fp16 or fp32.")] = "fp16",
+    merge_layer: Annotated[int | None, typer.Option(help="MICE merge layer when converting on the fly.")] = None,
+    top_layers: Annotated[int | None, typer.Option(help="MICE top layers when converting on the fly.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Store folder.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Encode only the first N documents (smoke tests).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Rebuild an existing store.")] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Encode every document once and store its representation (keyed by doc id) for `run --precomputed`."""
+    from micebench.data import load_dataset
+    from micebench.rankers.base import load_ranker
+    from micebench.results import slug
+    from micebench.store.precompute import precompute as build
+
+    if dtype not in ("fp16", "fp32", "bf16"):
+        raise MicebenchError(f"unknown store dtype {dtype!r} (use fp16 or fp32)")
+    ranker = load_ranker(model, checkpoint=checkpoint, merge_layer=merge_layer, top_layers=top_layers,
+                         batch_size=batch_size, device=device)
+    if not hasattr(ranker, "store_fields"):
+        raise MicebenchError(f"model {model!r} has no document store (use mice, mice-l<k>+<m> or colbert)")
+    ranker.store_fields(mode)
+    ds = load_dataset(dataset, data_dir)
+    folder = Path(output) if output else Path("results") / "stores" / slug(ds.name) / f"{slug(ranker.label)}-{mode}-{dtype}"
+    import time
+
+    start = time.perf_counter()
+    path = build(ranker, ds, folder, mode, dtype, overwrite=overwrite, limit=limit)
+    import json
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    out().print(
+        f"{manifest['num_docs']} documents, {manifest['num_tokens']} tokens, {manifest['bytes_per_doc'] / 1024:.1f} KiB "
+        f"per document ({mode}, {dtype}) in {time.perf_counter() - start:.1f}s; written to {path}"
+    )
 
 
 @app.command()

@@ -34,6 +34,10 @@ class RunConfig:
     top_k: int = 100
     checkpoint: str | None = None
     schedule: str | None = None
+    merge_layer: int | None = None
+    top_layers: int | None = None
+    precomputed: str | None = None
+    untrained: bool = False
     batch_size: int | None = None
     device: str = "auto"
     dtype: str = "fp32"
@@ -50,6 +54,8 @@ class RunConfig:
         if self.name:
             return self.name
         label = self.model if not self.schedule else f"{self.model}-{Path(self.schedule).stem}"
+        if self.model == "mice" and self.merge_layer and self.top_layers:
+            label = f"mice-l{self.merge_layer}+{self.top_layers}"
         if self.checkpoint:
             return f"{label}-{Path(resolve_model(self.checkpoint)).name}"
         return label
@@ -129,6 +135,10 @@ def build_ranker(config: RunConfig) -> Ranker:
         config.model,
         schedule=config.schedule,
         checkpoint=config.checkpoint,
+        merge_layer=config.merge_layer,
+        top_layers=config.top_layers,
+        precomputed=config.precomputed,
+        untrained=config.untrained or None,
         batch_size=config.batch_size,
         device=config.device,
         dtype=config.dtype,
@@ -151,6 +161,7 @@ def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult
     seed_everything(config.seed)
 
     ranker = ranker or build_ranker(config)
+    ranker.check_ready_for_effectiveness()
     timings["load_model_s"] = time.perf_counter() - started
 
     t0 = time.perf_counter()

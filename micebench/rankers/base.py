@@ -40,6 +40,9 @@ class Ranker(ABC):
                 bar.advance(1)
         return with_ranks(candidates, scores)
 
+    def check_ready_for_effectiveness(self) -> None:
+        """Raise when the ranker should not be evaluated as is (e.g. an untrained MICE)."""
+
     def describe(self) -> dict[str, Any]:
         """Facts for manifests and reports (parameters, dtype, device, checkpoint...)."""
         return {"ranker": self.name}
@@ -73,6 +76,7 @@ _BUILTIN_MODULES = (
     "micebench.rankers.cross_encoder",
     "micebench.rankers.dense",
     "micebench.rankers.masked",
+    "micebench.rankers.mice",
 )
 
 

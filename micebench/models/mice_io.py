@@ -1,0 +1,79 @@
+"""MICE checkpoints: build from a cross-encoder, save as config.json (+ "mice") / model.safetensors / tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from micebench.errors import MicebenchError
+from micebench.models.mice import MiceConfig, MiceModel
+from micebench.rankers.models import load_pretrained, resolve_model
+
+
+def is_mice_checkpoint(name: str | None) -> bool:
+    """True when `name` is a local folder whose config.json carries MICE fields."""
+    if not name:
+        return False
+    path = Path(resolve_model(name)) if not name.startswith((".", "/", "~")) else Path(name).expanduser()
+    config = path / "config.json"
+    return config.is_file() and "mice" in json.loads(config.read_text())
+
+
+def convert_cross_encoder(checkpoint: str, mice: MiceConfig) -> tuple[MiceModel, Any]:
+    """The initial MICE from a cross-encoder (or a base model, which gets a fresh one-logit head)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = load_pretrained(AutoConfig, checkpoint)
+    extra = {} if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])) else {"num_labels": 1}
+    model = load_pretrained(AutoModelForSequenceClassification, checkpoint, **extra)
+    tokenizer = load_pretrained(AutoTokenizer, checkpoint)
+    mice.source_checkpoint = mice.source_checkpoint or checkpoint
+    return MiceModel(model, mice).eval(), tokenizer
+
+
+def save_mice(model: MiceModel, tokenizer: Any, folder: str | Path) -> Path:
+    """Write a shareable checkpoint atomically: config.json with a "mice" entry, model.safetensors, tokenizer."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        config = model.config.to_dict()
+        config["num_hidden_layers"] = model.mice.merge_layer + model.mice.top_layers
+        config["mice"] = asdict(model.mice)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "micebench": "mice"})
+        tokenizer.save_pretrained(str(tmp))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_mice(folder: str | Path) -> tuple[MiceModel, Any]:
+    """Load a checkpoint written by `save_mice` (no download; the architecture comes from config.json)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = Path(resolve_model(str(folder)))
+    config = AutoConfig.from_pretrained(str(folder))
+    data = config.mice if isinstance(config.mice, dict) else dict(config.mice)
+    mice = MiceConfig.from_dict({**data, "random_top_layers": False})
+    skeleton = AutoModelForSequenceClassification.from_config(config)
+    model = MiceModel(skeleton, mice)
+    try:
+        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    except (RuntimeError, OSError) as err:
+        raise MicebenchError(f"cannot load MICE weights from {folder}: {str(err).splitlines()[0]}") from None
+    mice.random_top_layers = bool(data.get("random_top_layers", False))
+    return model.eval(), AutoTokenizer.from_pretrained(str(folder))

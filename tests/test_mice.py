@@ -1,0 +1,200 @@
+"""MICE: wiring against the source model, precomputed == on the fly, batching, save/load, shape errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from micebench import load_ranker
+from micebench.errors import MicebenchError
+from micebench.models.mice import MiceConfig, MiceModel
+from tests.conftest import write_beir
+
+QUERY = "how do goldfish grow"
+DOCS = [
+    "Goldfish grow according to the size of their tank.",
+    "Wi-Fi is a family of wireless network protocols.",
+    "",
+    "A long passage about aquariums and fish food. " * 30,
+]
+
+
+@pytest.fixture(scope="module")
+def tiny4_ce(tmp_path_factory, minilm_path) -> str:
+    """A tiny random 4-layer BERT cross-encoder."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(3)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=64, num_labels=1)
+    folder = tmp_path_factory.mktemp("tiny4")
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)
+
+
+def _mice(checkpoint, k=2, m=2, **options):
+    return load_ranker(f"mice-l{k}+{m}", checkpoint=checkpoint, device="cpu", untrained=True, **options)
+
+
+def test_bottom_states_equal_the_source_model_run_alone(tiny4_ce):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    ranker = _mice(tiny4_ce, k=2, m=2)
+    source = AutoModelForSequenceClassification.from_pretrained(tiny4_ce).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny4_ce)
+    with torch.no_grad():
+        for text in (QUERY, DOCS[0]):
+            enc = tokenizer([text], return_tensors="pt")
+            expected = source(**enc, output_hidden_states=True).hidden_states[2]  # output of layer index 1
+            got = ranker.model.encode_bottom(enc["input_ids"], enc["attention_mask"])
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        # padded batches give the same states for the real tokens
+        enc = tokenizer([QUERY, DOCS[3]], return_tensors="pt", padding=True)
+        got = ranker.model.encode_bottom(enc["input_ids"], enc["attention_mask"])
+        alone = source(**tokenizer([QUERY], return_tensors="pt"), output_hidden_states=True).hidden_states[2]
+        torch.testing.assert_close(got[0, : alone.shape[1]], alone[0], atol=1e-5, rtol=0)
+
+
+def test_top_layers_are_copies_of_source_layers_k_to_k_plus_m(tiny4_ce):
+    from transformers import AutoModelForSequenceClassification
+
+    source = AutoModelForSequenceClassification.from_pretrained(tiny4_ce).eval()
+    mice = _mice(tiny4_ce, k=1, m=2).model
+    assert len(mice.bottom) == 1 and len(mice.top) == 2  # layer 3 dropped
+    for j, top in enumerate(mice.top):
+        src = source.bert.encoder.layer[1 + j]
+        for mine, theirs in ((top.self_attention, src.attention), (top.cross_attention, src.attention),
+                             (top.intermediate, src.intermediate), (top.output, src.output)):
+            for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
+                assert torch.equal(a, b), name
+        assert top.cross_attention is not top.self_attention
+    assert torch.equal(mice.classifier.weight, source.classifier.weight)
+    assert torch.equal(mice.pooler.dense.weight, source.bert.pooler.dense.weight)
+    random = _mice(tiny4_ce, k=1, m=2, random_top_layers=True).model
+    assert not torch.equal(random.top[0].intermediate.dense.weight, source.bert.encoder.layer[1].intermediate.dense.weight)
+
+
+def test_options_change_the_computation(tiny4_ce):
+    base = _mice(tiny4_ce).score(QUERY, DOCS[:2])
+    for option in ("query_attends_cls", "cls_attends_document"):
+        assert not np.allclose(_mice(tiny4_ce, **{option: True}).score(QUERY, DOCS[:2]), base)
+    no_self = _mice(tiny4_ce, top_self_attention=False)
+    assert all(layer.self_attention is None for layer in no_self.model.top)
+
+
+def test_one_top_layer_without_cls_cross_attention_ignores_the_document(tiny4_ce):
+    """cls never cross-attends and reads the query only through self-attention before cross-attention."""
+    scores = _mice(tiny4_ce, k=2, m=1).score(QUERY, DOCS)
+    assert np.ptp(scores) < 1e-9
+    assert np.ptp(_mice(tiny4_ce, k=2, m=2).score(QUERY, DOCS)) > 1e-8
+
+
+def test_batched_equals_one_by_one(tiny4_ce):
+    ranker = _mice(tiny4_ce, batch_size=3)
+    batched = ranker.score(QUERY, DOCS)
+    single = np.array([ranker.score(QUERY, [d])[0] for d in DOCS])
+    np.testing.assert_allclose(batched, single, atol=1e-5, rtol=0)
+
+
+def test_forward_matches_the_ranker(tiny4_ce):
+    """The training-time forward (several queries, pair index) equals the ranker's per-query path."""
+    ranker = _mice(tiny4_ce)
+    tok = ranker.tokenizer
+    queries = [QUERY, "what is wifi"]
+    q = tok(queries, return_tensors="pt", padding=True)
+    d = tok(DOCS[:2] * 2, return_tensors="pt", padding=True)
+    index = torch.tensor([0, 0, 1, 1])
+    with torch.no_grad():
+        logits = ranker.model(q["input_ids"], q["attention_mask"], d["input_ids"], d["attention_mask"], index)[:, 0]
+    expected = np.concatenate([ranker.score(queries[0], DOCS[:2]), ranker.score(queries[1], DOCS[:2])])
+    np.testing.assert_allclose(logits.numpy(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["states", "kv"])
+def test_precomputed_store_equals_on_the_fly(tmp_path, tiny4_ce, mode):
+    from micebench.data import load_dataset
+    from micebench.store.precompute import precompute
+
+    corpus = [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(DOCS)]
+    folder = write_beir(tmp_path / "c", corpus, [{"_id": "q", "text": QUERY}], [("q", "d0", 1)])
+    ranker = _mice(tiny4_ce, batch_size=2)
+    store = precompute(ranker, load_dataset(str(folder)), tmp_path / "store", mode, "fp32")
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["mode"] == mode and manifest["num_docs"] == len(DOCS) and manifest["bytes_per_doc"] > 0
+    stored = _mice(tiny4_ce, precomputed=str(store), batch_size=3)
+    assert not stored.needs_text
+    order = ["d3", "d1", "d0", "d2"]
+    np.testing.assert_allclose(
+        stored.score_stored(QUERY, order), ranker.score(QUERY, [DOCS[int(d[1])] for d in order]), atol=1e-4, rtol=0
+    )
+    with pytest.raises(MicebenchError, match="built by another model"):
+        _mice(tiny4_ce, k=1, m=2, precomputed=str(store))
+    with pytest.raises(MicebenchError, match="not in the store"):
+        stored.score_stored(QUERY, ["d0", "nope"])
+
+
+def test_convert_save_load_round_trip(tmp_path, tiny4_ce, capsys):
+    from tests.test_cli import cli
+
+    code, out, err = cli(capsys, "convert", "--from", tiny4_ce, "--merge-layer", "2", "--top-layers", "1",
+                         "--out", str(tmp_path / "mice"), "--cls-attends-document")
+    assert code == 0, err
+    config = json.loads((tmp_path / "mice" / "config.json").read_text())
+    assert config["mice"]["merge_layer"] == 2 and config["mice"]["cls_attends_document"] is True
+    assert config["num_hidden_layers"] == 3 and (tmp_path / "mice" / "model.safetensors").is_file()
+    loaded = load_ranker("mice", checkpoint=str(tmp_path / "mice"), device="cpu", untrained=True)
+    direct = _mice(tiny4_ce, k=2, m=1, cls_attends_document=True)
+    np.testing.assert_allclose(loaded.score(QUERY, DOCS), direct.score(QUERY, DOCS), atol=1e-6, rtol=0)
+    with pytest.raises(MicebenchError, match="is mice-l2\\+1, not mice-l3\\+1"):
+        load_ranker("mice-l3+1", checkpoint=str(tmp_path / "mice"), device="cpu")
+
+
+def test_parameter_count_of_mice_l4_3_from_minilm_l12_config():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                        intermediate_size=1536, num_labels=1)
+    source = BertForSequenceClassification(config)
+    assert abs(sum(p.numel() for p in source.parameters()) / 1e6 - 33.4) < 0.1  # the paper's cross-encoder
+    mice = MiceModel(source, MiceConfig(merge_layer=4, top_layers=3))
+    assert abs(sum(p.numel() for p in mice.parameters()) / 1e6 - 26.3) < 0.1
+
+
+@pytest.mark.parametrize(
+    ("k", "m", "message"),
+    [(0, 2, "merge layer 0 is impossible"), (4, 1, "merge layer 4 is impossible"),
+     (2, 3, "3 top layers do not fit above merge layer 2")],
+)
+def test_impossible_shapes(tiny4_ce, k, m, message):
+    with pytest.raises(MicebenchError, match=message):
+        _mice(tiny4_ce, k=k, m=m)
+
+
+def test_untrained_mice_is_refused_for_effectiveness(capsys, tmp_path, data_dir, tiny4_ce):
+    from tests.test_cli import cli
+
+    args = ["run", "--model", "mice-l2+2", "--checkpoint", tiny4_ce, "--dataset", str(data_dir / "adi"),
+            "--first-stage", "bm25", "--top-k", "5", "--device", "cpu", "-o", str(tmp_path)]
+    code, _, err = cli(capsys, *args)
+    assert code == 2 and "untrained" in err and "micebench train" in err
+    code, _, err = cli(capsys, *args, "--untrained")
+    assert code == 0, err
+
+
+def test_precompute_cli_errors(capsys, tmp_path, data_dir, tiny4_ce):
+    from tests.test_cli import cli
+
+    base = ["precompute", "--checkpoint", tiny4_ce, "--dataset", str(data_dir / "adi"), "--device", "cpu"]
+    code, _, err = cli(capsys, *base, "--model", "mice-l2+2", "--mode", "tokens", "-o", str(tmp_path / "s"))
+    assert code == 2 and "unknown store mode 'tokens'" in err
+    code, _, err = cli(capsys, *base, "--model", "ce", "-o", str(tmp_path / "s"))
+    assert code == 2 and "has no document store" in err
+    code, out, err = cli(capsys, *base, "--model", "mice-l2+2", "-o", str(tmp_path / "s"))
+    assert code == 0 and "82 documents" in out
+    code, _, err = cli(capsys, "run", "--model", "mice-l1+1", "--checkpoint", tiny4_ce, "--dataset",
+                       str(data_dir / "adi"), "--precomputed", str(tmp_path / "s"), "--untrained", "-o", str(tmp_path))
+    assert code == 2 and "built by another model" in err

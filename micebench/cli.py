@@ -201,8 +201,9 @@ def convert(
 
     if Path(out_dir).exists() and not overwrite:
         raise MicebenchError(f"{out_dir} already exists (use --overwrite to replace it)")
-    config = MiceConfig(merge_layer, top_layers, top_self_attention, query_attends_cls, cls_attends_document,
-                        random_top_layers)
+    config = MiceConfig(
+        merge_layer, top_layers, top_self_attention, query_attends_cls, cls_attends_document, random_top_layers
+    )
     model, tokenizer = convert_cross_encoder(source, config)
     folder = save_mice(model, tokenizer, out_dir)
     params = sum(p.numel() for p in model.parameters())
@@ -213,8 +214,13 @@ def convert(
 def precompute(
     model: Annotated[str, typer.Option("--model", "-m", help="mice, mice-l<k>+<m> or colbert.")],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset whose corpus is encoded.")],
-    checkpoint: Annotated[str | None, typer.Option(help="Model weights (a MICE checkpoint or a cross-encoder).")] = None,
-    mode: Annotated[str, typer.Option(help="MICE: states (layer-k states) or kv (top-layer keys/values).")] = "states",
+    checkpoint: Annotated[
+        str | None, typer.Option(help="Model weights (a MICE checkpoint or a cross-encoder).")
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="MICE: states (default; layer-k states) or kv (top-layer keys/values); ColBERT: embeddings."),
+    ] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype: fp16 or fp32.")] = "fp16",
     merge_layer: Annotated[int | None, typer.Option(help="MICE merge layer when converting on the fly.")] = None,
     top_layers: Annotated[int | None, typer.Option(help="MICE top layers when converting on the fly.")] = None,
@@ -233,13 +239,22 @@ def precompute(
 
     if dtype not in ("fp16", "fp32", "bf16"):
         raise MicebenchError(f"unknown store dtype {dtype!r} (use fp16 or fp32)")
-    ranker = load_ranker(model, checkpoint=checkpoint, merge_layer=merge_layer, top_layers=top_layers,
-                         batch_size=batch_size, device=device)
+    ranker = load_ranker(
+        model,
+        checkpoint=checkpoint,
+        merge_layer=merge_layer,
+        top_layers=top_layers,
+        batch_size=batch_size,
+        device=device,
+    )
     if not hasattr(ranker, "store_fields"):
         raise MicebenchError(f"model {model!r} has no document store (use mice, mice-l<k>+<m> or colbert)")
+    mode = mode or ranker.default_store_mode
     ranker.store_fields(mode)
     ds = load_dataset(dataset, data_dir)
-    folder = Path(output) if output else Path("results") / "stores" / slug(ds.name) / f"{slug(ranker.label)}-{mode}-{dtype}"
+    folder = (
+        Path(output) if output else Path("results") / "stores" / slug(ds.name) / f"{slug(ranker.label)}-{mode}-{dtype}"
+    )
     import time
 
     start = time.perf_counter()
@@ -248,7 +263,8 @@ def precompute(
 
     manifest = json.loads((path / "manifest.json").read_text())
     out().print(
-        f"{manifest['num_docs']} documents, {manifest['num_tokens']} tokens, {manifest['bytes_per_doc'] / 1024:.1f} KiB "
+        f"{manifest['num_docs']} documents, {manifest['num_tokens']} tokens, "
+        f"{manifest['bytes_per_doc'] / 1024:.1f} KiB "
         f"per document ({mode}, {dtype}) in {time.perf_counter() - start:.1f}s; written to {path}"
     )
 

@@ -145,8 +145,20 @@ def test_schedule_checked_against_model_depth(tiny_bert_ce):
 def test_masked_runs_in_the_pipeline(capsys, tmp_path, data_dir, tiny_bert_ce):
     from tests.test_cli import cli
 
-    args = ["--dataset", str(data_dir / "adi"), "--first-stage", "bm25", "--top-k", "10", "--device", "cpu",
-            "--checkpoint", tiny_bert_ce, "-o", str(tmp_path)]
+    args = [
+        "--dataset",
+        str(data_dir / "adi"),
+        "--first-stage",
+        "bm25",
+        "--top-k",
+        "10",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        tiny_bert_ce,
+        "-o",
+        str(tmp_path),
+    ]
     code, _, err = cli(capsys, "run", "--model", "masked-ce", "--schedule", "mask2", "--name", "m2", *args)
     assert code == 0, err
     import json

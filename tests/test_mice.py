@@ -28,8 +28,9 @@ def tiny4_ce(tmp_path_factory, minilm_path) -> str:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     torch.manual_seed(3)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=64, num_labels=1)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, num_labels=1
+    )
     folder = tmp_path_factory.mktemp("tiny4")
     BertForSequenceClassification(config).eval().save_pretrained(folder)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
@@ -67,15 +68,21 @@ def test_top_layers_are_copies_of_source_layers_k_to_k_plus_m(tiny4_ce):
     assert len(mice.bottom) == 1 and len(mice.top) == 2  # layer 3 dropped
     for j, top in enumerate(mice.top):
         src = source.bert.encoder.layer[1 + j]
-        for mine, theirs in ((top.self_attention, src.attention), (top.cross_attention, src.attention),
-                             (top.intermediate, src.intermediate), (top.output, src.output)):
+        for mine, theirs in (
+            (top.self_attention, src.attention),
+            (top.cross_attention, src.attention),
+            (top.intermediate, src.intermediate),
+            (top.output, src.output),
+        ):
             for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
                 assert torch.equal(a, b), name
         assert top.cross_attention is not top.self_attention
     assert torch.equal(mice.classifier.weight, source.classifier.weight)
     assert torch.equal(mice.pooler.dense.weight, source.bert.pooler.dense.weight)
     random = _mice(tiny4_ce, k=1, m=2, random_top_layers=True).model
-    assert not torch.equal(random.top[0].intermediate.dense.weight, source.bert.encoder.layer[1].intermediate.dense.weight)
+    assert not torch.equal(
+        random.top[0].intermediate.dense.weight, source.bert.encoder.layer[1].intermediate.dense.weight
+    )
 
 
 def test_options_change_the_computation(tiny4_ce):
@@ -140,8 +147,19 @@ def test_precomputed_store_equals_on_the_fly(tmp_path, tiny4_ce, mode):
 def test_convert_save_load_round_trip(tmp_path, tiny4_ce, capsys):
     from tests.test_cli import cli
 
-    code, out, err = cli(capsys, "convert", "--from", tiny4_ce, "--merge-layer", "2", "--top-layers", "1",
-                         "--out", str(tmp_path / "mice"), "--cls-attends-document")
+    code, out, err = cli(
+        capsys,
+        "convert",
+        "--from",
+        tiny4_ce,
+        "--merge-layer",
+        "2",
+        "--top-layers",
+        "1",
+        "--out",
+        str(tmp_path / "mice"),
+        "--cls-attends-document",
+    )
     assert code == 0, err
     config = json.loads((tmp_path / "mice" / "config.json").read_text())
     assert config["mice"]["merge_layer"] == 2 and config["mice"]["cls_attends_document"] is True
@@ -156,8 +174,14 @@ def test_convert_save_load_round_trip(tmp_path, tiny4_ce, capsys):
 def test_parameter_count_of_mice_l4_3_from_minilm_l12_config():
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=1536, num_labels=1)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        num_labels=1,
+    )
     source = BertForSequenceClassification(config)
     assert abs(sum(p.numel() for p in source.parameters()) / 1e6 - 33.4) < 0.1  # the paper's cross-encoder
     mice = MiceModel(source, MiceConfig(merge_layer=4, top_layers=3))
@@ -166,8 +190,11 @@ def test_parameter_count_of_mice_l4_3_from_minilm_l12_config():
 
 @pytest.mark.parametrize(
     ("k", "m", "message"),
-    [(0, 2, "merge layer 0 is impossible"), (4, 1, "merge layer 4 is impossible"),
-     (2, 3, "3 top layers do not fit above merge layer 2")],
+    [
+        (0, 2, "merge layer 0 is impossible"),
+        (4, 1, "merge layer 4 is impossible"),
+        (2, 3, "3 top layers do not fit above merge layer 2"),
+    ],
 )
 def test_impossible_shapes(tiny4_ce, k, m, message):
     with pytest.raises(MicebenchError, match=message):
@@ -177,8 +204,23 @@ def test_impossible_shapes(tiny4_ce, k, m, message):
 def test_untrained_mice_is_refused_for_effectiveness(capsys, tmp_path, data_dir, tiny4_ce):
     from tests.test_cli import cli
 
-    args = ["run", "--model", "mice-l2+2", "--checkpoint", tiny4_ce, "--dataset", str(data_dir / "adi"),
-            "--first-stage", "bm25", "--top-k", "5", "--device", "cpu", "-o", str(tmp_path)]
+    args = [
+        "run",
+        "--model",
+        "mice-l2+2",
+        "--checkpoint",
+        tiny4_ce,
+        "--dataset",
+        str(data_dir / "adi"),
+        "--first-stage",
+        "bm25",
+        "--top-k",
+        "5",
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path),
+    ]
     code, _, err = cli(capsys, *args)
     assert code == 2 and "untrained" in err and "micebench train" in err
     code, _, err = cli(capsys, *args, "--untrained")
@@ -195,6 +237,19 @@ def test_precompute_cli_errors(capsys, tmp_path, data_dir, tiny4_ce):
     assert code == 2 and "has no document store" in err
     code, out, err = cli(capsys, *base, "--model", "mice-l2+2", "-o", str(tmp_path / "s"))
     assert code == 0 and "82 documents" in out
-    code, _, err = cli(capsys, "run", "--model", "mice-l1+1", "--checkpoint", tiny4_ce, "--dataset",
-                       str(data_dir / "adi"), "--precomputed", str(tmp_path / "s"), "--untrained", "-o", str(tmp_path))
+    code, _, err = cli(
+        capsys,
+        "run",
+        "--model",
+        "mice-l1+1",
+        "--checkpoint",
+        tiny4_ce,
+        "--dataset",
+        str(data_dir / "adi"),
+        "--precomputed",
+        str(tmp_path / "s"),
+        "--untrained",
+        "-o",
+        str(tmp_path),
+    )
     assert code == 2 and "built by another model" in err

@@ -52,7 +52,9 @@ class MiceConfig:
 def validate_shape(merge_layer: int, top_layers: int, num_layers: int) -> None:
     """Merge layer in 1..depth-1 and top layers within the remaining depth, else a one-line error."""
     if not 1 <= merge_layer < num_layers:
-        raise MicebenchError(f"merge layer {merge_layer} is impossible for a {num_layers}-layer model (use 1..{num_layers - 1})")
+        raise MicebenchError(
+            f"merge layer {merge_layer} is impossible for a {num_layers}-layer model (use 1..{num_layers - 1})"
+        )
     if not 1 <= top_layers <= num_layers - merge_layer:
         raise MicebenchError(
             f"{top_layers} top layers do not fit above merge layer {merge_layer} of a {num_layers}-layer model "
@@ -87,7 +89,9 @@ class MiceTopLayer(nn.Module):
         b, length, _ = x.shape
         return x.view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _attend(self, module: nn.Module, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any) -> torch.Tensor:
+    def _attend(
+        self, module: nn.Module, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any
+    ) -> torch.Tensor:
         q = self._heads(module.self.query(hidden))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         out = out.transpose(1, 2).reshape(hidden.shape)
@@ -97,14 +101,18 @@ class MiceTopLayer(nn.Module):
         if self.self_attention is None:
             return hidden
         sa = self.self_attention.self
-        return self._attend(self.self_attention, hidden, self._heads(sa.key(hidden)), self._heads(sa.value(hidden)), mask)
+        return self._attend(
+            self.self_attention, hidden, self._heads(sa.key(hidden)), self._heads(sa.value(hidden)), mask
+        )
 
     def cross_kv(self, doc_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the document states, (B, heads, Ld, head_dim): what `kv` stores precompute."""
         ca = self.cross_attention.self
         return self._heads(ca.key(doc_states)), self._heads(ca.value(doc_states))
 
-    def cross_attend(self, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, cls_too: bool) -> torch.Tensor:
+    def cross_attend(
+        self, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, cls_too: bool
+    ) -> torch.Tensor:
         updated = self._attend(self.cross_attention, hidden, k, v, mask)
         if cls_too:
             return updated

@@ -29,7 +29,9 @@ def convert_cross_encoder(checkpoint: str, mice: MiceConfig) -> tuple[MiceModel,
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     config = load_pretrained(AutoConfig, checkpoint)
-    extra = {} if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])) else {"num_labels": 1}
+    extra = (
+        {} if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])) else {"num_labels": 1}
+    )
     model = load_pretrained(AutoModelForSequenceClassification, checkpoint, **extra)
     tokenizer = load_pretrained(AutoTokenizer, checkpoint)
     mice.source_checkpoint = mice.source_checkpoint or checkpoint

@@ -40,7 +40,7 @@ class Ranker(ABC):
                 bar.advance(1)
         return with_ranks(candidates, scores)
 
-    def check_ready_for_effectiveness(self) -> None:
+    def check_ready_for_effectiveness(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise when the ranker should not be evaluated as is (e.g. an untrained MICE)."""
 
     def describe(self) -> dict[str, Any]:
@@ -77,6 +77,7 @@ _BUILTIN_MODULES = (
     "micebench.rankers.dense",
     "micebench.rankers.masked",
     "micebench.rankers.mice",
+    "micebench.rankers.colbert",
 )
 
 

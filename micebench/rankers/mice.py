@@ -19,11 +19,14 @@ STORE_KIND = "mice"
 STORE_MODES = ("states", "kv")
 
 
-@register_ranker("mice", "MICE: bottom layers apart, top layers with query cross-attention (--merge-layer, --top-layers)")
+@register_ranker(
+    "mice", "MICE: bottom layers apart, top layers with query cross-attention (--merge-layer, --top-layers)"
+)
 class MiceRanker(Ranker):
     """Minimal Interaction Cross-Encoder; the query's bottom layers run once per query."""
 
     name = "mice"
+    default_store_mode = "states"
 
     def __init__(
         self,
@@ -53,10 +56,14 @@ class MiceRanker(Ranker):
             shape = (self.model.mice.merge_layer, self.model.mice.top_layers)
             asked = (merge_layer or shape[0], top_layers or shape[1])
             if asked != shape:
-                raise MicebenchError(f"checkpoint {checkpoint!r} is mice-l{shape[0]}+{shape[1]}, not mice-l{asked[0]}+{asked[1]}")
+                raise MicebenchError(
+                    f"checkpoint {checkpoint!r} is mice-l{shape[0]}+{shape[1]}, not mice-l{asked[0]}+{asked[1]}"
+                )
         else:
             if merge_layer is None or top_layers is None:
-                raise MicebenchError("a MICE built from a cross-encoder needs --merge-layer and --top-layers (or mice-l<k>+<m>)")
+                raise MicebenchError(
+                    "a MICE built from a cross-encoder needs --merge-layer and --top-layers (or mice-l<k>+<m>)"
+                )
             config = MiceConfig(
                 merge_layer=int(merge_layer),
                 top_layers=int(top_layers),
@@ -80,7 +87,9 @@ class MiceRanker(Ranker):
             mode = read_manifest(precomputed).get("mode")
             if mode not in STORE_MODES:
                 raise MicebenchError(f"store {precomputed} has mode {mode!r}; MICE uses states or kv")
-            self.store = DocumentStore(precomputed, STORE_KIND, self.model.fingerprint(mode), mode, self.device, self.dtype)
+            self.store = DocumentStore(
+                precomputed, STORE_KIND, self.model.fingerprint(mode), mode, self.device, self.dtype
+            )
         self.needs_text = self.store is None
 
     @property
@@ -100,7 +109,9 @@ class MiceRanker(Ranker):
 
     # -- encoding -----------------------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str], max_length: int) -> Any:
-        return self.tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(self.device)
+        return self.tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(
+            self.device
+        )
 
     def encode_query(self, query: str) -> tuple[Any, Any]:
         """Layer-k states of `[CLS] query [SEP]` and its mask (computed once per query)."""
@@ -201,7 +212,9 @@ class MiceRanker(Ranker):
             "attention": "sdpa",
         }
         if self.store is not None:
-            info["store"] = {k: self.store.manifest[k] for k in ("mode", "dtype", "fingerprint", "num_docs", "bytes_per_doc")}
+            info["store"] = {
+                k: self.store.manifest[k] for k in ("mode", "dtype", "fingerprint", "num_docs", "bytes_per_doc")
+            }
             info["store"]["path"] = str(self.store.folder)
         return info
 

@@ -30,8 +30,15 @@ MANIFEST = "manifest.json"
 class StoreWriter:
     """Accumulates packed per-token tensors and writes shards; `finish` makes the store visible atomically."""
 
-    def __init__(self, folder: str | Path, meta: dict[str, Any], fields: Sequence[str], dtype: torch.dtype,
-                 shard_docs: int = 20_000, overwrite: bool = False):
+    def __init__(
+        self,
+        folder: str | Path,
+        meta: dict[str, Any],
+        fields: Sequence[str],
+        dtype: torch.dtype,
+        shard_docs: int = 20_000,
+        overwrite: bool = False,
+    ):
         self.folder = Path(folder)
         if self.folder.exists() and not overwrite:
             raise MicebenchError(f"store already exists: {self.folder} (use --overwrite to rebuild it)")
@@ -109,8 +116,15 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 class DocumentStore:
     """Loads a store and serves padded per-token tensors for any batch of doc ids."""
 
-    def __init__(self, folder: str | Path, kind: str, fingerprint: str, mode: str | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        kind: str,
+        fingerprint: str,
+        mode: str | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+    ):
         from safetensors.torch import load_file
 
         self.folder = Path(folder)
@@ -118,7 +132,8 @@ class DocumentStore:
         found = (self.manifest.get("kind"), self.manifest.get("mode"))
         if found[0] != kind or (mode is not None and found[1] != mode):
             raise MicebenchError(
-                f"store {self.folder} holds {found[0]}/{found[1]}, not {kind}/{mode}: build it with `micebench precompute`"
+                f"store {self.folder} holds {found[0]}/{found[1]}, not {kind}/{mode}: "
+                "build it with `micebench precompute`"
             )
         if self.manifest.get("fingerprint") != fingerprint:
             raise MicebenchError(

@@ -35,15 +35,27 @@ def _pack(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x[mask.bool()]
 
 
-def precompute(ranker: Any, dataset: Dataset, folder: str | Path, mode: str, dtype: str = "fp16",
-               overwrite: bool = False, limit: int | None = None) -> Path:
+def precompute(
+    ranker: Any,
+    dataset: Dataset,
+    folder: str | Path,
+    mode: str,
+    dtype: str = "fp16",
+    overwrite: bool = False,
+    limit: int | None = None,
+) -> Path:
     """Build the store of `ranker` (a MiceRanker in states|kv mode, or a ColBERT ranker) over the corpus."""
     from micebench.rankers.models import pick_dtype
 
     store_dtype = pick_dtype(dtype)
     fields, kind = ranker.store_fields(mode)
-    meta = {"kind": kind, "mode": mode, "fingerprint": ranker.store_fingerprint(mode), "model": ranker.describe(),
-            "dataset": dataset.describe()}
+    meta = {
+        "kind": kind,
+        "mode": mode,
+        "fingerprint": ranker.store_fingerprint(mode),
+        "model": ranker.describe(),
+        "dataset": dataset.describe(),
+    }
     writer = StoreWriter(folder, meta, fields, store_dtype, overwrite=overwrite)
     done = 0
     try:
@@ -53,7 +65,9 @@ def precompute(ranker: Any, dataset: Dataset, folder: str | Path, mode: str, dty
                     ids, texts = ids[: limit - done], texts[: limit - done]
                 for idx in length_sorted_batches(texts, ranker.batch_size):
                     tensors, mask = ranker.store_encode([texts[i] for i in idx], mode)
-                    writer.add([ids[i] for i in idx], mask.sum(1).tolist(), {f: _pack(tensors[f], mask) for f in fields})
+                    writer.add(
+                        [ids[i] for i in idx], mask.sum(1).tolist(), {f: _pack(tensors[f], mask) for f in fields}
+                    )
                     bar.advance(len(idx))
                 done += len(ids)
                 if limit is not None and done >= limit:

@@ -1,0 +1,143 @@
+"""ColBERT: MaxSim against a direct computation, checkpoint formats, precomputed embeddings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from micebench import load_ranker
+from tests.conftest import write_beir
+
+QUERY = "how do goldfish grow"
+DOCS = ["Goldfish grow, according to the size of their tank!", "Wi-Fi is a family of wireless protocols.", "x"]
+
+
+def _reference(folder, weight, query, docs, q_marker, d_marker, qlen=32, dlen=180):
+    """MaxSim written out directly: HF encoder, projection, L2 norm, einsum, max over kept doc tokens, sum."""
+    import string
+
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+
+    def embed(text, marker, length, query_side):
+        ids = tok(text, truncation=True, max_length=length - 1)["input_ids"]
+        ids = ids[:1] + [marker] + ids[1:]
+        attn = [1] * len(ids)
+        if query_side:
+            pad = length - len(ids)
+            ids, attn = ids + [tok.mask_token_id] * pad, attn + [0] * pad
+        with torch.no_grad():
+            h = model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([attn])).last_hidden_state[0]
+        return torch.nn.functional.normalize(h @ weight.T, dim=-1), ids
+
+    q, _ = embed(query, q_marker, qlen, True)
+    punct = {tok.convert_tokens_to_ids(c) for c in string.punctuation}
+    out = []
+    for doc in docs:
+        d, ids = embed(doc, d_marker, dlen, False)
+        keep = torch.tensor([i not in punct for i in ids])
+        out.append(torch.einsum("qd,ld->ql", q, d[keep]).max(-1).values.sum().item())
+    return np.array(out)
+
+
+def test_fresh_projection_maxsim_matches_reference(tiny_bert_encoder):
+    ranker = load_ranker("colbert", checkpoint=tiny_bert_encoder, device="cpu", batch_size=2)
+    assert ranker.format == "fresh projection" and ranker.projection.out_features == 128
+    tok = ranker.tokenizer
+    expected = _reference(
+        tiny_bert_encoder,
+        ranker.projection.weight.detach(),
+        QUERY,
+        DOCS,
+        tok.convert_tokens_to_ids("[unused0]"),
+        tok.convert_tokens_to_ids("[unused1]"),
+    )
+    np.testing.assert_allclose(ranker.score(QUERY, DOCS), expected, atol=1e-5, rtol=0)
+
+
+def test_colbertv2_checkpoint_layout(tmp_path, tiny_bert_encoder):
+    """BERT weights plus `linear.weight` in one file, as colbert-ir/colbertv2.0 ships them."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "colbertv2"
+    shutil.copytree(tiny_bert_encoder, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    weight = torch.randn(24, 32, generator=torch.Generator().manual_seed(5))
+    save_file({**state, "linear.weight": weight}, str(folder / "model.safetensors"))
+    (folder / "artifact.metadata").write_text(json.dumps({"query_maxlen": 16, "doc_maxlen": 64}))
+    ranker = load_ranker("colbert", checkpoint=str(folder), device="cpu")
+    assert ranker.format == "colbertv2" and (ranker.query_length, ranker.doc_length) == (16, 64)
+    tok = ranker.tokenizer
+    expected = _reference(
+        str(folder),
+        weight,
+        QUERY,
+        DOCS,
+        tok.convert_tokens_to_ids("[unused0]"),
+        tok.convert_tokens_to_ids("[unused1]"),
+        16,
+        64,
+    )
+    np.testing.assert_allclose(ranker.score(QUERY, DOCS), expected, atol=1e-5, rtol=0)
+
+
+def test_pylate_checkpoint_layout(tmp_path, tiny_bert_encoder):
+    import shutil
+
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "pylate"
+    shutil.copytree(tiny_bert_encoder, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.add_tokens(["[Q] ", "[D] "])
+    tok.save_pretrained(folder)
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(folder)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(folder)
+    (folder / "1_Dense").mkdir()
+    weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(6))
+    save_file({"linear.weight": weight}, str(folder / "1_Dense" / "model.safetensors"))
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+            ]
+        )
+    )
+    (folder / "config_sentence_transformers.json").write_text(
+        json.dumps({"query_prefix": "[Q] ", "document_prefix": "[D] ", "query_length": 24, "document_length": 100})
+    )
+    ranker = load_ranker("colbert", checkpoint=str(folder), device="cpu")
+    assert ranker.format == "pylate" and ranker.q_marker == len(tok) - 2 and ranker.d_marker == len(tok) - 1
+    expected = _reference(str(folder), weight, QUERY, DOCS, ranker.q_marker, ranker.d_marker, 24, 100)
+    np.testing.assert_allclose(ranker.score(QUERY, DOCS), expected, atol=1e-5, rtol=0)
+
+
+def test_precomputed_embeddings_equal_on_the_fly(tmp_path, tiny_bert_encoder):
+    import pandas as pd
+
+    from micebench.data import load_dataset
+    from micebench.errors import MicebenchError
+    from micebench.store.precompute import precompute
+
+    corpus = [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(DOCS)]
+    folder = write_beir(tmp_path / "c", corpus, [{"_id": "q", "text": QUERY}], [("q", "d0", 1)])
+    ranker = load_ranker("colbert", checkpoint=tiny_bert_encoder, device="cpu")
+    store = precompute(ranker, load_dataset(str(folder)), tmp_path / "store", "embeddings", "fp32")
+    stored = load_ranker("colbert", checkpoint=tiny_bert_encoder, device="cpu", precomputed=str(store))
+    frame = pd.DataFrame({"qid": "q", "query": QUERY, "docno": ["d2", "d0", "d1"], "text": "", "score": 0.0})
+    got = stored.rerank(frame).set_index("docno")["score"]
+    np.testing.assert_allclose(got[["d0", "d1", "d2"]].to_numpy(), ranker.score(QUERY, DOCS), atol=1e-5, rtol=0)
+    with pytest.raises(MicebenchError, match="has mode .embeddings.; MICE uses states or kv"):
+        load_ranker("mice-l1+1", checkpoint=tiny_bert_encoder, device="cpu", precomputed=str(store))

@@ -161,6 +161,10 @@ def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult
     seed_everything(config.seed)
 
     ranker = ranker or build_ranker(config)
+    if config.precomputed and getattr(ranker, "store", None) is None:
+        raise MicebenchError(
+            f"model {config.model!r} does not use a document store (--precomputed is for mice, colbert)"
+        )
     ranker.check_ready_for_effectiveness()
     timings["load_model_s"] = time.perf_counter() - started
 

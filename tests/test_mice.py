@@ -253,3 +253,72 @@ def test_precompute_cli_errors(capsys, tmp_path, data_dir, tiny4_ce):
         str(tmp_path),
     )
     assert code == 2 and "built by another model" in err
+
+
+def test_run_cli_shape_and_store_errors(capsys, tmp_path, data_dir, tiny4_ce):
+    from tests.test_cli import cli
+
+    adi = str(data_dir / "adi")
+    code, _, err = cli(
+        capsys,
+        "run",
+        "--model",
+        "mice",
+        "--merge-layer",
+        "0",
+        "--top-layers",
+        "2",
+        "--checkpoint",
+        tiny4_ce,
+        "--dataset",
+        adi,
+        "--untrained",
+        "-o",
+        str(tmp_path),
+    )
+    assert code == 2 and "merge layer 0 is impossible for a 4-layer model" in err
+    code, _, err = cli(
+        capsys,
+        "run",
+        "--model",
+        "mice-l2+3",
+        "--checkpoint",
+        tiny4_ce,
+        "--dataset",
+        adi,
+        "--untrained",
+        "-o",
+        str(tmp_path),
+    )
+    assert code == 2 and "3 top layers do not fit" in err
+    code, _, err = cli(
+        capsys,
+        "run",
+        "--model",
+        "ce",
+        "--checkpoint",
+        tiny4_ce,
+        "--dataset",
+        adi,
+        "--precomputed",
+        str(tmp_path),
+        "-o",
+        str(tmp_path / "out"),
+    )
+    assert code == 2 and "does not use a document store" in err
+    code, _, err = cli(
+        capsys,
+        "run",
+        "--model",
+        "mice-l2+2",
+        "--checkpoint",
+        tiny4_ce,
+        "--dataset",
+        adi,
+        "--precomputed",
+        str(tmp_path),
+        "--untrained",
+        "-o",
+        str(tmp_path / "out"),
+    )
+    assert code == 2 and "not a document store" in err

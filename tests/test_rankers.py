@@ -62,10 +62,16 @@ def _frame() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["qid", "query", "docno", "text", "score"])
 
 
-@pytest.mark.parametrize("model", ["ce", "dense", "bm25"])
+@pytest.mark.parametrize("model", ["ce", "dense", "bm25", "mask2", "mice-l1+1", "colbert"])
 def test_ranker_contract(model, tiny_bert_ce, tiny_bert_encoder):
     """Every ranker: one finite float per doc from score(); rerank() agrees with score() and ranks 1..n."""
-    options = {"ce": {"checkpoint": tiny_bert_ce}, "dense": {"checkpoint": tiny_bert_encoder}}.get(model, {})
+    options = {
+        "ce": {"checkpoint": tiny_bert_ce},
+        "mask2": {"checkpoint": tiny_bert_ce},
+        "mice-l1+1": {"checkpoint": tiny_bert_ce, "untrained": True},
+        "dense": {"checkpoint": tiny_bert_encoder},
+        "colbert": {"checkpoint": tiny_bert_encoder},
+    }.get(model, {})
     ranker = load_ranker(model, device="cpu", **options)
     scores = ranker.score(QUERY, DOCS)
     assert scores.shape == (len(DOCS),) and np.all(np.isfinite(scores))
@@ -78,7 +84,7 @@ def test_ranker_contract(model, tiny_bert_ce, tiny_bert_encoder):
     q1 = out[out.qid == "q1"].set_index("docno")["score"]
     if model != "bm25":
         np.testing.assert_allclose(q1[[f"d{i}" for i in range(len(DOCS))]].to_numpy(), scores, atol=1e-5)
-    assert ranker.describe()["ranker"] == model
+    assert ranker.describe()["ranker"] in (model, "masked-ce", "mice")
 
 
 def test_bm25_score_prefers_matching_document():

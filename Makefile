@@ -13,7 +13,7 @@ export IR_DATASETS_HOME ?= $(CURDIR)/.cache/ir_datasets
 export TOKENIZERS_PARALLELISM ?= false
 DEMO_RESULTS ?= results/demo
 
-.PHONY: install test test-fast demo lint clean
+.PHONY: install test test-fast demo lint bench clean
 
 $(BIN)/micebench: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ demo: install
 	  $(BIN)/micebench run --model dense --dataset trec-dl-19 --output $(DEMO_RESULTS) --overwrite; \
 	else echo "TREC DL 2019 is not mirrored locally (set MICEBENCH_DATA); skipping it."; fi
 	$(BIN)/micebench results $(DEMO_RESULTS)
+
+# Speed goals (MiniLM-L12 shape, 512-token documents, batch 128): measured ratios vs analytic FLOP ratios.
+bench: install
+	$(BIN)/python benchmarks/latency_ratios.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -270,6 +270,103 @@ def precompute(
 
 
 @app.command()
+def latency(
+    models: Annotated[
+        str, typer.Option(help="Comma list: ce, mask2, mice-l4+3[:none|states|kv], colbert[:precomputed].")
+    ] = ("ce,mice-l4+3:none,mice-l4+3:states,mice-l4+3:kv,colbert:precomputed"),
+    batch: Annotated[int, typer.Option(help="Documents per batch (one query).")] = 64,
+    doc_len: Annotated[int, typer.Option(help="Document tokens incl. its [CLS]/[SEP].")] = 512,
+    query_len: Annotated[int, typer.Option(help="Query tokens incl. its [CLS]/[SEP].")] = 32,
+    precompute: Annotated[str, typer.Option(help="Default for models without ':mode': none | states | kv.")] = "none",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16.")] = "fp32",
+    warmup: Annotated[int, typer.Option(help="Untimed calls per model first.")] = 3,
+    repeats: Annotated[int, typer.Option(help="Timed calls per model (interleaved).")] = 10,
+    arch: Annotated[
+        str, typer.Option(help="minilm-l12 | minilm-l6 | bert-base | path to a config.json.")
+    ] = "minilm-l12",
+    checkpoint: Annotated[str | None, typer.Option(help="Real weights instead of a random architecture.")] = None,
+    include_tokenization: Annotated[bool, typer.Option(help="Also time tokenisation (reported apart).")] = False,
+    paper_setup: Annotated[
+        bool, typer.Option(help="The paper's protocol: batch 128, 512 tokens, fp32, tokenisation.")
+    ] = False,
+    docs_per_query: Annotated[int, typer.Option(help="Candidates per query for the per-query latency.")] = 1000,
+    compile: Annotated[bool, typer.Option(help="torch.compile the cross-encoder.")] = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",
+    name: Annotated[str | None, typer.Option(help="Run name (default: a timestamp).")] = None,
+) -> None:
+    """Time rankers model-only (interleaved), with FLOPs, throughput and memory; write results/latency/<run>.*"""
+    import time
+
+    from micebench.latency.runner import LatencyBench, LatencyConfig, write_latency
+
+    if paper_setup:
+        batch, doc_len, query_len, dtype, include_tokenization = 128, 512, 32, "fp32", True
+    config = LatencyConfig(
+        models=[m.strip() for m in models.split(",") if m.strip()],
+        batch=batch,
+        query_len=query_len,
+        doc_len=doc_len,
+        precompute=precompute,
+        device=device,
+        dtype=dtype,
+        warmup=warmup,
+        repeats=repeats,
+        arch=arch,
+        checkpoint=checkpoint,
+        include_tokenization=include_tokenization,
+        docs_per_query=docs_per_query,
+        compile=compile,
+    )
+    if repeats < 1 or warmup < 0:
+        raise MicebenchError("--repeats must be at least 1 and --warmup at least 0")
+    bench = LatencyBench(config)
+    try:
+        rows = bench.run()
+        meta = bench.environment()
+    finally:
+        bench.close()
+    run = name or time.strftime("%Y%m%d-%H%M%S")
+    json_path, _ = write_latency(rows, meta, Path(output) / "latency", run)
+    table = Table(
+        title=f"latency · {meta['device_name']} · {dtype} · {meta['threads']} threads · batch {batch} · "
+        f"q{query_len}+d{doc_len} tokens · model only, per batch"
+    )
+    for column in (
+        "model",
+        "params",
+        "GFLOP/doc",
+        "median ms",
+        "p10-p90 ms",
+        "docs/s",
+        "GFLOP/s",
+        "vs ce",
+        "FLOP ratio",
+        "share",
+    ):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in rows:
+        table.add_row(
+            row["label"],
+            f"{row['params'] / 1e6:.1f}M",
+            f"{row['flops_per_doc'] / 1e9:.2f}",
+            f"{row['median_ms']:.1f}",
+            f"{row['p10_ms']:.1f}-{row['p90_ms']:.1f}",
+            f"{row['docs_per_s']:.0f}",
+            f"{row['achieved_gflops']:.0f}",
+            f"{row.get('speedup_vs_ce', float('nan')):.2f}x",
+            f"{row.get('flop_ratio_vs_ce', float('nan')):.1f}x",
+            f"{row.get('share_of_flop_ratio', float('nan')):.0%}",
+        )
+    out().print(table)
+    if include_tokenization:
+        for row in rows:
+            if "tokenize_ms" in row:
+                out().print(f"{row['label']}: tokenisation {row['tokenize_ms']:.1f} ms, total {row['total_ms']:.1f} ms")
+    out().print(f"written to {json_path} and .csv")
+
+
+@app.command()
 def schedules(
     show: Annotated[
         str | None, typer.Argument(help="A preset, schedule file or compact rule string to render.")

@@ -148,17 +148,21 @@ class MiceRanker(Ranker):
         with torch.inference_mode():
             q = self.encode_query(query)
             for start in range(0, len(docnos), self.batch_size):
-                tensors, mask = self.store.gather(rows[start : start + self.batch_size])
-                if self.store.manifest["mode"] == "kv":
-                    heads = self.model.top[0].num_heads
-                    kv = [
-                        (self._split(tensors[f"k{j}"], heads), self._split(tensors[f"v{j}"], heads))
-                        for j in range(self.mice.top_layers)
-                    ]
-                    scores[start : start + len(mask)] = self._score(q, mask, d_kv=kv)
-                else:
-                    scores[start : start + len(mask)] = self._score(q, mask, d_states=tensors["states"])
+                chunk = rows[start : start + self.batch_size]
+                scores[start : start + len(chunk)] = self.score_rows(q, self.store, self.store.manifest["mode"], chunk)
         return scores
+
+    def score_rows(self, q: tuple[Any, Any], store: Any, mode: str, rows: Any) -> np.ndarray:
+        """Score one query's states against store rows: one padded gather, then the top layers."""
+        tensors, mask = store.gather(rows)
+        if mode == "kv":
+            heads = self.model.top[0].num_heads
+            kv = [
+                (self._split(tensors[f"k{j}"], heads), self._split(tensors[f"v{j}"], heads))
+                for j in range(self.mice.top_layers)
+            ]
+            return self._score(q, mask, d_kv=kv)
+        return self._score(q, mask, d_states=tensors["states"])
 
     @staticmethod
     def _split(x: Any, heads: int) -> Any:
@@ -190,7 +194,12 @@ class MiceRanker(Ranker):
         return self.model.fingerprint(mode)
 
     def store_encode(self, texts: list[str], mode: str) -> tuple[dict[str, Any], Any]:
-        states, mask = self.encode_documents(texts)
+        batch = self._tokenize(texts, self.mice.doc_max_length)
+        return self.store_encode_ids(batch["input_ids"], batch["attention_mask"], mode)
+
+    def store_encode_ids(self, input_ids: Any, mask: Any, mode: str) -> tuple[dict[str, Any], Any]:
+        """Store tensors for tokenised documents: layer-k states, or each top layer's keys and values."""
+        states = self.model.encode_bottom(input_ids, mask)
         if mode == "states":
             return {"states": states}, mask
         out = {}

@@ -103,6 +103,26 @@ class StoreWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+class PackedTensors:
+    """Per-token tensors of many documents packed back to back, with a vectorised padded gather."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], lengths: torch.Tensor):
+        self.tensors = tensors
+        self.device = lengths.device
+        self.lengths = lengths.long()
+        self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
+
+    def gather(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Padded (B, Lmax, dim) tensors per field and the (B, Lmax) attention mask for rows `rows`."""
+        lengths = self.lengths[rows]
+        width = int(lengths.max())
+        steps = torch.arange(width, device=self.device)
+        mask = steps[None, :] < lengths[:, None]
+        flat = (self.offsets[rows][:, None] + steps[None, :]).where(mask, 0).reshape(-1)
+        out = {f: t.index_select(0, flat).view(len(rows), width, -1) for f, t in self.tensors.items()}
+        return out, mask.long()
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / MANIFEST
     if not path.is_file():
@@ -146,10 +166,8 @@ class DocumentStore:
         parts = [load_file(str(self.folder / shard["file"])) for shard in self.manifest["shards"]]
         device = torch.device(device)
         target_dtype = dtype or getattr(torch, self.manifest["dtype"])
-        self.tensors = {f: torch.cat([p[f] for p in parts]).to(device, target_dtype) for f in self.fields}
-        lengths = torch.cat([p["lengths"] for p in parts]).long()
-        self.lengths = lengths.to(device)
-        self.offsets = (torch.cumsum(lengths, 0) - lengths).to(device)
+        tensors = {f: torch.cat([p[f] for p in parts]).to(device, target_dtype) for f in self.fields}
+        self.packed = PackedTensors(tensors, torch.cat([p["lengths"] for p in parts]).to(device))
         self.device = device
 
     def __contains__(self, docno: str) -> bool:
@@ -166,10 +184,4 @@ class DocumentStore:
 
     def gather(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Padded (B, Lmax, dim) tensors per field and the (B, Lmax) attention mask for store rows `rows`."""
-        lengths = self.lengths[rows]
-        width = int(lengths.max())
-        steps = torch.arange(width, device=self.device)
-        mask = steps[None, :] < lengths[:, None]
-        flat = (self.offsets[rows][:, None] + steps[None, :]).where(mask, 0).reshape(-1)
-        out = {f: t.index_select(0, flat).view(len(rows), width, -1) for f, t in self.tensors.items()}
-        return out, mask.long()
+        return self.packed.gather(rows)

@@ -21,7 +21,7 @@ GOALS = {
     "mice-l4+3:states": (15.0, 0.8),
     "mice-l4+3:kv": (40.0, 0.8),
     "mice-l4+3:none": (2.5, 0.8),
-    "colbert:precomputed": (None, 0.8),
+    "colbert:precomputed": None,  # reported, no goal
 }
 
 

@@ -111,7 +111,7 @@ class MiceTopLayer(nn.Module):
         return self._heads(ca.key(doc_states)), self._heads(ca.value(doc_states))
 
     def cross_attend(
-        self, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, cls_too: bool
+        self, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, cls_too: bool
     ) -> torch.Tensor:
         updated = self._attend(self.cross_attention, hidden, k, v, mask)
         if cls_too:
@@ -199,7 +199,8 @@ class MiceModel(nn.Module):
         """
         dtype = q_states.dtype
         self_mask = self._query_self_mask(q_mask, dtype)
-        cross_mask = padding_mask(d_mask, dtype)
+        # no mask at all when no document in the batch is padded: SDPA then takes its fastest kernel
+        cross_mask = None if bool(d_mask.all()) else padding_mask(d_mask, dtype)
         hidden = q_states
         for j, layer in enumerate(self.top):
             if j == 0:

@@ -106,20 +106,38 @@ class StoreWriter:
 class PackedTensors:
     """Per-token tensors of many documents packed back to back, with a vectorised padded gather."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], lengths: torch.Tensor):
+    def __init__(self, tensors: dict[str, torch.Tensor], lengths: torch.Tensor, target: torch.device | None = None):
         self.tensors = tensors
         self.device = lengths.device
         self.lengths = lengths.long()
         self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
+        #: where gathered batches go (a CUDA device for a store kept in pinned host memory)
+        self.target = target or self.device
+        self._buffers: dict[str, torch.Tensor] = {}
 
     def gather(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Padded (B, Lmax, dim) tensors per field and the (B, Lmax) attention mask for rows `rows`."""
+        """Padded (B, Lmax, dim) tensors per field and the (B, Lmax) attention mask for rows `rows`.
+
+        The tensors are views of buffers reused by the next call (no fresh allocation, which costs more than
+        the copy itself for large batches): use them before gathering again.
+        """
         lengths = self.lengths[rows]
         width = int(lengths.max())
         steps = torch.arange(width, device=self.device)
         mask = steps[None, :] < lengths[:, None]
         flat = (self.offsets[rows][:, None] + steps[None, :]).where(mask, 0).reshape(-1)
-        out = {f: t.index_select(0, flat).view(len(rows), width, -1) for f, t in self.tensors.items()}
+        out = {}
+        for name, tensor in self.tensors.items():
+            buffer = self._buffers.get(name)
+            if buffer is None or buffer.shape[0] < len(flat):
+                buffer = self._buffers[name] = torch.empty((len(flat), tensor.shape[1]), dtype=tensor.dtype,
+                                                           device=tensor.device)
+            view = buffer[: len(flat)]
+            torch.index_select(tensor, 0, flat, out=view)
+            out[name] = view.view(len(rows), width, -1)
+        if self.target != self.device:
+            out = {f: t.pin_memory().to(self.target, non_blocking=True) for f, t in out.items()}
+            return out, mask.long().to(self.target, non_blocking=True)
         return out, mask.long()
 
 
@@ -166,8 +184,15 @@ class DocumentStore:
         parts = [load_file(str(self.folder / shard["file"])) for shard in self.manifest["shards"]]
         device = torch.device(device)
         target_dtype = dtype or getattr(torch, self.manifest["dtype"])
-        tensors = {f: torch.cat([p[f] for p in parts]).to(device, target_dtype) for f in self.fields}
-        self.packed = PackedTensors(tensors, torch.cat([p["lengths"] for p in parts]).to(device))
+        tensors = {f: torch.cat([p[f] for p in parts]).to(dtype=target_dtype) for f in self.fields}
+        lengths = torch.cat([p["lengths"] for p in parts])
+        home = device
+        if device.type == "cuda":  # keep the store on the GPU when it fits comfortably, else in pinned host memory
+            size = sum(t.numel() * t.element_size() for t in tensors.values())
+            if size > 0.5 * torch.cuda.mem_get_info(device)[0]:
+                home = torch.device("cpu")
+                tensors = {f: t.pin_memory() for f, t in tensors.items()}
+        self.packed = PackedTensors({f: t.to(home) for f, t in tensors.items()}, lengths.to(home), target=device)
         self.device = device
 
     def __contains__(self, docno: str) -> bool:
@@ -178,7 +203,7 @@ class DocumentStore:
 
     def positions(self, docnos: Sequence[str]) -> torch.Tensor:
         try:
-            return torch.tensor([self.index[d] for d in docnos], dtype=torch.long, device=self.device)
+            return torch.tensor([self.index[d] for d in docnos], dtype=torch.long, device=self.packed.device)
         except KeyError as err:
             raise MicebenchError(f"document {err.args[0]!r} is not in the store {self.folder}") from None
 

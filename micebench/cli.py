@@ -47,8 +47,13 @@ DataDirOption = Annotated[
 
 @app.command()
 def run(
-    model: Annotated[str, typer.Option("--model", "-m", help="Ranker name (see `micebench models`).")],
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Short name, ir_datasets id or BEIR folder path.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Ranker name (see `micebench models`).")] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", "-d", help="Short name, ir_datasets id or BEIR folder path.")
+    ] = None,
+    config_file: Annotated[
+        str | None, typer.Option("--config", help="Experiment TOML: rankers x datasets x seeds (see README).")
+    ] = None,
     first_stage: Annotated[
         str, typer.Option(help="auto | bm25 | dataset:<run> | full | path to a TREC run file.")
     ] = "auto",
@@ -74,6 +79,12 @@ def run(
 ) -> None:
     """Re-rank a dataset's first-stage candidates with one model, evaluate, and write the result folder."""
     from micebench.pipeline import RunConfig, run_experiment
+
+    if config_file is not None:
+        _run_experiment_file(config_file, overwrite, data_dir, device)
+        return
+    if model is None or dataset is None:
+        raise MicebenchError("run needs --model and --dataset (or --config experiment.toml)")
 
     config = RunConfig(
         model=model,
@@ -109,6 +120,84 @@ def run(
         f"({result.manifest['first_stage']['source']}); re-ranking {timing['rerank_s']:.1f}s; "
         f"written to {result.folder}"
     )
+
+
+def _run_experiment_file(path: str, overwrite: bool, data_dir: str | None, device: str) -> None:
+    from micebench.experiments import experiment_runs, load_experiment, write_experiment_index
+    from micebench.pipeline import run_experiment
+    from micebench.results import is_complete, result_dir
+
+    data = load_experiment(path)
+    overrides = {"overwrite": overwrite, "device": device}
+    if data_dir:
+        overrides["data_dir"] = data_dir
+    runs = experiment_runs(data, overrides)
+    write_experiment_index(data, runs[0].output)
+    done = skipped = 0
+    for config in runs:
+        from micebench.data.registry import data_dir as resolve_data_dir
+        from micebench.data.registry import where
+
+        kind, target = where(config.dataset, resolve_data_dir(config.data_dir))
+        name = Path(target).name if Path(config.dataset).expanduser().is_dir() else config.dataset
+        folder = result_dir(config.output, name, config.ranker_label())
+        folder = folder / f"seed-{config.seed}" if config.seed_folder else folder
+        if is_complete(folder) and not overwrite:
+            skipped += 1
+            continue
+        result = run_experiment(config)
+        done += 1
+        means = ", ".join(f"{k} {v:.4f}" for k, v in list(result.evaluation.means.items())[:2])
+        out().print(f"{config.dataset} · {config.ranker_label()} · seed {config.seed}: {means}")
+    out().print(f"{done} runs done, {skipped} finished results kept (use --overwrite to redo them)")
+
+
+@app.command()
+def report(
+    results: Annotated[str, typer.Option("--results", help="Results folder to report on.")] = "results",
+    baseline: Annotated[str | None, typer.Option(help="Ranker the significance marks compare against.")] = None,
+    metric: Annotated[str, typer.Option(help="Measure of the effectiveness table.")] = "nDCG@10",
+    test: Annotated[str, typer.Option(help="Paired test: student | fisher.")] = "student",
+    correction: Annotated[str, typer.Option(help="holm | bonferroni | none (over the datasets).")] = "holm",
+    alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
+    format: Annotated[
+        list[str] | None, typer.Option("--format", help="md | latex | csv | html (repeatable; default all).")
+    ] = None,
+    std: Annotated[bool, typer.Option(help="Show +- std over seeds.")] = False,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Report folder (default RESULTS/report).")
+    ] = None,
+) -> None:
+    """Paper-style tables with significance marks, the efficiency table, figures and an HTML page."""
+    from micebench.report.build import FORMATS, build_report
+    from micebench.report.significance import CORRECTIONS, TESTS
+
+    formats = tuple(format or FORMATS)
+    for f in formats:
+        if f not in FORMATS:
+            raise MicebenchError(f"unknown format {f!r} (use {', '.join(FORMATS)})")
+    if test not in TESTS or correction not in CORRECTIONS:
+        raise MicebenchError(f"--test is one of {', '.join(TESTS)}; --correction one of {', '.join(CORRECTIONS)}")
+    if not Path(results).is_dir():
+        raise MicebenchError(f"results folder not found: {results}")
+    table, collection, written = build_report(
+        results, output or Path(results) / "report", metric, baseline, test, correction, alpha, formats, std
+    )
+    best = table.best()
+    rich_table = Table(title=f"{table.metric} (x100)", caption=table.caption())
+    rich_table.add_column("ranker")
+    for c in table.columns:
+        rich_table.add_column(c, justify="right")
+    for ranker in table.rows:
+        cells = [table.cell(ranker, c, std) for c in table.columns]
+        rich_table.add_row(
+            ranker,
+            *(f"[bold]{v}[/]" if best.get(c) == ranker else v for c, v in zip(table.columns, cells, strict=True)),
+        )
+    out().print(rich_table)
+    for line in collection.skipped:
+        err().print(f"warning: {line}", markup=False)
+    out().print(f"wrote {len(written)} files to {Path(written[0]).parent if written else output}")
 
 
 @datasets_app.callback()

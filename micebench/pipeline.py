@@ -48,6 +48,8 @@ class RunConfig:
     name: str | None = None
     overwrite: bool = False
     measures: list[str] = field(default_factory=lambda: list(DEFAULT_MEASURES))
+    #: put the result in a seed-<S> sub-folder (experiments with several seeds)
+    seed_folder: bool = False
 
     def ranker_label(self) -> str:
         """Result-folder name of the ranker: `--name`, else the model plus a non-default checkpoint's name."""
@@ -154,6 +156,8 @@ def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult
         raise MicebenchError(f"unknown model {config.model!r} (available: {known})")
     dataset = load_dataset(config.dataset, config.data_dir, config.split)
     folder = result_dir(config.output, dataset.name, config.ranker_label())
+    if config.seed_folder:
+        folder = folder / f"seed-{config.seed}"
     if folder.exists() and not config.overwrite:
         state = "finished" if is_complete(folder) else "existing"
         raise MicebenchError(f"{state} result at {folder} (use --overwrite to replace it)")

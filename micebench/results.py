@@ -133,7 +133,8 @@ def write_result(
 def load_results(output: str | Path) -> list[dict[str, Any]]:
     """Every finished result under `output` as {dataset, ranker, measures, manifest}."""
     rows = []
-    for manifest_path in sorted(Path(output).glob(f"*/*/{MANIFEST}")):
+    paths = sorted([*Path(output).glob(f"*/*/{MANIFEST}"), *Path(output).glob(f"*/*/seed-*/{MANIFEST}")])
+    for manifest_path in paths:
         folder = manifest_path.parent
         if not is_complete(folder):
             continue

@@ -130,8 +130,9 @@ class PackedTensors:
         for name, tensor in self.tensors.items():
             buffer = self._buffers.get(name)
             if buffer is None or buffer.shape[0] < len(flat):
-                buffer = self._buffers[name] = torch.empty((len(flat), tensor.shape[1]), dtype=tensor.dtype,
-                                                           device=tensor.device)
+                buffer = self._buffers[name] = torch.empty(
+                    (len(flat), tensor.shape[1]), dtype=tensor.dtype, device=tensor.device
+                )
             view = buffer[: len(flat)]
             torch.index_select(tensor, 0, flat, out=view)
             out[name] = view.view(len(rows), width, -1)

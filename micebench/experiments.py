@@ -1,0 +1,104 @@
+"""Experiment files: the cross product of rankers x datasets x seeds declared in one TOML file.
+
+```toml
+output = "results/offline"
+first_stage = "auto"
+top_k = 100
+seeds = [0]
+[datasets]
+in_domain = ["trec-dl-19", "trec-dl-20"]
+out_of_domain = ["scifact"]
+[[rankers]]
+name = "bm25"            # result-folder label (default: the model name)
+model = "bm25"
+[[rankers]]
+name = "mice-l4+3"
+model = "mice"
+checkpoint = "checkpoints/mice-l4+3"
+merge_layer = 4
+top_layers = 3
+backbone = "MiniLM"      # rows of the report are grouped by backbone
+```
+Any `RunConfig` field may be set per ranker (checkpoint, schedule, first_stage, top_k, precomputed, ...).
+The grouping of datasets and the rankers' backbones are written to `<output>/experiment.json` for `report`.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from micebench.errors import MicebenchError
+from micebench.pipeline import RunConfig
+
+_RUN_FIELDS = {f.name for f in fields(RunConfig)}
+_RANKER_ONLY = {"backbone"}
+
+
+def load_experiment(path: str | Path) -> dict[str, Any]:
+    """Parse and check an experiment file; returns the plain dictionary."""
+    path = Path(path)
+    if not path.is_file():
+        raise MicebenchError(f"experiment file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise MicebenchError(f"{path}: invalid TOML ({err})") from None
+    datasets = data.get("datasets")
+    if not isinstance(datasets, dict) or not any(datasets.values()):
+        raise MicebenchError(f"{path}: needs a [datasets] table with in_domain and/or out_of_domain lists")
+    unknown_groups = set(datasets) - {"in_domain", "out_of_domain"}
+    if unknown_groups:
+        raise MicebenchError(f"{path}: unknown dataset group(s) {sorted(unknown_groups)} (in_domain, out_of_domain)")
+    rankers = data.get("rankers")
+    if not isinstance(rankers, list) or not rankers:
+        raise MicebenchError(f"{path}: needs at least one [[rankers]] entry")
+    names = []
+    for i, ranker in enumerate(rankers):
+        if "model" not in ranker:
+            raise MicebenchError(f"{path}: rankers[{i}] has no 'model'")
+        bad = set(ranker) - _RUN_FIELDS - _RANKER_ONLY
+        if bad:
+            raise MicebenchError(f"{path}: rankers[{i}] has unknown keys {sorted(bad)}")
+        names.append(ranker.get("name") or ranker["model"])
+    if len(set(names)) != len(names):
+        raise MicebenchError(f"{path}: two rankers share a name; give each a distinct 'name'")
+    return data
+
+
+def experiment_runs(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> list[RunConfig]:
+    """One RunConfig per (ranker, dataset, seed), in declaration order."""
+    overrides = overrides or {}
+    seeds = data.get("seeds", [0])
+    datasets = [*data["datasets"].get("in_domain", []), *data["datasets"].get("out_of_domain", [])]
+    defaults = {k: v for k, v in data.items() if k in _RUN_FIELDS and k not in ("model", "dataset", "seed", "name")}
+    runs = []
+    for ranker in data["rankers"]:
+        options = {k: v for k, v in ranker.items() if k in _RUN_FIELDS}
+        options.setdefault("name", ranker["model"])
+        for dataset in datasets:
+            for seed in seeds:
+                config = RunConfig(**{**defaults, **options, **overrides, "dataset": dataset, "seed": seed})
+                config.seed_folder = len(seeds) > 1
+                runs.append(config)
+    return runs
+
+
+def write_experiment_index(data: dict[str, Any], output: str | Path) -> Path:
+    """`<output>/experiment.json`: dataset groups and ranker backbones, read by `micebench report`."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    index = {
+        "in_domain": data["datasets"].get("in_domain", []),
+        "out_of_domain": data["datasets"].get("out_of_domain", []),
+        "rankers": {
+            (r.get("name") or r["model"]): {"model": r["model"], "backbone": r.get("backbone", "")}
+            for r in data["rankers"]
+        },
+    }
+    path = output / "experiment.json"
+    path.write_text(json.dumps(index, indent=2) + "\n")
+    return path

@@ -1,0 +1,1 @@
+"""Paper-style reports: effectiveness tables with significance, efficiency table, plots, an HTML page."""

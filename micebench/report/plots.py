@@ -1,0 +1,159 @@
+"""Report figures (matplotlib, PNG + SVG, readable in grayscale): Pareto front, MICE sweeps, per-dataset bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from micebench.report.collect import Collection
+from micebench.report.tables import EffectivenessTable
+
+MARKERS = "osD^v<>pP*Xh"
+HATCHES = ["", "//", "..", "xx", "\\\\", "oo", "--", "++", "**", "OO"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, folder: Path, name: str) -> list[Path]:
+    paths = []
+    for suffix in ("png", "svg"):
+        path = folder / f"{name}.{suffix}"
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+        paths.append(path)
+    _plt().close(fig)
+    return paths
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated (lower latency and higher effectiveness), sorted by latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def pareto_plot(table: EffectivenessTable, collection: Collection, folder: Path) -> list[Path]:
+    """Mean effectiveness over the datasets every plotted ranker has, vs re-ranking time per query (log)."""
+    datasets = [c for c in table.columns if not c.endswith(" avg")]
+    complete = [r for r in table.rows if table.mean.loc[r, datasets].notna().all()]
+    if not complete:
+        return []
+    runs = collection.runs[collection.runs["dataset"].isin(datasets)]
+    latency = runs.groupby("ranker")["rerank_ms_per_query"].mean()
+    floor = 0.1
+    points = [
+        (max(float(latency.get(r, 0.0)), floor), 100 * float(table.mean.loc[r, datasets].mean())) for r in complete
+    ]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, (ranker, (x, y)) in enumerate(zip(complete, points, strict=True)):
+        ax.scatter(
+            [x],
+            [y],
+            marker=MARKERS[i % len(MARKERS)],
+            s=60,
+            color="0.15",
+            facecolors="white" if i % 2 else "0.15",
+            label=ranker,
+            zorder=3,
+        )
+        ax.annotate(ranker, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    front = pareto_front(points)
+    ax.step(
+        [points[i][0] for i in front],
+        [points[i][1] for i in front],
+        where="post",
+        color="0.4",
+        linestyle="--",
+        linewidth=1,
+        label="Pareto front",
+        zorder=2,
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel(f"re-ranking time per query (ms, log scale; first-stage-only rankers at {floor} ms)")
+    ax.set_ylabel(f"mean {table.metric} (x100) over {len(datasets)} datasets")
+    ax.set_title("Effectiveness vs latency")
+    ax.grid(True, which="both", color="0.9", linewidth=0.6)
+    ax.legend(fontsize=7, loc="lower right", frameon=False)
+    return _save(fig, folder, "pareto")
+
+
+def dataset_bars(table: EffectivenessTable, folder: Path) -> list[Path]:
+    datasets = [c for c in table.columns if not c.endswith(" avg")]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(datasets) * max(1, len(table.rows)) / 3), 4.2))
+    width = 0.8 / max(len(table.rows), 1)
+    x = np.arange(len(datasets))
+    for i, ranker in enumerate(table.rows):
+        values = 100 * table.mean.loc[ranker, datasets].astype(float).to_numpy()
+        ax.bar(
+            x + i * width,
+            values,
+            width,
+            label=ranker,
+            color=str(0.2 + 0.6 * i / max(len(table.rows) - 1, 1)),
+            hatch=HATCHES[i % len(HATCHES)],
+            edgecolor="black",
+            linewidth=0.5,
+        )
+    ax.set_xticks(x + width * (len(table.rows) - 1) / 2, datasets, rotation=20, ha="right")
+    ax.set_ylabel(f"{table.metric} (x100)")
+    ax.set_title("Per-dataset effectiveness")
+    ax.legend(fontsize=7, ncol=2, frameon=False)
+    ax.grid(True, axis="y", color="0.9", linewidth=0.6)
+    return _save(fig, folder, "datasets")
+
+
+def mice_sweeps(table: EffectivenessTable, collection: Collection, folder: Path) -> list[Path]:
+    """Effectiveness vs merge layer (one line per top-layer count) and vs top layers, for MICE rankers."""
+    runs = collection.runs.dropna(subset=["merge_layer", "top_layers"])
+    if runs.empty:
+        return []
+    shapes = runs.drop_duplicates("ranker").set_index("ranker")[["merge_layer", "top_layers"]].astype(int)
+    avg = "ID avg" if "ID avg" in table.columns else table.columns[0]
+    frame = shapes.join(100 * table.mean[avg].rename("value"), how="inner").dropna()
+    if frame["merge_layer"].nunique() < 2 and frame["top_layers"].nunique() < 2:
+        return []
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, (x_name, line_name) in zip(
+        axes, (("merge_layer", "top_layers"), ("top_layers", "merge_layer")), strict=True
+    ):
+        for i, (value, group) in enumerate(frame.groupby(line_name)):
+            group = group.sort_values(x_name)
+            ax.plot(
+                group[x_name],
+                group["value"],
+                marker=MARKERS[i % len(MARKERS)],
+                color="0.2",
+                linestyle=["-", "--", ":", "-."][i % 4],
+                label=f"{line_name.replace('_', ' ')} = {value}",
+            )
+        ax.set_xlabel(x_name.replace("_", " ") + (" k" if x_name == "merge_layer" else " m"))
+        ax.set_ylabel(f"{table.metric} (x100), {avg}")
+        ax.legend(fontsize=7, frameon=False)
+        ax.grid(True, color="0.9", linewidth=0.6)
+    fig.suptitle("MICE-l<k>+<m> sweeps")
+    return _save(fig, folder, "mice_sweeps")
+
+
+def efficiency_frame_to_md(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "_no latency results (run `micebench latency`)_\n"
+    header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    rows = "".join(
+        "| " + " | ".join("–" if pd.isna(v) else str(v) for v in row) + " |\n" for row in frame.itertuples(index=False)
+    )
+    return header + rows

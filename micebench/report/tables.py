@@ -1,0 +1,262 @@
+"""The effectiveness table (rankers x datasets, ID/OOD averages, significance marks) and the efficiency table."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from micebench.errors import MicebenchError
+from micebench.report.collect import Collection
+from micebench.report.significance import correct, paired_p_value
+
+UP, DOWN = "▲", "▼"
+
+
+@dataclass
+class EffectivenessTable:
+    """Means (x100), optional std, marks and best cells; renderers below turn it into md/latex/csv/html."""
+
+    metric: str
+    columns: list[str]  # datasets, then "ID avg" / "OOD avg"
+    rows: list[str]  # ranker labels, grouped by backbone
+    mean: pd.DataFrame
+    std: pd.DataFrame
+    marks: pd.DataFrame
+    p_values: pd.DataFrame
+    baseline: str | None
+    test: str
+    correction: str
+    alpha: float
+    seeds: dict[str, int] = field(default_factory=dict)
+    backbones: dict[str, str] = field(default_factory=dict)
+
+    def best(self) -> dict[str, str]:
+        return {c: str(self.mean[c].idxmax()) for c in self.columns if self.mean[c].notna().any()}
+
+    def caption(self) -> str:
+        seeds = sorted(set(self.seeds.values()))
+        text = f"{self.metric} (x100), mean over {'/'.join(map(str, seeds)) or '1'} seed(s)."
+        if self.baseline:
+            text += (
+                f" {UP}/{DOWN}: significantly better/worse than {self.baseline} "
+                f"(two-sided paired {'t-test' if self.test == 'student' else 'Fisher randomization test'} over "
+                f"per-query values averaged over seeds, {self.correction} correction over the {self.n_datasets()} "
+                f"datasets, alpha = {self.alpha})."
+            )
+        return text + " Best per column in bold; ID/OOD avg: mean over the group's datasets."
+
+    def n_datasets(self) -> int:
+        return len([c for c in self.columns if not c.endswith(" avg")])
+
+    def cell(self, ranker: str, column: str, show_std: bool = False) -> str:
+        value = self.mean.at[ranker, column]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "–"
+        text = f"{100 * value:.1f}"
+        if show_std and column in self.std.columns and not math.isnan(self.std.at[ranker, column]):
+            text += f" ± {100 * self.std.at[ranker, column]:.1f}"
+        return text + (self.marks.at[ranker, column] if column in self.marks.columns else "")
+
+
+def _metric_column(perquery: pd.DataFrame, metric: str) -> str:
+    for column in perquery.columns:
+        if column.lower() == metric.lower():
+            return column
+    known = [c for c in perquery.columns if c not in ("dataset", "ranker", "seed", "qid")]
+    raise MicebenchError(f"measure {metric!r} is not in the results (available: {', '.join(known)})")
+
+
+def effectiveness_table(
+    collection: Collection,
+    metric: str = "nDCG@10",
+    baseline: str | None = None,
+    test: str = "student",
+    correction: str = "holm",
+    alpha: float = 0.05,
+) -> EffectivenessTable:
+    """Build the table; the baseline defaults to `ce` when present (no marks without a baseline)."""
+    pq = collection.perquery
+    if pq.empty:
+        raise MicebenchError("no finished results to report")
+    column = _metric_column(pq, metric)
+    rankers_in_order = list(dict.fromkeys(collection.runs["ranker"]))
+    backbones = dict(zip(collection.runs["ranker"], collection.runs["backbone"].fillna(""), strict=False))
+    rankers = sorted(rankers_in_order, key=lambda r: (backbones.get(r, ""), rankers_in_order.index(r)))
+    groups = collection.groups
+    datasets = sorted(pq["dataset"].unique(), key=lambda d: (groups.get(d) != "ID", d))
+    if baseline is None and "ce" in rankers:
+        baseline = "ce"
+    if baseline is not None and baseline not in rankers:
+        raise MicebenchError(f"baseline {baseline!r} has no results (rankers: {', '.join(rankers)})")
+    per_seed = pq.groupby(["ranker", "dataset", "seed"])[column].mean()
+    mean = per_seed.groupby(["ranker", "dataset"]).mean().unstack("dataset").reindex(index=rankers, columns=datasets)
+    std = (
+        per_seed.groupby(["ranker", "dataset"]).std(ddof=1).unstack("dataset").reindex(index=rankers, columns=datasets)
+    )
+    seeds = per_seed.groupby("ranker").apply(lambda s: s.index.get_level_values("seed").nunique()).to_dict()
+    columns = list(datasets)
+    for group, label in (("ID", "ID avg"), ("OOD", "OOD avg")):
+        members = [d for d in datasets if groups.get(d) == group]
+        if members:
+            mean[label] = mean[members].mean(axis=1, skipna=False)
+            columns.append(label)
+    marks = pd.DataFrame("", index=rankers, columns=datasets)
+    p_values = pd.DataFrame(np.nan, index=rankers, columns=datasets)
+    if baseline is not None:
+        seed_avg = pq.groupby(["ranker", "dataset", "qid"])[column].mean()
+        for ranker in rankers:
+            if ranker == baseline:
+                continue
+            tested, raw = [], []
+            for dataset in datasets:
+                try:
+                    a = seed_avg.loc[(baseline, dataset)]
+                    b = seed_avg.loc[(ranker, dataset)]
+                except KeyError:
+                    continue
+                common = a.index.intersection(b.index)
+                if len(common) < 2:
+                    continue
+                tested.append(dataset)
+                raw.append(paired_p_value(a[common].to_numpy(), b[common].to_numpy(), test))
+            if not raw:
+                continue
+            adjusted = correct(raw, correction)
+            for dataset, p in zip(tested, adjusted, strict=True):
+                p_values.at[ranker, dataset] = p
+                if p <= alpha:
+                    better = mean.at[ranker, dataset] > mean.at[baseline, dataset]
+                    marks.at[ranker, dataset] = UP if better else DOWN
+    return EffectivenessTable(
+        metric=column,
+        columns=columns,
+        rows=rankers,
+        mean=mean,
+        std=std,
+        marks=marks,
+        p_values=p_values,
+        baseline=baseline,
+        test=test,
+        correction=correction,
+        alpha=alpha,
+        seeds=seeds,
+        backbones=backbones,
+    )
+
+
+def _header(table: EffectivenessTable) -> list[str]:
+    return ["ranker", *table.columns]
+
+
+def to_markdown(table: EffectivenessTable, show_std: bool = False) -> str:
+    best = table.best()
+    lines = ["| " + " | ".join(_header(table)) + " |", "|" + "---|" + "---:|" * len(table.columns)]
+    for ranker in table.rows:
+        cells = []
+        for c in table.columns:
+            text = table.cell(ranker, c, show_std)
+            cells.append(f"**{text}**" if best.get(c) == ranker else text)
+        lines.append(f"| {ranker} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\n{table.caption()}\n"
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+        ("$", r"\$"),
+        ("{", r"\{"),
+        ("}", r"\}"),
+    ):
+        text = text.replace(a, b) if a != "\\" else text
+    return text.replace("±", r"$\pm$").replace(UP, r"$^\blacktriangle$").replace(DOWN, r"$^\blacktriangledown$")
+
+
+def to_latex(table: EffectivenessTable, show_std: bool = False) -> str:
+    """A booktabs table (needs \\usepackage{booktabs} and amssymb)."""
+    best = table.best()
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{" + _latex_escape(table.caption()) + "}",
+        r"\begin{tabular}{l" + "r" * len(table.columns) + "}",
+        r"\toprule",
+        " & ".join(_latex_escape(h) for h in _header(table)) + r" \\",
+        r"\midrule",
+    ]
+    previous = None
+    for ranker in table.rows:
+        backbone = table.backbones.get(ranker, "")
+        if previous is not None and backbone != previous:
+            lines.append(r"\midrule")
+        previous = backbone
+        cells = []
+        for c in table.columns:
+            text = _latex_escape(table.cell(ranker, c, show_std))
+            cells.append(r"\textbf{" + text + "}" if best.get(c) == ranker else text)
+        lines.append(_latex_escape(ranker) + " & " + " & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: EffectivenessTable) -> str:
+    frame = table.mean[table.columns].copy()
+    for c in table.marks.columns:
+        frame[f"{c} mark"] = table.marks[c]
+        frame[f"{c} p"] = table.p_values[c]
+    frame.index.name = "ranker"
+    return frame.to_csv()
+
+
+def to_html(table: EffectivenessTable, show_std: bool = False) -> str:
+    import html
+
+    best = table.best()
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in _header(table))
+    body = []
+    for ranker in table.rows:
+        cells = []
+        for c in table.columns:
+            text = html.escape(table.cell(ranker, c, show_std))
+            cells.append(f"<td><b>{text}</b></td>" if best.get(c) == ranker else f"<td>{text}</td>")
+        body.append(f"<tr><th scope='row'>{html.escape(ranker)}</th>{''.join(cells)}</tr>")
+    return (
+        f"<table class='effectiveness'><caption>{html.escape(table.caption())}</caption>"
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def efficiency_table(collection: Collection) -> pd.DataFrame:
+    """One row per latency measurement: params, latency, docs/s, memory, FLOPs, speed-up vs the cross-encoder."""
+    lat = collection.latency
+    if lat.empty:
+        return lat
+    columns = {
+        "run": "run",
+        "device_name": "device",
+        "dtype": "dtype",
+        "label": "model",
+        "precompute": "precomputed",
+        "batch": "batch",
+        "params": "params (M)",
+        "median_ms": "latency/batch (ms)",
+        "docs_per_s": "docs/s",
+        "peak_memory_mb": "peak memory (MB)",
+        "flops_per_doc": "GFLOP/doc",
+        "speedup_vs_ce": "speed-up vs ce",
+    }
+    frame = lat[[c for c in columns if c in lat.columns]].rename(columns=columns).copy()
+    if "params (M)" in frame:
+        frame["params (M)"] = (frame["params (M)"] / 1e6).round(1)
+    if "GFLOP/doc" in frame:
+        frame["GFLOP/doc"] = (frame["GFLOP/doc"] / 1e9).round(3)
+    for c in ("latency/batch (ms)", "docs/s", "peak memory (MB)", "speed-up vs ce"):
+        if c in frame:
+            frame[c] = frame[c].astype(float).round(2)
+    return frame

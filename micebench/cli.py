@@ -456,6 +456,73 @@ def latency(
 
 
 @app.command()
+def train(
+    model: Annotated[str, typer.Option("--model", "-m", help="ce | masked-ce | mice | mice-l<k>+<m> | colbert.")],
+    init: Annotated[str, typer.Option(help="Initial weights (cross-encoder, base model or MICE checkpoint).")],
+    train_source: Annotated[str, typer.Option("--train", help="Dataset with train qrels (BM25 hard negatives).")],
+    teacher: Annotated[str | None, typer.Option(help="Teacher ranker MODEL[:CHECKPOINT], run once and cached.")] = None,
+    teacher_scores: Annotated[str | None, typer.Option(help="Teacher scores TSV: pos neg qid pos_id neg_id.")] = None,
+    loss: Annotated[str, typer.Option(help="margin-mse | bce | listwise.")] = "margin-mse",
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 125_000,
+    batch_size: Annotated[int, typer.Option(help="Triples per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (weight decay 0).")] = 7e-6,
+    warmup: Annotated[int, typer.Option(help="Linear warm-up steps, then linear decay.")] = 5000,
+    seed: Annotated[int, typer.Option(help="First seed.")] = 12,
+    seeds: Annotated[int, typer.Option(help="Models to train (seed, seed+1, ...).")] = 1,
+    schedule: Annotated[str | None, typer.Option(help="masked-ce schedule.")] = None,
+    merge_layer: Annotated[int | None, typer.Option(help="MICE merge layer k.")] = None,
+    top_layers: Annotated[int | None, typer.Option(help="MICE top layers m.")] = None,
+    max_length: Annotated[int, typer.Option(help="Maximum tokens per input.")] = 512,
+    split: Annotated[str, typer.Option(help="qrels split of a local training folder.")] = "train",
+    negatives: Annotated[int, typer.Option(help="BM25 hard negatives per query.")] = 20,
+    validate: Annotated[str | None, typer.Option(help="Validation dataset (best checkpoint kept).")] = None,
+    validate_top_k: Annotated[int, typer.Option(help="Candidates per validation query.")] = 20,
+    every: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = 1000,
+    grad_accumulation: Annotated[int, typer.Option(help="Micro-batches per step.")] = 1,
+    output: Annotated[str, typer.Option("--output", "-o", help="Training folder.")] = "checkpoints/run",
+    resume: Annotated[bool, typer.Option(help="Continue the run in --output.")] = False,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop cleanly with a checkpoint after M minutes.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    data_dir: DataDirOption = None,
+) -> None:
+    """Train a ranker by distillation (Margin-MSE from a teacher) or from labels, resumably (the paper's recipe)."""
+    from micebench.training.loop import TrainConfig
+    from micebench.training.run import train_models
+
+    config = TrainConfig(
+        model=model,
+        init=init,
+        train=train_source,
+        loss=loss,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup=warmup,
+        seed=seed,
+        grad_accumulation=grad_accumulation,
+        teacher=teacher,
+        teacher_scores=teacher_scores,
+        schedule=schedule,
+        merge_layer=merge_layer,
+        top_layers=top_layers,
+        max_length=max_length,
+        negatives_per_query=negatives,
+        validate=validate,
+        validate_top_k=validate_top_k,
+        every=every,
+        output=output,
+        device=device,
+    )
+    import time
+
+    start = time.perf_counter()
+    folders = train_models(config, seeds=seeds, resume=resume, max_minutes=max_minutes, data_dir=data_dir, split=split)
+    for folder in folders:
+        out().print(f"checkpoint: {folder}")
+    out().print(f"training took {time.perf_counter() - start:.0f}s; curves in {Path(output)}/curves.csv|png")
+
+
+@app.command()
 def schedules(
     show: Annotated[
         str | None, typer.Argument(help="A preset, schedule file or compact rule string to render.")

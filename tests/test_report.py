@@ -40,15 +40,29 @@ def _dl20_treatment(base: np.ndarray) -> np.ndarray:
     raise AssertionError("no suitable shift")
 
 
-def _write(root: Path, dataset: str, ranker: str, values: np.ndarray, seed: int = 0, seed_folder: bool = False,
-           rerank_s: float = 1.0) -> Path:
+def _write(
+    root: Path,
+    dataset: str,
+    ranker: str,
+    values: np.ndarray,
+    seed: int = 0,
+    seed_folder: bool = False,
+    rerank_s: float = 1.0,
+) -> Path:
     qids = [f"q{i:02d}" for i in range(len(values))]
-    evaluation = Evaluation({"nDCG@10": float(values.mean())}, {"nDCG@10": dict(zip(qids, map(float, values)))}, 1,
-                            len(values))
+    evaluation = Evaluation(
+        {"nDCG@10": float(values.mean())}, {"nDCG@10": dict(zip(qids, map(float, values)))}, 1, len(values)
+    )
     folder = result_dir(root, dataset, ranker)
     folder = folder / f"seed-{seed}" if seed_folder else folder
-    manifest = {"dataset": {"name": dataset}, "ranker_label": ranker, "seed": seed, "config": {"model": ranker},
-                "ranker": {"ranker": ranker}, "timings": {"rerank_s": rerank_s}}
+    manifest = {
+        "dataset": {"name": dataset},
+        "ranker_label": ranker,
+        "seed": seed,
+        "config": {"model": ranker},
+        "ranker": {"ranker": ranker},
+        "timings": {"rerank_s": rerank_s},
+    }
     run = {q: {"d1": 1.0} for q in qids}
     return write_result(folder, run, evaluation, manifest, tag=ranker, overwrite=True)
 
@@ -103,7 +117,8 @@ def test_averages_are_hand_computed(results):
     table = effectiveness_table(collect(root), baseline="ce")
     for ranker in ("ce", "mice"):
         assert table.mean.at[ranker, "ID avg"] == pytest.approx(
-            (values[ranker]["trec-dl-19"].mean() + values[ranker]["trec-dl-20"].mean()) / 2, abs=1e-9)
+            (values[ranker]["trec-dl-19"].mean() + values[ranker]["trec-dl-20"].mean()) / 2, abs=1e-9
+        )
         assert table.mean.at[ranker, "OOD avg"] == pytest.approx(values[ranker]["scifact"].mean(), abs=1e-9)
     assert table.columns == ["trec-dl-19", "trec-dl-20", "scifact", "ID avg", "OOD avg"]
 
@@ -137,10 +152,16 @@ def test_latex_is_well_formed(results, tmp_path):
     assert all(line.count("&") == 5 for line in body.strip().splitlines() if "&" in line)
     if shutil.which("pdflatex"):
         doc = tmp_path / "t.tex"
-        doc.write_text("\\documentclass{article}\\usepackage{booktabs,amssymb}\\begin{document}" + latex
-                       + "\\end{document}")
-        subprocess.run(["pdflatex", "-interaction=nonstopmode", doc.name], cwd=tmp_path, check=True,
-                       capture_output=True, timeout=120)
+        doc.write_text(
+            "\\documentclass{article}\\usepackage{booktabs,amssymb}\\begin{document}" + latex + "\\end{document}"
+        )
+        subprocess.run(
+            ["pdflatex", "-interaction=nonstopmode", doc.name],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
 
 def test_markdown_marks_best_and_caption(results):
@@ -170,8 +191,11 @@ def test_report_command_writes_everything(results, capsys):
     names = {p.name for p in folder.iterdir()}
     assert {"table.md", "table.tex", "table.csv", "report.html", "pareto.png", "pareto.svg", "datasets.png"} <= names
     page = (folder / "report.html").read_text()
-    assert "data:image/png;base64," in page and "<table class='effectiveness'>" in page and "http" not in page.split(
-        "<body>")[1].split("data:image")[0]
+    assert (
+        "data:image/png;base64," in page
+        and "<table class='effectiveness'>" in page
+        and "http" not in page.split("<body>")[1].split("data:image")[0]
+    )
     assert "mice" in out and "ID avg" in out
 
 
@@ -189,13 +213,39 @@ def test_html_renders_in_a_headless_browser(results, tmp_path):
     root, _ = results
     build_report(root, tmp_path / "rep", formats=("html",))
     shot = tmp_path / "page.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-                    f"--screenshot={shot}", "--window-size=1200,1600", (tmp_path / "rep" / "report.html").as_uri()],
-                   check=True, capture_output=True, timeout=120)
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom",
-                          (tmp_path / "rep" / "report.html").as_uri()], check=True, capture_output=True, text=True,
-                         timeout=120).stdout
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,1600",
+            (tmp_path / "rep" / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    dom = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            f"--user-data-dir={tmp_path / 'profile2'}",
+            "--dump-dom",
+            (tmp_path / "rep" / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert shot.stat().st_size > 10_000 and "micebench report" in dom and dom.count("<img") >= 2
     json.dumps({"ok": True})

@@ -1,0 +1,1 @@
+"""Training: distillation losses, training sources, the resumable loop and student wrappers."""

@@ -1,0 +1,279 @@
+"""The resumable training loop (AdamW, linear warm-up and decay, grad-norm clipping, Margin-MSE by default).
+
+Batches are drawn from the training triples by a generator seeded with (seed, step), so the data position is
+the step number; model, optimiser, scheduler and RNG states are saved in `<output>/last/`, and `--resume`
+continues to the same final weights as an uninterrupted run. The best validation checkpoint (or the final one
+without validation) is written to `<output>/best/` as a normal checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from micebench.errors import MicebenchError
+from micebench.training.data import TrainingSet
+from micebench.training.losses import LOSSES, bce, listwise, margin_mse
+from micebench.training.students import Student
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the trained weights (hashed; `--resume` refuses a different one)."""
+
+    model: str
+    init: str
+    train: str
+    loss: str = "margin-mse"
+    steps: int = 125_000
+    batch_size: int = 32
+    lr: float = 7e-6
+    warmup: int = 5000
+    seed: int = 12
+    grad_accumulation: int = 1
+    teacher: str | None = None
+    teacher_scores: str | None = None
+    schedule: str | None = None
+    merge_layer: int | None = None
+    top_layers: int | None = None
+    max_length: int = 512
+    negatives_depth: int = 100
+    negatives_per_query: int = 20
+    validate: str | None = None
+    validate_top_k: int = 20
+    every: int = 1000
+    output: str = "checkpoints/run"
+    device: str = "auto"
+    bf16: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        keep = {k: v for k, v in asdict(self).items() if k not in ("output", "device", "every")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def batch_indices(seed: int, step: int, size: int, population: int) -> np.ndarray:
+    """The triples of one step: a function of (seed, step) only, so resuming needs no data position."""
+    return np.random.default_rng([seed, step]).choice(population, size=min(size, population), replace=False)
+
+
+class Trainer:
+    """Runs a TrainConfig on a training set with a student ranker."""
+
+    def __init__(self, config: TrainConfig, student: Student, training: TrainingSet, validator: Any = None):
+        if config.loss not in LOSSES:
+            raise MicebenchError(f"unknown loss {config.loss!r} (use {', '.join(LOSSES)})")
+        if config.loss == "margin-mse" and any(t.teacher_pos is None for t in training.triples[:1]):
+            raise MicebenchError("margin-mse needs teacher scores (--teacher or --teacher-scores)")
+        if config.steps < 1 or config.batch_size < 1 or config.grad_accumulation < 1:
+            raise MicebenchError("--steps, --batch-size and gradient accumulation must be at least 1")
+        self.config, self.student, self.training, self.validator = config, student, training, validator
+        self.output = Path(config.output)
+        self.module = student.module
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        from transformers import get_linear_schedule_with_warmup
+
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, min(config.warmup, config.steps), config.steps)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.best: float | None = None
+        device = getattr(student.ranker, "device", torch.device("cpu"))
+        self.autocast = config.bf16 and device.type == "cuda"
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def save_state(self) -> None:
+        folder = self.output / "last"
+        tmp = self.output / f".last.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(
+            {
+                "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": _rng_state(),
+                "step": self.step,
+                "history": self.history,
+                "best": self.best,
+                "fingerprint": self.config.fingerprint(),
+            },
+            tmp / "state.pt",
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+
+    def load_state(self) -> None:
+        path = self.output / "last" / "state.pt"
+        if not path.is_file():
+            raise MicebenchError(f"nothing to resume in {self.output} (no last/state.pt)")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["fingerprint"] != self.config.fingerprint():
+            raise MicebenchError(f"{self.output} was trained with another configuration; --resume refuses to mix them")
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step, self.history, self.best = state["step"], state["history"], state["best"]
+
+    # -- one step -----------------------------------------------------------------------------------------------
+    def loss_on(self, triples: list[Any]) -> torch.Tensor:
+        queries = [self.training.queries[t.qid] for t in triples]
+        docs = [self.training.docs[t.pos] for t in triples] + [self.training.docs[t.neg] for t in triples]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            scores = self.student.scores(queries + queries, docs).float()
+        pos, neg = scores[: len(triples)], scores[len(triples) :]
+        if self.config.loss == "margin-mse":
+            device = scores.device
+            tp = torch.tensor([t.teacher_pos for t in triples], device=device)
+            tn = torch.tensor([t.teacher_neg for t in triples], device=device)
+            return margin_mse(pos, neg, tp, tn)
+        return bce(pos, neg) if self.config.loss == "bce" else listwise(pos, neg)
+
+    def train_step(self) -> float:
+        self.module.train()
+        indices = batch_indices(self.config.seed, self.step, self.config.batch_size, len(self.training.triples))
+        chunks = np.array_split(indices, self.config.grad_accumulation)
+        total = 0.0
+        for chunk in chunks:
+            loss = self.loss_on([self.training.triples[i] for i in chunk]) * (len(chunk) / len(indices))
+            loss.backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def run(self, resume: bool = False, max_minutes: float | None = None, stop_after: int | None = None) -> Path:
+        """Train to `steps` (or until `max_minutes`/`stop_after`, saving a resumable state); returns best/."""
+        from micebench.progress import progress_bar
+
+        if resume:
+            self.load_state()
+        elif (self.output / "last").exists():
+            raise MicebenchError(f"{self.output} already holds a training run (use --resume, or another --output)")
+        self.output.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with progress_bar(f"training {self.student.kind}", total=self.config.steps, unit="steps") as bar:
+            bar.advance(self.step)
+            while self.step < self.config.steps:
+                loss = self.train_step()
+                record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+                if self.validator is not None and (
+                    self.step % self.config.every == 0 or self.step == self.config.steps
+                ):
+                    record["validation"] = self._validate()
+                self.history.append(record)
+                bar.advance(1)
+                if self.step % self.config.every == 0:
+                    self.save_state()
+                out_of_time = max_minutes is not None and (time.monotonic() - started) / 60 >= max_minutes
+                if out_of_time or (stop_after is not None and self.step >= stop_after):
+                    self.save_state()
+                    self.write_curves()
+                    return self.output / "best"
+        self.save_state()
+        if self.validator is None:
+            self._save_best(None)
+        self.write_curves()
+        return self.output / "best"
+
+    def _validate(self) -> float:
+        value = float(self.validator(self.student))
+        if self.best is None or value > self.best:
+            self.best = value
+            self._save_best(value)
+        return value
+
+    def _save_best(self, value: float | None) -> None:
+        meta = {
+            "config": asdict(self.config),
+            "step": self.step,
+            "validation": value,
+            "training_set": self.training.source,
+            "triples": len(self.training.triples),
+        }
+        tmp = self.output / f".best.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.student.save(tmp, meta)
+        shutil.rmtree(self.output / "best", ignore_errors=True)
+        os.replace(tmp, self.output / "best")
+
+    def write_curves(self) -> None:
+        """curves.csv and curves.png (loss, learning rate, validation) in the output folder."""
+        import pandas as pd
+
+        if not self.history:
+            return
+        frame = pd.DataFrame(self.history)
+        frame.to_csv(self.output / "curves.csv", index=False)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2 if "validation" in frame else 1, figsize=(10, 3.6), squeeze=False)
+        window = max(1, len(frame) // 50)
+        axes[0][0].plot(frame["step"], frame["loss"].rolling(window, min_periods=1).mean(), color="0.1")
+        axes[0][0].set_xlabel("step")
+        axes[0][0].set_ylabel(f"{self.config.loss} loss (moving average of {window})")
+        if "validation" in frame:
+            v = frame.dropna(subset=["validation"])
+            axes[0][1].plot(v["step"], v["validation"], marker="o", color="0.1")
+            axes[0][1].set_xlabel("step")
+            axes[0][1].set_ylabel("validation nDCG@10")
+        fig.tight_layout()
+        fig.savefig(self.output / "curves.png", dpi=120)
+        plt.close(fig)
+
+
+def make_validator(dataset: Any, top_k: int) -> Any:
+    """A function student -> nDCG@10 (RR@10 for MS MARCO dev) on the dataset's first-stage top-k."""
+    from micebench.evaluation import evaluate
+    from micebench.firststage.candidates import first_stage
+    from micebench.pipeline import candidates_frame, frame_to_run
+
+    if not dataset.judged_queries():
+        raise MicebenchError(f"validation set {dataset.name!r} has no judged queries")
+    frame = candidates_frame(dataset, first_stage(dataset, "auto", top_k), with_text=True)
+    measure = "RR@10" if "msmarco" in dataset.name and "dev" in dataset.name else "nDCG@10"
+
+    def validate(student: Student) -> float:
+        student.module.eval()
+        with torch.inference_mode():
+            ranked = student.ranker.rerank(frame) if student.kind != "mice" or student.ranker.store is None else None
+        value = evaluate(dataset.qrels(), frame_to_run(ranked), [measure], dataset.relevance_level).means[measure]
+        return value if not math.isnan(value) else 0.0
+
+    return validate

@@ -1,0 +1,225 @@
+"""Training: losses by hand, learning on a fixed batch, kill-and-resume equality, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from micebench import load_ranker
+from micebench.errors import MicebenchError
+from micebench.training.data import TrainingSet, Triple, mine_bm25_triples, read_teacher_scores
+from micebench.training.loop import TrainConfig, Trainer
+from micebench.training.losses import bce, listwise, margin_mse
+from micebench.training.run import load_student
+from tests.conftest import write_beir
+from tests.test_cli import cli
+
+WORDS = ["goldfish", "tank", "water", "wifi", "radio", "protocol", "aquarium", "router", "fish", "signal"]
+
+
+def test_losses_equal_hand_computed_values():
+    sp, sn = torch.tensor([2.0, 0.5]), torch.tensor([1.0, 1.5])
+    tp, tn = torch.tensor([3.0, 1.0]), torch.tensor([0.0, 0.0])
+    assert margin_mse(sp, sn, tp, tn).item() == pytest.approx(((1.0 - 3.0) ** 2 + (-1.0 - 1.0) ** 2) / 2)
+    expected = (
+        math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-0.5)) + math.log1p(math.exp(1.0)) + math.log1p(math.exp(1.5))
+    ) / 4
+    assert bce(sp, sn).item() == pytest.approx(expected, rel=1e-6)
+    lw = listwise(sp, torch.tensor([[1.0, 0.0], [1.5, 2.5]]))
+    hand = (
+        -(2.0 - math.log(math.exp(2) + math.exp(1) + 1))
+        - (0.5 - math.log(math.exp(0.5) + math.exp(1.5) + math.exp(2.5)))
+    ) / 2
+    assert lw.item() == pytest.approx(hand, rel=1e-6)
+
+
+@pytest.fixture()
+def collection(tmp_path):
+    rng = np.random.default_rng(0)
+    corpus = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(WORDS, 8))} for i in range(40)]
+    queries = [{"_id": f"q{i}", "text": " ".join(rng.choice(WORDS, 2))} for i in range(6)]
+    folder = write_beir(tmp_path / "c", corpus, queries, [(f"q{i}", f"d{i}", 1) for i in range(6)], split="train")
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i + 6}\t1\n" for i in range(6))
+    )
+    return folder
+
+
+def _config(tmp_path, checkpoint, collection, **kw) -> TrainConfig:
+    base = dict(
+        model="ce",
+        init=checkpoint,
+        train=str(collection),
+        loss="bce",
+        steps=6,
+        batch_size=4,
+        lr=1e-3,
+        warmup=1,
+        seed=3,
+        every=2,
+        output=str(tmp_path / "run"),
+        device="cpu",
+        max_length=32,
+        negatives_per_query=3,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def _training(collection, split="train"):
+    from micebench.data import load_dataset
+
+    return mine_bm25_triples(load_dataset(str(collection), split=split), depth=10, negatives=3, seed=0)
+
+
+def test_bm25_mining_excludes_positives(collection):
+    training = _training(collection)
+    assert training.triples and all(t.pos == f"d{t.qid[1:]}" and t.neg != t.pos for t in training.triples)
+
+
+def test_a_few_steps_lower_the_loss(tmp_path, tiny_bert_ce, collection):
+    torch.manual_seed(0)
+    config = _config(tmp_path, tiny_bert_ce, collection, steps=15)
+    student = load_student(config)
+    trainer = Trainer(config, student, _training(collection))
+    fixed = trainer.training.triples[:8]
+    with torch.no_grad():
+        student.module.eval()
+        before = trainer.loss_on(fixed).item()
+    trainer.run()
+    with torch.no_grad():
+        student.module.eval()
+        after = trainer.loss_on(fixed).item()
+    assert after < before
+
+
+@pytest.mark.parametrize("model", ["ce", "mice-l1+1"])
+def test_kill_and_resume_gives_the_same_weights(tmp_path, tiny_bert_ce, collection, model):
+    training = _training(collection)
+    extra = {"model": model}
+    torch.manual_seed(0)
+    straight = Trainer(
+        _config(tmp_path / "a", tiny_bert_ce, collection, **extra),
+        load_student(_config(tmp_path / "a", tiny_bert_ce, collection, **extra)),
+        training,
+    )
+    straight.run()
+    torch.manual_seed(0)
+    config = _config(tmp_path / "b", tiny_bert_ce, collection, **extra)
+    first = Trainer(config, load_student(config), training)
+    first.run(stop_after=3)  # the process dies after the step-3 checkpoint
+    torch.manual_seed(123)  # a new process: fresh RNG, fresh model
+    second = Trainer(config, load_student(config), training)
+    second.run(resume=True)
+    for (name, a), (_, b) in zip(straight.module.state_dict().items(), second.module.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    assert second.step == 6 and len(second.history) == 6
+
+
+def test_resume_refuses_another_configuration(tmp_path, tiny_bert_ce, collection):
+    training = _training(collection)
+    config = _config(tmp_path, tiny_bert_ce, collection)
+    Trainer(config, load_student(config), training).run(stop_after=2)
+    other = _config(tmp_path, tiny_bert_ce, collection, lr=5e-4)
+    with pytest.raises(MicebenchError, match="another configuration"):
+        Trainer(other, load_student(other), training).run(resume=True)
+
+
+def test_saved_checkpoint_reloads_with_identical_scores(tmp_path, tiny_bert_ce, collection):
+    config = _config(tmp_path, tiny_bert_ce, collection, model="mice-l1+1", validate=None)
+    student = load_student(config)
+    best = Trainer(config, student, _training(collection)).run()
+    student.module.eval()
+    docs = ["goldfish tank water", "wifi radio"]
+    reloaded = load_ranker("mice", checkpoint=str(best), device="cpu")
+    assert reloaded.mice.trained
+    np.testing.assert_allclose(reloaded.score("goldfish", docs), student.ranker.score("goldfish", docs), atol=1e-6)
+    meta = json.loads((best / "micebench_training.json").read_text())
+    assert meta["step"] == 6 and (tmp_path / "run" / "curves.csv").is_file()
+
+
+def test_distillation_with_a_teacher_and_validation(tmp_path, tiny_bert_ce, collection, capsys):
+    code, out, err = cli(
+        capsys,
+        "train",
+        "--model",
+        "mice-l1+1",
+        "--init",
+        tiny_bert_ce,
+        "--train",
+        str(collection),
+        "--teacher",
+        f"ce:{tiny_bert_ce}",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--warmup",
+        "1",
+        "--validate",
+        str(collection),
+        "--validate-top-k",
+        "5",
+        "--every",
+        "2",
+        "--max-length",
+        "32",
+        "--negatives",
+        "3",
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path / "mice"),
+    )
+    assert code == 0, err
+    lines = (tmp_path / "mice" / "teacher_scores.tsv").read_text().splitlines()
+    assert lines and len(lines[0].split("\t")) == 5
+    curves = (tmp_path / "mice" / "curves.csv").read_text()
+    assert "validation" in curves.splitlines()[0]
+    assert (tmp_path / "mice" / "best" / "config.json").is_file() and (tmp_path / "mice" / "curves.png").is_file()
+
+
+def test_bad_training_input(tmp_path, tiny_bert_ce, collection, capsys):
+    from micebench.data import load_dataset
+
+    dataset = load_dataset(str(collection), split="train")
+    bad = tmp_path / "scores.tsv"
+    bad.write_text("1.0\t0.5\tq1\td1\n")
+    with pytest.raises(MicebenchError, match="scores.tsv:1: malformed teacher-score line"):
+        read_teacher_scores(bad, dataset)
+    bad.write_text("1.0\t0.5\tq1\td1\tnope\n")
+    with pytest.raises(MicebenchError, match="1 document ids absent"):
+        read_teacher_scores(bad, dataset)
+    bad.write_text("1.0\t0.5\tq99\td1\td2\n")
+    with pytest.raises(MicebenchError, match="query ids absent"):
+        read_teacher_scores(bad, dataset)
+    with pytest.raises(MicebenchError, match="is empty"):
+        TrainingSet([], {}, {}, "nothing")
+    base = [
+        "train",
+        "--init",
+        tiny_bert_ce,
+        "--train",
+        str(collection),
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path / "x"),
+    ]
+    code, _, err = cli(capsys, *base, "--model", "mice-l5+1", "--loss", "bce")
+    assert code == 2 and "does not fit a mice-l5+1 student" in err
+    code, _, err = cli(capsys, *base, "--model", "ce")
+    assert code == 2 and "margin-mse needs --teacher" in err
+    empty = write_beir(tmp_path / "empty", [{"_id": "d", "text": "x"}], [{"_id": "q", "text": "y"}], [("z", "d", 1)])
+    code, _, err = cli(capsys, *base, "--model", "ce", "--loss", "bce", "--validate", str(empty))
+    assert code == 2 and "no judged queries" in err
+    assert not (tmp_path / "x" / "last").exists()
+
+
+def test_triple_type_is_plain_data():
+    assert Triple("q", "a", "b").teacher_pos is None

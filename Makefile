@@ -13,7 +13,7 @@ export IR_DATASETS_HOME ?= $(CURDIR)/.cache/ir_datasets
 export TOKENIZERS_PARALLELISM ?= false
 DEMO_RESULTS ?= results/demo
 
-.PHONY: install test test-fast demo lint bench clean
+.PHONY: install test test-fast demo lint bench train-demo clean
 
 $(BIN)/micebench: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ demo: install
 # Speed goals (MiniLM-L12 shape, 512-token documents, batch 128): measured ratios vs analytic FLOP ratios.
 bench: install
 	$(BIN)/python benchmarks/latency_ratios.py
+
+# Offline training recipe on SciFact (< 60 min on 2 CPU cores); `make train-demo ARGS=--full` on a GPU.
+train-demo: install
+	bash benchmarks/train_demo.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

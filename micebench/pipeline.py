@@ -38,6 +38,7 @@ class RunConfig:
     top_layers: int | None = None
     precomputed: str | None = None
     untrained: bool = False
+    max_length: int | None = None
     batch_size: int | None = None
     device: str = "auto"
     dtype: str = "fp32"
@@ -141,6 +142,7 @@ def build_ranker(config: RunConfig) -> Ranker:
         top_layers=config.top_layers,
         precomputed=config.precomputed,
         untrained=config.untrained or None,
+        max_length=config.max_length,
         batch_size=config.batch_size,
         device=config.device,
         dtype=config.dtype,

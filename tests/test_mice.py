@@ -322,3 +322,53 @@ def test_run_cli_shape_and_store_errors(capsys, tmp_path, data_dir, tiny4_ce):
         str(tmp_path / "out"),
     )
     assert code == 2 and "not a document store" in err
+
+
+def test_full_corpus_from_the_store(capsys, tmp_path, tiny4_ce):
+    """`--first-stage full` with a store scores every document without reading texts."""
+    from tests.test_cli import cli
+
+    corpus = [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(DOCS)]
+    folder = write_beir(tmp_path / "c", corpus, [{"_id": "q", "text": QUERY}], [("q", "d0", 1)])
+    code, _, err = cli(
+        capsys,
+        "precompute",
+        "--model",
+        "mice-l2+2",
+        "--checkpoint",
+        tiny4_ce,
+        "--dataset",
+        str(folder),
+        "--mode",
+        "kv",
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path / "store"),
+    )
+    assert code == 0, err
+    code, _, err = cli(
+        capsys,
+        "run",
+        "--model",
+        "mice-l2+2",
+        "--checkpoint",
+        tiny4_ce,
+        "--dataset",
+        str(folder),
+        "--first-stage",
+        "full",
+        "--precomputed",
+        str(tmp_path / "store"),
+        "--untrained",
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path / "out"),
+    )
+    assert code == 0, err
+    lines = (tmp_path / "out" / "c" / "mice-l2+2-tiny40" / "run.trec").read_text().splitlines()
+    assert sorted(line.split()[2] for line in lines) == [f"d{i}" for i in range(len(DOCS))]
+    expected = _mice(tiny4_ce).score(QUERY, DOCS)
+    got = {line.split()[2]: float(line.split()[4]) for line in lines}
+    np.testing.assert_allclose([got[f"d{i}"] for i in range(len(DOCS))], expected, atol=1e-5)

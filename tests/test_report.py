@@ -51,7 +51,7 @@ def _write(
 ) -> Path:
     qids = [f"q{i:02d}" for i in range(len(values))]
     evaluation = Evaluation(
-        {"nDCG@10": float(values.mean())}, {"nDCG@10": dict(zip(qids, map(float, values)))}, 1, len(values)
+        {"nDCG@10": float(values.mean())}, {"nDCG@10": dict(zip(qids, map(float, values), strict=True))}, 1, len(values)
     )
     folder = result_dir(root, dataset, ranker)
     folder = folder / f"seed-{seed}" if seed_folder else folder

@@ -223,3 +223,16 @@ def test_bad_training_input(tmp_path, tiny_bert_ce, collection, capsys):
 
 def test_triple_type_is_plain_data():
     assert Triple("q", "a", "b").teacher_pos is None
+
+
+@pytest.mark.parametrize(("model", "extra"), [("masked-ce", {"schedule": "mask2"}), ("colbert", {})])
+def test_other_students_train_and_reload(tmp_path, tiny_bert_ce, tiny_bert_encoder, collection, model, extra):
+    init = tiny_bert_encoder if model == "colbert" else tiny_bert_ce
+    config = _config(tmp_path, init, collection, model=model, steps=3, **extra)
+    student = load_student(config)
+    best = Trainer(config, student, _training(collection)).run()
+    student.module.eval()
+    options = {"schedule": "mask2"} if model == "masked-ce" else {}
+    reloaded = load_ranker(model, checkpoint=str(best), device="cpu", **options)
+    docs = ["goldfish tank water", "wifi radio"]
+    np.testing.assert_allclose(reloaded.score("goldfish", docs), student.ranker.score("goldfish", docs), atol=1e-5)

@@ -29,6 +29,13 @@ class _Bar:
         if self._progress is not None and self._task is not None:
             self._progress.advance(self._task, n)
 
+    def describe(self, text: str) -> None:
+        """Change the bar's description (e.g. the running loss); printed as a log line without a terminal."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
 
 @contextmanager
 def progress_bar(description: str, total: int | None = None, unit: str = "items") -> Iterator[_Bar]:

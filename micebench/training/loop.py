@@ -198,6 +198,12 @@ class Trainer:
                 bar.advance(1)
                 if self.step % self.config.every == 0:
                     self.save_state()
+                    recent = [r["loss"] for r in self.history[-self.config.every :]]
+                    mean_loss = sum(recent) / len(recent)
+                    text = f"step {self.step}/{self.config.steps} loss {mean_loss:.4f} lr {record['lr']:.2e}"
+                    if "validation" in record:
+                        text += f" validation {record['validation']:.4f}"
+                    bar.describe(text)
                 out_of_time = max_minutes is not None and (time.monotonic() - started) / 60 >= max_minutes
                 if out_of_time or (stop_after is not None and self.step >= stop_after):
                     self.save_state()

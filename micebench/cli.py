@@ -76,6 +76,8 @@ def run(
     split: Annotated[str | None, typer.Option(help="qrels split of a local folder (default: test).")] = None,
     name: Annotated[str | None, typer.Option(help="Ranker label for the result folder.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing result.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its recorded progress.")] = False,
+    chunk_queries: Annotated[int, typer.Option(help="Queries scored between two durable progress records.")] = 16,
     data_dir: DataDirOption = None,
 ) -> None:
     """Re-rank a dataset's first-stage candidates with one model, evaluate, and write the result folder."""
@@ -108,8 +110,12 @@ def run(
         split=split,
         name=name,
         overwrite=overwrite,
+        resume=resume,
+        chunk_queries=chunk_queries,
     )
     result = run_experiment(config)
+    if result is None:  # a non-zero torchrun rank: rank 0 reports
+        return
     table = Table(title=f"{result.manifest['dataset']['name']} · {config.ranker_label()}")
     table.add_column("measure")
     table.add_column("value", justify="right")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from micebench.data import Dataset, load_dataset
-from micebench.data.trec import Run
+from micebench.data.trec import Run, ranked
 from micebench.errors import DataError, MicebenchError
 from micebench.evaluation import DEFAULT_MEASURES, Evaluation, evaluate
 from micebench.firststage.candidates import Candidates, first_stage
@@ -51,6 +51,10 @@ class RunConfig:
     measures: list[str] = field(default_factory=lambda: list(DEFAULT_MEASURES))
     #: put the result in a seed-<S> sub-folder (experiments with several seeds)
     seed_folder: bool = False
+    #: continue an interrupted run from its recorded per-query progress
+    resume: bool = False
+    #: queries scored between two durable progress records
+    chunk_queries: int = 16
 
     def ranker_label(self) -> str:
         """Result-folder name of the ranker: `--name`, else the model plus a non-default checkpoint's name."""
@@ -149,8 +153,13 @@ def build_ranker(config: RunConfig) -> Ranker:
     )
 
 
-def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult:
-    """Run one (dataset, ranker) evaluation and write its result folder; see RunConfig for the knobs."""
+def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult | None:
+    """Run one (dataset, ranker) evaluation and write its result folder; see RunConfig for the knobs.
+
+    Under torchrun every rank scores its share of the queries; rank 0 merges and writes (others return None).
+    """
+    from micebench.runstate import Distributed, PartialScores, ResultLock, config_hash
+
     timings: dict[str, float] = {}
     started = time.perf_counter()
     if ranker is None and not is_registered(config.model):
@@ -164,48 +173,89 @@ def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult
         state = "finished" if is_complete(folder) else "existing"
         raise MicebenchError(f"{state} result at {folder} (use --overwrite to replace it)")
     check_queries(dataset.judged_queries())
+    world = Distributed.from_env(config.device)
     seed_everything(config.seed)
 
-    ranker = ranker or build_ranker(config)
-    if config.precomputed and getattr(ranker, "store", None) is None:
-        raise MicebenchError(
-            f"model {config.model!r} does not use a document store (--precomputed is for mice, colbert)"
-        )
-    ranker.check_ready_for_effectiveness()
-    timings["load_model_s"] = time.perf_counter() - started
+    with ResultLock(folder, world.rank):
+        partial = PartialScores(folder, config_hash(asdict(config)), world.rank)
+        partial.check(config.resume, config.overwrite)
+        world.barrier()
+        if ranker is None:
+            device = world.device(config.device)
+            ranker = build_ranker(
+                config if device == config.device else RunConfig(**{**asdict(config), "device": device})
+            )
+        if config.precomputed and getattr(ranker, "store", None) is None:
+            raise MicebenchError(
+                f"model {config.model!r} does not use a document store (--precomputed is for mice, colbert)"
+            )
+        ranker.check_ready_for_effectiveness()
+        timings["load_model_s"] = time.perf_counter() - started
 
-    t0 = time.perf_counter()
-    candidates = first_stage(dataset, config.first_stage, config.top_k)
-    if getattr(ranker, "requires_bm25_first_stage", False) and not candidates.is_bm25:
-        raise MicebenchError(
-            f"model {ranker.name!r} is the BM25 first stage itself; use --first-stage auto|bm25|dataset:bm25 "
-            "(or --model first-stage to evaluate other candidates as they are)"
-        )
-    frame = candidates_frame(dataset, candidates, ranker.needs_text)
-    timings["first_stage_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        candidates = first_stage(dataset, config.first_stage, config.top_k)
+        if getattr(ranker, "requires_bm25_first_stage", False) and not candidates.is_bm25:
+            raise MicebenchError(
+                f"model {ranker.name!r} is the BM25 first stage itself; use --first-stage auto|bm25|dataset:bm25 "
+                "(or --model first-stage to evaluate other candidates as they are)"
+            )
+        frame = candidates_frame(dataset, candidates, ranker.needs_text)
+        timings["first_stage_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    ranked = ranker.rerank(frame)
-    timings["rerank_s"] = time.perf_counter() - t0
-    run = frame_to_run(ranked, config.top_k if candidates.full_corpus else None)
+        partial.create()
+        t0 = time.perf_counter()
+        score_in_chunks(ranker, frame, partial, world, config.chunk_queries)
+        timings["rerank_s"] = time.perf_counter() - t0
+        world.barrier()
+        if world.rank != 0:
+            return None
+        scores = partial.finished_run()
+        missing = set(frame["qid"].unique()) - scores.keys()
+        if missing:
+            raise MicebenchError(
+                f"{len(missing)} queries have no scores after re-ranking (e.g. {sorted(missing)[0]!r})"
+            )
+        run = {q: dict(ranked(docs)[: config.top_k]) if candidates.full_corpus else docs for q, docs in scores.items()}
 
-    t0 = time.perf_counter()
-    evaluation = evaluate(dataset.qrels(), run, config.measures, rel_level=dataset.relevance_level)
-    timings["evaluate_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - started
+        t0 = time.perf_counter()
+        evaluation = evaluate(dataset.qrels(), run, config.measures, rel_level=dataset.relevance_level)
+        timings["evaluate_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - started
 
-    manifest = {
-        "config": asdict(config),
-        "ranker_label": config.ranker_label(),
-        "ranker": ranker.describe(),
-        "dataset": dataset.describe(),
-        "first_stage": {"source": candidates.source, "top_k": config.top_k, "pairs": len(frame)},
-        "seed": config.seed,
-        "timings": timings,
-        **environment(),
-    }
-    write_result(folder, run, evaluation, manifest, tag=slug_tag(config.ranker_label()), overwrite=config.overwrite)
+        manifest = {
+            "config": asdict(config),
+            "config_hash": partial.digest,
+            "ranker_label": config.ranker_label(),
+            "ranker": ranker.describe(),
+            "dataset": dataset.describe(),
+            "first_stage": {"source": candidates.source, "top_k": config.top_k, "pairs": len(frame)},
+            "seed": config.seed,
+            "world_size": world.world,
+            "timings": timings,
+            **environment(),
+        }
+        tag = slug_tag(config.ranker_label())
+        write_result(folder, run, evaluation, manifest, tag=tag, overwrite=config.overwrite)
+        partial.remove()
     return RunResult(folder, evaluation, manifest)
+
+
+def score_in_chunks(ranker: Ranker, frame: pd.DataFrame, partial: Any, world: Any, chunk_queries: int) -> None:
+    """Re-rank this rank's queries chunk by chunk, recording each finished chunk; skips recorded ones."""
+    qids = sorted(frame["qid"].unique())[world.rank :: world.world]
+    done = partial.done()
+    todo = [q for q in qids if q not in done]
+    if not todo:
+        return
+    prepare = getattr(ranker, "prepare", None)
+    if prepare is not None:  # whole-frame work (e.g. dense embeddings), identical however the run is split
+        prepare(frame)
+    groups = frame.groupby("qid", sort=False).indices
+    for start in range(0, len(todo), chunk_queries):
+        chunk = todo[start : start + chunk_queries]
+        rows = np.concatenate([groups[q] for q in chunk])
+        scored = ranker.rerank(frame.iloc[np.sort(rows)].reset_index(drop=True))
+        partial.append(list(zip(scored["qid"], scored["docno"], scored["score"].astype(float), strict=True)))
 
 
 def slug_tag(label: str) -> str:

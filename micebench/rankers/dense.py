@@ -83,16 +83,31 @@ class DenseRanker(Ranker):
         q = self.encode([query])[0]
         return (self.encode(docs) @ q).astype(np.float64)
 
-    def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
-        """Encode each distinct query and document once, then score every candidate pair."""
-        doc_codes, doc_uniques = pd.factorize(candidates["docno"])
-        first_text = candidates.drop_duplicates("docno")["text"].tolist()
-        q_codes, q_uniques = pd.factorize(candidates["qid"])
-        first_query = candidates.drop_duplicates("qid")["query"].tolist()
-        if any(not q.strip() for q in first_query):
+    def prepare(self, candidates: pd.DataFrame) -> None:
+        """Encode every distinct query and document of a whole frame once; later `rerank` calls on parts of
+        it reuse these embeddings (so a run split into chunks scores exactly like one done in one go)."""
+        docs = candidates.drop_duplicates("docno")
+        queries = candidates.drop_duplicates("qid")
+        if any(not q.strip() for q in queries["query"]):
             raise MicebenchError("empty query text")
-        doc_emb = self.encode(first_text, "encoding documents")
-        query_emb = self.encode(first_query, "encoding queries")
+        self._prepared = (
+            pd.Index(docs["docno"]),
+            self.encode(docs["text"].tolist(), "encoding documents"),
+            pd.Index(queries["qid"]),
+            self.encode(queries["query"].tolist(), "encoding queries"),
+        )
+
+    def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
+        """Encode each distinct query and document once (or reuse `prepare`), then score every pair."""
+        prepared = getattr(self, "_prepared", None)
+        if prepared is None or not (
+            candidates["docno"].isin(prepared[0]).all() and candidates["qid"].isin(prepared[2]).all()
+        ):
+            self.prepare(candidates)
+            prepared = self._prepared
+        doc_index, doc_emb, q_index, query_emb = prepared
+        doc_codes = doc_index.get_indexer(candidates["docno"])
+        q_codes = q_index.get_indexer(candidates["qid"])
         scores = np.empty(len(candidates), dtype=np.float64)
         for start in range(0, len(candidates), _PAIR_CHUNK):  # bounded memory for "full" first stages
             rows = slice(start, start + _PAIR_CHUNK)

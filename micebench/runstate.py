@@ -1,0 +1,172 @@
+"""Crash-safe runs: a lock per result folder, per-query progress that `--resume` continues, torchrun sharding.
+
+Scores are appended to `.<ranker>.partial/scores-rank<R>.tsv` (exact `repr` floats, flushed and fsynced) as
+query chunks finish; `--resume` reloads them, checks the configuration hash, and scores only what is left, so
+the final run file is byte-identical to an uninterrupted run. Under `torchrun` each rank scores its share of
+the queries (round-robin over sorted query ids) into its own file; rank 0 merges, evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from micebench.data.trec import Run
+from micebench.errors import MicebenchError
+
+
+class ResultLock:
+    """An exclusive, non-blocking file lock next to a result folder (released when the process ends)."""
+
+    def __init__(self, folder: Path, rank: int = 0):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        self.path = folder.parent / f".{folder.name}.lock-rank{rank}"
+        self.folder = folder
+        self._handle: Any = None
+
+    def __enter__(self) -> ResultLock:
+        self._handle = open(self.path, "w")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.close()
+            raise MicebenchError(f"another process is writing {self.folder} (lock {self.path})") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+        self.path.unlink(missing_ok=True)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Hash of what decides the scores (not where they go, nor whether to resume or overwrite)."""
+    keep = {k: v for k, v in config.items() if k not in ("output", "overwrite", "resume", "data_dir")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class PartialScores:
+    """Per-query scores of an unfinished run, one append-only file per rank."""
+
+    def __init__(self, folder: Path, digest: str, rank: int = 0):
+        self.folder = folder.parent / f".{folder.name}.partial"
+        self.result = folder
+        self.digest = digest
+        self.rank = rank
+        self._handle: Any = None
+
+    def check(self, resume: bool, overwrite: bool) -> None:
+        """Before any model work: refuse a resume with another configuration, or clobbering without leave."""
+        meta = self.folder / "config.json"
+        if self.folder.exists():
+            if resume:
+                recorded = json.loads(meta.read_text()).get("hash") if meta.is_file() else None
+                if recorded != self.digest:
+                    raise MicebenchError(
+                        f"cannot resume {self.result}: it was started with another configuration "
+                        f"(hash {recorded}, now {self.digest}); use --overwrite to start again"
+                    )
+            elif overwrite:
+                if self.rank == 0:
+                    shutil.rmtree(self.folder, ignore_errors=True)
+            else:
+                raise MicebenchError(
+                    f"an unfinished run exists for {self.result} (use --resume to continue it or --overwrite)"
+                )
+
+    def create(self) -> None:
+        """Make the progress folder (right before the first score is recorded)."""
+        meta = self.folder / "config.json"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not meta.is_file():
+            tmp = meta.with_name(f".config.json.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps({"hash": self.digest}))
+            os.replace(tmp, meta)
+
+    def load(self) -> Run:
+        """Every score recorded so far, by any rank."""
+        run: Run = {}
+        for path in sorted(self.folder.glob("scores-rank*.tsv")):
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    parts = line.rstrip("\n").split("\t")
+                    if len(parts) != 3:  # a line cut by a crash: its query chunk is redone
+                        continue
+                    run.setdefault(parts[0], {})[parts[1]] = float(parts[2])
+        return run
+
+    def done(self) -> set[str]:
+        """Queries whose chunk was completely written (a trailing END marker per chunk)."""
+        finished: set[str] = set()
+        for path in sorted(self.folder.glob("scores-rank*.tsv")):
+            pending: set[str] = set()
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    if line.startswith("#END"):
+                        finished |= pending
+                        pending = set()
+                    elif line.count("\t") == 2 and line.endswith("\n"):
+                        pending.add(line.split("\t", 1)[0])
+        return finished
+
+    def append(self, rows: list[tuple[str, str, float]]) -> None:
+        """Record one finished chunk durably."""
+        if self._handle is None:
+            self._handle = open(self.folder / f"scores-rank{self.rank}.tsv", "a", encoding="utf-8")
+        self._handle.write("".join(f"{q}\t{d}\t{s!r}\n" for q, d, s in rows) + "#END\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def finished_run(self) -> Run:
+        """Scores of completed chunks only."""
+        done = self.done()
+        return {q: docs for q, docs in self.load().items() if q in done}
+
+    def remove(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass
+class Distributed:
+    """torchrun's world: rank, size, local rank (a single process is rank 0 of 1)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, device: str) -> Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch
+        import torch.distributed as dist
+
+        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        if use_cuda:
+            torch.cuda.set_device(local)
+        return cls(rank, world, local)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def device(self, requested: str) -> str:
+        import torch
+
+        if self.world > 1 and requested in ("auto", "cuda") and torch.cuda.is_available():
+            return f"cuda:{self.local_rank}"
+        return requested

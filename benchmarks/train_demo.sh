@@ -10,7 +10,7 @@ MB=${MICEBENCH:-.venv/bin/micebench}
 OUT=${TRAIN_DEMO_OUT:-checkpoints/train-demo}
 RES=${TRAIN_DEMO_RESULTS:-results/train-demo}
 DEVICE=${DEVICE:-auto}
-CE_STEPS=400; MICE_STEPS=300; BATCH=16; MAXLEN=256; TOPK=20; NEG=8
+CE_STEPS=300; MICE_STEPS=300; BATCH=8; MAXLEN=192; TOPK=20; NEG=8
 if [[ "${1:-}" == "--full" ]]; then CE_STEPS=5000; MICE_STEPS=5000; BATCH=32; MAXLEN=512; TOPK=100; NEG=20; fi
 mkdir -p "$OUT" "$RES"
 times="$RES/step-times.tsv"; : > "$times"
@@ -18,7 +18,7 @@ step() { local name=$1; shift; local t0=$SECONDS; "$@"; echo -e "$name\t$((SECON
 
 step "1 train ce (listwise, ${CE_STEPS} steps)" \
   $MB train --model ce --init minilm-l6 --train scifact --split train --loss listwise --steps $CE_STEPS \
-    --batch-size $BATCH --lr 3e-5 --warmup $((CE_STEPS / 10)) --max-length $MAXLEN --negatives 20 --every 100 \
+    --batch-size $BATCH --lr 5e-5 --warmup $((CE_STEPS / 10)) --max-length $MAXLEN --negatives 20 --every 100 \
     --device $DEVICE -o "$OUT/ce" --seed 12
 step "2 distil mice-l2+2 (margin-mse, ${MICE_STEPS} steps)" \
   $MB train --model mice-l2+2 --init "$OUT/ce/best" --train scifact --split train --teacher "ce:$OUT/ce/best" \

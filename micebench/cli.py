@@ -78,10 +78,22 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing result.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its recorded progress.")] = False,
     chunk_queries: Annotated[int, typer.Option(help="Queries scored between two durable progress records.")] = 16,
+    deterministic: Annotated[
+        bool, typer.Option(help="Deterministic torch kernels only (errors on ops without one; see README).")
+    ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Re-rank a dataset's first-stage candidates with one model, evaluate, and write the result folder."""
     from micebench.pipeline import RunConfig, run_experiment
+
+    if deterministic:
+        import os
+
+        import torch
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
 
     if config_file is not None:
         _run_experiment_file(config_file, overwrite, data_dir, device)
@@ -245,6 +257,23 @@ def datasets_where(name: str, data_dir: DataDirOption = None) -> None:
     raise typer.Exit(0 if kind == "local" else 1)
 
 
+@datasets_app.command("check")
+def datasets_check(name: str, data_dir: DataDirOption = None) -> None:
+    """Check a collection: duplicate ids, ids missing from corpus/queries, empty texts, bad bytes, bad lines."""
+    from micebench.data import load_dataset
+    from micebench.data.check import check_dataset
+
+    report = check_dataset(load_dataset(name, data_dir))
+    table = Table(title=f"check of {report.dataset}: " + ", ".join(f"{k} {v}" for k, v in report.stats.items()))
+    for column in ("severity", "problem", "count", "first example"):
+        table.add_column(column)
+    for f in report.findings:
+        table.add_row("fatal" if f.fatal else "warning", f.what, str(f.count), f.example)
+    out().print(table if report.findings else f"{report.dataset}: no problem found ({report.stats})")
+    if report.fatal:
+        raise typer.Exit(1)
+
+
 @app.command()
 def models() -> None:
     """List the registered rankers."""
@@ -326,6 +355,8 @@ def precompute(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Store folder.")] = None,
     limit: Annotated[int | None, typer.Option(help="Encode only the first N documents (smoke tests).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Rebuild an existing store.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted precompute.")] = False,
+    chunk_docs: Annotated[int, typer.Option(help="Documents per shard (the unit of resume and of sharding).")] = 4096,
     data_dir: DataDirOption = None,
 ) -> None:
     """Encode every document once and store its representation (keyed by doc id) for `run --precomputed`."""
@@ -336,6 +367,10 @@ def precompute(
 
     if dtype not in ("fp16", "fp32", "bf16"):
         raise MicebenchError(f"unknown store dtype {dtype!r} (use fp16 or fp32)")
+    from micebench.runstate import Distributed
+
+    world = Distributed.from_env(device)
+    device = world.device(device)
     ranker = load_ranker(
         model,
         checkpoint=checkpoint,
@@ -355,7 +390,20 @@ def precompute(
     import time
 
     start = time.perf_counter()
-    path = build(ranker, ds, folder, mode, dtype, overwrite=overwrite, limit=limit)
+    path = build(
+        ranker,
+        ds,
+        folder,
+        mode,
+        dtype,
+        overwrite=overwrite,
+        limit=limit,
+        resume=resume,
+        world=world,
+        chunk_docs=chunk_docs,
+    )
+    if world.rank != 0:
+        return
     import json
 
     manifest = json.loads((path / "manifest.json").read_text())

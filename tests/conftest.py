@@ -23,6 +23,7 @@ def _hermetic(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.setenv("MICEBENCH_CACHE", str(root / "micebench-cache"))
     monkeypatch.setenv("IR_DATASETS_HOME", str(root / "ir_datasets"))
     monkeypatch.delenv("MICEBENCH_DATA", raising=False)
+    monkeypatch.setenv("COLUMNS", "250")  # rich tables are not wrapped in captured output
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,6 @@ from micebench.cli import main
 from tests.conftest import write_beir
 
 
-@pytest.fixture(autouse=True)
-def _wide_terminal(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "250")
-
-
 def cli(capsys, *args: str) -> tuple[int, str, str]:
     """Run `micebench ARGS` in-process; returns (exit code, stdout, stderr)."""
     code = 0

@@ -163,3 +163,104 @@ def test_resume_without_progress_runs_normally(capsys, tmp_path, data_dir):
         capsys, "run", "--model", "bm25", "--dataset", str(data_dir / "adi"), "-o", str(tmp_path), "--resume"
     )
     assert code == 0, err
+
+
+def test_oom_halves_the_batch_and_records_it(tiny_bert_ce):
+    """A fake CUDA OOM above 2 documents per batch: scores unchanged, final batch size reported."""
+    import numpy as np
+    import torch
+
+    from micebench import load_ranker
+
+    docs = [f"goldfish tank number {i}" for i in range(7)]
+    ranker = load_ranker("ce", checkpoint=tiny_bert_ce, device="cpu", batch_size=8)
+    expected = ranker.score("goldfish", docs)
+    original = ranker.forward
+
+    def flaky(batch, **kwargs):
+        if batch["input_ids"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("fake")
+        return original(batch, **kwargs)
+
+    ranker.forward = flaky
+    np.testing.assert_allclose(ranker.score("goldfish", docs), expected, atol=1e-6)
+    assert ranker.describe()["batch_size"] == 2 and ranker.describe()["oom_backoffs"] == 2
+
+
+def test_datasets_check_finds_every_problem(capsys, tmp_path):
+    from tests.conftest import write_beir
+
+    docs = [{"_id": "d1", "text": "a"}, {"_id": "d1", "text": "b"}, {"_id": "d2", "text": ""}]
+    folder = write_beir(tmp_path / "bad", docs, [{"_id": "q1", "text": " "}], [("q1", "d1", 1), ("q9", "d7", 1)])
+    with open(folder / "corpus.jsonl", "ab") as handle:
+        handle.write(b'{"_id": "d3", "text": "caf\\xe9"}\n'.replace(b"\\xe9", b"\xe9"))
+        handle.write(b"{oops\n")
+    (folder / "candidates").mkdir()
+    (folder / "candidates" / "bm25.trec").write_text("q1 Q0 d1 1 2.0 x\nq1 Q0 d5 2 1.0 x\nq1 d9\n")
+    code, out, _ = cli(capsys, "datasets", "check", str(folder))
+    assert code == 1
+    for problem in (
+        "duplicate document ids",
+        "documents with empty text",
+        "non-UTF-8",
+        "malformed document lines",
+        "queries with empty text",
+        "query ids absent from queries.jsonl",
+        "judged document ids absent from the corpus",
+        "bm25.trec: document ids absent from the corpus",
+        "malformed lines in candidates/bm25.trec",
+    ):
+        assert problem in out, problem
+    assert "corpus.jsonl:5" in out and "bm25.trec:3" in out
+
+
+@pytest.mark.slow
+def test_torchrun_precompute_builds_the_same_store(tmp_path, data_dir, minilm_path):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    args = [
+        "precompute",
+        "--model",
+        "mice-l2+2",
+        "--checkpoint",
+        "minilm-l6",
+        "--dataset",
+        str(data_dir / "adi"),
+        "--mode",
+        "states",
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--chunk-docs",
+        "20",
+    ]
+    subprocess.run(
+        [sys.executable, "-m", "micebench", *args, "-o", str(tmp_path / "one")],
+        check=True,
+        env=_env(),
+        capture_output=True,
+        timeout=600,
+    )
+    result = subprocess.run(
+        [
+            torchrun,
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29518",
+            "-m",
+            "micebench",
+            *args,
+            "-o",
+            str(tmp_path / "two"),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert "shard-00004.safetensors" in names and names == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

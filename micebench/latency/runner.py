@@ -297,9 +297,15 @@ class LatencyBench:
             raise MicebenchError("the same model is listed twice")
         clock = Clock(self.device)
         cuda = self.device.type == "cuda"
-        stats = interleaved(
-            dict(zip(labels, (m.call for m in models), strict=True)), clock, self.config.warmup, self.config.repeats
-        )
+        try:
+            stats = interleaved(
+                dict(zip(labels, (m.call for m in models), strict=True)), clock, self.config.warmup, self.config.repeats
+            )
+        except torch.cuda.OutOfMemoryError:
+            raise MicebenchError(
+                f"out of GPU memory at batch {self.config.batch}: latency never changes the batch by itself, "
+                "lower --batch"
+            ) from None
         tokenize = {}
         if self.config.include_tokenization:
             calls = {lab: m.tokenize for lab, m in zip(labels, models, strict=True) if m.tokenize is not None}

@@ -22,6 +22,7 @@ from micebench.errors import MicebenchError
 from micebench.progress import progress_bar
 from micebench.rankers.base import Ranker, register_ranker, with_ranks
 from micebench.rankers.batching import length_sorted_batches
+from micebench.rankers.memory import oom_backoff
 from micebench.rankers.models import count_parameters, load_pretrained, pick_device, pick_dtype, resolve_model
 
 STORE_KIND = "colbert"
@@ -180,6 +181,7 @@ class ColBERTRanker(Ranker):
         sims = sims.masked_fill(~keep.bool()[:, None, :], float("-inf"))
         return sims.max(-1).values.sum(-1).double().cpu().numpy()
 
+    @oom_backoff
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         scores = np.empty(len(docs), dtype=np.float64)
         with self._torch.inference_mode():

@@ -9,6 +9,7 @@ import numpy as np
 from micebench.errors import MicebenchError
 from micebench.rankers.base import Ranker, register_ranker
 from micebench.rankers.batching import length_sorted_batches
+from micebench.rankers.memory import oom_backoff
 from micebench.rankers.models import (
     DEFAULT_CROSS_ENCODER,
     count_parameters,
@@ -80,6 +81,7 @@ class CrossEncoderRanker(Ranker):
         """Model output for a tokenised batch (kwargs such as output_attentions go to the model)."""
         return self.model(**batch, **kwargs)
 
+    @oom_backoff
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         if not query.strip():
             raise MicebenchError("empty query text")
@@ -101,4 +103,5 @@ class CrossEncoderRanker(Ranker):
             "attention": self.model.config._attn_implementation,
             "max_length": self.max_length,
             "batch_size": self.batch_size,
+            "oom_backoffs": getattr(self, "oom_backoffs", 0),
         }

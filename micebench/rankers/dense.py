@@ -11,6 +11,7 @@ from micebench.errors import MicebenchError
 from micebench.progress import progress_bar
 from micebench.rankers.base import Ranker, register_ranker, with_ranks
 from micebench.rankers.batching import length_sorted_batches
+from micebench.rankers.memory import oom_backoff
 from micebench.rankers.models import (
     count_parameters,
     load_pretrained,
@@ -54,6 +55,7 @@ class DenseRanker(Ranker):
         self.model.to(self.device, dtype=self.dtype).eval()
         self._torch = torch
 
+    @oom_backoff
     def encode(self, texts: list[str], description: str = "encoding") -> np.ndarray:
         """Mean-pooled (and normalised) embeddings, one row per text, float32."""
         torch = self._torch

@@ -12,6 +12,7 @@ from micebench.errors import MicebenchError
 from micebench.progress import progress_bar
 from micebench.rankers.base import Ranker, register_ranker, register_ranker_pattern, with_ranks
 from micebench.rankers.batching import length_sorted_batches
+from micebench.rankers.memory import oom_backoff
 from micebench.rankers.models import DEFAULT_CROSS_ENCODER, count_parameters, pick_device, pick_dtype
 
 _SHAPE = re.compile(r"^mice-l(\d+)\+(\d+)$")
@@ -131,6 +132,7 @@ class MiceRanker(Ranker):
         logits = self.model.score_from_states(q[0], q[1], d_mask, index, **doc).float()
         return (logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]).cpu().numpy()
 
+    @oom_backoff
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         scores = np.empty(len(docs), dtype=np.float64)
         with self._torch.inference_mode():
@@ -140,6 +142,7 @@ class MiceRanker(Ranker):
                 scores[idx] = self._score(q, mask, d_states=states)
         return scores
 
+    @oom_backoff
     def score_stored(self, query: str, docnos: list[str]) -> np.ndarray:
         """Scores from the precomputed store: no document text, no bottom layers for documents."""
         torch = self._torch
@@ -219,6 +222,8 @@ class MiceRanker(Ranker):
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "attention": "sdpa",
+            "batch_size": self.batch_size,
+            "oom_backoffs": getattr(self, "oom_backoffs", 0),
         }
         if self.store is not None:
             info["store"] = {

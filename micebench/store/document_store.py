@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,13 @@ MANIFEST = "manifest.json"
 
 
 class StoreWriter:
-    """Accumulates packed per-token tensors and writes shards; `finish` makes the store visible atomically."""
+    """Writes a store chunk by chunk into `.<name>.partial/`, resumably; `finish` makes it visible atomically.
+
+    Each chunk of documents becomes one shard file plus a small JSON record written after it, so a crash loses
+    at most the chunk in progress and `resume` skips the recorded ones. Under torchrun each rank writes its own
+    chunks (chunk i goes to rank i mod world) and rank 0 assembles the manifest, in chunk order, so the store is
+    the same as one built by a single process.
+    """
 
     def __init__(
         self,
@@ -36,71 +41,102 @@ class StoreWriter:
         meta: dict[str, Any],
         fields: Sequence[str],
         dtype: torch.dtype,
-        shard_docs: int = 20_000,
         overwrite: bool = False,
+        resume: bool = False,
+        rank: int = 0,
     ):
         self.folder = Path(folder)
+        self.partial = self.folder.parent / f".{self.folder.name}.partial"
+        self.meta, self.fields, self.dtype, self.rank = meta, list(fields), dtype, rank
         if self.folder.exists() and not overwrite:
             raise MicebenchError(f"store already exists: {self.folder} (use --overwrite to rebuild it)")
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.tmp-", dir=self.folder.parent))
-        self.meta, self.fields, self.dtype, self.shard_docs = meta, list(fields), dtype, shard_docs
-        self.docnos: list[str] = []
-        self.shards: list[dict[str, Any]] = []
-        self._pending: dict[str, list[torch.Tensor]] = {f: [] for f in self.fields}
-        self._lengths: list[int] = []
-        self.num_tokens = 0
-        self.bytes = 0
+        if rank != 0:  # rank 0 checks and prepares the folder; the others wait at a barrier before using it
+            return
+        key = {
+            "fingerprint": meta.get("fingerprint"),
+            "mode": meta.get("mode"),
+            "fields": self.fields,
+            "dtype": str(dtype),
+            "dataset": meta.get("dataset"),
+        }
+        record = self.partial / "partial.json"
+        if self.partial.exists():
+            if resume:
+                if not record.is_file() or json.loads(record.read_text()) != json.loads(json.dumps(key, default=str)):
+                    raise MicebenchError(f"cannot resume {self.folder}: it was started with another model or mode")
+            elif overwrite:
+                shutil.rmtree(self.partial)
+            else:
+                raise MicebenchError(
+                    f"an unfinished precompute exists for {self.folder} (use --resume to continue it or --overwrite)"
+                )
+        self.partial.mkdir(parents=True, exist_ok=True)
+        if not record.is_file():
+            _atomic_write(record, json.dumps(key, default=str))
 
-    def add(self, docnos: Sequence[str], lengths: Sequence[int], tensors: dict[str, torch.Tensor]) -> None:
-        """Add documents: `tensors[field]` is (sum(lengths), dim), documents back to back."""
-        self.docnos.extend(docnos)
-        self._lengths.extend(int(n) for n in lengths)
-        for name in self.fields:
-            self._pending[name].append(tensors[name].detach().to("cpu", self.dtype).contiguous())
-        if len(self._lengths) >= self.shard_docs:
-            self._flush()
+    def done_chunks(self) -> set[int]:
+        return {int(p.stem.split("-")[1]) for p in self.partial.glob("chunk-*.json")}
 
-    def _flush(self) -> None:
+    def write_chunk(
+        self, index: int, docnos: Sequence[str], lengths: Sequence[int], tensors: dict[str, list[torch.Tensor]]
+    ) -> None:
+        """One shard: `tensors[field]` are (tokens, dim) pieces, documents back to back, in `docnos` order."""
         from safetensors.torch import save_file
 
-        if not self._lengths:
-            return
-        name = f"shard-{len(self.shards):05d}.safetensors"
-        tensors = {f: torch.cat(self._pending[f]) for f in self.fields}
-        tensors["lengths"] = torch.tensor(self._lengths, dtype=torch.int32)
-        save_file(tensors, str(self.tmp / name))
-        self.num_tokens += int(tensors["lengths"].sum())
-        self.bytes += (self.tmp / name).stat().st_size
-        self.shards.append({"file": name, "docs": len(self._lengths)})
-        self._pending = {f: [] for f in self.fields}
-        self._lengths = []
+        name = f"shard-{index:05d}.safetensors"
+        packed = {
+            f: torch.cat([t.detach().to("cpu", self.dtype) for t in tensors[f]]).contiguous() for f in self.fields
+        }
+        packed["lengths"] = torch.tensor(list(lengths), dtype=torch.int32)
+        tmp = self.partial / f".{name}.tmp"
+        save_file(packed, str(tmp))
+        os.replace(tmp, self.partial / name)
+        chunk = {
+            "file": name,
+            "docs": len(docnos),
+            "docnos": list(docnos),
+            "tokens": int(packed["lengths"].sum()),
+            "bytes": (self.partial / name).stat().st_size,
+        }
+        _atomic_write(self.partial / f"chunk-{index:05d}.json", json.dumps(chunk))
 
     def finish(self) -> Path:
-        self._flush()
-        if len(set(self.docnos)) != len(self.docnos):
-            self.abort()
+        """Rank 0, once every chunk is written: manifest, doc ids, and the rename into place."""
+        chunks = [json.loads(p.read_text()) for p in sorted(self.partial.glob("chunk-*.json"))]
+        docnos = [d for c in chunks for d in c["docnos"]]
+        if not docnos:
+            raise MicebenchError("no documents were encoded")
+        if len(set(docnos)) != len(docnos):
             raise MicebenchError("duplicate document ids while building the store")
+        total_bytes = sum(c["bytes"] for c in chunks)
         manifest = {
             **self.meta,
             "fields": self.fields,
             "dtype": str(self.dtype).replace("torch.", ""),
-            "num_docs": len(self.docnos),
-            "num_tokens": self.num_tokens,
-            "bytes": self.bytes,
-            "bytes_per_doc": self.bytes / max(len(self.docnos), 1),
-            "shards": self.shards,
+            "num_docs": len(docnos),
+            "num_tokens": sum(c["tokens"] for c in chunks),
+            "bytes": total_bytes,
+            "bytes_per_doc": total_bytes / len(docnos),
+            "shards": [{"file": c["file"], "docs": c["docs"]} for c in chunks],
             "status": "complete",
         }
-        (self.tmp / "docnos.json").write_text(json.dumps(self.docnos))
-        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (self.partial / "docnos.json").write_text(json.dumps(docnos))
+        for p in [*self.partial.glob("chunk-*.json"), self.partial / "partial.json"]:
+            p.unlink()
+        (self.partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if self.folder.exists():
             shutil.rmtree(self.folder)
-        os.replace(self.tmp, self.folder)
+        os.replace(self.partial, self.folder)
         return self.folder
 
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 class PackedTensors:

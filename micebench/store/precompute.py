@@ -17,13 +17,13 @@ from micebench.store.document_store import StoreWriter
 _CHUNK = 4096
 
 
-def _chunks(docs: Iterator[tuple[str, str]]) -> Iterator[tuple[list[str], list[str]]]:
+def _chunks(docs: Iterator[tuple[str, str]], size: int = _CHUNK) -> Iterator[tuple[list[str], list[str]]]:
     ids: list[str] = []
     texts: list[str] = []
     for docno, text in docs:
         ids.append(docno)
         texts.append(text)
-        if len(ids) == _CHUNK:
+        if len(ids) == size:
             yield ids, texts
             ids, texts = [], []
     if ids:
@@ -43,10 +43,19 @@ def precompute(
     dtype: str = "fp16",
     overwrite: bool = False,
     limit: int | None = None,
+    resume: bool = False,
+    world: Any = None,
+    chunk_docs: int = _CHUNK,
 ) -> Path:
-    """Build the store of `ranker` (a MiceRanker in states|kv mode, or a ColBERT ranker) over the corpus."""
-    from micebench.rankers.models import pick_dtype
+    """Build the store of `ranker` (a MiceRanker in states|kv mode, or a ColBERT ranker) over the corpus.
 
+    Resumable chunk by chunk (`resume`); under torchrun (`world`) chunks are shared round-robin between ranks.
+    Returns the store folder (on every rank, once rank 0 has assembled it).
+    """
+    from micebench.rankers.models import pick_dtype
+    from micebench.runstate import Distributed
+
+    world = world or Distributed()
     store_dtype = pick_dtype(dtype)
     fields, kind = ranker.store_fields(mode)
     meta = {
@@ -56,25 +65,31 @@ def precompute(
         "model": ranker.describe(),
         "dataset": dataset.describe(),
     }
-    writer = StoreWriter(folder, meta, fields, store_dtype, overwrite=overwrite)
-    done = 0
-    try:
-        with torch.inference_mode(), progress_bar("precomputing documents", unit="docs") as bar:
-            for ids, texts in _chunks(dataset.iter_docs()):
-                if limit is not None:
-                    ids, texts = ids[: limit - done], texts[: limit - done]
+    writer = StoreWriter(folder, meta, fields, store_dtype, overwrite=overwrite, resume=resume, rank=world.rank)
+    world.barrier()
+    done = writer.done_chunks()
+    seen = 0
+    with torch.inference_mode(), progress_bar("precomputing documents", unit="docs") as bar:
+        for index, (ids, texts) in enumerate(_chunks(dataset.iter_docs(), chunk_docs)):
+            if limit is not None:
+                ids, texts = ids[: limit - seen], texts[: limit - seen]
+            seen += len(ids)
+            if ids and index % world.world == world.rank and index not in done:
+                order, lengths, pieces = [], [], {f: [] for f in fields}
                 for idx in length_sorted_batches(texts, ranker.batch_size):
                     tensors, mask = ranker.store_encode([texts[i] for i in idx], mode)
-                    writer.add(
-                        [ids[i] for i in idx], mask.sum(1).tolist(), {f: _pack(tensors[f], mask) for f in fields}
-                    )
-                    bar.advance(len(idx))
-                done += len(ids)
-                if limit is not None and done >= limit:
-                    break
-        if done == 0:
-            raise MicebenchError(f"dataset {dataset.name!r} has no documents")
-        return writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
+                    order.extend(ids[i] for i in idx)
+                    lengths.extend(mask.sum(1).tolist())
+                    for f in fields:
+                        pieces[f].append(_pack(tensors[f], mask))
+                writer.write_chunk(index, order, lengths, pieces)
+            bar.advance(len(ids))
+            if limit is not None and seen >= limit:
+                break
+    if seen == 0:
+        raise MicebenchError(f"dataset {dataset.name!r} has no documents")
+    world.barrier()
+    if world.rank == 0:
+        writer.finish()
+    world.barrier()
+    return Path(folder)

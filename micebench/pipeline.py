@@ -173,6 +173,9 @@ def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult
         state = "finished" if is_complete(folder) else "existing"
         raise MicebenchError(f"{state} result at {folder} (use --overwrite to replace it)")
     check_queries(dataset.judged_queries())
+    orphans = sorted(set(dataset.qrels()) - set(dataset.queries()))
+    if orphans:
+        raise DataError(f"{len(orphans)} judged query ids are absent from the queries (e.g. {orphans[0]!r})")
     world = Distributed.from_env(config.device)
     seed_everything(config.seed)
 

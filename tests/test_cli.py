@@ -304,3 +304,10 @@ def test_results_table(capsys, tmp_path, data_dir):
     assert cli(capsys, "run", "--model", "bm25", "--dataset", str(data_dir / "adi"), "-o", str(tmp_path / "r"))[0] == 0
     code, out, _ = cli(capsys, "results", str(tmp_path / "r"))
     assert code == 0 and "adi" in out and "nDCG@10" in out
+
+
+def test_qrels_queries_absent_from_queries(capsys, tmp_path):
+    folder = _small_collection(tmp_path, qrels=[("q1", "d1", 1), ("q7", "d2", 1)])
+    code, _, err = cli(capsys, "run", "--model", "bm25", "--dataset", str(folder), "-o", str(tmp_path / "out"))
+    assert code == 2 and "1 judged query ids are absent from the queries (e.g. 'q7')" in err
+    assert _no_results(tmp_path)

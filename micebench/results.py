@@ -7,13 +7,10 @@ leaves a half-written result behind.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -103,9 +100,9 @@ def write_result(
     """Write a complete result folder atomically; refuses to replace a finished result unless `overwrite`."""
     if folder.exists() and not overwrite:
         raise MicebenchError(f"result already exists: {folder} (use --overwrite to replace it)")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    from micebench.atomic import atomic_folder
+
+    with atomic_folder(folder) as tmp:
         with open(tmp / "run.trec", "w", encoding="utf-8") as handle:
             handle.writelines(format_run(run, tag))
         (tmp / "metrics.json").write_text(json.dumps(evaluation.as_dict(), indent=2) + "\n")
@@ -117,16 +114,6 @@ def write_result(
                 values = [f"{evaluation.per_query[m][qid]:.6f}" for m in measures]
                 handle.write("\t".join([qid, *values]) + "\n")
         (tmp / MANIFEST).write_text(json.dumps({**manifest, "status": "complete"}, indent=2, default=str) + "\n")
-        if folder.exists():
-            backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, backup)
-            os.replace(tmp, folder)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

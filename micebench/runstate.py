@@ -85,9 +85,9 @@ class PartialScores:
         meta = self.folder / "config.json"
         self.folder.mkdir(parents=True, exist_ok=True)
         if not meta.is_file():
-            tmp = meta.with_name(f".config.json.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps({"hash": self.digest}))
-            os.replace(tmp, meta)
+            from micebench.atomic import atomic_write_text
+
+            atomic_write_text(meta, json.dumps({"hash": self.digest}), durable=True)
 
     def load(self) -> Run:
         """Every score recorded so far, by any rank."""

@@ -124,23 +124,13 @@ def write_attention_result(
     result: SegmentAttention, folder: Path, title: str, meta: dict, group_size: int
 ) -> list[Path]:
     """attention.csv, attention.md, manifest.json and the heatmaps, written into a temporary folder first."""
-    import os
-    import shutil
-    import tempfile
+    from micebench.atomic import atomic_folder
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         with open(tmp / "attention.csv", "w", encoding="utf-8") as handle:
             handle.write("layer,from,to,mass\n")
             handle.writelines(f"{r['layer']},{r['from']},{r['to']},{r['mass']:.6f}\n" for r in result.to_rows())
         (tmp / "attention.md").write_text(f"# {title}\n" + markdown_table(result))
         plot_heatmaps(result, tmp, title, group_size)
         (tmp / "manifest.json").write_text(json.dumps({**meta, "status": "complete"}, indent=2, default=str) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return sorted(folder.iterdir())

@@ -15,6 +15,20 @@ def join_title(title: str | None, text: str | None) -> str:
     return f"{title} {text}" if title else text
 
 
+def chunked(docs: Iterable[tuple[str, str]], size: int) -> Iterator[tuple[list[str], list[str]]]:
+    """Group a stream of (docno, text) into lists of at most `size` ids and texts."""
+    ids: list[str] = []
+    texts: list[str] = []
+    for docno, text in docs:
+        ids.append(docno)
+        texts.append(text)
+        if len(ids) == size:
+            yield ids, texts
+            ids, texts = [], []
+    if ids:
+        yield ids, texts
+
+
 class Dataset(ABC):
     """A test collection: queries, judgements for one split, a streamable corpus, optional candidates."""
 

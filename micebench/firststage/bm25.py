@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from micebench.cache import cache_dir
-from micebench.data.base import Dataset
+from micebench.data.base import Dataset, chunked
 from micebench.data.trec import Run
 from micebench.progress import progress_bar
 
@@ -54,19 +51,6 @@ def _tokenizer(params: BM25Params):
     return bm25s.tokenization.Tokenizer(stopwords=params.stopwords, stemmer=stemmer)
 
 
-def _chunks(docs: Iterator[tuple[str, str]], size: int) -> Iterator[tuple[list[str], list[str]]]:
-    ids: list[str] = []
-    texts: list[str] = []
-    for docno, text in docs:
-        ids.append(docno)
-        texts.append(text)
-        if len(ids) == size:
-            yield ids, texts
-            ids, texts = [], []
-    if ids:
-        yield ids, texts
-
-
 class BM25Index:
     """A bm25s index over a dataset's corpus plus the doc ids in index order."""
 
@@ -85,7 +69,7 @@ class BM25Index:
         docnos: list[str] = []
         token_ids: list[list[int]] = []
         with progress_bar("BM25 indexing", unit="docs") as bar:
-            for ids, texts in _chunks(docs, _CHUNK):
+            for ids, texts in chunked(docs, _CHUNK):
                 token_ids.extend(tokenizer.tokenize(texts, update_vocab=True, return_as="ids", show_progress=False))
                 docnos.extend(ids)
                 bar.advance(len(ids))
@@ -96,9 +80,9 @@ class BM25Index:
 
     def save(self, folder: Path) -> None:
         """Write the index atomically (temporary folder, then rename)."""
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-        try:
+        from micebench.atomic import atomic_folder
+
+        with atomic_folder(folder) as tmp:
             self.model.save(str(tmp / "bm25s"))
             self.tokenizer.save_vocab(str(tmp / "bm25s"))
             self.tokenizer.save_stopwords(str(tmp / "bm25s"))
@@ -106,12 +90,6 @@ class BM25Index:
                 json.dump(list(self.docnos), handle)
             with open(tmp / "params.json", "w", encoding="utf-8") as handle:
                 json.dump(asdict(self.params), handle)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def load(cls, folder: Path) -> BM25Index:

@@ -389,13 +389,10 @@ def write_latency(rows: list[dict[str, Any]], meta: dict[str, Any], folder: Path
 
     folder.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = folder / f"{run}.json", folder / f"{run}.csv"
-    for path, text in (
-        (json_path, json.dumps({"meta": meta, "rows": rows}, indent=2, default=_jsonable) + "\n"),
-        (csv_path, pd.DataFrame(rows).to_csv(index=False)),
-    ):
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    from micebench.atomic import atomic_write_text
+
+    atomic_write_text(json_path, json.dumps({"meta": meta, "rows": rows}, indent=2, default=_jsonable) + "\n")
+    atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
     return json_path, csv_path
 
 

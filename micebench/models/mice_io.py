@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,10 +39,10 @@ def save_mice(model: MiceModel, tokenizer: Any, folder: str | Path) -> Path:
     """Write a shareable checkpoint atomically: config.json with a "mice" entry, model.safetensors, tokenizer."""
     from safetensors.torch import save_file
 
+    from micebench.atomic import atomic_folder
+
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         config = model.config.to_dict()
         config["num_hidden_layers"] = model.mice.merge_layer + model.mice.top_layers
         config["mice"] = asdict(model.mice)
@@ -53,12 +50,6 @@ def save_mice(model: MiceModel, tokenizer: Any, folder: str | Path) -> Path:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "micebench": "mice"})
         tokenizer.save_pretrained(str(tmp))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -31,12 +31,18 @@ class Ranker(ABC):
 
     def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
         """Re-score a candidates frame (qid, query, docno, text); returns it with score and rank."""
+        texts = candidates["text"]
+        return self.rerank_by_query(candidates, lambda query, rows: self.score(query, texts.take(rows).tolist()))
+
+    def rerank_by_query(
+        self, candidates: pd.DataFrame, score_group: Callable[[str, np.ndarray], np.ndarray], note: str = ""
+    ) -> pd.DataFrame:
+        """Score each query's rows with `score_group(query, row_positions)`, with a progress bar."""
         scores = np.empty(len(candidates), dtype=np.float64)
         groups = candidates.groupby("qid", sort=False).indices
-        with progress_bar(f"re-ranking ({self.name})", total=len(groups), unit="queries") as bar:
+        with progress_bar(f"re-ranking ({self.name}{note})", total=len(groups), unit="queries") as bar:
             for rows in groups.values():
-                query = candidates["query"].iat[rows[0]]
-                scores[rows] = self.score(query, candidates["text"].take(rows).tolist())
+                scores[rows] = score_group(candidates["query"].iat[rows[0]], rows)
                 bar.advance(1)
         return with_ranks(candidates, scores)
 

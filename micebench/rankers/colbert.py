@@ -19,8 +19,7 @@ import numpy as np
 import pandas as pd
 
 from micebench.errors import MicebenchError
-from micebench.progress import progress_bar
-from micebench.rankers.base import Ranker, register_ranker, with_ranks
+from micebench.rankers.base import Ranker, register_ranker
 from micebench.rankers.batching import length_sorted_batches
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.models import count_parameters, load_pretrained, pick_device, pick_dtype, resolve_model
@@ -191,23 +190,25 @@ class ColBERTRanker(Ranker):
                 scores[idx] = self.maxsim(q, emb, keep)
         return scores
 
+    @oom_backoff
+    def score_stored(self, query: str, docnos: list[str]) -> np.ndarray:
+        """MaxSim against stored document embeddings (no document text needed)."""
+        scores = np.empty(len(docnos), dtype=np.float64)
+        with self._torch.inference_mode():
+            q = self.encode_query(query)
+            positions = self.store.positions(docnos)
+            for start in range(0, len(docnos), self.batch_size):
+                tensors, keep = self.store.gather(positions[start : start + self.batch_size])
+                scores[start : start + len(keep)] = self.maxsim(q, tensors["embeddings"], keep)
+        return scores
+
     def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
         if self.store is None:
             return super().rerank(candidates)
-        scores = np.empty(len(candidates), dtype=np.float64)
-        groups = candidates.groupby("qid", sort=False).indices
-        with (
-            self._torch.inference_mode(),
-            progress_bar("re-ranking (colbert, stored)", total=len(groups), unit="queries") as bar,
-        ):
-            for rows in groups.values():
-                q = self.encode_query(candidates["query"].iat[rows[0]])
-                positions = self.store.positions(candidates["docno"].take(rows).tolist())
-                for start in range(0, len(rows), self.batch_size):
-                    tensors, keep = self.store.gather(positions[start : start + self.batch_size])
-                    scores[rows[start : start + len(keep)]] = self.maxsim(q, tensors["embeddings"], keep)
-                bar.advance(1)
-        return with_ranks(candidates, scores)
+        docnos = candidates["docno"]
+        return self.rerank_by_query(
+            candidates, lambda query, rows: self.score_stored(query, docnos.take(rows).tolist()), ", stored"
+        )
 
     # -- document store -----------------------------------------------------------------------------------------
     def store_fields(self, mode: str) -> tuple[list[str], str]:

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 
 from micebench.errors import MicebenchError
-from micebench.progress import progress_bar
-from micebench.rankers.base import Ranker, register_ranker, register_ranker_pattern, with_ranks
+from micebench.rankers.base import Ranker, register_ranker, register_ranker_pattern
 from micebench.rankers.batching import length_sorted_batches
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.models import DEFAULT_CROSS_ENCODER, count_parameters, pick_device, pick_dtype
@@ -175,14 +174,10 @@ class MiceRanker(Ranker):
     def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
         if self.store is None:
             return super().rerank(candidates)
-        scores = np.empty(len(candidates), dtype=np.float64)
-        groups = candidates.groupby("qid", sort=False).indices
-        with progress_bar(f"re-ranking ({self.label}, stored)", total=len(groups), unit="queries") as bar:
-            for rows in groups.values():
-                query = candidates["query"].iat[rows[0]]
-                scores[rows] = self.score_stored(query, candidates["docno"].take(rows).tolist())
-                bar.advance(1)
-        return with_ranks(candidates, scores)
+        docnos = candidates["docno"]
+        return self.rerank_by_query(
+            candidates, lambda query, rows: self.score_stored(query, docnos.take(rows).tolist()), ", stored"
+        )
 
     # -- document store -------------------------------------------------------------------------------------------
     def store_fields(self, mode: str) -> tuple[list[str], str]:

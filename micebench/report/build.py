@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from pathlib import Path
 
+from micebench.atomic import atomic_write_text
 from micebench.report.collect import Collection, collect
 from micebench.report.plots import dataset_bars, efficiency_frame_to_md, mice_sweeps, pareto_plot
 from micebench.report.tables import (
@@ -20,13 +20,6 @@ from micebench.report.tables import (
 )
 
 FORMATS = ("md", "latex", "csv", "html")
-
-
-def _write(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def html_page(table: EffectivenessTable, collection: Collection, figures: list[Path], show_std: bool) -> str:
@@ -88,13 +81,13 @@ def build_report(
             + "\n## Efficiency\n\n"
             + efficiency_frame_to_md(efficiency)
         )
-        written.append(_write(output / "table.md", text))
+        written.append(atomic_write_text(output / "table.md", text))
     if "latex" in formats:
-        written.append(_write(output / "table.tex", to_latex(table, show_std)))
+        written.append(atomic_write_text(output / "table.tex", to_latex(table, show_std)))
     if "csv" in formats:
-        written.append(_write(output / "table.csv", to_csv(table)))
+        written.append(atomic_write_text(output / "table.csv", to_csv(table)))
         if not efficiency.empty:
-            written.append(_write(output / "efficiency.csv", efficiency.to_csv(index=False)))
+            written.append(atomic_write_text(output / "efficiency.csv", efficiency.to_csv(index=False)))
     if "html" in formats:
-        written.append(_write(output / "report.html", html_page(table, collection, figures, show_std)))
+        written.append(atomic_write_text(output / "report.html", html_page(table, collection, figures, show_std)))
     return table, collection, written

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from micebench.atomic import atomic_write_text
 from micebench.errors import MicebenchError
 
 MANIFEST = "manifest.json"
@@ -72,7 +73,7 @@ class StoreWriter:
                 )
         self.partial.mkdir(parents=True, exist_ok=True)
         if not record.is_file():
-            _atomic_write(record, json.dumps(key, default=str))
+            atomic_write_text(record, json.dumps(key, default=str), durable=True)
 
     def done_chunks(self) -> set[int]:
         return {int(p.stem.split("-")[1]) for p in self.partial.glob("chunk-*.json")}
@@ -98,7 +99,7 @@ class StoreWriter:
             "tokens": int(packed["lengths"].sum()),
             "bytes": (self.partial / name).stat().st_size,
         }
-        _atomic_write(self.partial / f"chunk-{index:05d}.json", json.dumps(chunk))
+        atomic_write_text(self.partial / f"chunk-{index:05d}.json", json.dumps(chunk), durable=True)
 
     def finish(self) -> Path:
         """Rank 0, once every chunk is written: manifest, doc ids, and the rename into place."""
@@ -128,15 +129,6 @@ class StoreWriter:
             shutil.rmtree(self.folder)
         os.replace(self.partial, self.folder)
         return self.folder
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class PackedTensors:

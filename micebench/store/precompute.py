@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from micebench.data.base import Dataset
+from micebench.data.base import Dataset, chunked
 from micebench.errors import MicebenchError
 from micebench.progress import progress_bar
 from micebench.rankers.batching import length_sorted_batches
 from micebench.store.document_store import StoreWriter
 
 _CHUNK = 4096
-
-
-def _chunks(docs: Iterator[tuple[str, str]], size: int = _CHUNK) -> Iterator[tuple[list[str], list[str]]]:
-    ids: list[str] = []
-    texts: list[str] = []
-    for docno, text in docs:
-        ids.append(docno)
-        texts.append(text)
-        if len(ids) == size:
-            yield ids, texts
-            ids, texts = [], []
-    if ids:
-        yield ids, texts
 
 
 def _pack(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -70,7 +56,7 @@ def precompute(
     done = writer.done_chunks()
     seen = 0
     with torch.inference_mode(), progress_bar("precomputing documents", unit="docs") as bar:
-        for index, (ids, texts) in enumerate(_chunks(dataset.iter_docs(), chunk_docs)):
+        for index, (ids, texts) in enumerate(chunked(dataset.iter_docs(), chunk_docs)):
             if limit is not None:
                 ids, texts = ids[: limit - seen], texts[: limit - seen]
             seen += len(ids)

@@ -1,0 +1,41 @@
+"""Write a folder or a file so that readers see either nothing or the complete thing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_folder(folder: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `folder` (an old one is swapped out first)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield tmp
+        if folder.exists():
+            backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, backup)
+            os.replace(tmp, folder)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str, durable: bool = False) -> Path:
+    """Write a text file under a temporary name, then rename it (fsync first when `durable`)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path

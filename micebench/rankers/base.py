@@ -30,7 +30,15 @@ class Ranker(ABC):
         """One float per document, in the order given."""
 
     def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
-        """Re-score a candidates frame (qid, query, docno, text); returns it with score and rank."""
+        """Re-score a candidates frame (qid, query, docno, text); returns it with score and rank.
+
+        Rankers with a precomputed document store (`self.store`) score by doc id through `score_stored`.
+        """
+        if getattr(self, "store", None) is not None:
+            docnos = candidates["docno"]
+            return self.rerank_by_query(
+                candidates, lambda query, rows: self.score_stored(query, docnos.take(rows).tolist()), ", stored"
+            )
         texts = candidates["text"]
         return self.rerank_by_query(candidates, lambda query, rows: self.score(query, texts.take(rows).tolist()))
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from micebench.errors import MicebenchError
 from micebench.rankers.base import Ranker, register_ranker
@@ -201,14 +200,6 @@ class ColBERTRanker(Ranker):
                 tensors, keep = self.store.gather(positions[start : start + self.batch_size])
                 scores[start : start + len(keep)] = self.maxsim(q, tensors["embeddings"], keep)
         return scores
-
-    def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
-        if self.store is None:
-            return super().rerank(candidates)
-        docnos = candidates["docno"]
-        return self.rerank_by_query(
-            candidates, lambda query, rows: self.score_stored(query, docnos.take(rows).tolist()), ", stored"
-        )
 
     # -- document store -----------------------------------------------------------------------------------------
     def store_fields(self, mode: str) -> tuple[list[str], str]:

@@ -6,7 +6,6 @@ import re
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from micebench.errors import MicebenchError
 from micebench.rankers.base import Ranker, register_ranker, register_ranker_pattern
@@ -170,14 +169,6 @@ class MiceRanker(Ranker):
     def _split(x: Any, heads: int) -> Any:
         b, length, dim = x.shape
         return x.view(b, length, heads, dim // heads).transpose(1, 2)
-
-    def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
-        if self.store is None:
-            return super().rerank(candidates)
-        docnos = candidates["docno"]
-        return self.rerank_by_query(
-            candidates, lambda query, rows: self.score_stored(query, docnos.take(rows).tolist()), ", stored"
-        )
 
     # -- document store -------------------------------------------------------------------------------------------
     def store_fields(self, mode: str) -> tuple[list[str], str]:

@@ -19,7 +19,8 @@ merge_layer = 4
 top_layers = 3
 backbone = "MiniLM"      # rows of the report are grouped by backbone
 ```
-Any `RunConfig` field may be set per ranker (checkpoint, schedule, first_stage, top_k, precomputed, ...).
+Any `RunConfig` field may be set per ranker (checkpoint, schedule, first_stage, top_k, precomputed, ...);
+`{dataset}` and `{seed}` in `precomputed` and `checkpoint` are replaced per run (stores are per corpus).
 The grouping of datasets and the rankers' backbones are written to `<output>/experiment.json` for `report`.
 """
 
@@ -81,7 +82,11 @@ def experiment_runs(data: dict[str, Any], overrides: dict[str, Any] | None = Non
         options.setdefault("name", ranker["model"])
         for dataset in datasets:
             for seed in seeds:
-                config = RunConfig(**{**defaults, **options, **overrides, "dataset": dataset, "seed": seed})
+                values = {**defaults, **options, **overrides, "dataset": dataset, "seed": seed}
+                for key in ("precomputed", "checkpoint"):  # per-dataset stores: "stores/{dataset}-kv"
+                    if isinstance(values.get(key), str):
+                        values[key] = values[key].replace("{dataset}", dataset).replace("{seed}", str(seed))
+                config = RunConfig(**values)
                 config.seed_folder = len(seeds) > 1
                 runs.append(config)
     return runs

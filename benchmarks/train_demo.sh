@@ -29,9 +29,9 @@ step "3b dense zero-shot" $MB run --model dense --dataset scifact --top-k $TOPK 
 step "3c ce (fine-tuned)" $MB run --model ce --checkpoint "$OUT/ce/best" --name ce-finetuned --dataset scifact \
   --top-k $TOPK --max-length $MAXLEN -o "$RES" --overwrite --device $DEVICE
 step "3d precompute mice store" $MB precompute --model mice --checkpoint "$OUT/mice-l2+2/best" --dataset scifact \
-  --mode kv --dtype fp32 -o "$OUT/mice-l2+2-store-kv" --overwrite --device $DEVICE
+  --mode states --dtype fp16 -o "$OUT/mice-l2+2-store" --overwrite --device $DEVICE
 step "3e mice-l2+2 (distilled, stored)" $MB run --model mice --checkpoint "$OUT/mice-l2+2/best" \
-  --precomputed "$OUT/mice-l2+2-store-kv" --name mice-l2+2-distilled --dataset scifact --top-k $TOPK -o "$RES" \
+  --precomputed "$OUT/mice-l2+2-store" --name mice-l2+2-distilled --dataset scifact --top-k $TOPK -o "$RES" \
   --overwrite --device $DEVICE
 $MB report --results "$RES" --baseline ce-finetuned --format md --format csv
 echo "re-ranked the SciFact test BM25 top-$TOPK; wall-clock seconds per step:"

@@ -86,7 +86,7 @@ def pareto_plot(table: EffectivenessTable, collection: Collection, folder: Path)
     ax.set_ylabel(f"mean {table.metric} (x100) over {len(datasets)} datasets")
     ax.set_title("Effectiveness vs latency")
     ax.grid(True, which="both", color="0.9", linewidth=0.6)
-    ax.legend(fontsize=7, loc="lower right", frameon=False)
+    ax.legend(fontsize=7, loc="best", frameon=True, framealpha=0.9)
     return _save(fig, folder, "pareto")
 
 

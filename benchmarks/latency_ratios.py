@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from micebench.latency.runner import LatencyBench, LatencyConfig, write_latency
+from micebench.latency.runner import LatencyConfig, measure, write_latency
 
 #: label -> (minimum speed-up over ce, minimum share of the FLOP ratio); None = reported only
 GOALS = {
@@ -49,12 +49,7 @@ def main() -> None:
         repeats=args.repeats,
         arch=args.arch,
     )
-    bench = LatencyBench(config)
-    try:
-        rows = bench.run()
-        meta = bench.environment()
-    finally:
-        bench.close()
+    rows, meta = measure(config)
     run = f"goals-{time.strftime('%Y%m%d-%H%M%S')}"
     path, _ = write_latency(rows, meta, Path(args.output) / "latency", run)
     print(

@@ -443,7 +443,7 @@ def latency(
     """Time rankers model-only (interleaved), with FLOPs, throughput and memory; write results/latency/<run>.*"""
     import time
 
-    from micebench.latency.runner import LatencyBench, LatencyConfig, write_latency
+    from micebench.latency.runner import LatencyConfig, measure, write_latency
 
     if paper_setup:
         batch, doc_len, query_len, dtype, include_tokenization = 128, 512, 32, "fp32", True
@@ -465,12 +465,7 @@ def latency(
     )
     if repeats < 1 or warmup < 0:
         raise MicebenchError("--repeats must be at least 1 and --warmup at least 0")
-    bench = LatencyBench(config)
-    try:
-        rows = bench.run()
-        meta = bench.environment()
-    finally:
-        bench.close()
+    rows, meta = measure(config)
     run = name or time.strftime("%Y%m%d-%H%M%S")
     json_path, _ = write_latency(rows, meta, Path(output) / "latency", run)
     table = Table(

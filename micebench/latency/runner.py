@@ -371,6 +371,15 @@ class LatencyBench:
         }
 
 
+def measure(config: LatencyConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Build, time and describe the models of `config`; returns (rows, environment)."""
+    bench = LatencyBench(config)
+    try:
+        return bench.run(), bench.environment()
+    finally:
+        bench.close()
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

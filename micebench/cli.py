@@ -143,9 +143,10 @@ def run(
 
 
 def _run_experiment_file(path: str, overwrite: bool, data_dir: str | None, device: str) -> None:
+    from micebench.data import load_dataset
     from micebench.experiments import experiment_runs, load_experiment, write_experiment_index
-    from micebench.pipeline import run_experiment
-    from micebench.results import is_complete, result_dir
+    from micebench.pipeline import result_folder, run_experiment
+    from micebench.results import is_complete
 
     data = load_experiment(path)
     overrides = {"overwrite": overwrite, "device": device}
@@ -155,13 +156,7 @@ def _run_experiment_file(path: str, overwrite: bool, data_dir: str | None, devic
     write_experiment_index(data, runs[0].output)
     done = skipped = 0
     for config in runs:
-        from micebench.data.registry import data_dir as resolve_data_dir
-        from micebench.data.registry import where
-
-        kind, target = where(config.dataset, resolve_data_dir(config.data_dir))
-        name = Path(target).name if Path(config.dataset).expanduser().is_dir() else config.dataset
-        folder = result_dir(config.output, name, config.ranker_label())
-        folder = folder / f"seed-{config.seed}" if config.seed_folder else folder
+        folder = result_folder(config, load_dataset(config.dataset, config.data_dir, config.split).name)
         if is_complete(folder) and not overwrite:
             skipped += 1
             continue

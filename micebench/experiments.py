@@ -96,9 +96,11 @@ def write_experiment_index(data: dict[str, Any], output: str | Path) -> Path:
     """`<output>/experiment.json`: dataset groups and ranker backbones, read by `micebench report`."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    from micebench.data.registry import dataset_label
+
     index = {
-        "in_domain": data["datasets"].get("in_domain", []),
-        "out_of_domain": data["datasets"].get("out_of_domain", []),
+        "in_domain": [dataset_label(d) for d in data["datasets"].get("in_domain", [])],
+        "out_of_domain": [dataset_label(d) for d in data["datasets"].get("out_of_domain", [])],
         "rankers": {
             (r.get("name") or r["model"]): {"model": r["model"], "backbone": r.get("backbone", "")}
             for r in data["rankers"]

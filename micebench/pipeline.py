@@ -153,6 +153,12 @@ def build_ranker(config: RunConfig) -> Ranker:
     )
 
 
+def result_folder(config: RunConfig, dataset_name: str) -> Path:
+    """Where a run's result lives: `<output>/<dataset>/<ranker>[/seed-<S>]`."""
+    folder = result_dir(config.output, dataset_name, config.ranker_label())
+    return folder / f"seed-{config.seed}" if config.seed_folder else folder
+
+
 def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult | None:
     """Run one (dataset, ranker) evaluation and write its result folder; see RunConfig for the knobs.
 
@@ -166,9 +172,7 @@ def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult
         known = ", ".join(available_rankers())
         raise MicebenchError(f"unknown model {config.model!r} (available: {known})")
     dataset = load_dataset(config.dataset, config.data_dir, config.split)
-    folder = result_dir(config.output, dataset.name, config.ranker_label())
-    if config.seed_folder:
-        folder = folder / f"seed-{config.seed}"
+    folder = result_folder(config, dataset.name)
     if folder.exists() and not config.overwrite:
         state = "finished" if is_complete(folder) else "existing"
         raise MicebenchError(f"{state} result at {folder} (use --overwrite to replace it)")

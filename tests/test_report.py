@@ -248,4 +248,22 @@ def test_html_renders_in_a_headless_browser(results, tmp_path):
         timeout=120,
     ).stdout
     assert shot.stat().st_size > 10_000 and "micebench report" in dom and dom.count("<img") >= 2
-    json.dumps({"ok": True})
+
+
+def test_experiment_file_runs_the_cross_product_and_skips_finished(capsys, tmp_path, data_dir):
+    config = tmp_path / "exp.toml"
+    config.write_text(
+        f'output = "{tmp_path / "out"}"\ntop_k = 10\nseeds = [0, 1]\n'
+        f'[datasets]\nin_domain = ["{data_dir / "adi"}"]\nout_of_domain = ["{data_dir / "irds-dummy"}"]\n'
+        '[[rankers]]\nname = "bm25"\nmodel = "bm25"\nbackbone = "-"\n'
+    )
+    code, out, err = cli(capsys, "run", "--config", str(config))
+    assert code == 0, err
+    assert "4 runs done, 0 finished results kept" in out
+    assert (tmp_path / "out" / "adi" / "bm25" / "seed-1" / "run.trec").is_file()
+    index = json.loads((tmp_path / "out" / "experiment.json").read_text())
+    assert index["rankers"]["bm25"]["backbone"] == "-"
+    code, out, _ = cli(capsys, "run", "--config", str(config))
+    assert code == 0 and "0 runs done, 4 finished results kept" in out
+    table = effectiveness_table(collect(tmp_path / "out"))
+    assert table.seeds["bm25"] == 2 and table.columns[-2:] == ["ID avg", "OOD avg"]

@@ -11,7 +11,7 @@ import torch
 
 from micebench import load_ranker
 from micebench.errors import MicebenchError
-from micebench.training.data import TrainingSet, Triple, mine_bm25_triples, read_teacher_scores
+from micebench.training.data import TrainingSet, mine_bm25_triples, read_teacher_scores
 from micebench.training.loop import TrainConfig, Trainer
 from micebench.training.losses import bce, listwise, margin_mse
 from micebench.training.run import load_student
@@ -219,10 +219,6 @@ def test_bad_training_input(tmp_path, tiny_bert_ce, collection, capsys):
     code, _, err = cli(capsys, *base, "--model", "ce", "--loss", "bce", "--validate", str(empty))
     assert code == 2 and "no judged queries" in err
     assert not (tmp_path / "x" / "last").exists()
-
-
-def test_triple_type_is_plain_data():
-    assert Triple("q", "a", "b").teacher_pos is None
 
 
 @pytest.mark.parametrize(("model", "extra"), [("masked-ce", {"schedule": "mask2"}), ("colbert", {})])

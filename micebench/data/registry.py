@@ -106,10 +106,16 @@ def where(name: str, data_dir_path: Path | None = None) -> tuple[str, str]:
     )
 
 
+def dataset_label(name: str) -> str:
+    """The name results use for a dataset: a folder path's last component, anything else verbatim."""
+    path = Path(name).expanduser()
+    return path.resolve().name if path.is_dir() else name
+
+
 def load_dataset(name: str, data_dir_path: str | Path | None = None, split: str | None = None) -> Dataset:
     """Resolve a dataset name (path, short name, mirror folder or ir_datasets id) and open it."""
     kind, target = where(name, data_dir(data_dir_path))
-    label = name if not Path(name).expanduser().is_dir() else Path(target).name
+    label = dataset_label(name)
     if kind == "local":
         return LocalBeirDataset(target, split=split, name=label)
     from micebench.data.irds import IrDatasetsDataset

@@ -9,26 +9,22 @@ from typing import Any
 
 from micebench.errors import MicebenchError
 from micebench.models.mice import MiceConfig, MiceModel
-from micebench.rankers.models import load_pretrained, resolve_model
+from micebench.rankers.models import classifier_options, load_pretrained, resolve_model
 
 
 def is_mice_checkpoint(name: str | None) -> bool:
     """True when `name` is a local folder whose config.json carries MICE fields."""
     if not name:
         return False
-    path = Path(resolve_model(name)) if not name.startswith((".", "/", "~")) else Path(name).expanduser()
-    config = path / "config.json"
+    config = Path(resolve_model(name)) / "config.json"
     return config.is_file() and "mice" in json.loads(config.read_text())
 
 
 def convert_cross_encoder(checkpoint: str, mice: MiceConfig) -> tuple[MiceModel, Any]:
     """The initial MICE from a cross-encoder (or a base model, which gets a fresh one-logit head)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    config = load_pretrained(AutoConfig, checkpoint)
-    extra = (
-        {} if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])) else {"num_labels": 1}
-    )
+    extra = classifier_options(checkpoint)
     model = load_pretrained(AutoModelForSequenceClassification, checkpoint, **extra)
     tokenizer = load_pretrained(AutoTokenizer, checkpoint)
     mice.source_checkpoint = mice.source_checkpoint or checkpoint

@@ -12,19 +12,13 @@ from micebench.rankers.batching import length_sorted_batches
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.models import (
     DEFAULT_CROSS_ENCODER,
+    classifier_options,
     count_parameters,
     load_pretrained,
+    logits_to_scores,
     pick_device,
     pick_dtype,
 )
-
-
-def _needs_fresh_head(checkpoint: str) -> bool:
-    """A checkpoint that is not a classifier (e.g. a bi-encoder) gets a single-logit head."""
-    from transformers import AutoConfig
-
-    config = load_pretrained(AutoConfig, checkpoint)
-    return not any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
 @register_ranker("ce", "cross-encoder: [CLS] query [SEP] document [SEP] with full attention")
@@ -51,20 +45,13 @@ class CrossEncoderRanker(Ranker):
         self.dtype = pick_dtype(dtype)
         self.batch_size = int(batch_size)
         self.max_length = int(max_length)
-        extra = {"num_labels": 1} if _needs_fresh_head(checkpoint) else {}
+        extra = classifier_options(checkpoint)
         self.tokenizer = load_pretrained(AutoTokenizer, checkpoint)
         self.model = load_pretrained(
             AutoModelForSequenceClassification, checkpoint, attn_implementation=attn_implementation, **extra
         )
         self.model.to(self.device, dtype=self.dtype).eval()
         self._torch = torch
-
-    def _logits_to_scores(self, logits: Any) -> Any:
-        if logits.shape[-1] == 1:
-            return logits[:, 0]
-        if logits.shape[-1] == 2:  # binary classifier: log-odds of the relevant class
-            return logits[:, 1] - logits[:, 0]
-        raise MicebenchError(f"cross-encoder {self.checkpoint!r} has {logits.shape[-1]} labels; expected 1 or 2")
 
     def tokenize_pairs(self, queries: list[str], docs: list[str]) -> Any:
         """`[CLS] q [SEP] d [SEP]` batches, truncated longest-first to `max_length` (as sentence-transformers)."""
@@ -90,7 +77,7 @@ class CrossEncoderRanker(Ranker):
             for idx in length_sorted_batches(docs, self.batch_size):
                 batch = self.tokenize_pairs([query] * len(idx), [docs[i] for i in idx])
                 logits = self.forward(batch).logits.float()
-                scores[idx] = self._logits_to_scores(logits).cpu().numpy()
+                scores[idx] = logits_to_scores(logits).cpu().numpy()
         return scores
 
     def describe(self) -> dict[str, Any]:

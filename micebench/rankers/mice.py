@@ -11,7 +11,7 @@ from micebench.errors import MicebenchError
 from micebench.rankers.base import Ranker, register_ranker, register_ranker_pattern
 from micebench.rankers.batching import length_sorted_batches
 from micebench.rankers.memory import oom_backoff
-from micebench.rankers.models import DEFAULT_CROSS_ENCODER, count_parameters, pick_device, pick_dtype
+from micebench.rankers.models import DEFAULT_CROSS_ENCODER, count_parameters, logits_to_scores, pick_device, pick_dtype
 
 _SHAPE = re.compile(r"^mice-l(\d+)\+(\d+)$")
 STORE_KIND = "mice"
@@ -128,7 +128,7 @@ class MiceRanker(Ranker):
         n = d_mask.shape[0]
         index = self._torch.zeros(n, dtype=self._torch.long, device=self.device)
         logits = self.model.score_from_states(q[0], q[1], d_mask, index, **doc).float()
-        return (logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]).cpu().numpy()
+        return logits_to_scores(logits).cpu().numpy()
 
     @oom_backoff
     def score(self, query: str, docs: list[str]) -> np.ndarray:

@@ -100,6 +100,25 @@ def pick_dtype(dtype: str) -> Any:
     return getattr(torch, DTYPES[dtype])
 
 
+def classifier_options(checkpoint: str) -> dict[str, Any]:
+    """`from_pretrained` options for a sequence-classification model: a checkpoint that is not a classifier
+    (e.g. a bi-encoder or base model) gets a fresh single-logit head."""
+    from transformers import AutoConfig
+
+    config = load_pretrained(AutoConfig, checkpoint)
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    return {} if is_classifier else {"num_labels": 1}
+
+
+def logits_to_scores(logits: Any) -> Any:
+    """Relevance scores from classifier logits: the logit itself, or the log-odds of a 2-label head."""
+    if logits.shape[-1] == 1:
+        return logits[:, 0]
+    if logits.shape[-1] == 2:
+        return logits[:, 1] - logits[:, 0]
+    raise MicebenchError(f"classifier has {logits.shape[-1]} labels; a ranker needs 1 or 2")
+
+
 def count_parameters(model: Any) -> int:
     """Number of parameters of a torch module."""
     return sum(p.numel() for p in model.parameters())

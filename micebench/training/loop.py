@@ -278,7 +278,7 @@ def make_validator(dataset: Any, top_k: int) -> Any:
     def validate(student: Student) -> float:
         student.module.eval()
         with torch.inference_mode():
-            ranked = student.ranker.rerank(frame) if student.kind != "mice" or student.ranker.store is None else None
+            ranked = student.ranker.rerank(frame)
         value = evaluate(dataset.qrels(), frame_to_run(ranked), [measure], dataset.relevance_level).means[measure]
         return value if not math.isnan(value) else 0.0
 

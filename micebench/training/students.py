@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from micebench.errors import MicebenchError
+from micebench.rankers.models import logits_to_scores
 
 
 class Student:
@@ -28,14 +29,14 @@ class Student:
         r = self.ranker
         if self.kind in ("ce", "masked-ce"):
             logits = r.forward(r.tokenize_pairs(queries, docs)).logits
-            return logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
+            return logits_to_scores(logits)
         if self.kind == "mice":
             unique = list(dict.fromkeys(queries))
             q = r._tokenize(unique, r.mice.query_max_length)
             d = r._tokenize(docs, r.mice.doc_max_length)
             index = torch.tensor([unique.index(x) for x in queries], device=r.device)
             logits = r.model(q["input_ids"], q["attention_mask"], d["input_ids"], d["attention_mask"], index)
-            return logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
+            return logits_to_scores(logits)
         if self.kind == "colbert":
             out = []
             emb, keep = r.encode_documents(docs)

@@ -80,6 +80,63 @@ def tiny_bert_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_path: str
     return str(folder)
 
 
+def tiny_modernbert_config(**overrides: object):
+    """A tiny random ModernBERT (hidden 32, 4 layers alternating global/local, window 8) for the MiniLM vocabulary."""
+    from transformers import ModernBertConfig
+
+    values = dict(
+        vocab_size=30522,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        local_attention=8,  # a short window, so that test inputs of 20-40 tokens really exercise it
+        global_attn_every_n_layers=2,
+        global_rope_theta=160000.0,
+        local_rope_theta=10000.0,
+        pad_token_id=0,
+        cls_token_id=101,
+        sep_token_id=102,
+        bos_token_id=101,
+        eos_token_id=102,
+        num_labels=1,
+        classifier_pooling="mean",
+    )
+    values.update(overrides)
+    return ModernBertConfig(**values)
+
+
+def _save_tiny_modernbert(folder: Path, minilm_path: str, pooling: str, seed: int) -> str:
+    import torch
+    from transformers import AutoTokenizer, ModernBertForSequenceClassification
+
+    torch.manual_seed(seed)
+    ModernBertForSequenceClassification(tiny_modernbert_config(classifier_pooling=pooling)).eval().save_pretrained(
+        folder
+    )
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_modernbert_ce(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
+    """A tiny random ModernBERT cross-encoder with mean pooling (as Ettin checkpoints), MiniLM tokenizer."""
+    return _save_tiny_modernbert(tmp_path_factory.mktemp("tiny-modernbert-ce"), minilm_path, "mean", 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_modernbert_cls_ce(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
+    """The same tiny ModernBERT shape with CLS pooling."""
+    return _save_tiny_modernbert(tmp_path_factory.mktemp("tiny-modernbert-cls-ce"), minilm_path, "cls", 3)
+
+
+@pytest.fixture(params=["bert", "modernbert", "modernbert-cls"])
+def any_tiny_ce(request: pytest.FixtureRequest) -> str:
+    """Each tiny cross-encoder backbone in turn: BERT, ModernBERT (mean pooling), ModernBERT (CLS pooling)."""
+    name = {"bert": "tiny_bert_ce", "modernbert": "tiny_modernbert_ce", "modernbert-cls": "tiny_modernbert_cls_ce"}
+    return request.getfixturevalue(name[request.param])
+
+
 def write_beir(folder: Path, corpus: list[dict], queries: list[dict], qrels: list[tuple], split: str = "test") -> Path:
     """Write a small BEIR-layout collection (plain corpus.jsonl) for tests."""
     import json

@@ -24,10 +24,11 @@ def _hf_logits(checkpoint, query, docs):
         return np.array([model(**tokenizer([query], [d], return_tensors="pt")).logits[0, 0].item() for d in docs])
 
 
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_empty_schedule_equals_unmodified_model_tiny(tiny_bert_ce, batch_size):
-    ranker = load_ranker("masked-ce", schedule="none", checkpoint=tiny_bert_ce, device="cpu", batch_size=batch_size)
-    np.testing.assert_allclose(ranker.score(QUERY, DOCS), _hf_logits(tiny_bert_ce, QUERY, DOCS), atol=1e-5, rtol=0)
+@pytest.mark.parametrize("batch_size", [1, 3])  # 1: unpadded inputs; 3: a padded batch
+def test_empty_schedule_equals_unmodified_model_tiny(any_tiny_ce, batch_size):
+    ranker = load_ranker("masked-ce", schedule="none", checkpoint=any_tiny_ce, device="cpu", batch_size=batch_size)
+    docs = [*DOCS, "goldfish " * 40]  # longer than ModernBERT's local window
+    np.testing.assert_allclose(ranker.score(QUERY, docs), _hf_logits(any_tiny_ce, QUERY, docs), atol=1e-5, rtol=0)
 
 
 def test_empty_schedule_equals_unmodified_model_minilm(minilm_path):
@@ -59,23 +60,27 @@ def _expected_segments(tokenizer, query, docs):
 
 
 @pytest.mark.parametrize("name", ["mask0", "mask1", "mask2", "mask3-l1", "mask3-l2", "prettr-l1", "prettr-l2"])
-def test_attention_is_exactly_zero_where_removed(tiny_bert_ce, name):
-    masked = load_ranker(name, checkpoint=tiny_bert_ce, device="cpu", attn_implementation="eager")
-    full = load_ranker("ce", checkpoint=tiny_bert_ce, device="cpu", attn_implementation="eager")
+def test_attention_is_exactly_zero_where_removed(any_tiny_ce, name):
+    masked = load_ranker(name, checkpoint=any_tiny_ce, device="cpu", attn_implementation="eager")
+    full = load_ranker("ce", checkpoint=any_tiny_ce, device="cpu", attn_implementation="eager")
     batch = masked.tokenize_pairs([QUERY] * len(DOCS), DOCS)
     segments = _expected_segments(masked.tokenizer, QUERY, DOCS)
     with torch.no_grad():
         probs = masked.forward(batch, output_attentions=True).attentions
         probs_full = full.forward(batch, output_attentions=True).attentions
     schedule = preset(name)
+    config = masked.model.config
     for layer, p in enumerate(probs):
         grid = schedule.blocked(layer)
+        # ModernBERT's local layers also keep their own window (|i - j| <= local_attention / 2): never widened
+        local = config.model_type == "modernbert" and (layer % config.global_attn_every_n_layers) != 0
         for b, segs in enumerate(segments):
             real = [i for i, s in enumerate(segs) if s != "pad"]
             block = np.zeros((len(segs), len(segs)), dtype=bool)
             for i in real:
                 for j in range(len(segs)):
-                    block[i, j] = segs[j] == "pad" or grid[SEGMENTS.index(segs[i]), SEGMENTS.index(segs[j])]
+                    outside = local and abs(i - j) > config.local_attention // 2
+                    block[i, j] = segs[j] == "pad" or outside or grid[SEGMENTS.index(segs[i]), SEGMENTS.index(segs[j])]
             pb = p[b].numpy()  # heads x L x L
             for i in real:
                 assert np.all(pb[:, i, block[i]] == 0.0), (layer, segs[i])

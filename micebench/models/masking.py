@@ -1,7 +1,8 @@
 """Per-layer additive attention masks applied through forward pre-hooks on the public encoder layer modules.
 
-The model runs unchanged (its own embeddings, layers, SDPA attention and head); a hook on each layer swaps
-the attention mask it receives for the schedule's mask of that layer. No transformers internals are copied.
+The model runs unchanged (its own embeddings, layers, SDPA attention and head); a hook on each layer combines
+the attention mask the layer receives (padding, and ModernBERT's sliding window on its local layers) with the
+schedule's mask of that layer, so a schedule only ever removes attention. No transformers internals are copied.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ def schedule_masks(schedule: Schedule, seg: torch.Tensor, num_layers: int, dtype
     return masks
 
 
+def combine_masks(schedule_mask: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
+    """The schedule's additive mask with the layer's own mask (None, boolean keep-mask or additive) removed too."""
+    if own is None:
+        return schedule_mask
+    minimum = torch.finfo(schedule_mask.dtype).min
+    if own.dtype == torch.bool:
+        return schedule_mask.masked_fill(~own, minimum)
+    return (schedule_mask + own.to(schedule_mask.dtype)).clamp_min(minimum)
+
+
 class LayerMasks:
     """Installs pre-hooks on every encoder layer; `apply(masks)` sets the masks for the next forward calls."""
 
@@ -68,11 +79,10 @@ class LayerMasks:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             if self._masks is None:
                 return args, kwargs
-            mask = self._masks[index]
             if "attention_mask" in kwargs or len(args) < 2:
-                kwargs = {**kwargs, "attention_mask": mask}
+                kwargs = {**kwargs, "attention_mask": combine_masks(self._masks[index], kwargs.get("attention_mask"))}
             else:
-                args = (args[0], mask, *args[2:])
+                args = (args[0], combine_masks(self._masks[index], args[1]), *args[2:])
             return args, kwargs
 
         return hook

@@ -25,10 +25,27 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_arch(tmp_path_factory) -> str:
+# a tiny ModernBERT: gated feed-forward, rotary positions, a local window shorter than the test documents
+TINY_MODERNBERT = {
+    "model_type": "modernbert",
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 96,
+    "vocab_size": 30522,
+    "max_position_embeddings": 128,
+    "local_attention": 16,
+    "global_attn_every_n_layers": 2,
+    "pad_token_id": 0,
+    "cls_token_id": 101,
+    "sep_token_id": 102,
+}
+
+
+@pytest.fixture(scope="module", params=["bert", "modernbert"])
+def tiny_arch(request, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("arch") / "config.json"
-    path.write_text(json.dumps(TINY))
+    path.write_text(json.dumps(TINY if request.param == "bert" else TINY_MODERNBERT))
     return str(path)
 
 

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from micebench import load_ranker
 from micebench.errors import MicebenchError
-from micebench.models.mice import MiceConfig, MiceModel
-from tests.conftest import write_beir
+from micebench.models.mice import MiceConfig, build_mice
+from tests.conftest import tiny_modernbert_config, write_beir
 
 QUERY = "how do goldfish grow"
 DOCS = [
@@ -23,7 +24,7 @@ DOCS = [
 
 
 @pytest.fixture(scope="module")
-def tiny4_ce(tmp_path_factory, minilm_path) -> str:
+def tiny4_bert(tmp_path_factory, minilm_path) -> str:
     """A tiny random 4-layer BERT cross-encoder."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -35,6 +36,24 @@ def tiny4_ce(tmp_path_factory, minilm_path) -> str:
     BertForSequenceClassification(config).eval().save_pretrained(folder)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny4_modernbert(tmp_path_factory, minilm_path) -> str:
+    """A tiny random 4-layer ModernBERT cross-encoder (global, local, global, local; window 8; mean pooling)."""
+    from transformers import AutoTokenizer, ModernBertForSequenceClassification
+
+    torch.manual_seed(3)
+    folder = tmp_path_factory.mktemp("tiny4-modernbert")
+    ModernBertForSequenceClassification(tiny_modernbert_config()).eval().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module", params=["bert", "modernbert"])
+def tiny4_ce(request) -> str:
+    """Each 4-layer backbone in turn: the backbone-independent MICE properties hold for both."""
+    return request.getfixturevalue(f"tiny4_{request.param}")
 
 
 def _mice(checkpoint, k=2, m=2, **options):
@@ -60,11 +79,11 @@ def test_bottom_states_equal_the_source_model_run_alone(tiny4_ce):
         torch.testing.assert_close(got[0, : alone.shape[1]], alone[0], atol=1e-5, rtol=0)
 
 
-def test_top_layers_are_copies_of_source_layers_k_to_k_plus_m(tiny4_ce):
+def test_top_layers_are_copies_of_source_layers_k_to_k_plus_m(tiny4_bert):
     from transformers import AutoModelForSequenceClassification
 
-    source = AutoModelForSequenceClassification.from_pretrained(tiny4_ce).eval()
-    mice = _mice(tiny4_ce, k=1, m=2).model
+    source = AutoModelForSequenceClassification.from_pretrained(tiny4_bert).eval()
+    mice = _mice(tiny4_bert, k=1, m=2).model
     assert len(mice.bottom) == 1 and len(mice.top) == 2  # layer 3 dropped
     for j, top in enumerate(mice.top):
         src = source.bert.encoder.layer[1 + j]
@@ -79,10 +98,131 @@ def test_top_layers_are_copies_of_source_layers_k_to_k_plus_m(tiny4_ce):
         assert top.cross_attention is not top.self_attention
     assert torch.equal(mice.classifier.weight, source.classifier.weight)
     assert torch.equal(mice.pooler.dense.weight, source.bert.pooler.dense.weight)
-    random = _mice(tiny4_ce, k=1, m=2, random_top_layers=True).model
+    random = _mice(tiny4_bert, k=1, m=2, random_top_layers=True).model
     assert not torch.equal(
         random.top[0].intermediate.dense.weight, source.bert.encoder.layer[1].intermediate.dense.weight
     )
+
+
+def test_modernbert_top_layers_are_copies_of_source_layers(tiny4_modernbert):
+    from transformers import AutoModelForSequenceClassification
+
+    source = AutoModelForSequenceClassification.from_pretrained(tiny4_modernbert).eval()
+    mice = _mice(tiny4_modernbert, k=1, m=2).model
+    assert len(mice.bottom) == 1 and len(mice.top) == 2  # layer 3 dropped
+    for j, top in enumerate(mice.top):
+        src = source.model.layers[1 + j]
+        assert top.attention_type == src.attention_type  # layer 1 local, layer 2 global
+        for mine, theirs in (
+            (top.self_norm, src.attn_norm),
+            (top.self_attention, src.attn),
+            (top.cross_norm, src.attn_norm),
+            (top.cross_attention, src.attn),
+            (top.mlp_norm, src.mlp_norm),
+            (top.mlp, src.mlp),
+        ):
+            for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
+                assert torch.equal(a, b), name
+        assert top.cross_attention is not top.self_attention and top.cross_norm is not top.self_norm
+    for mine, theirs in (
+        (mice.final_norm, source.model.final_norm),
+        (mice.prediction_head, source.head),
+        (mice.classifier, source.classifier),
+    ):
+        for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
+            assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("j", [0, 1])  # top layer 0 is source layer 2 (global), top layer 1 is layer 3 (local)
+def test_modernbert_query_self_attention_equals_the_source_layer(tiny4_modernbert, j):
+    """With `cls` attendable, a top layer's self-attention is the source layer's (rotary phases and window)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
+
+    source = AutoModelForSequenceClassification.from_pretrained(tiny4_modernbert).eval()
+    mice = _mice(tiny4_modernbert, k=2, m=2, query_attends_cls=True).model
+    tok = AutoTokenizer.from_pretrained(tiny4_modernbert)
+    enc = tok(
+        ["a query long enough to exceed the local window of eight tokens by far", "short"],
+        padding=True,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        hidden = mice.encode_bottom(enc["input_ids"], enc["attention_mask"])
+        layer = source.model.layers[2 + j]
+        options = {"config": source.config, "inputs_embeds": hidden, "attention_mask": enc["attention_mask"]}
+        make = (
+            create_bidirectional_mask
+            if layer.attention_type == "full_attention"
+            else (create_bidirectional_sliding_window_mask)
+        )
+        positions = torch.arange(hidden.shape[1]).unsqueeze(0)
+        rope = source.model.rotary_emb(hidden, positions, layer.attention_type)
+        expected = (
+            hidden + layer.attn(layer.attn_norm(hidden), position_embeddings=rope, attention_mask=make(**options))[0]
+        )
+        got = mice.top[j].self_attend(
+            hidden, mice.top_self_mask(enc["attention_mask"], j), mice.rotary(hidden, hidden.shape[1], j)
+        )
+    real = enc["attention_mask"].bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=0)
+
+
+def test_modernbert_cross_attention_uses_the_documents_own_rotary_phases(tiny4_modernbert):
+    """Cross-attention to a document equal to the query (both from position 0) is the source layer's global
+    self-attention over that text: keys carry the document's phases, queries the query's."""
+    from transformers import AutoModelForSequenceClassification
+
+    source = AutoModelForSequenceClassification.from_pretrained(tiny4_modernbert).eval()
+    mice = _mice(tiny4_modernbert, k=2, m=1, cls_attends_document=True).model
+    tok = AutoTokenizer.from_pretrained(tiny4_modernbert)
+    enc = tok([DOCS[0]], return_tensors="pt")
+    with torch.no_grad():
+        hidden = mice.encode_bottom(enc["input_ids"], enc["attention_mask"])
+        layer = source.model.layers[2]  # global
+        rope = source.model.rotary_emb(hidden, torch.arange(hidden.shape[1]).unsqueeze(0), "full_attention")
+        expected = hidden + layer.attn(layer.attn_norm(hidden), position_embeddings=rope, attention_mask=None)[0]
+        top = mice.top[0]
+        got = top.cross_attend(
+            hidden, *mice.document_kv(hidden)[0], None, True, mice.rotary(hidden, hidden.shape[1], 0)
+        )
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_modernbert_pooling_follows_the_checkpoint(tmp_path, minilm_path):
+    """CLS pooling with one top layer ignores the document (cls never cross-attends); mean pooling does not."""
+    from transformers import AutoTokenizer as Tok
+    from transformers import ModernBertForSequenceClassification
+
+    scores = {}
+    for pooling in ("cls", "mean"):
+        torch.manual_seed(5)
+        folder = tmp_path / pooling
+        ModernBertForSequenceClassification(tiny_modernbert_config(classifier_pooling=pooling)).save_pretrained(folder)
+        Tok.from_pretrained(minilm_path).save_pretrained(folder)
+        scores[pooling] = _mice(str(folder), k=2, m=1).score(QUERY, DOCS)
+    assert np.ptp(scores["cls"]) < 1e-9
+    assert np.ptp(scores["mean"]) > 1e-8
+
+
+def test_parameter_count_of_mice_l4_3_from_the_ettin_32m_config():
+    """Analytic count: ModernBERT has no biases but the classifier's; layer 0 has no attention norm."""
+    from transformers import AutoModelForSequenceClassification
+
+    from micebench.latency.architectures import architecture_config
+
+    config = architecture_config("ettin-32m")
+    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    assert (h, i, v, config.num_hidden_layers) == (384, 576, 50368, 10)
+    source = AutoModelForSequenceClassification.from_config(config)
+    layer = 4 * h * h + 3 * h * i + 2 * h  # Wqkv 3H^2, Wo H^2, Wi 2HI, Wo HI, two norms
+    embeddings, head = v * h + h, h * h + h + h + (h + 1)  # final norm; prediction head + norm; classifier
+    assert sum(p.numel() for p in source.parameters()) == embeddings + 10 * layer - h + head
+    mice = build_mice(source, MiceConfig(merge_layer=4, top_layers=3))
+    cross = 4 * h * h + h  # a copy of the layer's norm, Wqkv and Wo per top layer
+    expected = embeddings + 7 * layer - h + 3 * cross + head
+    assert sum(p.numel() for p in mice.parameters()) == expected
+    assert round(expected / 1e6, 1) == 30.0  # vs 32.0M for the 10-layer cross-encoder
 
 
 def test_options_change_the_computation(tiny4_ce):
@@ -93,11 +233,11 @@ def test_options_change_the_computation(tiny4_ce):
     assert all(layer.self_attention is None for layer in no_self.model.top)
 
 
-def test_one_top_layer_without_cls_cross_attention_ignores_the_document(tiny4_ce):
+def test_one_top_layer_without_cls_cross_attention_ignores_the_document(tiny4_bert):
     """cls never cross-attends and reads the query only through self-attention before cross-attention."""
-    scores = _mice(tiny4_ce, k=2, m=1).score(QUERY, DOCS)
+    scores = _mice(tiny4_bert, k=2, m=1).score(QUERY, DOCS)
     assert np.ptp(scores) < 1e-9
-    assert np.ptp(_mice(tiny4_ce, k=2, m=2).score(QUERY, DOCS)) > 1e-8
+    assert np.ptp(_mice(tiny4_bert, k=2, m=2).score(QUERY, DOCS)) > 1e-8
 
 
 def test_batched_equals_one_by_one(tiny4_ce):
@@ -184,7 +324,7 @@ def test_parameter_count_of_mice_l4_3_from_minilm_l12_config():
     )
     source = BertForSequenceClassification(config)
     assert abs(sum(p.numel() for p in source.parameters()) / 1e6 - 33.4) < 0.1  # the paper's cross-encoder
-    mice = MiceModel(source, MiceConfig(merge_layer=4, top_layers=3))
+    mice = build_mice(source, MiceConfig(merge_layer=4, top_layers=3))
     assert abs(sum(p.numel() for p in mice.parameters()) / 1e6 - 26.3) < 0.1
 
 
@@ -201,7 +341,7 @@ def test_impossible_shapes(tiny4_ce, k, m, message):
         _mice(tiny4_ce, k=k, m=m)
 
 
-def test_untrained_mice_is_refused_for_effectiveness(capsys, tmp_path, data_dir, tiny4_ce):
+def test_untrained_mice_is_refused_for_effectiveness(capsys, tmp_path, data_dir, tiny4_bert):
     from tests.test_cli import cli
 
     args = [
@@ -209,7 +349,7 @@ def test_untrained_mice_is_refused_for_effectiveness(capsys, tmp_path, data_dir,
         "--model",
         "mice-l2+2",
         "--checkpoint",
-        tiny4_ce,
+        tiny4_bert,
         "--dataset",
         str(data_dir / "adi"),
         "--first-stage",
@@ -227,10 +367,10 @@ def test_untrained_mice_is_refused_for_effectiveness(capsys, tmp_path, data_dir,
     assert code == 0, err
 
 
-def test_precompute_cli_errors(capsys, tmp_path, data_dir, tiny4_ce):
+def test_precompute_cli_errors(capsys, tmp_path, data_dir, tiny4_bert):
     from tests.test_cli import cli
 
-    base = ["precompute", "--checkpoint", tiny4_ce, "--dataset", str(data_dir / "adi"), "--device", "cpu"]
+    base = ["precompute", "--checkpoint", tiny4_bert, "--dataset", str(data_dir / "adi"), "--device", "cpu"]
     code, _, err = cli(capsys, *base, "--model", "mice-l2+2", "--mode", "tokens", "-o", str(tmp_path / "s"))
     assert code == 2 and "unknown store mode 'tokens'" in err
     code, _, err = cli(capsys, *base, "--model", "ce", "-o", str(tmp_path / "s"))
@@ -243,7 +383,7 @@ def test_precompute_cli_errors(capsys, tmp_path, data_dir, tiny4_ce):
         "--model",
         "mice-l1+1",
         "--checkpoint",
-        tiny4_ce,
+        tiny4_bert,
         "--dataset",
         str(data_dir / "adi"),
         "--precomputed",
@@ -255,7 +395,7 @@ def test_precompute_cli_errors(capsys, tmp_path, data_dir, tiny4_ce):
     assert code == 2 and "built by another model" in err
 
 
-def test_run_cli_shape_and_store_errors(capsys, tmp_path, data_dir, tiny4_ce):
+def test_run_cli_shape_and_store_errors(capsys, tmp_path, data_dir, tiny4_bert):
     from tests.test_cli import cli
 
     adi = str(data_dir / "adi")
@@ -269,7 +409,7 @@ def test_run_cli_shape_and_store_errors(capsys, tmp_path, data_dir, tiny4_ce):
         "--top-layers",
         "2",
         "--checkpoint",
-        tiny4_ce,
+        tiny4_bert,
         "--dataset",
         adi,
         "--untrained",
@@ -283,7 +423,7 @@ def test_run_cli_shape_and_store_errors(capsys, tmp_path, data_dir, tiny4_ce):
         "--model",
         "mice-l2+3",
         "--checkpoint",
-        tiny4_ce,
+        tiny4_bert,
         "--dataset",
         adi,
         "--untrained",
@@ -297,7 +437,7 @@ def test_run_cli_shape_and_store_errors(capsys, tmp_path, data_dir, tiny4_ce):
         "--model",
         "ce",
         "--checkpoint",
-        tiny4_ce,
+        tiny4_bert,
         "--dataset",
         adi,
         "--precomputed",
@@ -312,7 +452,7 @@ def test_run_cli_shape_and_store_errors(capsys, tmp_path, data_dir, tiny4_ce):
         "--model",
         "mice-l2+2",
         "--checkpoint",
-        tiny4_ce,
+        tiny4_bert,
         "--dataset",
         adi,
         "--precomputed",
@@ -324,7 +464,7 @@ def test_run_cli_shape_and_store_errors(capsys, tmp_path, data_dir, tiny4_ce):
     assert code == 2 and "not a document store" in err
 
 
-def test_full_corpus_from_the_store(capsys, tmp_path, tiny4_ce):
+def test_full_corpus_from_the_store(capsys, tmp_path, tiny4_bert):
     """`--first-stage full` with a store scores every document without reading texts."""
     from tests.test_cli import cli
 
@@ -336,7 +476,7 @@ def test_full_corpus_from_the_store(capsys, tmp_path, tiny4_ce):
         "--model",
         "mice-l2+2",
         "--checkpoint",
-        tiny4_ce,
+        tiny4_bert,
         "--dataset",
         str(folder),
         "--mode",
@@ -353,7 +493,7 @@ def test_full_corpus_from_the_store(capsys, tmp_path, tiny4_ce):
         "--model",
         "mice-l2+2",
         "--checkpoint",
-        tiny4_ce,
+        tiny4_bert,
         "--dataset",
         str(folder),
         "--first-stage",
@@ -369,18 +509,18 @@ def test_full_corpus_from_the_store(capsys, tmp_path, tiny4_ce):
     assert code == 0, err
     lines = (tmp_path / "out" / "c" / "mice-l2+2-tiny40" / "run.trec").read_text().splitlines()
     assert sorted(line.split()[2] for line in lines) == [f"d{i}" for i in range(len(DOCS))]
-    expected = _mice(tiny4_ce).score(QUERY, DOCS)
+    expected = _mice(tiny4_bert).score(QUERY, DOCS)
     got = {line.split()[2]: float(line.split()[4]) for line in lines}
     np.testing.assert_allclose([got[f"d{i}"] for i in range(len(DOCS))], expected, atol=1e-5)
 
 
-def test_precompute_resumes_to_an_identical_store(tmp_path, tiny4_ce):
+def test_precompute_resumes_to_an_identical_store(tmp_path, tiny4_bert):
     from micebench.data import load_dataset
     from micebench.store.precompute import precompute
 
     corpus = [{"_id": f"d{i}", "title": "", "text": f"{DOCS[i % 4]} {i}"} for i in range(10)]
     dataset = load_dataset(str(write_beir(tmp_path / "c", corpus, [{"_id": "q", "text": QUERY}], [("q", "d0", 1)])))
-    ranker = _mice(tiny4_ce, batch_size=2)
+    ranker = _mice(tiny4_bert, batch_size=2)
     straight = precompute(ranker, dataset, tmp_path / "straight", "kv", "fp32", chunk_docs=3)
 
     calls = {"n": 0}

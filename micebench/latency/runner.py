@@ -126,7 +126,11 @@ class LatencyBench:
                 f"{max_pos} positions"
             )
         self.shape = F.Shape(
-            self.hf_config.num_hidden_layers, self.hf_config.hidden_size, self.hf_config.intermediate_size, max_pos
+            self.hf_config.num_hidden_layers,
+            self.hf_config.hidden_size,
+            self.hf_config.intermediate_size,
+            max_pos,
+            glu=self.hf_config.model_type == "modernbert",
         )
 
     def _random_checkpoint(self, arch: str) -> str:

@@ -1,4 +1,4 @@
-"""MICE-l<k>+<m>: Minimal Interaction Cross-Encoder built from a BERT-family cross-encoder (arXiv 2602.16299).
+"""MICE-l<k>+<m>: Minimal Interaction Cross-Encoder built from a BERT or ModernBERT cross-encoder (arXiv 2602.16299).
 
 - bottom layers 0..k-1 encode `[CLS] query [SEP]` and `[CLS] document [SEP]` separately with shared weights, so
   layer-k document states can be computed once and stored;
@@ -6,19 +6,21 @@
   self-attention (query tokens may not attend to `cls`), cross-attention from query tokens to the frozen layer-k
   document states (`cls` does not cross-attend: its state passes through), then the feed-forward block;
   cross-attention starts as a copy of the layer's self-attention;
-- score = the cross-encoder's head (pooler + classifier) on the query's `cls`.
+- score = the cross-encoder's head on the query stream (BERT: pooler + classifier on `cls`; ModernBERT: final
+  norm, then `cls` or mean pooling as the checkpoint's config says, prediction head and classifier).
+
+`build_mice` picks the backbone from the source model's config; the BERT and ModernBERT variants live in
+`mice_bert.py` and `mice_modernbert.py` and share the wiring here.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from micebench.errors import MicebenchError
 from micebench.models.masking import encoder_layers
@@ -62,8 +64,9 @@ def validate_shape(merge_layer: int, top_layers: int, num_layers: int) -> None:
         )
 
 
-def _call_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    out = layer(hidden, attention_mask=mask)
+def call_layer(layer: nn.Module, hidden: torch.Tensor, mask: Any, **kwargs: Any) -> torch.Tensor:
+    """Run a transformers encoder layer through its public forward; returns the hidden states."""
+    out = layer(hidden, attention_mask=mask, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -72,116 +75,78 @@ def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
-class MiceTopLayer(nn.Module):
-    """One top layer: query self-attention, cross-attention to document states, feed-forward (query tokens only)."""
-
-    def __init__(self, source: nn.Module, config: Any, mice: MiceConfig):
-        super().__init__()
-        self.self_attention = source.attention if mice.top_self_attention else None
-        self.cross_attention = copy.deepcopy(source.attention)
-        self.intermediate = source.intermediate
-        self.output = source.output
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
-        self.dropout = config.attention_probs_dropout_prob
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, length, _ = x.shape
-        return x.view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
-
-    def _attend(
-        self, module: nn.Module, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any
-    ) -> torch.Tensor:
-        q = self._heads(module.self.query(hidden))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(hidden.shape)
-        return module.output(out, hidden)
-
-    def self_attend(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.self_attention is None:
-            return hidden
-        sa = self.self_attention.self
-        return self._attend(
-            self.self_attention, hidden, self._heads(sa.key(hidden)), self._heads(sa.value(hidden)), mask
-        )
-
-    def cross_kv(self, doc_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the document states, (B, heads, Ld, head_dim): what `kv` stores precompute."""
-        ca = self.cross_attention.self
-        return self._heads(ca.key(doc_states)), self._heads(ca.value(doc_states))
-
-    def cross_attend(
-        self, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, cls_too: bool
-    ) -> torch.Tensor:
-        updated = self._attend(self.cross_attention, hidden, k, v, mask)
-        if cls_too:
-            return updated
-        return torch.cat([hidden[:, :1], updated[:, 1:]], dim=1)
-
-    def feed_forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.output(self.intermediate(hidden), hidden)
-
-
 class MiceModel(nn.Module):
-    """The MICE network; built from a sequence-classification model (whose modules it reuses)."""
+    """The MICE network, built from a sequence-classification model whose modules it reuses.
+
+    Subclasses supply the backbone-specific parts: the bottom encoder, the top layer, the head and rotary phases.
+    """
+
+    family = ""
 
     def __init__(self, source_model: nn.Module, mice: MiceConfig):
         super().__init__()
         config = source_model.config
         layers = encoder_layers(source_model)
         validate_shape(mice.merge_layer, mice.top_layers, len(layers))
-        base = source_model.base_model
-        if not hasattr(base, "embeddings") or not hasattr(layers[0], "attention"):
-            raise MicebenchError(f"MICE needs a BERT-family model; {type(source_model).__name__} is not supported")
         mice.source_num_layers = mice.source_num_layers or len(layers)
         self.config = config
         self.mice = mice
-        self.embeddings = base.embeddings
+        self.embeddings = source_model.base_model.embeddings
         self.bottom = nn.ModuleList(layers[: mice.merge_layer])
         self.top = nn.ModuleList(
-            MiceTopLayer(layers[mice.merge_layer + i], config, mice) for i in range(mice.top_layers)
+            self.make_top_layer(layers[mice.merge_layer + i], mice.merge_layer + i) for i in range(mice.top_layers)
         )
-        self.pooler = getattr(base, "pooler", None)
-        self.dropout = getattr(source_model, "dropout", nn.Identity())
-        self.classifier = source_model.classifier
-        self._pooled_head = isinstance(self.classifier, nn.Linear)
-        if self._pooled_head and self.pooler is None:
-            raise MicebenchError("cross-encoder checkpoint has a linear classifier but no pooler")
+        self.attach_head(source_model)
         if mice.random_top_layers:
             self._reinitialise(self.top)
 
+    # -- backbone-specific parts ------------------------------------------------------------------------------
+    def make_top_layer(self, source_layer: nn.Module, index: int) -> nn.Module:
+        raise NotImplementedError
+
+    def attach_head(self, source_model: nn.Module) -> None:
+        raise NotImplementedError
+
+    def encode_bottom(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Layer-k states of a single-sequence input `[CLS] text [SEP]` (positions from 0)."""
+        raise NotImplementedError
+
+    def head(self, hidden: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
+        """The cross-encoder's head on the final query states (N, Lq, H) with their mask; logits (N, labels)."""
+        raise NotImplementedError
+
+    def rotary(self, reference: torch.Tensor, length: int, layer: int) -> Any:
+        """Rotary (cos, sin) for positions 0..length-1 in top layer `layer`; None for absolute positions."""
+        return None
+
+    def top_self_mask(self, q_mask: torch.Tensor, layer: int) -> torch.Tensor:
+        """Additive mask of a top layer's query self-attention: padding, and `cls` unless query_attends_cls."""
+        dtype = self.dtype
+        mask = padding_mask(q_mask, dtype).expand(-1, 1, q_mask.shape[1], -1).clone()
+        if not self.mice.query_attends_cls:
+            mask[:, :, 1:, 0] = torch.finfo(dtype).min
+        return mask
+
+    # -- shared ---------------------------------------------------------------------------------------------------
     def _reinitialise(self, module: nn.Module) -> None:
         for m in module.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=self.config.initializer_range)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    # -- bottom -------------------------------------------------------------------------------------------------
-    def encode_bottom(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Layer-k states of a single-sequence input `[CLS] text [SEP]` (token type 0, positions from 0)."""
-        hidden = self.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
-        mask = padding_mask(attention_mask, hidden.dtype)
-        for layer in self.bottom:
-            hidden = _call_layer(layer, hidden, mask)
-        return hidden
-
     def document_kv(self, doc_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Cross-attention keys/values of every top layer for the given document states."""
-        return [layer.cross_kv(doc_states) for layer in self.top]
-
-    # -- top ----------------------------------------------------------------------------------------------------
-    def _query_self_mask(self, q_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        mask = padding_mask(q_mask, dtype).expand(-1, 1, q_mask.shape[1], -1).clone()
-        if not self.mice.query_attends_cls:
-            mask[:, :, 1:, 0] = torch.finfo(dtype).min
-        return mask
+        length = doc_states.shape[1]
+        return [layer.cross_kv(doc_states, self.rotary(doc_states, length, j)) for j, layer in enumerate(self.top)]
 
     def score_from_states(
         self,
@@ -198,26 +163,23 @@ class MiceModel(nn.Module):
         The first top layer's self-attention is computed once per query, before expanding to the pairs.
         """
         dtype = q_states.dtype
-        self_mask = self._query_self_mask(q_mask, dtype)
         # no mask at all when no document in the batch is padded: SDPA then takes its fastest kernel
         cross_mask = None if bool(d_mask.all()) else padding_mask(d_mask, dtype)
-        hidden = q_states
+        hidden, q_length = q_states, q_states.shape[1]
         for j, layer in enumerate(self.top):
+            q_rope = self.rotary(q_states, q_length, j)
+            self_mask = self.top_self_mask(q_mask, j)
             if j == 0:
-                hidden = layer.self_attend(hidden, self_mask)[query_index]  # per query, then per pair
-                pair_self_mask = self_mask[query_index]
+                hidden = layer.self_attend(hidden, self_mask, q_rope)[query_index]  # per query, then per pair
             else:
-                hidden = layer.self_attend(hidden, pair_self_mask)
-            k, v = d_kv[j] if d_kv is not None else layer.cross_kv(d_states)
-            hidden = layer.cross_attend(hidden, k, v, cross_mask, self.mice.cls_attends_document)
+                hidden = layer.self_attend(hidden, self_mask[query_index], q_rope)
+            if d_kv is not None:
+                k, v = d_kv[j]
+            else:
+                k, v = layer.cross_kv(d_states, self.rotary(d_states, d_states.shape[1], j))
+            hidden = layer.cross_attend(hidden, k, v, cross_mask, self.mice.cls_attends_document, q_rope)
             hidden = layer.feed_forward(hidden)
-        return self.head(hidden)
-
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The cross-encoder's classification head on the final query states; returns logits (N, labels)."""
-        if self._pooled_head:
-            return self.classifier(self.dropout(self.pooler(hidden)))
-        return self.classifier(hidden)
+        return self.head(hidden, q_mask[query_index])
 
     def forward(
         self,
@@ -237,10 +199,25 @@ class MiceModel(nn.Module):
         digest = hashlib.sha256(f"mice|{self.mice.merge_layer}|{self.mice.doc_max_length}|{mode}".encode())
         modules: list[nn.Module] = [self.embeddings, self.bottom]
         if mode == "kv":
-            modules += [layer.cross_attention.self.key for layer in self.top]
-            modules += [layer.cross_attention.self.value for layer in self.top]
+            modules += [m for layer in self.top for m in layer.kv_modules()]
         for module in modules:
             for name, tensor in sorted(module.state_dict().items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:20]
+
+
+def build_mice(source_model: nn.Module, mice: MiceConfig) -> MiceModel:
+    """The MICE variant for the source model's backbone (chosen from its config's model_type)."""
+    from micebench.models.mice_bert import BertMice
+    from micebench.models.mice_modernbert import ModernBertMice
+
+    model_type = getattr(source_model.config, "model_type", "")
+    if model_type == "modernbert":
+        return ModernBertMice(source_model, mice)
+    layers = encoder_layers(source_model)
+    if not hasattr(source_model.base_model, "embeddings") or not hasattr(layers[0], "attention"):
+        raise MicebenchError(
+            f"MICE needs a BERT-family or ModernBERT model; {type(source_model).__name__} is not supported"
+        )
+    return BertMice(source_model, mice)

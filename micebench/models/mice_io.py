@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from micebench.errors import MicebenchError
-from micebench.models.mice import MiceConfig, MiceModel
+from micebench.models.mice import MiceConfig, MiceModel, build_mice
 from micebench.rankers.models import classifier_options, load_pretrained, resolve_model
 
 
@@ -28,7 +28,7 @@ def convert_cross_encoder(checkpoint: str, mice: MiceConfig) -> tuple[MiceModel,
     model = load_pretrained(AutoModelForSequenceClassification, checkpoint, **extra)
     tokenizer = load_pretrained(AutoTokenizer, checkpoint)
     mice.source_checkpoint = mice.source_checkpoint or checkpoint
-    return MiceModel(model, mice).eval(), tokenizer
+    return build_mice(model, mice).eval(), tokenizer
 
 
 def save_mice(model: MiceModel, tokenizer: Any, folder: str | Path) -> Path:
@@ -40,7 +40,10 @@ def save_mice(model: MiceModel, tokenizer: Any, folder: str | Path) -> Path:
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         config = model.config.to_dict()
-        config["num_hidden_layers"] = model.mice.merge_layer + model.mice.top_layers
+        depth = model.mice.merge_layer + model.mice.top_layers
+        config["num_hidden_layers"] = depth
+        if isinstance(config.get("layer_types"), list):  # ModernBERT: the kept layers' local/global pattern
+            config["layer_types"] = config["layer_types"][:depth]
         config["mice"] = asdict(model.mice)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -59,7 +62,7 @@ def load_mice(folder: str | Path) -> tuple[MiceModel, Any]:
     data = config.mice if isinstance(config.mice, dict) else dict(config.mice)
     mice = MiceConfig.from_dict({**data, "random_top_layers": False})
     skeleton = AutoModelForSequenceClassification.from_config(config)
-    model = MiceModel(skeleton, mice)
+    model = build_mice(skeleton, mice)
     try:
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
     except (RuntimeError, OSError) as err:

@@ -521,6 +521,9 @@ def train(
     max_length: Annotated[int, typer.Option(help="Maximum tokens per input.")] = 512,
     split: Annotated[str, typer.Option(help="qrels split of a local training folder.")] = "train",
     negatives: Annotated[int, typer.Option(help="BM25 hard negatives per query.")] = 20,
+    group_size: Annotated[
+        int, typer.Option(help="listwise: documents per query in the softmax (1 positive + G-1 negatives).")
+    ] = 2,
     validate: Annotated[str | None, typer.Option(help="Validation dataset (best checkpoint kept).")] = None,
     validate_top_k: Annotated[int, typer.Option(help="Candidates per validation query.")] = 20,
     every: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = 1000,
@@ -553,6 +556,7 @@ def train(
         top_layers=top_layers,
         max_length=max_length,
         negatives_per_query=negatives,
+        group_size=group_size,
         validate=validate,
         validate_top_k=validate_top_k,
         every=every,

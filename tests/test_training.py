@@ -96,10 +96,12 @@ def test_a_few_steps_lower_the_loss(tmp_path, tiny_bert_ce, collection):
     assert after < before
 
 
-@pytest.mark.parametrize("model", ["ce", "mice-l1+1"])
+@pytest.mark.parametrize("model", ["ce", "mice-l1+1", "ce-grouped"])
 def test_kill_and_resume_gives_the_same_weights(tmp_path, tiny_bert_ce, collection, model):
     training = _training(collection)
     extra = {"model": model}
+    if model == "ce-grouped":  # listwise over 1 positive + 3 negatives drawn per step
+        extra = {"model": "ce", "loss": "listwise", "group_size": 4, "batch_size": 2}
     torch.manual_seed(0)
     straight = Trainer(
         _config(tmp_path / "a", tiny_bert_ce, collection, **extra),
@@ -117,6 +119,31 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path, tiny_bert_ce, collecti
     for (name, a), (_, b) in zip(straight.module.state_dict().items(), second.module.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
     assert second.step == 6 and len(second.history) == 6
+
+
+def test_grouped_listwise_is_the_softmax_over_the_positive_and_its_query_negatives(tmp_path, tiny_bert_ce, collection):
+    training = _training(collection)
+    config = _config(tmp_path, tiny_bert_ce, collection, loss="listwise", group_size=3, batch_size=2)
+    trainer = Trainer(config, load_student(config), training)
+    seen = []
+    original = trainer.student.scores
+
+    def spy(queries, docs):
+        seen.append((list(queries), list(docs)))
+        return original(queries, docs)
+
+    trainer.student.scores = spy
+    triple = training.triples[0]
+    loss = trainer.loss_on([triple]).item()
+    ((queries, docs),) = seen
+    assert queries == [training.queries[triple.qid]] * 3 and docs[0] == training.docs[triple.pos]
+    negatives = {training.docs[n] for n in trainer.negatives[triple.qid]}
+    assert docs[1] == training.docs[triple.neg] and docs[2] in negatives and docs[2] != docs[1]
+    with torch.no_grad():
+        s = original(queries, docs).tolist()
+    assert loss == pytest.approx(-(s[0] - math.log(sum(math.exp(x) for x in s))), rel=1e-5)
+    with pytest.raises(MicebenchError, match="--group-size above 2 needs --loss listwise"):
+        Trainer(_config(tmp_path, tiny_bert_ce, collection, group_size=3), trainer.student, training)
 
 
 def test_resume_refuses_another_configuration(tmp_path, tiny_bert_ce, collection):
@@ -221,9 +248,20 @@ def test_bad_training_input(tmp_path, tiny_bert_ce, collection, capsys):
     assert not (tmp_path / "x" / "last").exists()
 
 
-@pytest.mark.parametrize(("model", "extra"), [("masked-ce", {"schedule": "mask2"}), ("colbert", {})])
-def test_other_students_train_and_reload(tmp_path, tiny_bert_ce, tiny_bert_encoder, collection, model, extra):
-    init = tiny_bert_encoder if model == "colbert" else tiny_bert_ce
+@pytest.mark.parametrize(
+    ("model", "extra", "backbone"),
+    [
+        ("masked-ce", {"schedule": "mask2"}, "bert"),
+        ("colbert", {}, "bert"),
+        ("ce", {}, "modernbert"),
+        ("masked-ce", {"schedule": "mask2"}, "modernbert"),
+        ("mice-l2+2", {}, "modernbert"),
+        ("colbert", {}, "modernbert"),
+    ],
+)
+def test_other_students_train_and_reload(tmp_path, request, collection, model, extra, backbone):
+    names = {"bert": ("tiny_bert_ce", "tiny_bert_encoder"), "modernbert": ("tiny_modernbert_ce", "tiny_modernbert_ce")}
+    init = request.getfixturevalue(names[backbone][1 if model == "colbert" else 0])
     config = _config(tmp_path, init, collection, model=model, steps=3, **extra)
     student = load_student(config)
     best = Trainer(config, student, _training(collection)).run()

@@ -4,7 +4,8 @@ Queries are `[CLS] [Q] q [SEP]` padded with `[MASK]` to the query length (query 
 are not attended to but their embeddings take part in MaxSim); documents are `[CLS] [D] d [SEP]` with padding
 and punctuation left out of MaxSim. Loads ColBERTv2 checkpoints (BERT + `linear.weight`, markers [unused0] and
 [unused1]), PyLate checkpoints (sentence-transformers layout with a Dense module and "[Q] "/"[D] " prefixes),
-or builds a ColBERT from any BERT checkpoint with a fresh projection.
+or builds a ColBERT from any BERT or ModernBERT checkpoint with a fresh projection (a vocabulary without
+[unused0]/[unused1] gets PyLate's "[Q] "/"[D] " tokens added).
 """
 
 from __future__ import annotations
@@ -91,6 +92,12 @@ class ColBERTRanker(Ranker):
             generator = torch.Generator().manual_seed(0)
             weight = torch.randn(dim, hidden, generator=generator) * self.encoder.config.initializer_range
             self.format = "fresh projection"
+        if self._missing(markers[0]):
+            # a vocabulary without BERT's [unused] slots (ModernBERT, RoBERTa): add PyLate's marker tokens
+            markers = ("[Q] ", "[D] ")
+            self.tokenizer.add_tokens([m for m in markers if self._missing(m)])
+            if len(self.tokenizer) > self.encoder.get_input_embeddings().num_embeddings:
+                self.encoder.resize_token_embeddings(len(self.tokenizer))
         self.projection = torch.nn.Linear(hidden, weight.shape[0], bias=False)
         self.projection.weight.data.copy_(weight)
         self.q_marker, self.d_marker = (self._token_id(m) for m in markers)
@@ -130,6 +137,10 @@ class ColBERTRanker(Ranker):
             self.query_length = meta.get("query_maxlen", self.query_length)
             self.doc_length = meta.get("doc_maxlen", self.doc_length)
         return ("colbertv2" if weight is not None else "bert"), weight, ("[unused0]", "[unused1]")
+
+    def _missing(self, token: str) -> bool:
+        tid = self.tokenizer.convert_tokens_to_ids(token)
+        return tid is None or tid == self.tokenizer.unk_token_id
 
     def _token_id(self, token: str) -> int:
         tid = self.tokenizer.convert_tokens_to_ids(token)

@@ -1,4 +1,4 @@
-"""`dense`: a bi-encoder (mean pooling, optional L2 normalisation) scoring by dot product."""
+"""`dense`: a bi-encoder (mean or CLS pooling as its sentence-transformers config says), dot product."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ DEFAULT_DENSE = "minilm-l6"
 _PAIR_CHUNK = 65_536
 
 
-@register_ranker("dense", "bi-encoder with mean pooling (default: packaged all-MiniLM-L6-v2)")
+@register_ranker("dense", "bi-encoder, mean or CLS pooling (default: packaged all-MiniLM-L6-v2)")
 class DenseRanker(Ranker):
     """Encodes query and documents independently; each distinct document is encoded once per call."""
 
@@ -50,6 +50,7 @@ class DenseRanker(Ranker):
         self.batch_size = int(batch_size)
         self.max_length = int(max_length or st_config.get("max_seq_length") or 512)
         self.normalize = st_config.get("normalize", True) if normalize is None else normalize
+        self.pooling = st_config.get("pooling", "mean")
         self.tokenizer = load_pretrained(AutoTokenizer, checkpoint)
         self.model = load_pretrained(AutoModel, checkpoint, attn_implementation="sdpa")
         self.model.to(self.device, dtype=self.dtype).eval()
@@ -57,7 +58,7 @@ class DenseRanker(Ranker):
 
     @oom_backoff
     def encode(self, texts: list[str], description: str = "encoding") -> np.ndarray:
-        """Mean-pooled (and normalised) embeddings, one row per text, float32."""
+        """Pooled (and normalised) embeddings, one row per text, float32."""
         torch = self._torch
         dim = self.model.config.hidden_size
         out = np.empty((len(texts), dim), dtype=np.float32)
@@ -71,8 +72,11 @@ class DenseRanker(Ranker):
                     return_tensors="pt",
                 ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state.float()
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                if self.pooling == "cls":
+                    pooled = hidden[:, 0]
+                else:
+                    mask = batch["attention_mask"].unsqueeze(-1).float()
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 if self.normalize:
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
                 out[idx] = pooled.cpu().numpy()
@@ -124,7 +128,7 @@ class DenseRanker(Ranker):
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "attention": self.model.config._attn_implementation,
-            "pooling": "mean",
+            "pooling": self.pooling,
             "normalize": self.normalize,
             "max_length": self.max_length,
         }

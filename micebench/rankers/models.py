@@ -55,7 +55,7 @@ def load_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
 
 
 def read_sentence_transformers_config(name: str) -> dict[str, Any]:
-    """max_seq_length and normalisation from a sentence-transformers folder, when the model has them."""
+    """max_seq_length, pooling (cls | mean) and normalisation from a sentence-transformers folder, when present."""
     source = resolve_model(name)
     info: dict[str, Any] = {}
     if not os.path.isdir(source):
@@ -65,8 +65,13 @@ def read_sentence_transformers_config(name: str) -> dict[str, Any]:
         info["max_seq_length"] = json.loads(st_config.read_text()).get("max_seq_length")
     modules = Path(source) / "modules.json"
     if modules.is_file():
-        types = [m.get("type", "") for m in json.loads(modules.read_text())]
-        info["normalize"] = any(t.endswith("Normalize") for t in types)
+        entries = json.loads(modules.read_text())
+        info["normalize"] = any(m.get("type", "").endswith("Normalize") for m in entries)
+        pooling = next((m for m in entries if m.get("type", "").endswith("Pooling")), None)
+        pooling_config = Path(source) / pooling.get("path", "") / "config.json" if pooling else None
+        if pooling_config is not None and pooling_config.is_file():
+            modes = json.loads(pooling_config.read_text())
+            info["pooling"] = "cls" if modes.get("pooling_mode_cls_token") else "mean"
     return info
 
 

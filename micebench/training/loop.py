@@ -50,6 +50,7 @@ class TrainConfig:
     max_length: int = 512
     negatives_depth: int = 100
     negatives_per_query: int = 20
+    group_size: int = 2
     validate: str | None = None
     validate_top_k: int = 20
     every: int = 1000
@@ -95,6 +96,12 @@ class Trainer:
             raise MicebenchError("margin-mse needs teacher scores (--teacher or --teacher-scores)")
         if config.steps < 1 or config.batch_size < 1 or config.grad_accumulation < 1:
             raise MicebenchError("--steps, --batch-size and gradient accumulation must be at least 1")
+        if config.group_size < 2:
+            raise MicebenchError(
+                f"--group-size must be at least 2 (one positive, one negative), not {config.group_size}"
+            )
+        if config.group_size > 2 and config.loss != "listwise":
+            raise MicebenchError("--group-size above 2 needs --loss listwise (margin-mse and bce use triples)")
         self.config, self.student, self.training, self.validator = config, student, training, validator
         self.output = Path(config.output)
         self.module = student.module
@@ -103,6 +110,11 @@ class Trainer:
         from transformers import get_linear_schedule_with_warmup
 
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, min(config.warmup, config.steps), config.steps)
+        self.negatives: dict[str, list[str]] = {}
+        for t in training.triples:
+            self.negatives.setdefault(t.qid, [])
+            if t.neg not in self.negatives[t.qid]:
+                self.negatives[t.qid].append(t.neg)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.best: float | None = None
@@ -146,6 +158,8 @@ class Trainer:
 
     # -- one step -----------------------------------------------------------------------------------------------
     def loss_on(self, triples: list[Any]) -> torch.Tensor:
+        if self.config.loss == "listwise" and self.config.group_size > 2:
+            return self.grouped_listwise_loss(triples)
         queries = [self.training.queries[t.qid] for t in triples]
         docs = [self.training.docs[t.pos] for t in triples] + [self.training.docs[t.neg] for t in triples]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
@@ -157,6 +171,24 @@ class Trainer:
             tn = torch.tensor([t.teacher_neg for t in triples], device=device)
             return margin_mse(pos, neg, tp, tn)
         return bce(pos, neg) if self.config.loss == "bce" else listwise(pos, neg)
+
+    def grouped_listwise_loss(self, triples: list[Any]) -> torch.Tensor:
+        """Localized contrastive estimation: each triple's positive against `group_size - 1` negatives of its query.
+
+        The extra negatives are drawn by a generator seeded with (seed, step, position), so resuming stays exact.
+        """
+        group = self.config.group_size - 1
+        queries, docs = [], []
+        for position, t in enumerate(triples):
+            others = [n for n in self.negatives[t.qid] if n != t.neg]
+            rng = np.random.default_rng([self.config.seed, self.step, position])
+            extra = [others[i] for i in rng.choice(len(others), size=min(group - 1, len(others)), replace=False)]
+            chosen = ([t.neg] + extra) * group  # repeat when a query has fewer negatives than the group wants
+            queries.extend([self.training.queries[t.qid]] * (group + 1))
+            docs.extend(self.training.docs[d] for d in [t.pos] + chosen[:group])
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            scores = self.student.scores(queries, docs).float().view(len(triples), group + 1)
+        return listwise(scores[:, 0], scores[:, 1:])
 
     def train_step(self) -> float:
         self.module.train()

@@ -267,3 +267,19 @@ def test_experiment_file_runs_the_cross_product_and_skips_finished(capsys, tmp_p
     assert code == 0 and "0 runs done, 4 finished results kept" in out
     table = effectiveness_table(collect(tmp_path / "out"))
     assert table.seeds["bm25"] == 2 and table.columns[-2:] == ["ID avg", "OOD avg"]
+
+
+@pytest.mark.parametrize("name", ["paper.toml", "offline.toml"])
+def test_shipped_experiment_files_name_known_rankers_and_datasets(name):
+    """The experiment files in benchmarks/ parse; every ranker is a registered model, every dataset a known name."""
+    from micebench.data.registry import SHORT_NAMES
+    from micebench.experiments import experiment_runs, load_experiment
+    from micebench.rankers.base import is_registered
+
+    data = load_experiment(Path(__file__).resolve().parent.parent / "benchmarks" / name)
+    runs = experiment_runs(data)
+    assert runs and all(is_registered(run.model) for run in runs)
+    if name == "paper.toml":  # ir_datasets short names, and both backbone families of the paper
+        assert {run.dataset for run in runs} <= set(SHORT_NAMES)
+        backbones = {r.get("backbone") for r in data["rankers"]}
+        assert {"MiniLM", "Ettin-17M", "Ettin-32M"} <= backbones

@@ -26,6 +26,13 @@ SHORT_MODEL_NAMES: dict[str, Any] = {
     "minilm-l6": _packaged_minilm_l6,
     "all-minilm-l6-v2": _packaged_minilm_l6,
     "minilm-l12-ce": DEFAULT_CROSS_ENCODER,
+    # the paper's ModernBERT backbones (Ettin encoders) and their MS MARCO cross-encoders
+    "ettin-17m": "jhu-clsp/ettin-encoder-17m",
+    "ettin-32m": "jhu-clsp/ettin-encoder-32m",
+    "ettin-68m": "jhu-clsp/ettin-encoder-68m",
+    "ettin-150m": "jhu-clsp/ettin-encoder-150m",
+    "ettin-17m-ce": "tomaarsen/ms-marco-ettin-17m-reranker",
+    "ettin-32m-ce": "tomaarsen/ms-marco-ettin-32m-reranker",
 }
 
 

@@ -41,12 +41,13 @@ def _teacher_spec(spec: str) -> tuple[str, str | None]:
     return model, checkpoint or None
 
 
-def score_with_teacher(training: TrainingSet, spec: str, device: str) -> TrainingSet:
-    """Run a teacher ranker once over every (query, positive) and (query, negative) pair."""
+def score_with_teacher(training: TrainingSet, spec: str, device: str, max_length: int = 512) -> TrainingSet:
+    """Run a teacher ranker once over every (query, positive) and (query, negative) pair, reading as many
+    tokens as the student will (`max_length`)."""
     from micebench.rankers.base import load_ranker
 
     model, checkpoint = _teacher_spec(spec)
-    teacher = load_ranker(model, checkpoint=checkpoint, device=device, untrained=True)
+    teacher = load_ranker(model, checkpoint=checkpoint, device=device, untrained=True, max_length=max_length)
     teacher.check_ready_for_effectiveness()
     scores: dict[tuple[str, str], float] = {}
     by_query: dict[str, set[str]] = {}
@@ -75,7 +76,7 @@ def build_training_set(config: TrainConfig, data_dir: str | None, split: str | N
         return read_teacher_scores(cache, dataset)
     training = mine_bm25_triples(dataset, config.negatives_depth, config.negatives_per_query, config.seed)
     if config.teacher:
-        training = score_with_teacher(training, config.teacher, config.device)
+        training = score_with_teacher(training, config.teacher, config.device, config.max_length)
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_teacher_scores(training, cache)
     return training

@@ -60,6 +60,11 @@ def _mice(checkpoint, k=2, m=2, **options):
     return load_ranker(f"mice-l{k}+{m}", checkpoint=checkpoint, device="cpu", untrained=True, **options)
 
 
+def _assert_same_weights(mine, theirs):
+    for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_bottom_states_equal_the_source_model_run_alone(tiny4_ce):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -93,8 +98,7 @@ def test_top_layers_are_copies_of_source_layers_k_to_k_plus_m(tiny4_bert):
             (top.intermediate, src.intermediate),
             (top.output, src.output),
         ):
-            for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
-                assert torch.equal(a, b), name
+            _assert_same_weights(mine, theirs)
         assert top.cross_attention is not top.self_attention
     assert torch.equal(mice.classifier.weight, source.classifier.weight)
     assert torch.equal(mice.pooler.dense.weight, source.bert.pooler.dense.weight)
@@ -121,16 +125,14 @@ def test_modernbert_top_layers_are_copies_of_source_layers(tiny4_modernbert):
             (top.mlp_norm, src.mlp_norm),
             (top.mlp, src.mlp),
         ):
-            for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
-                assert torch.equal(a, b), name
+            _assert_same_weights(mine, theirs)
         assert top.cross_attention is not top.self_attention and top.cross_norm is not top.self_norm
     for mine, theirs in (
         (mice.final_norm, source.model.final_norm),
         (mice.prediction_head, source.head),
         (mice.classifier, source.classifier),
     ):
-        for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
-            assert torch.equal(a, b), name
+        _assert_same_weights(mine, theirs)
 
 
 @pytest.mark.parametrize("j", [0, 1])  # top layer 0 is source layer 2 (global), top layer 1 is layer 3 (local)

@@ -13,7 +13,7 @@ RES=${TRAIN_DEMO_RESULTS:-results/train-demo}
 DEVICE=${DEVICE:-auto}
 # CE: listwise over groups of 1 positive + 7 BM25 negatives (LCE), 2 queries per step; 256 tokens for training
 # and re-ranking (SciFact abstracts are long: with 160 or 192 tokens the evidence is often cut off).
-CE_STEPS=1000; CE_QUERIES=2; GROUP=8; MICE_STEPS=400; BATCH=8; MAXLEN=256; TOPK=20; NEG=8
+CE_STEPS=600; CE_QUERIES=2; GROUP=8; MICE_STEPS=400; BATCH=8; MAXLEN=256; TOPK=20; NEG=8
 if [[ "${1:-}" == "--full" ]]; then
   CE_STEPS=5000; CE_QUERIES=16; MICE_STEPS=5000; BATCH=32; MAXLEN=512; TOPK=100; NEG=20
 fi

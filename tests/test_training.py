@@ -146,6 +146,35 @@ def test_grouped_listwise_is_the_softmax_over_the_positive_and_its_query_negativ
         Trainer(_config(tmp_path, tiny_bert_ce, collection, group_size=3), trainer.student, training)
 
 
+def test_micro_batches_do_not_change_a_grouped_step(tmp_path, tiny_bert_ce, collection):
+    """Gradient accumulation splits a step's triples, not its draws: the same (query, document) groups are scored."""
+    training = _training(collection)
+    scored = []
+    for accumulation in (1, 2, 3):
+        config = _config(
+            tmp_path / str(accumulation),
+            tiny_bert_ce,
+            collection,
+            loss="listwise",
+            group_size=3,  # one extra negative out of a query's other two: the draw matters
+            batch_size=6,
+            grad_accumulation=accumulation,
+        )
+        trainer = Trainer(config, load_student(config), training)
+        seen = []
+        original = trainer.student.scores
+
+        def spy(queries, docs, seen=seen, original=original):
+            seen.extend(zip(queries, docs, strict=True))
+            return original(queries, docs)
+
+        trainer.student.scores = spy
+        for _ in range(3):
+            trainer.train_step()
+        scored.append(seen)
+    assert scored[1] == scored[0] and scored[2] == scored[0]
+
+
 def test_resume_refuses_another_configuration(tmp_path, tiny_bert_ce, collection):
     training = _training(collection)
     config = _config(tmp_path, tiny_bert_ce, collection)

@@ -110,11 +110,12 @@ class Trainer:
         from transformers import get_linear_schedule_with_warmup
 
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, min(config.warmup, config.steps), config.steps)
-        self.negatives: dict[str, list[str]] = {}
-        for t in training.triples:
-            self.negatives.setdefault(t.qid, [])
-            if t.neg not in self.negatives[t.qid]:
-                self.negatives[t.qid].append(t.neg)
+        self.negatives: dict[str, list[str]] = {}  # per query, in first-seen order: the grouped loss draws from it
+        if config.group_size > 2:
+            by_query: dict[str, dict[str, None]] = {}
+            for t in training.triples:
+                by_query.setdefault(t.qid, {})[t.neg] = None
+            self.negatives = {qid: list(negs) for qid, negs in by_query.items()}
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.best: float | None = None
@@ -157,13 +158,18 @@ class Trainer:
         self.step, self.history, self.best = state["step"], state["history"], state["best"]
 
     # -- one step -----------------------------------------------------------------------------------------------
-    def loss_on(self, triples: list[Any]) -> torch.Tensor:
+    def _scores(self, queries: list[str], docs: list[str]) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            return self.student.scores(queries, docs).float()
+
+    def loss_on(self, triples: list[Any], keys: Any = None) -> torch.Tensor:
+        """The loss of one (micro-)batch; `keys` are the triples' indices in the training set (they seed the
+        grouped loss's draws; default 0..n-1)."""
         if self.config.loss == "listwise" and self.config.group_size > 2:
-            return self.grouped_listwise_loss(triples)
+            return self.grouped_listwise_loss(triples, range(len(triples)) if keys is None else keys)
         queries = [self.training.queries[t.qid] for t in triples]
         docs = [self.training.docs[t.pos] for t in triples] + [self.training.docs[t.neg] for t in triples]
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            scores = self.student.scores(queries + queries, docs).float()
+        scores = self._scores(queries + queries, docs)
         pos, neg = scores[: len(triples)], scores[len(triples) :]
         if self.config.loss == "margin-mse":
             device = scores.device
@@ -172,22 +178,22 @@ class Trainer:
             return margin_mse(pos, neg, tp, tn)
         return bce(pos, neg) if self.config.loss == "bce" else listwise(pos, neg)
 
-    def grouped_listwise_loss(self, triples: list[Any]) -> torch.Tensor:
+    def grouped_listwise_loss(self, triples: list[Any], keys: Any) -> torch.Tensor:
         """Localized contrastive estimation: each triple's positive against `group_size - 1` negatives of its query.
 
-        The extra negatives are drawn by a generator seeded with (seed, step, position), so resuming stays exact.
+        The extra negatives are drawn by a generator seeded with (seed, step, triple index), so resuming stays exact
+        and micro-batches of one step draw independently.
         """
         group = self.config.group_size - 1
         queries, docs = [], []
-        for position, t in enumerate(triples):
+        for key, t in zip(keys, triples, strict=True):
             others = [n for n in self.negatives[t.qid] if n != t.neg]
-            rng = np.random.default_rng([self.config.seed, self.step, position])
+            rng = np.random.default_rng([self.config.seed, self.step, int(key)])
             extra = [others[i] for i in rng.choice(len(others), size=min(group - 1, len(others)), replace=False)]
             chosen = ([t.neg] + extra) * group  # repeat when a query has fewer negatives than the group wants
             queries.extend([self.training.queries[t.qid]] * (group + 1))
             docs.extend(self.training.docs[d] for d in [t.pos] + chosen[:group])
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            scores = self.student.scores(queries, docs).float().view(len(triples), group + 1)
+        scores = self._scores(queries, docs).view(len(triples), group + 1)
         return listwise(scores[:, 0], scores[:, 1:])
 
     def train_step(self) -> float:
@@ -196,7 +202,7 @@ class Trainer:
         chunks = np.array_split(indices, self.config.grad_accumulation)
         total = 0.0
         for chunk in chunks:
-            loss = self.loss_on([self.training.triples[i] for i in chunk]) * (len(chunk) / len(indices))
+            loss = self.loss_on([self.training.triples[i] for i in chunk], chunk) * (len(chunk) / len(indices))
             loss.backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)

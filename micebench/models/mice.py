@@ -166,13 +166,18 @@ class MiceModel(nn.Module):
         # no mask at all when no document in the batch is padded: SDPA then takes its fastest kernel
         cross_mask = None if bool(d_mask.all()) else padding_mask(d_mask, dtype)
         hidden, q_length = q_states, q_states.shape[1]
+        per_query: dict[Any, tuple[Any, Any, Any]] = {}  # layer kind -> (self mask, pair self mask, rotary)
         for j, layer in enumerate(self.top):
-            q_rope = self.rotary(q_states, q_length, j)
-            self_mask = self.top_self_mask(q_mask, j)
+            kind = getattr(layer, "attention_type", None)
+            if kind not in per_query:
+                mask = self.top_self_mask(q_mask, j)
+                pair_mask = mask if mask.shape[0] == 1 else mask[query_index]  # one query: broadcast, no copies
+                per_query[kind] = (mask, pair_mask, self.rotary(q_states, q_length, j))
+            self_mask, pair_self_mask, q_rope = per_query[kind]
             if j == 0:
                 hidden = layer.self_attend(hidden, self_mask, q_rope)[query_index]  # per query, then per pair
             else:
-                hidden = layer.self_attend(hidden, self_mask[query_index], q_rope)
+                hidden = layer.self_attend(hidden, pair_self_mask, q_rope)
             if d_kv is not None:
                 k, v = d_kv[j]
             else:

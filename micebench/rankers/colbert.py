@@ -144,7 +144,7 @@ class ColBERTRanker(Ranker):
 
     def _token_id(self, token: str) -> int:
         tid = self.tokenizer.convert_tokens_to_ids(token)
-        if tid is None or tid == self.tokenizer.unk_token_id:
+        if self._missing(token):
             tid = self.tokenizer.convert_tokens_to_ids(token.strip())
         if tid is None:
             raise MicebenchError(f"token {token!r} is not in the vocabulary of {self.checkpoint!r}")

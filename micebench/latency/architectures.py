@@ -68,9 +68,10 @@ _ETTIN = dict(
     bos_token_id=50281,
     eos_token_id=50282,
 )
-# Per-size shapes: hidden / intermediate / layers / heads of jhu-clsp/ettin-encoder-<size> (the Ettin paper's
-# model table; 32m checked against its config.json: 384 / 576 / 10 / 6; the paper's backbone table in
-# PAPER.md gives 17m as 7 layers, hidden 256, 4 heads). The intermediate width is 1.5 x hidden in every size.
+# Per-size shapes: hidden / intermediate / layers / heads of jhu-clsp/ettin-encoder-<size>. 32m: checked against
+# its config.json (384 / 576 / 10 / 6). 17m: layers, hidden and heads from the MICE paper's backbone table (7 /
+# 256 / 4). 68m and 150m, and every intermediate width except 32m's, follow the Ettin paper's model table
+# (intermediate = 1.5 x hidden) and were not checked against those checkpoints' config.json files here.
 ARCHITECTURES.update(
     {
         "ettin-17m": dict(_ETTIN, hidden_size=256, intermediate_size=384, num_hidden_layers=7, num_attention_heads=4),

@@ -506,7 +506,13 @@ def train(
     model: Annotated[str, typer.Option("--model", "-m", help="ce | masked-ce | mice | mice-l<k>+<m> | colbert.")],
     init: Annotated[str, typer.Option(help="Initial weights (cross-encoder, base model or MICE checkpoint).")],
     train_source: Annotated[str, typer.Option("--train", help="Dataset with train qrels (BM25 hard negatives).")],
-    teacher: Annotated[str | None, typer.Option(help="Teacher ranker MODEL[:CHECKPOINT], run once and cached.")] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            help="Teacher ranker MODEL[:CHECKPOINT], run once and cached; several joined by commas (bm25,dense) "
+            "form an ensemble: per-query z-scores summed."
+        ),
+    ] = None,
     teacher_scores: Annotated[str | None, typer.Option(help="Teacher scores TSV: pos neg qid pos_id neg_id.")] = None,
     loss: Annotated[str, typer.Option(help="margin-mse | bce | listwise.")] = "margin-mse",
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 125_000,

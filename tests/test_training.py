@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -236,6 +237,77 @@ def test_distillation_with_a_teacher_and_validation(tmp_path, tiny_bert_ce, coll
     curves = (tmp_path / "mice" / "curves.csv").read_text()
     assert "validation" in curves.splitlines()[0]
     assert (tmp_path / "mice" / "best" / "config.json").is_file() and (tmp_path / "mice" / "curves.png").is_file()
+
+
+def _lucene_bm25(query: list[str], doc: list[str], corpus: list[list[str]], k1: float = 0.9, b: float = 0.4) -> float:
+    """Lucene's BM25 by hand: idf = ln(1 + (N - df + 0.5) / (df + 0.5)), tf / (tf + k1 (1 - b + b dl / avgdl))."""
+    avgdl = sum(map(len, corpus)) / len(corpus)
+    total = 0.0
+    for term in set(query):
+        df = sum(term in d for d in corpus)
+        tf = doc.count(term)
+        if df and tf:
+            idf = math.log(1 + (len(corpus) - df + 0.5) / (df + 0.5))
+            total += idf * tf / (tf + k1 * (1 - b + b * len(doc) / avgdl))
+    return total
+
+
+def test_bm25_scores_given_documents_with_corpus_statistics(collection):
+    from micebench.data import load_dataset
+    from micebench.firststage.bm25 import bm25_index_for
+
+    dataset = load_dataset(str(collection), split="train")
+    texts = dataset.doc_texts({f"d{i}" for i in range(40)})
+    corpus = [texts[f"d{i}"].split() for i in range(40)]  # these words are neither stemmed nor stopwords
+    docnos = ["d3", "d0", "d17"]
+    got = bm25_index_for(dataset).score_documents("goldfish radio", docnos)
+    hand = [_lucene_bm25(["goldfish", "radio"], corpus[int(d[1:])], corpus) for d in docnos]
+    np.testing.assert_allclose(got, hand, rtol=1e-5)
+    with pytest.raises(MicebenchError, match="not in the BM25 index"):
+        bm25_index_for(dataset).score_documents("goldfish", ["d3", "nope"])
+
+
+def test_an_ensemble_teacher_sums_per_query_z_scores(tiny_bert_ce, collection):
+    from micebench.data import load_dataset
+    from micebench.training.run import score_with_teacher
+
+    dataset = load_dataset(str(collection), split="train")
+    training = mine_bm25_triples(dataset, depth=10, negatives=3)
+    scored = score_with_teacher(training, f"bm25, ce:{tiny_bert_ce}", "cpu", 32, dataset)
+    ce = load_ranker("ce", checkpoint=tiny_bert_ce, device="cpu", max_length=32)
+    texts = dataset.doc_texts({f"d{i}" for i in range(40)})
+    corpus = [texts[f"d{i}"].split() for i in range(40)]
+    qid = training.triples[0].qid
+    docnos = sorted({d for t in training.triples if t.qid == qid for d in (t.pos, t.neg)})
+    query = training.queries[qid]
+    lexical = np.array([_lucene_bm25(query.split(), corpus[int(d[1:])], corpus) for d in docnos])
+    neural = np.asarray(ce.score(query, [texts[d] for d in docnos]), dtype=np.float64)
+    fused = (lexical - lexical.mean()) / lexical.std() + (neural - neural.mean()) / neural.std()
+    expected = dict(zip(docnos, fused, strict=True))
+    for t in (t for t in scored.triples if t.qid == qid):
+        assert t.teacher_pos == pytest.approx(expected[t.pos], abs=1e-4)
+        assert t.teacher_neg == pytest.approx(expected[t.neg], abs=1e-4)
+    with pytest.raises(MicebenchError, match="empty teacher name"):
+        score_with_teacher(training, "bm25,", "cpu", 32, dataset)
+
+
+def test_cached_teacher_scores_are_reused_only_for_the_same_teacher(tmp_path, tiny_bert_ce, collection, monkeypatch):
+    from micebench.training import run as training_run
+
+    calls = []
+    real = training_run.score_with_teacher
+    monkeypatch.setattr(training_run, "score_with_teacher", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    config = _config(tmp_path, tiny_bert_ce, collection, loss="margin-mse", teacher="bm25")
+    first = training_run.build_training_set(config, None, "train")
+    again = training_run.build_training_set(config, None, "train")
+    assert calls == ["bm25"] and [t.teacher_pos for t in again.triples] == pytest.approx(
+        [t.teacher_pos for t in first.triples], abs=1e-6
+    )
+    training_run.build_training_set(
+        _config(tmp_path, tiny_bert_ce, collection, loss="margin-mse", teacher=f"ce:{tiny_bert_ce}"), None, "train"
+    )
+    training_run.build_training_set(replace(config, max_length=16), None, "train")
+    assert calls == ["bm25", f"ce:{tiny_bert_ce}", "bm25"]
 
 
 def test_bad_training_input(tmp_path, tiny_bert_ce, collection, capsys):

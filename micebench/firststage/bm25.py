@@ -16,6 +16,7 @@ import numpy as np
 from micebench.cache import cache_dir
 from micebench.data.base import Dataset, chunked
 from micebench.data.trec import Run
+from micebench.errors import DataError
 from micebench.progress import progress_bar
 
 _CHUNK = 20_000
@@ -59,6 +60,7 @@ class BM25Index:
         self.tokenizer = tokenizer
         self.docnos = np.asarray(docnos, dtype=object)
         self.params = params
+        self._rows: dict[str, int] | None = None  # docno -> index row, built on the first score_documents call
 
     @classmethod
     def build(cls, docs: Iterator[tuple[str, str]], params: BM25Params = BM25Params()) -> BM25Index:
@@ -103,20 +105,37 @@ class BM25Index:
         docnos = json.loads((folder / "docnos.json").read_text())
         return cls(model, tokenizer, docnos, params)
 
+    def _corpus_scores(self, queries: list[str]) -> Iterator[np.ndarray | None]:
+        """Per query, its BM25 score for every document in index order (None when no query term is indexed)."""
+        tokens = self.tokenizer.tokenize(queries, update_vocab="never", return_as="ids", show_progress=False)
+        vocabulary = self.model.scores["indptr"].shape[0] - 1
+        for ids in tokens:
+            ids = [i for i in ids if i < vocabulary]
+            yield np.asarray(self.model.get_scores_from_ids(ids), dtype=np.float32) if ids else None
+
     def search(self, queries: dict[str, str], k: int) -> Run:
         """Top-k matching documents per query; ties at the cut-off go by doc id (reproducible)."""
         qids = sorted(queries)
-        tokens = self.tokenizer.tokenize(
-            [queries[q] for q in qids], update_vocab="never", return_as="ids", show_progress=False
-        )
         run: Run = {}
         with progress_bar("BM25 retrieval", total=len(qids), unit="queries") as bar:
-            for qid, ids in zip(qids, tokens, strict=True):
+            for qid, scores in zip(qids, self._corpus_scores([queries[q] for q in qids]), strict=True):
                 bar.advance(1)
-                ids = [i for i in ids if i < self.model.scores["indptr"].shape[0] - 1]
-                scores = np.asarray(self.model.get_scores_from_ids(ids), dtype=np.float32) if ids else None
                 run[qid] = {} if scores is None else self._top_k(scores, k)
         return run
+
+    def score_documents(self, query: str, docnos: list[str]) -> np.ndarray:
+        """BM25 scores of the given documents for one query, with the whole corpus's statistics (idf, avgdl);
+        unlike scoring a short list on its own, these equal the scores `search` ranks by."""
+        if self._rows is None:
+            self._rows = {str(d): i for i, d in enumerate(self.docnos)}
+        row = self._rows
+        unknown = [d for d in docnos if d not in row]
+        if unknown:
+            raise DataError(f"{len(unknown)} document ids are not in the BM25 index (e.g. {unknown[0]!r})")
+        scores = next(self._corpus_scores([query]))
+        if scores is None:
+            return np.zeros(len(docnos), dtype=np.float64)
+        return scores[[row[d] for d in docnos]].astype(np.float64)
 
     def _top_k(self, scores: np.ndarray, k: int) -> dict[str, float]:
         matching = np.flatnonzero(scores > 0)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from micebench.atomic import atomic_write_text
 from micebench.errors import MicebenchError
 from micebench.training.data import (
     TrainingSet,
@@ -36,33 +40,79 @@ def load_student(config: TrainConfig) -> Student:
     return Student(ranker)
 
 
-def _teacher_spec(spec: str) -> tuple[str, str | None]:
-    model, _, checkpoint = spec.partition(":")
-    return model, checkpoint or None
+def _teacher_specs(spec: str) -> list[tuple[str, str | None]]:
+    """`MODEL[:CHECKPOINT]`, or several joined by commas (an ensemble)."""
+    specs = []
+    for part in spec.split(","):
+        model, _, checkpoint = part.strip().partition(":")
+        if not model:
+            raise MicebenchError(f"--teacher {spec!r}: empty teacher name")
+        specs.append((model, checkpoint or None))
+    return specs
 
 
-def score_with_teacher(training: TrainingSet, spec: str, device: str, max_length: int = 512) -> TrainingSet:
-    """Run a teacher ranker once over every (query, positive) and (query, negative) pair, reading as many
-    tokens as the student will (`max_length`)."""
-    from micebench.rankers.base import load_ranker
+def _zscore(values: np.ndarray) -> np.ndarray:
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else values - values.mean()
 
-    model, checkpoint = _teacher_spec(spec)
-    teacher = load_ranker(model, checkpoint=checkpoint, device=device, untrained=True, max_length=max_length)
-    teacher.check_ready_for_effectiveness()
+
+class _TeacherScorer:
+    """Scores one query's documents with one teacher. `bm25` scores with the training corpus's statistics (the
+    scores BM25 retrieval ranks by), not with those of the short list alone."""
+
+    def __init__(self, model: str, checkpoint: str | None, dataset: Any, device: str, max_length: int):
+        from micebench.rankers.base import load_ranker
+
+        self.bm25 = None
+        if model == "bm25":
+            from micebench.firststage.bm25 import bm25_index_for
+
+            self.bm25 = bm25_index_for(dataset)
+            return
+        self.ranker = load_ranker(model, checkpoint=checkpoint, device=device, untrained=True, max_length=max_length)
+        self.ranker.check_ready_for_effectiveness()
+
+    def __call__(self, query: str, docnos: list[str], texts: dict[str, str]) -> np.ndarray:
+        if self.bm25 is not None:
+            return self.bm25.score_documents(query, docnos)
+        return np.asarray(self.ranker.score(query, [texts[d] for d in docnos]), dtype=np.float64)
+
+
+def score_with_teacher(
+    training: TrainingSet, spec: str, device: str, max_length: int = 512, dataset: Any = None
+) -> TrainingSet:
+    """Run a teacher once over every (query, positive) and (query, negative) pair, reading as many tokens as the
+    student will (`max_length`). An ensemble (`bm25,dense`) sums its members' scores after z-normalising each
+    member per query over that query's training documents, so no member dominates by its scale."""
+    from micebench.progress import progress_bar
+
+    specs = _teacher_specs(spec)
+    scorers = [_TeacherScorer(model, checkpoint, dataset, device, max_length) for model, checkpoint in specs]
     scores: dict[tuple[str, str], float] = {}
     by_query: dict[str, set[str]] = {}
     for t in training.triples:
         by_query.setdefault(t.qid, set()).update((t.pos, t.neg))
-    from micebench.progress import progress_bar
-
     with progress_bar("teacher scoring", total=len(by_query), unit="queries") as bar:
         for qid, docnos in by_query.items():
             ordered = sorted(docnos)
-            values = teacher.score(training.queries[qid], [training.docs[d] for d in ordered])
+            members = [scorer(training.queries[qid], ordered, training.docs) for scorer in scorers]
+            values = members[0] if len(members) == 1 else np.sum([_zscore(m) for m in members], axis=0)
             scores.update({(qid, d): float(v) for d, v in zip(ordered, values, strict=True)})
             bar.advance(1)
     triples = [Triple(t.qid, t.pos, t.neg, scores[(t.qid, t.pos)], scores[(t.qid, t.neg)]) for t in training.triples]
     return TrainingSet(triples, training.queries, training.docs, f"{training.source}; teacher {spec}")
+
+
+def _teacher_files(spec: str | None) -> dict[str, list[int]]:
+    """Size and modification time of each local teacher checkpoint's files: a retrained teacher invalidates the
+    cached scores even under the same path."""
+    found: dict[str, list[int]] = {}
+    for _, checkpoint in _teacher_specs(spec) if spec else []:
+        if checkpoint and Path(checkpoint).is_dir():
+            for file in sorted(Path(checkpoint).iterdir()):
+                if file.is_file():
+                    found[str(file)] = [file.stat().st_size, file.stat().st_mtime_ns]
+    return found
 
 
 def build_training_set(config: TrainConfig, data_dir: str | None, split: str | None) -> TrainingSet:
@@ -70,15 +120,32 @@ def build_training_set(config: TrainConfig, data_dir: str | None, split: str | N
 
     dataset = load_dataset(config.train, data_dir, split)
     cache = Path(config.output) / "teacher_scores.tsv"
+    # the cache is reused only for the same teacher, triples and token budget (its sidecar says which)
+    key = json.dumps(
+        {
+            "teacher": config.teacher,
+            "teacher_files": _teacher_files(config.teacher),
+            "train": config.train,
+            "split": split,
+            "max_length": config.max_length,
+            "negatives_depth": config.negatives_depth,
+            "negatives_per_query": config.negatives_per_query,
+            "seed": config.seed,
+        },
+        sort_keys=True,
+    )
+    sidecar = cache.with_suffix(".json")
     if config.teacher_scores:
         return read_teacher_scores(config.teacher_scores, dataset)
-    if config.teacher and cache.is_file():
+    if config.teacher and cache.is_file() and sidecar.is_file() and sidecar.read_text() == key:
         return read_teacher_scores(cache, dataset)
+    sidecar.unlink(missing_ok=True)
     training = mine_bm25_triples(dataset, config.negatives_depth, config.negatives_per_query, config.seed)
     if config.teacher:
-        training = score_with_teacher(training, config.teacher, config.device, config.max_length)
+        training = score_with_teacher(training, config.teacher, config.device, config.max_length, dataset)
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_teacher_scores(training, cache)
+        atomic_write_text(sidecar, key)
     return training
 
 

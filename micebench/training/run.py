@@ -67,6 +67,8 @@ class _TeacherScorer:
         if model == "bm25":
             from micebench.firststage.bm25 import bm25_index_for
 
+            if dataset is None:
+                raise MicebenchError("a bm25 teacher needs the training dataset (its corpus statistics)")
             self.bm25 = bm25_index_for(dataset)
             return
         self.ranker = load_ranker(model, checkpoint=checkpoint, device=device, untrained=True, max_length=max_length)

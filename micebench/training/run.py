@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from micebench.atomic import atomic_write_text
 from micebench.errors import MicebenchError
@@ -51,33 +52,28 @@ def _teacher_specs(spec: str) -> list[tuple[str, str | None]]:
     return specs
 
 
-def _zscore(values: np.ndarray) -> np.ndarray:
-    spread = values.std()
-    return (values - values.mean()) / spread if spread > 0 else values - values.mean()
+def _teacher_scores(
+    model: str, checkpoint: str | None, pairs: pd.DataFrame, dataset: Any, device: str, max_length: int
+) -> np.ndarray:
+    """One teacher's score for every row of `pairs` (qid, query, docno, text), through the ranker's own `rerank`
+    (a dense teacher encodes each distinct document once). `bm25` scores with the training corpus's statistics,
+    the scores BM25 retrieval ranks by, not with those of each query's short list alone."""
+    if model == "bm25":
+        from micebench.firststage.bm25 import bm25_index_for
 
+        if dataset is None:
+            raise MicebenchError("a bm25 teacher needs the training dataset (its corpus statistics)")
+        index = bm25_index_for(dataset)
+        values = np.empty(len(pairs), dtype=np.float64)
+        for rows in pairs.groupby("qid", sort=False).indices.values():
+            values[rows] = index.score_documents(pairs["query"].iat[rows[0]], pairs["docno"].take(rows).tolist())
+        return values
+    from micebench.rankers.base import load_ranker
 
-class _TeacherScorer:
-    """Scores one query's documents with one teacher. `bm25` scores with the training corpus's statistics (the
-    scores BM25 retrieval ranks by), not with those of the short list alone."""
-
-    def __init__(self, model: str, checkpoint: str | None, dataset: Any, device: str, max_length: int):
-        from micebench.rankers.base import load_ranker
-
-        self.bm25 = None
-        if model == "bm25":
-            from micebench.firststage.bm25 import bm25_index_for
-
-            if dataset is None:
-                raise MicebenchError("a bm25 teacher needs the training dataset (its corpus statistics)")
-            self.bm25 = bm25_index_for(dataset)
-            return
-        self.ranker = load_ranker(model, checkpoint=checkpoint, device=device, untrained=True, max_length=max_length)
-        self.ranker.check_ready_for_effectiveness()
-
-    def __call__(self, query: str, docnos: list[str], texts: dict[str, str]) -> np.ndarray:
-        if self.bm25 is not None:
-            return self.bm25.score_documents(query, docnos)
-        return np.asarray(self.ranker.score(query, [texts[d] for d in docnos]), dtype=np.float64)
+    teacher = load_ranker(model, checkpoint=checkpoint, device=device, untrained=True, max_length=max_length)
+    teacher.check_ready_for_effectiveness()
+    ranked = teacher.rerank(pairs).set_index(["qid", "docno"])["score"]
+    return ranked.reindex(pd.MultiIndex.from_frame(pairs[["qid", "docno"]])).to_numpy(dtype=np.float64)
 
 
 def score_with_teacher(
@@ -86,21 +82,21 @@ def score_with_teacher(
     """Run a teacher once over every (query, positive) and (query, negative) pair, reading as many tokens as the
     student will (`max_length`). An ensemble (`bm25,dense`) sums its members' scores after z-normalising each
     member per query over that query's training documents, so no member dominates by its scale."""
-    from micebench.progress import progress_bar
-
     specs = _teacher_specs(spec)
-    scorers = [_TeacherScorer(model, checkpoint, dataset, device, max_length) for model, checkpoint in specs]
-    scores: dict[tuple[str, str], float] = {}
-    by_query: dict[str, set[str]] = {}
-    for t in training.triples:
-        by_query.setdefault(t.qid, set()).update((t.pos, t.neg))
-    with progress_bar("teacher scoring", total=len(by_query), unit="queries") as bar:
-        for qid, docnos in by_query.items():
-            ordered = sorted(docnos)
-            members = [scorer(training.queries[qid], ordered, training.docs) for scorer in scorers]
-            values = members[0] if len(members) == 1 else np.sum([_zscore(m) for m in members], axis=0)
-            scores.update({(qid, d): float(v) for d, v in zip(ordered, values, strict=True)})
-            bar.advance(1)
+    pairs = pd.DataFrame(
+        sorted({(t.qid, d) for t in training.triples for d in (t.pos, t.neg)}), columns=["qid", "docno"]
+    )
+    pairs["query"] = pairs["qid"].map(training.queries)
+    pairs["text"] = pairs["docno"].map(training.docs)
+    total = np.zeros(len(pairs), dtype=np.float64)
+    for model, checkpoint in specs:
+        values = _teacher_scores(model, checkpoint, pairs, dataset, device, max_length)
+        if len(specs) > 1:
+            by_query = pd.Series(values).groupby(pairs["qid"].to_numpy())
+            spread = by_query.transform(lambda v: v.std(ddof=0)).to_numpy()
+            values = (values - by_query.transform("mean").to_numpy()) / np.where(spread > 0, spread, 1.0)
+        total += values
+    scores = dict(zip(zip(pairs["qid"], pairs["docno"], strict=True), total.tolist(), strict=True))
     triples = [Triple(t.qid, t.pos, t.neg, scores[(t.qid, t.pos)], scores[(t.qid, t.neg)]) for t in training.triples]
     return TrainingSet(triples, training.queries, training.docs, f"{training.source}; teacher {spec}")
 
@@ -111,9 +107,9 @@ def _teacher_files(spec: str | None) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     for _, checkpoint in _teacher_specs(spec) if spec else []:
         if checkpoint and Path(checkpoint).is_dir():
-            for file in sorted(Path(checkpoint).iterdir()):
-                if file.is_file():
-                    found[str(file)] = [file.stat().st_size, file.stat().st_mtime_ns]
+            for file in sorted(f for f in Path(checkpoint).iterdir() if f.is_file()):
+                stat = file.stat()
+                found[str(file)] = [stat.st_size, stat.st_mtime_ns]
     return found
 
 

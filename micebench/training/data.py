@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,8 +98,8 @@ def read_teacher_scores(path: str | Path, dataset: Dataset) -> TrainingSet:
 def write_teacher_scores(training: TrainingSet, path: Path) -> None:
     """Cache teacher scores in Hofstaetter's format so a teacher runs once (written under a temporary name, then
     renamed, so an interrupted write leaves no partial file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    from micebench.atomic import atomic_text_writer
+
+    with atomic_text_writer(path) as handle:
         for t in training.triples:
             handle.write(f"{t.teacher_pos:.6f}\t{t.teacher_neg:.6f}\t{t.qid}\t{t.pos}\t{t.neg}\n")
-    os.replace(tmp, path)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from micebench.data.base import Dataset, join_title
-from micebench.data.trec import Qrels, Run
+from micebench.data.trec import Judgements, Qrels, Run, Sink, refuse_or_warn
 from micebench.errors import DataError, UnknownNameError
 
 
@@ -55,11 +56,15 @@ class IrDatasetsDataset(Dataset):
 
     def qrels(self) -> Qrels:
         if self._qrels is None:
-            qrels: Qrels = {}
-            for row in self._ds.qrels_iter():
-                qrels.setdefault(row.query_id, {})[row.doc_id] = int(row.relevance)
-            self._qrels = qrels
+            self._qrels = self.read_qrels()
         return self._qrels
+
+    def read_qrels(self, sink: Sink = refuse_or_warn) -> Qrels:
+        """Judgements under the same rules as qrels files: conflicting grades refused, exact repeats counted."""
+        table = Judgements(f"ir_datasets {self.dataset_id} qrels", Path(self.dataset_id), sink, unit="row")
+        for number, row in enumerate(self._ds.qrels_iter(), start=1):
+            table.add(row.query_id, row.doc_id, int(row.relevance), number)
+        return table.finish()
 
     def iter_docs(self) -> Iterator[tuple[str, str]]:
         for doc in self._ds.docs_iter():

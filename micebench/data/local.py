@@ -2,43 +2,83 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
-from typing import IO
 
 from micebench.data.base import Dataset, join_title
-from micebench.data.trec import Qrels, Run, read_qrels_tsv, read_run
+from micebench.data.trec import Problem, Qrels, Run, Sink, ignore, read_lines, read_qrels_tsv, read_run, refuse_or_warn
 from micebench.errors import DataError
 
-
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
-    return open(path, encoding="utf-8", newline="\n")
+#: corpora (path, size, mtime) read to the end once in this process without a fatal problem
+_verified_corpora: set[tuple[str, int, int]] = set()
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-empty line, with file:line errors for bad JSON."""
-    try:
-        with _open_text(path) as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
-                if not isinstance(record, dict) or "_id" not in record:
-                    raise DataError(f"{path}:{lineno}: record has no '_id' field")
-                yield lineno, record
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
-    except (OSError, EOFError) as err:
-        raise DataError(f"{path}: cannot read ({err})") from None
+def iter_jsonl(path: Path, kind: str, sink: Sink = refuse_or_warn) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-empty JSONL line; bad lines go to `sink` as `<kind>.malformed`."""
+    for lineno, line in read_lines(path, sink):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            sink(Problem(f"{kind}.malformed", f"{path}:{lineno}: malformed JSON ({err.msg})", path))
+            continue
+        if not isinstance(record, dict) or "_id" not in record:
+            sink(Problem(f"{kind}.malformed", f"{path}:{lineno}: record has no '_id' field", path))
+            continue
+        yield lineno, record
+
+
+def _first_line_with_id(path: Path, kind: str, rid: str, before: int) -> int:
+    """Line of the first record with id `rid` (rescanned only when a duplicate is found, so no id-to-line map)."""
+    for lineno, record in iter_jsonl(path, kind, ignore):
+        if lineno >= before:
+            break
+        if str(record["_id"]) == rid:
+            return lineno
+    return 0
+
+
+def iter_corpus(path: Path, sink: Sink = refuse_or_warn) -> Iterator[tuple[str, str]]:
+    """Stream (docno, text) of a corpus file; a duplicate id is refused naming both lines, empty texts are counted."""
+    seen: set[str] = set()
+    empty, first_empty = 0, ""
+    for lineno, record in iter_jsonl(path, "document", sink):
+        docno = str(record["_id"])
+        if docno in seen:
+            first = _first_line_with_id(path, "document", docno, lineno)
+            message = f"{path}:{lineno}: duplicate document id {docno!r} (first on line {first})"
+            sink(Problem("document.duplicate", message, path))
+            continue
+        seen.add(docno)
+        text = join_title(record.get("title"), record.get("text"))
+        if not text.strip():
+            empty += 1
+            first_empty = first_empty or f"{docno!r} on line {lineno}"
+        yield docno, text
+    if empty:
+        message = f"{path}: documents with empty text: {empty} (first: {first_empty})"
+        sink(Problem("document.empty-text", message, path, empty))
+    if not seen:
+        sink(Problem("document.none", f"{path}: no documents", path))
+
+
+def read_queries(path: Path, sink: Sink = refuse_or_warn) -> dict[str, str]:
+    """All queries of a queries.jsonl as {qid: text}; a duplicate id is refused naming both lines."""
+    queries: dict[str, str] = {}
+    for lineno, record in iter_jsonl(path, "query", sink):
+        qid = str(record["_id"])
+        if qid in queries:
+            first = _first_line_with_id(path, "query", qid, lineno)
+            sink(
+                Problem("query.duplicate", f"{path}:{lineno}: duplicate query id {qid!r} (first on line {first})", path)
+            )
+            continue
+        queries[qid] = str(record.get("text") or "")
+    return queries
 
 
 def is_beir_folder(path: Path) -> bool:
@@ -78,23 +118,31 @@ class LocalBeirDataset(Dataset):
         return _read_qrels(self.path / "qrels" / f"{self.split}.tsv")
 
     def iter_docs(self) -> Iterator[tuple[str, str]]:
-        seen: set[str] = set()
-        for lineno, record in _iter_jsonl(self.corpus_path):
-            docno = str(record["_id"])
-            if docno in seen:
-                raise DataError(f"{self.corpus_path}:{lineno}: duplicate document id {docno!r}")
-            seen.add(docno)
-            yield docno, join_title(record.get("title"), record.get("text"))
+        """Stream the corpus, refusing duplicate ids and unreadable lines; a full pass marks the file as checked."""
+        yield from iter_corpus(self.corpus_path)
+        _verified_corpora.add(self._corpus_key())
 
     def doc_texts(self, docnos: Iterable[str]) -> dict[str, str]:
+        """Texts of the wanted documents; the whole corpus is read (and checked) unless this process already did."""
         wanted = set(docnos)
         found: dict[str, str] = {}
+        if not wanted:
+            return found
+        verified = self._corpus_key() in _verified_corpora
         for docno, text in self.iter_docs():
             if docno in wanted:
                 found[docno] = text
-                if len(found) == len(wanted):
+                if verified and len(found) == len(wanted):
                     break
         return found
+
+    def _corpus_key(self) -> tuple[str, int, int]:
+        """Identifies the corpus file's current content cheaply (path, size, modification time; zeros if unreadable)."""
+        try:
+            stat = self.corpus_path.stat()
+        except OSError:
+            return str(self.corpus_path), 0, 0
+        return str(self.corpus_path), stat.st_size, stat.st_mtime_ns
 
     def candidate_names(self) -> list[str]:
         folder = self.path / "candidates"
@@ -114,13 +162,7 @@ class LocalBeirDataset(Dataset):
 
 @cache
 def _read_queries(path: Path) -> dict[str, str]:
-    queries: dict[str, str] = {}
-    for lineno, record in _iter_jsonl(path):
-        qid = str(record["_id"])
-        if qid in queries:
-            raise DataError(f"{path}:{lineno}: duplicate query id {qid!r}")
-        queries[qid] = str(record.get("text") or "")
-    return queries
+    return read_queries(path)
 
 
 @cache

@@ -514,36 +514,3 @@ def test_full_corpus_from_the_store(capsys, tmp_path, tiny4_bert):
     expected = _mice(tiny4_bert).score(QUERY, DOCS)
     got = {line.split()[2]: float(line.split()[4]) for line in lines}
     np.testing.assert_allclose([got[f"d{i}"] for i in range(len(DOCS))], expected, atol=1e-5)
-
-
-def test_precompute_resumes_to_an_identical_store(tmp_path, tiny4_bert):
-    from micebench.data import load_dataset
-    from micebench.store.precompute import precompute
-
-    corpus = [{"_id": f"d{i}", "title": "", "text": f"{DOCS[i % 4]} {i}"} for i in range(10)]
-    dataset = load_dataset(str(write_beir(tmp_path / "c", corpus, [{"_id": "q", "text": QUERY}], [("q", "d0", 1)])))
-    ranker = _mice(tiny4_bert, batch_size=2)
-    straight = precompute(ranker, dataset, tmp_path / "straight", "kv", "fp32", chunk_docs=3)
-
-    calls = {"n": 0}
-    original = ranker.store_encode
-
-    def dies(texts, mode):
-        calls["n"] += 1
-        if calls["n"] > 4:  # two chunks of 3 documents in batches of 2 are done, then the process dies
-            raise KeyboardInterrupt
-        return original(texts, mode)
-
-    ranker.store_encode = dies
-    with pytest.raises(KeyboardInterrupt):
-        precompute(ranker, dataset, tmp_path / "resumed", "kv", "fp32", chunk_docs=3)
-    ranker.store_encode = original
-    with pytest.raises(MicebenchError, match="use --resume"):
-        precompute(ranker, dataset, tmp_path / "resumed", "kv", "fp32", chunk_docs=3)
-    with pytest.raises(MicebenchError, match="another model or mode"):
-        precompute(ranker, dataset, tmp_path / "resumed", "states", "fp32", chunk_docs=3, resume=True)
-    resumed = precompute(ranker, dataset, tmp_path / "resumed", "kv", "fp32", chunk_docs=3, resume=True)
-    names = sorted(p.name for p in straight.iterdir())
-    assert names == sorted(p.name for p in resumed.iterdir()) and "shard-00003.safetensors" in names
-    for name in names:
-        assert (straight / name).read_bytes() == (resumed / name).read_bytes(), name

@@ -1,13 +1,19 @@
-"""A document store: per-token vectors of every document, keyed by doc id, in sharded safetensors files.
+"""A document store: per-token vectors of documents, keyed by doc id, in sharded safetensors files.
 
-Layout of a store folder::
+Layout of a store folder (format 2)::
 
-    manifest.json            kind, mode, fingerprint of the model, dtype, fields, shards, bytes per document
-    docnos.json              doc ids in storage order
-    shard-00000.safetensors  one (tokens, dim) tensor per field, documents packed back to back, + "lengths"
+    manifest.json                kind, mode, model fingerprint, dtype, fields, shards, sources, index files
+    index-keys-<g>.npy           doc ids, sorted          \
+    index-order-<g>.npy          store row of each id      > the doc-id index, memory-mapped (see index.py)
+    index-rows-<g>.npy           shard, offset, length     /
+    shard-00000.safetensors      one (tokens, dim) tensor per field, documents packed back to back, + "lengths"
+                                 (int8 stores: + one float32 scale per token and field, "<field>.scale")
 
-Tokens of all documents are packed without padding; `gather` pads a batch with one vectorised index_select,
-no per-document Python loop. The folder is written under a temporary name and renamed when complete.
+Opening a store reads the manifest and maps the index; shards are memory-mapped on first use and a gather copies
+only the requested rows (one padded batch per field, no per-token Python loop). A new store is written under a
+temporary name and renamed when complete; an extension writes new shards and then swaps the manifest atomically,
+so readers see either the old or the new set of documents. Stores of format 1 (`docnos.json`, shards loaded
+whole) are still read.
 """
 
 from __future__ import annotations
@@ -19,21 +25,85 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from micebench.atomic import atomic_write_text
 from micebench.errors import MicebenchError
+from micebench.store.index import DocIndex, row_table
+from micebench.store.shards import SCALE_DTYPE, Shard, quantize, scale_name
 
 MANIFEST = "manifest.json"
+FORMAT = 2
+#: manifest keys an extension must share with the store it extends
+_EXTEND_KEYS = ("kind", "mode", "fingerprint", "dtype", "fields")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'float16' for torch.float16: how manifests name dtypes."""
+    return str(dtype).replace("torch.", "")
+
+
+def shard_name(number: int) -> str:
+    """File name of shard `number`."""
+    return f"shard-{number:05d}.safetensors"
+
+
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether two devices are one, reading a bare "cuda" as the current CUDA device (torch says cuda != cuda:0)."""
+    return _normalised(torch.device(a)) == _normalised(torch.device(b))
+
+
+def _normalised(device: torch.device) -> torch.device:
+    """`device` with the current CUDA index filled in."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The manifest of a complete store; a one-line error for anything else."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise MicebenchError(f"not a document store (no {MANIFEST}): {folder}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise MicebenchError(f"corrupt document store manifest: {path}") from None
+    if not isinstance(manifest, dict) or manifest.get("status") != "complete":
+        raise MicebenchError(f"document store is incomplete: {folder}")
+    if manifest.get("format", 1) > FORMAT:
+        raise MicebenchError(f"document store {folder} has format {manifest['format']}: upgrade micebench to read it")
+    return manifest
+
+
+def open_index(folder: Path, manifest: dict[str, Any]) -> DocIndex:
+    """The doc-id index of a store: memory-mapped (format 2) or built from `docnos.json` and the shards (format 1)."""
+    if manifest.get("format", 1) >= 2:
+        return DocIndex.load(folder, manifest["index"])
+    try:
+        docnos = json.loads((folder / "docnos.json").read_text())
+    except (OSError, ValueError):
+        raise MicebenchError(f"corrupt document store {folder}: unreadable docnos.json") from None
+    lengths = [_map_shard(folder, entry, []).lengths for entry in manifest["shards"]]
+    return DocIndex.build(docnos, row_table(range(len(lengths)), lengths))
+
+
+def _map_shard(folder: Path, entry: dict[str, Any], names: list[str]) -> Shard:
+    """Map one shard of a manifest, checked against what the manifest records."""
+    return Shard(folder / entry["file"], names, docs=entry.get("docs"), tokens=entry.get("tokens"))
 
 
 class StoreWriter:
-    """Writes a store chunk by chunk into `.<name>.partial/`, resumably; `finish` makes it visible atomically.
+    """Writes a store chunk by chunk, resumably; `finish` makes it visible atomically.
 
-    Each chunk of documents becomes one shard file plus a small JSON record written after it, so a crash loses
-    at most the chunk in progress and `resume` skips the recorded ones. Under torchrun each rank writes its own
-    chunks (chunk i goes to rank i mod world) and rank 0 assembles the manifest, in chunk order, so the store is
-    the same as one built by a single process.
+    A new store is written into `.<name>.partial/` and renamed when complete. With `extend`, documents are added
+    to an existing store (same kind, mode, fingerprint, dtype and fields): its new shards go next to the old ones
+    and `finish` swaps in a manifest and index that include them. Each chunk of documents becomes one shard file
+    plus a small JSON record (in the partial folder) written after it, so a crash loses at most the chunk in
+    progress and `resume` skips the recorded ones. Under torchrun each rank writes its own chunks (chunk i goes to
+    rank i mod world) and rank 0 assembles the manifest, in chunk order, so the store is the same as one built by
+    a single process. An int8 `dtype` stores each token vector quantised (int8 values + a float32 scale).
     """
 
     def __init__(
@@ -45,35 +115,95 @@ class StoreWriter:
         overwrite: bool = False,
         resume: bool = False,
         rank: int = 0,
+        extend: bool = False,
+        options: dict[str, Any] | None = None,
     ):
         self.folder = Path(folder)
         self.partial = self.folder.parent / f".{self.folder.name}.partial"
         self.meta, self.fields, self.dtype, self.rank = meta, list(fields), dtype, rank
-        if self.folder.exists() and not overwrite:
-            raise MicebenchError(f"store already exists: {self.folder} (use --overwrite to rebuild it)")
-        if rank != 0:  # rank 0 checks and prepares the folder; the others wait at a barrier before using it
-            return
-        key = {
-            "fingerprint": meta.get("fingerprint"),
-            "mode": meta.get("mode"),
-            "fields": self.fields,
-            "dtype": str(dtype),
-            "dataset": meta.get("dataset"),
-        }
-        record = self.partial / "partial.json"
-        if self.partial.exists():
-            if resume:
-                if not record.is_file() or json.loads(record.read_text()) != json.loads(json.dumps(key, default=str)):
-                    raise MicebenchError(f"cannot resume {self.folder}: it was started with another model or mode")
-            elif overwrite:
-                shutil.rmtree(self.partial)
-            else:
+        self.overwrite, self.resume = overwrite, resume
+        self.base: dict[str, Any] | None = None
+        if extend and overwrite:
+            raise MicebenchError("--extend adds documents to a store and --overwrite rebuilds it: use one of them")
+        if self.folder.exists():
+            if extend:
+                self.base = read_manifest(self.folder)
+                self._check_extends(self.base)
+            elif not overwrite:
                 raise MicebenchError(
-                    f"an unfinished precompute exists for {self.folder} (use --resume to continue it or --overwrite)"
+                    f"store already exists: {self.folder} (use --extend to add documents or --overwrite to rebuild it)"
                 )
+        self.first_shard = len(self.base["shards"]) if self.base else 0
+        self.shard_dir = self.folder if self.base else self.partial
+        self.key = json.loads(
+            json.dumps(
+                {
+                    "fingerprint": meta.get("fingerprint"),
+                    "mode": meta.get("mode"),
+                    "fields": self.fields,
+                    "dtype": dtype_name(dtype),
+                    "dataset": meta.get("dataset"),
+                    "extends": {"docs": self.base["num_docs"], "shards": self.first_shard} if self.base else None,
+                    **(options or {}),
+                },
+                default=str,
+            )
+        )
+        self._prepared = False
+        if rank == 0:
+            self._check_partial()
+
+    @property
+    def quantized(self) -> bool:
+        return self.dtype == torch.int8
+
+    def _check_extends(self, base: dict[str, Any]) -> None:
+        """Refuse to extend a store built by another model, mode, dtype or set of fields."""
+        ours = {key: self.meta.get(key) for key in ("kind", "mode", "fingerprint")}
+        ours |= {"dtype": dtype_name(self.dtype), "fields": self.fields}
+        for key in _EXTEND_KEYS:
+            if base.get(key) != ours[key]:
+                raise MicebenchError(
+                    f"cannot extend {self.folder}: its {key} is {base.get(key)!r}, this precompute's is {ours[key]!r}"
+                )
+
+    def _check_partial(self) -> None:
+        """Before any work: an unfinished precompute is continued only with `resume` and the same settings."""
+        record = self.partial / "partial.json"
+        if not self.partial.exists():
+            return
+        if self.resume:
+            try:
+                started = json.loads(record.read_text())
+            except (OSError, ValueError):
+                started = {}
+            differ = sorted(k for k in {**started, **self.key} if started.get(k) != self.key.get(k))
+            if differ:
+                raise MicebenchError(
+                    f"cannot resume {self.folder}: it was started with another model or mode, or other options "
+                    f"(different: {', '.join(differ)})"
+                )
+        elif not (self.overwrite and self.base is None):
+            extra = "" if self.base else " or --overwrite"
+            raise MicebenchError(
+                f"an unfinished precompute exists for {self.folder} (use --resume to continue it{extra})"
+            )
+
+    def prepare(self) -> None:
+        """Rank 0, before the first chunk: create the partial folder and record what it is building."""
+        if self._prepared or self.rank != 0:
+            return
+        if self.partial.exists() and not self.resume:
+            shutil.rmtree(self.partial)  # --overwrite of an unfinished build (checked in _check_partial)
         self.partial.mkdir(parents=True, exist_ok=True)
+        record = self.partial / "partial.json"
         if not record.is_file():
-            atomic_write_text(record, json.dumps(key, default=str), durable=True)
+            atomic_write_text(record, json.dumps(self.key), durable=True)
+        self._prepared = True
+
+    def chunk_records(self) -> list[dict[str, Any]]:
+        """The recorded (finished) chunks, in chunk order."""
+        return [json.loads(p.read_text()) for p in sorted(self.partial.glob("chunk-*.json"))]
 
     def done_chunks(self) -> set[int]:
         return {int(p.stem.split("-")[1]) for p in self.partial.glob("chunk-*.json")}
@@ -84,51 +214,109 @@ class StoreWriter:
         """One shard: `tensors[field]` are (tokens, dim) pieces, documents back to back, in `docnos` order."""
         from safetensors.torch import save_file
 
-        name = f"shard-{index:05d}.safetensors"
-        packed = {
-            f: torch.cat([t.detach().to("cpu", self.dtype) for t in tensors[f]]).contiguous() for f in self.fields
-        }
+        self.prepare()
+        name = shard_name(self.first_shard + index)
+        packed: dict[str, torch.Tensor] = {}
+        for field in self.fields:
+            x = torch.cat([t.detach() for t in tensors[field]])
+            if self.quantized:
+                values, scales = quantize(x)
+                packed[field] = values.cpu().contiguous()
+                packed[scale_name(field)] = scales.to("cpu", SCALE_DTYPE).contiguous()
+            else:
+                packed[field] = x.to("cpu", self.dtype).contiguous()
         packed["lengths"] = torch.tensor(list(lengths), dtype=torch.int32)
-        tmp = self.partial / f".{name}.tmp"
+        tmp = self.shard_dir / f".{name}.tmp"
         save_file(packed, str(tmp))
-        os.replace(tmp, self.partial / name)
+        os.replace(tmp, self.shard_dir / name)
         chunk = {
             "file": name,
             "docs": len(docnos),
             "docnos": list(docnos),
             "tokens": int(packed["lengths"].sum()),
-            "bytes": (self.partial / name).stat().st_size,
+            "bytes": (self.shard_dir / name).stat().st_size,
         }
         atomic_write_text(self.partial / f"chunk-{index:05d}.json", json.dumps(chunk), durable=True)
 
-    def finish(self) -> Path:
-        """Rank 0, once every chunk is written: manifest, doc ids, and the rename into place."""
-        chunks = [json.loads(p.read_text()) for p in sorted(self.partial.glob("chunk-*.json"))]
+    def discard(self) -> None:
+        """Remove an unfinished precompute that has nothing worth resuming (rank 0)."""
+        if self.rank != 0 or self.done_chunks():
+            return
+        shutil.rmtree(self.partial, ignore_errors=True)
+        for tmp in self.shard_dir.glob(".shard-*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    def finish(self, source: dict[str, Any] | None = None) -> Path:
+        """Rank 0, once every chunk is written: index, manifest, and the rename (or manifest swap) into place.
+
+        `source` records what this precompute encoded (dataset, first stage, ...); the manifest keeps one per
+        build or extension under `sources`.
+        """
+        self.prepare()
+        chunks = self.chunk_records()
         docnos = [d for c in chunks for d in c["docnos"]]
-        if not docnos:
-            raise MicebenchError("no documents were encoded")
-        if len(set(docnos)) != len(docnos):
-            raise MicebenchError("duplicate document ids while building the store")
-        total_bytes = sum(c["bytes"] for c in chunks)
-        manifest = {
-            **self.meta,
-            "fields": self.fields,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "num_docs": len(docnos),
-            "num_tokens": sum(c["tokens"] for c in chunks),
-            "bytes": total_bytes,
-            "bytes_per_doc": total_bytes / len(docnos),
-            "shards": [{"file": c["file"], "docs": c["docs"]} for c in chunks],
-            "status": "complete",
+        lengths = [Shard(self.shard_dir / c["file"], [], docs=c["docs"], tokens=c["tokens"]).lengths for c in chunks]
+        rows = row_table(range(self.first_shard, self.first_shard + len(chunks)), lengths)
+        shards = [{k: c[k] for k in ("file", "docs", "tokens", "bytes")} for c in chunks]
+        sources = [source] if source else []
+        if self.base is None:
+            if not docnos:
+                raise MicebenchError("no documents were encoded")
+            return self._finish_new(DocIndex.build(docnos, rows), shards, sources)
+        return self._finish_extension(docnos, rows, shards, sources)
+
+    def _totals(self, index: DocIndex, shards: list[dict], generation: int, files: dict[str, str]) -> dict[str, Any]:
+        """The manifest entries that follow from the documents a store holds."""
+        total = sum(s.get("bytes", 0) for s in shards)
+        return {
+            "format": FORMAT,
+            "num_docs": len(index),
+            "num_tokens": int(index.rows["length"].sum(dtype=np.int64)),
+            "bytes": total,
+            "bytes_per_doc": total / len(index),
+            "index": files,
+            "generation": generation,
+            "shards": shards,
         }
-        (self.partial / "docnos.json").write_text(json.dumps(docnos))
-        for p in [*self.partial.glob("chunk-*.json"), self.partial / "partial.json"]:
-            p.unlink()
+
+    def _finish_new(self, index: DocIndex, shards: list[dict], sources: list[dict]) -> Path:
+        """Write the index and manifest into the partial folder and rename it into place."""
+        files = index.save(self.partial, 0)
+        manifest = {**self.meta, "fields": self.fields, "dtype": dtype_name(self.dtype)}
+        if self.quantized:
+            manifest["quantization"] = {"scheme": "int8, symmetric per token vector", "scale": dtype_name(SCALE_DTYPE)}
+        manifest |= self._totals(index, shards, 0, files) | {"sources": sources, "status": "complete"}
+        self._drop_records()
         (self.partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if self.folder.exists():
             shutil.rmtree(self.folder)
         os.replace(self.partial, self.folder)
         return self.folder
+
+    def _finish_extension(self, docnos: list[str], rows: np.ndarray, shards: list[dict], sources: list[dict]) -> Path:
+        """New index files next to the old ones, then the manifest swapped atomically, then the old index removed."""
+        base = self.base
+        manifest = {**base, "sources": base.get("sources", []) + sources}
+        if docnos:  # else nothing was missing: only the candidate set is recorded
+            index = open_index(self.folder, base).extended(docnos, rows)
+            generation = base.get("generation", 0) + 1
+            manifest |= self._totals(index, base["shards"] + shards, generation, index.save(self.folder, generation))
+            manifest["bytes"] = base.get("bytes", 0) + sum(s["bytes"] for s in shards)
+            manifest["bytes_per_doc"] = manifest["bytes"] / manifest["num_docs"]
+        atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=2) + "\n", durable=True)
+        keep = set(manifest.get("index", {}).values())
+        for old in [*(base.get("index") or {}).values(), *(["docnos.json"] if "index" not in base else [])]:
+            if old not in keep:
+                (self.folder / old).unlink(missing_ok=True)
+        for tmp in self.folder.glob(".shard-*.tmp"):
+            tmp.unlink(missing_ok=True)
+        shutil.rmtree(self.partial, ignore_errors=True)
+        return self.folder
+
+    def _drop_records(self) -> None:
+        """Remove the chunk records and the partial record (the manifest replaces them)."""
+        for p in [*self.partial.glob("chunk-*.json"), self.partial / "partial.json"]:
+            p.unlink(missing_ok=True)
 
 
 class PackedTensors:
@@ -164,24 +352,26 @@ class PackedTensors:
             view = buffer[: len(flat)]
             torch.index_select(tensor, 0, flat, out=view)
             out[name] = view.view(len(rows), width, -1)
-        if self.target != self.device:
-            out = {f: t.pin_memory().to(self.target, non_blocking=True) for f, t in out.items()}
+        if not same_device(self.target, self.device):
+            out = {f: _to_device(t, self.target) for f, t in out.items()}
             return out, mask.long().to(self.target, non_blocking=True)
         return out, mask.long()
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise MicebenchError(f"not a document store (no {MANIFEST}): {folder}")
-    manifest = json.loads(path.read_text())
-    if manifest.get("status") != "complete":
-        raise MicebenchError(f"document store is incomplete: {folder}")
-    return manifest
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy to `device`, through pinned memory when leaving the CPU for a GPU."""
+    if tensor.device.type == "cpu" and torch.device(device).type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 class DocumentStore:
-    """Loads a store and serves padded per-token tensors for any batch of doc ids."""
+    """Serves padded per-token tensors for any batch of doc ids, reading only those documents from the shards.
+
+    Opening maps the doc-id index; each shard is mapped (and checked) on first use. `gather` copies the requested
+    rows into reused host buffers (pinned on CUDA, then copied without blocking) and converts them to `dtype`
+    (dequantising an int8 store) on the target device.
+    """
 
     def __init__(
         self,
@@ -192,8 +382,6 @@ class DocumentStore:
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
     ):
-        from safetensors.torch import load_file
-
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         found = (self.manifest.get("kind"), self.manifest.get("mode"))
@@ -208,34 +396,135 @@ class DocumentStore:
                 f"this model {fingerprint})"
             )
         self.fields: list[str] = list(self.manifest["fields"])
-        self.docnos: list[str] = json.loads((self.folder / "docnos.json").read_text())
-        self.index = {d: i for i, d in enumerate(self.docnos)}
-        parts = [load_file(str(self.folder / shard["file"])) for shard in self.manifest["shards"]]
-        device = torch.device(device)
-        target_dtype = dtype or getattr(torch, self.manifest["dtype"])
-        tensors = {f: torch.cat([p[f] for p in parts]).to(dtype=target_dtype) for f in self.fields}
-        lengths = torch.cat([p["lengths"] for p in parts])
-        home = device
-        if device.type == "cuda":  # keep the store on the GPU when it fits comfortably, else in pinned host memory
-            size = sum(t.numel() * t.element_size() for t in tensors.values())
-            if size > 0.5 * torch.cuda.mem_get_info(device)[0]:
-                home = torch.device("cpu")
-                tensors = {f: t.pin_memory() for f, t in tensors.items()}
-        self.packed = PackedTensors({f: t.to(home) for f, t in tensors.items()}, lengths.to(home), target=device)
-        self.device = device
+        self.stored_dtype: torch.dtype = getattr(torch, self.manifest["dtype"])
+        self.quantized = self.stored_dtype == torch.int8
+        self.dtype: torch.dtype = dtype or (torch.float32 if self.quantized else self.stored_dtype)
+        self.device = torch.device(device)
+        self.entries: list[dict[str, Any]] = list(self.manifest["shards"])
+        self._check_sizes()
+        self.index = open_index(self.folder, self.manifest)
+        self._names = self.fields + ([scale_name(f) for f in self.fields] if self.quantized else [])
+        self._arrays: dict[str, list[np.ndarray | None]] = {n: [None] * len(self.entries) for n in self._names}
+        self._mapped = [False] * len(self.entries)
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._zeros: dict[str, np.ndarray] = {}
+        self._copied: Any = None  # CUDA event of the last copy out of the pinned buffers
+
+    def _check_sizes(self) -> None:
+        """Every shard exists and has the size the manifest records (a cheap test for truncated files)."""
+        for entry in self.entries:
+            path = self.folder / entry["file"]
+            if not path.is_file():
+                raise MicebenchError(f"store shard missing: {path}")
+            size = path.stat().st_size
+            if "bytes" in entry and size != entry["bytes"]:
+                raise MicebenchError(
+                    f"truncated or corrupt store shard {path}: {size} bytes, expected {entry['bytes']}"
+                )
+
+    @property
+    def docnos(self) -> list[str]:
+        """Doc ids in storage order (reads the whole index)."""
+        return self.index.docnos()
+
+    def __len__(self) -> int:
+        return len(self.index)
 
     def __contains__(self, docno: str) -> bool:
-        return docno in self.index
+        return bool(self.index.lookup([docno])[0] >= 0)
 
     def missing(self, docnos: Sequence[str]) -> list[str]:
-        return [d for d in docnos if d not in self.index]
+        rows = self.index.lookup(docnos)
+        return [d for d, r in zip(docnos, rows.tolist(), strict=True) if r < 0]
 
     def positions(self, docnos: Sequence[str]) -> torch.Tensor:
-        try:
-            return torch.tensor([self.index[d] for d in docnos], dtype=torch.long, device=self.packed.device)
-        except KeyError as err:
-            raise MicebenchError(f"document {err.args[0]!r} is not in the store {self.folder}") from None
+        """Store rows of `docnos` (a CPU LongTensor for `gather`); a one-line error for an absent document."""
+        rows = self.index.lookup(docnos)
+        absent = np.flatnonzero(rows < 0)
+        if len(absent):
+            raise MicebenchError(f"document {docnos[absent[0]]!r} is not in the store {self.folder}")
+        return torch.from_numpy(rows)
+
+    def _map(self, number: int) -> None:
+        """Map shard `number` (checking its header against the manifest) on first use."""
+        shard = _map_shard(self.folder, self.entries[number], self._names)
+        for name in self._names:
+            expected = SCALE_DTYPE if name not in self.fields else self.stored_dtype
+            if shard.torch_dtypes[name] != expected:
+                raise MicebenchError(f"corrupt store shard {shard.path}: {name} is {shard.torch_dtypes[name]}")
+            self._arrays[name][number] = shard.arrays[name]
+        self._mapped[number] = True
+
+    def _buffer(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A reused buffer of at least `shape[0]` rows (grown by doubling), pinned when it feeds a GPU."""
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.shape[0] < shape[0] or buffer.shape[1:] != shape[1:]:
+            rows = max(shape[0], 2 * buffer.shape[0] if buffer is not None else 0)
+            pin = device.type == "cpu" and self.device.type == "cuda"
+            buffer = torch.empty((rows, *shape[1:]), dtype=dtype, device=device, pin_memory=pin)
+            self._buffers[key] = buffer
+        return buffer[: shape[0]]
+
+    def _pad(self, name: str, like: np.ndarray, width: int) -> np.ndarray:
+        """`width` zero rows shaped like the rows of `like`."""
+        zeros = self._zeros.get(name)
+        if zeros is None or len(zeros) < width:
+            zeros = self._zeros[name] = np.zeros((max(width, 64), *like.shape[1:]), dtype=like.dtype)
+        return zeros[:width]
+
+    def _host_gather(self, name: str, places: tuple[list[int], list[int], list[int]], width: int) -> torch.Tensor:
+        """Rows of field `name` for the requested documents, padded to `width`, in a reused host buffer."""
+        arrays = self._arrays[name]
+        shard, start, length = places
+        first = arrays[shard[0]]
+        raw = torch.from_numpy(np.empty(0, dtype=first.dtype)).dtype
+        out = self._buffer(f"host:{name}", (len(shard) * width, *first.shape[1:]), raw, torch.device("cpu"))
+        zero = self._pad(name, first, width)
+        parts = []
+        for s, o, n in zip(shard, start, length, strict=True):
+            parts.append(arrays[s][o : o + n])
+            if n < width:
+                parts.append(zero[n:])
+        np.concatenate(parts, out=out.numpy())
+        return out
 
     def gather(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Padded (B, Lmax, dim) tensors per field and the (B, Lmax) attention mask for store rows `rows`."""
-        return self.packed.gather(rows)
+        """Padded (B, Lmax, dim) tensors per field and the (B, Lmax) attention mask for store rows `rows`.
+
+        The tensors are views of buffers reused by the next call: use them before gathering again.
+        """
+        picked = self.index.rows[np.asarray(rows.cpu() if torch.is_tensor(rows) else rows, dtype=np.int64)]
+        shard, start, length = (picked[k].tolist() for k in ("shard", "start", "length"))
+        if not shard:  # an empty batch: shapes from the first shard
+            shard, start, length = [0], [0], [0]
+        for number in set(shard):
+            if not self._mapped[number]:
+                self._map(number)
+        count, width = len(picked), max(length)
+        if self._copied is not None:  # the previous batch may still be leaving the pinned buffers
+            self._copied.synchronize()
+        host = {name: self._host_gather(name, (shard, start, length), width) for name in self._names}
+        mask = torch.arange(width)[None, :] < torch.tensor(length[:count], dtype=torch.long)[:, None]
+        if self.device.type == "cuda":
+            host = {name: self._to_device(name, t) for name, t in host.items()}
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+            mask = mask.to(self.device, non_blocking=True)
+        out = {f: self._convert(f, host).view(count, width, host[f].shape[-1]) for f in self.fields}
+        return out, mask.long()
+
+    def _to_device(self, name: str, host: torch.Tensor) -> torch.Tensor:
+        """Copy a gathered host buffer into the reused device buffer of `name`, without blocking."""
+        return self._buffer(f"dev:{name}", tuple(host.shape), host.dtype, self.device).copy_(host, non_blocking=True)
+
+    def _convert(self, field: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A gathered field in `self.dtype` (dequantised for int8), on the device it was gathered to."""
+        raw = tensors[field]
+        stored = raw.view(self.stored_dtype) if raw.dtype != self.stored_dtype else raw
+        if self.dtype == self.stored_dtype:
+            return stored
+        out = self._buffer(f"out:{field}", tuple(raw.shape), self.dtype, raw.device)
+        out.copy_(stored)
+        if self.quantized:
+            out.mul_(tensors[scale_name(field)].unsqueeze(-1))
+        return out

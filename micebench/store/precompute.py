@@ -1,24 +1,189 @@
-"""Encode every document of a dataset once and write a document store for MICE or ColBERT."""
+"""Encode documents once and write, or extend, a document store for MICE or ColBERT.
+
+What is encoded: the whole corpus (streamed), or only the candidates a first stage returns for the judged
+queries (`first_stage`, `top_k`), each document once, in the order the queries meet them. Extending a store skips
+the documents it already holds. Before encoding, the store's size is projected from a sample of encoded
+documents and the precompute stops when the disk lacks room.
+"""
 
 from __future__ import annotations
 
+import logging
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from micebench.data.base import Dataset, chunked
-from micebench.errors import MicebenchError
+from micebench.errors import DataError, MicebenchError
+from micebench.models.batching import length_sorted_batches
 from micebench.progress import progress_bar
-from micebench.rankers.batching import length_sorted_batches
-from micebench.store.document_store import StoreWriter
+from micebench.store.document_store import StoreWriter, open_index
+from micebench.store.index import ROW, DocIndex
+from micebench.store.shards import SCALE_DTYPE
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 4096
+#: documents encoded to measure the mean number of stored tokens per document
+_SAMPLE = 128
+#: storage dtypes `precompute` accepts
+STORE_DTYPES = ("fp16", "fp32", "bf16", "int8")
 
 
-def _pack(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, L, D) padded -> (sum of lengths, D), documents back to back."""
-    return x[mask.bool()]
+def check_positive(**counts: int | None) -> None:
+    """One-line error for a count below 1 (`chunk_docs=0` reads as --chunk-docs); None means unset."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise MicebenchError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+
+
+def store_dtype(dtype: str) -> torch.dtype:
+    """fp16 | fp32 | bf16 | int8 -> the torch dtype shards hold."""
+    if dtype not in STORE_DTYPES:
+        raise MicebenchError(f"unknown store dtype {dtype!r} (use {', '.join(STORE_DTYPES)})")
+    if dtype == "int8":
+        return torch.int8
+    from micebench.models.hf import pick_dtype
+
+    return pick_dtype(dtype)
+
+
+def human(size: float) -> str:
+    """Bytes as a short human-readable figure (KiB, MiB, ...)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+@dataclass
+class Plan:
+    """What a precompute encodes: a stream of (doc id, text), how many, a sample of texts, a manifest record."""
+
+    docs: Callable[[], Iterable[tuple[str, str]]]
+    count: int
+    sample: list[str]
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def _absent(docs: Iterable[tuple[str, str]], present: DocIndex) -> Iterator[tuple[str, str]]:
+    """The documents of a stream that the store does not hold yet (looked up a chunk at a time)."""
+    for ids, texts in chunked(docs, _CHUNK):
+        rows = present.lookup(ids)
+        yield from ((d, t) for d, t, r in zip(ids, texts, rows.tolist(), strict=True) if r < 0)
+
+
+def corpus_plan(dataset: Dataset, limit: int | None, present: DocIndex | None) -> Plan:
+    """The whole corpus (its first `limit` documents), minus those in `present`: counted in one streaming pass."""
+
+    def docs() -> Iterable[tuple[str, str]]:
+        stream = islice(dataset.iter_docs(), limit) if limit else dataset.iter_docs()
+        return _absent(stream, present) if present is not None else stream
+
+    count, sample = 0, []
+    for _, text in docs():
+        count += 1
+        if len(sample) < _SAMPLE:
+            sample.append(text)
+    return Plan(docs, count, sample, {"documents": "corpus", "limit": limit})
+
+
+def candidate_ids(run: dict[str, dict[str, float]]) -> list[str]:
+    """Distinct candidates, query by query (ids in order) and by rank: the order a re-ranking reads them."""
+    from micebench.data.trec import ranked
+
+    return list(dict.fromkeys(d for qid in sorted(run) for d, _ in ranked(run[qid])))
+
+
+def candidates_plan(dataset: Dataset, spec: str, top_k: int, limit: int | None, present: DocIndex | None) -> Plan:
+    """The top-`top_k` candidates of first stage `spec` for the judged queries, minus those in `present`."""
+    from micebench.firststage.candidates import first_stage
+
+    candidates = first_stage(dataset, spec, top_k)
+    if candidates.full_corpus:
+        return corpus_plan(dataset, limit, present)
+    ids = candidate_ids(candidates.run)
+    wanted = len(ids)
+    ids = ids[:limit] if limit else ids
+    if present is not None:
+        ids = [d for d, r in zip(ids, present.lookup(ids).tolist(), strict=True) if r < 0]
+    texts = dataset.doc_texts(ids) if ids else {}
+    missing = [d for d in ids if d not in texts]
+    if missing:
+        raise DataError(
+            f"{len(missing)} candidate documents are not in the corpus of {dataset.name!r} "
+            f"(e.g. {missing[0]!r}): the first stage does not match this collection"
+        )
+    step = max(1, len(ids) // _SAMPLE)
+    record = {
+        "documents": "candidates",
+        "first_stage": candidates.source,
+        "top_k": top_k,
+        "queries": len(candidates.run),
+        "candidates": wanted,
+        "limit": limit,
+    }
+    return Plan(lambda: ((d, texts[d]) for d in ids), len(ids), [texts[d] for d in ids[::step][:_SAMPLE]], record)
+
+
+@dataclass
+class Projection:
+    """Projected size of what a precompute adds: documents x tokens per document x bytes per token (+ index)."""
+
+    docs: int
+    tokens_per_doc: float
+    bytes_per_token: int
+    bytes_per_doc_index: int
+
+    @property
+    def bytes(self) -> int:
+        return int(self.docs * (self.tokens_per_doc * self.bytes_per_token + self.bytes_per_doc_index))
+
+    def describe(self, dtype: str) -> str:
+        return (
+            f"projected store size: {self.docs:,} documents x {self.tokens_per_doc:.1f} tokens x "
+            f"{self.bytes_per_token:,} bytes per token ({dtype}) = {human(self.bytes)}"
+        )
+
+
+def project(ranker: Any, mode: str, sample: list[str], docs: int, dtype: torch.dtype) -> Projection:
+    """Encode `sample` to measure stored tokens per document and vector sizes, and project `docs` documents."""
+    tokens, dims = 0, {}
+    for idx in length_sorted_batches(sample, ranker.batch_size):
+        tensors, mask = ranker.store_encode([sample[i] for i in idx], mode)
+        tokens += int(mask.sum())
+        dims = {f: int(t.shape[-1]) for f, t in tensors.items()}
+    fields, _ = ranker.store_fields(mode)
+    size = torch.empty(0, dtype=dtype).element_size()
+    per_token = sum(dims.get(f, 0) * size for f in fields)
+    if dtype == torch.int8:
+        per_token += len(fields) * torch.empty(0, dtype=SCALE_DTYPE).element_size()
+    per_doc_index = 4 + ROW.itemsize + 8 + 16  # lengths, row table, sorted order, a doc id of ~16 bytes
+    return Projection(docs, tokens / max(len(sample), 1), per_token, per_doc_index)
+
+
+def free_space(folder: Path) -> tuple[Path, int]:
+    """The nearest existing folder at or above `folder` and the free bytes on its disk."""
+    target = folder.resolve()
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    return target, shutil.disk_usage(target).free
+
+
+def check_room(folder: Path, needed: int) -> None:
+    """One-line error when the disk that will hold `folder` has less than `needed` bytes free."""
+    target, free = free_space(folder)
+    if needed > free:
+        raise MicebenchError(
+            f"not enough disk space for the store {folder}: it needs about {human(needed)}, "
+            f"{human(free)} are free on {target}"
+        )
 
 
 def precompute(
@@ -32,17 +197,24 @@ def precompute(
     resume: bool = False,
     world: Any = None,
     chunk_docs: int = _CHUNK,
+    first_stage: str | None = None,
+    top_k: int = 100,
+    extend: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> Path:
-    """Build the store of `ranker` (a MiceRanker in states|kv mode, or a ColBERT ranker) over the corpus.
+    """Build (or with `extend`, add to) the store of `ranker` (MICE in states|kv mode, or ColBERT).
 
-    Resumable chunk by chunk (`resume`); under torchrun (`world`) chunks are shared round-robin between ranks.
+    Without `first_stage` the whole corpus is encoded; with it, only the top-`top_k` candidates of the judged
+    queries. `dtype` is fp16, fp32, bf16 or int8 (per-token quantised). Resumable chunk by chunk (`resume`); under
+    torchrun (`world`) chunks are shared round-robin between ranks. `say` receives the projected size (rank 0).
     Returns the store folder (on every rank, once rank 0 has assembled it).
     """
-    from micebench.rankers.models import pick_dtype
     from micebench.runstate import Distributed
 
+    check_positive(chunk_docs=chunk_docs, limit=limit, batch_size=ranker.batch_size, top_k=top_k)
     world = world or Distributed()
-    store_dtype = pick_dtype(dtype)
+    folder = Path(folder)
+    stored = store_dtype(dtype)
     fields, kind = ranker.store_fields(mode)
     meta = {
         "kind": kind,
@@ -51,31 +223,69 @@ def precompute(
         "model": ranker.describe(),
         "dataset": dataset.describe(),
     }
-    writer = StoreWriter(folder, meta, fields, store_dtype, overwrite=overwrite, resume=resume, rank=world.rank)
+    options = {"first_stage": first_stage, "top_k": top_k if first_stage else None, "limit": limit}
+    options["chunk_docs"] = chunk_docs
+    writer = StoreWriter(folder, meta, fields, stored, overwrite, resume, world.rank, extend=extend, options=options)
+    present = open_index(folder, writer.base) if writer.base else None
+    with torch.inference_mode():
+        if first_stage is None:
+            plan = corpus_plan(dataset, limit, present)
+        else:
+            plan = candidates_plan(dataset, first_stage, top_k, limit, present)
+        if plan.count == 0 and present is None:
+            raise MicebenchError(f"dataset {dataset.name!r} has no documents to encode")
+        finished = sum(c["docs"] for c in writer.chunk_records()) if writer.partial.is_dir() else 0
+        projection = project(ranker, mode, plan.sample, plan.count - finished, stored) if plan.count else None
+    if world.rank == 0:
+        if projection is None:
+            (say or log.info)(f"nothing to encode: {folder} already holds every requested document")
+        else:
+            (say or log.info)(projection.describe(dtype))
+            check_room(folder, projection.bytes)
+    writer.prepare()
     world.barrier()
+    try:
+        _encode(ranker, mode, fields, plan, writer, world, chunk_docs)
+    except BaseException as error:
+        raise _failed(writer, error) from None
+    world.barrier()
+    if world.rank == 0:
+        writer.finish({"dataset": dataset.describe(), **plan.record, "added": plan.count})
+    world.barrier()
+    return folder
+
+
+def _encode(ranker: Any, mode: str, fields: list[str], plan: Plan, writer: StoreWriter, world: Any, size: int) -> None:
+    """Encode the plan's documents chunk by chunk (this rank's chunks not yet recorded) into shards."""
     done = writer.done_chunks()
-    seen = 0
-    with torch.inference_mode(), progress_bar("precomputing documents", unit="docs") as bar:
-        for index, (ids, texts) in enumerate(chunked(dataset.iter_docs(), chunk_docs)):
-            if limit is not None:
-                ids, texts = ids[: limit - seen], texts[: limit - seen]
-            seen += len(ids)
-            if ids and index % world.world == world.rank and index not in done:
+    with torch.inference_mode(), progress_bar("precomputing documents", total=plan.count, unit="docs") as bar:
+        for index, (ids, texts) in enumerate(chunked(plan.docs(), size)):
+            if index % world.world == world.rank and index not in done:
                 order, lengths, pieces = [], [], {f: [] for f in fields}
                 for idx in length_sorted_batches(texts, ranker.batch_size):
                     tensors, mask = ranker.store_encode([texts[i] for i in idx], mode)
                     order.extend(ids[i] for i in idx)
                     lengths.extend(mask.sum(1).tolist())
+                    keep = mask.bool()
                     for f in fields:
-                        pieces[f].append(_pack(tensors[f], mask))
+                        pieces[f].append(tensors[f][keep])  # (tokens, dim), documents back to back
                 writer.write_chunk(index, order, lengths, pieces)
             bar.advance(len(ids))
-            if limit is not None and seen >= limit:
-                break
-    if seen == 0:
-        raise MicebenchError(f"dataset {dataset.name!r} has no documents")
-    world.barrier()
-    if world.rank == 0:
-        writer.finish()
-    world.barrier()
-    return Path(folder)
+
+
+def _failed(writer: StoreWriter, error: BaseException) -> BaseException:
+    """The error to raise after a failed precompute: the partial store is kept (and named) only if resumable."""
+    writer.discard()
+    if not writer.partial.is_dir():
+        if isinstance(error, OSError):
+            return MicebenchError(f"cannot write the store {writer.folder}: {error}")
+        return error
+    shards = len(writer.done_chunks())
+    hint = f"{shards} finished shards are kept in {writer.partial}; rerun with --resume to continue"
+    if isinstance(error, (MicebenchError, OSError)):
+        return MicebenchError(f"{error}; {hint}")
+    if isinstance(error, KeyboardInterrupt):
+        log.warning(hint)
+    else:
+        error.add_note(hint)
+    return error

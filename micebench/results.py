@@ -118,20 +118,31 @@ def write_result(
 
 
 def load_results(output: str | Path) -> list[dict[str, Any]]:
-    """Every finished result under `output` as {dataset, ranker, measures, manifest}."""
+    """Every finished result at any depth under `output` as {dataset, ranker, measures, folder, manifest};
+    a result whose manifest or metrics.json cannot be read is left out with a warning naming it."""
+    import logging
+
+    from micebench.report.discover import find_results, unreadable_manifest
+
+    log = logging.getLogger("micebench")
+    folders, unreadable = find_results(output)
+    for folder in unreadable:
+        log.warning(unreadable_manifest(folder))
     rows = []
-    paths = sorted([*Path(output).glob(f"*/*/{MANIFEST}"), *Path(output).glob(f"*/*/seed-*/{MANIFEST}")])
-    for manifest_path in paths:
-        folder = manifest_path.parent
-        if not is_complete(folder):
+    for folder in folders:
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+            measures = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["measures"]
+            measures = {str(k): float(v) for k, v in measures.items()}
+            dataset = manifest.get("dataset", {}).get("name", folder.parent.name)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            log.warning(f"skipped {folder}: {type(err).__name__}: {err}")
             continue
-        manifest = json.loads(manifest_path.read_text())
-        metrics = json.loads((folder / "metrics.json").read_text())
         rows.append(
             {
-                "dataset": manifest.get("dataset", {}).get("name", folder.parent.name),
+                "dataset": dataset,
                 "ranker": manifest.get("ranker_label", folder.name),
-                "measures": metrics["measures"],
+                "measures": measures,
                 "folder": str(folder),
                 "manifest": manifest,
             }

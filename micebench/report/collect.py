@@ -6,7 +6,6 @@ A result folder with a missing or unreadable file is reported by name and skippe
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,10 @@ from typing import Any
 import pandas as pd
 
 from micebench.data.registry import SHORT_NAMES
+from micebench.report.discover import EXPERIMENT, ResultGroup, find_groups, find_results, unreadable_manifest
 
-log = logging.getLogger("micebench")
+#: What reading a damaged result can raise (pandas' parser and empty-data errors are ValueErrors).
+READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError)
 
 
 @dataclass
@@ -27,6 +28,9 @@ class Collection:
     latency: pd.DataFrame  # rows of results/latency/*.json
     groups: dict[str, str]  # dataset -> "ID" | "OOD"
     skipped: list[str] = field(default_factory=list)
+    experiment_rankers: list[str] = field(default_factory=list)  # experiment.json's rankers, in its order
+    folder: Path | None = None  # the group folder the results were read from
+    slug: str = ""  # the group's report folder name
 
 
 def _group(dataset: str, index: dict[str, Any]) -> str:
@@ -41,80 +45,147 @@ def _group(dataset: str, index: dict[str, Any]) -> str:
 
 
 def _read_result(folder: Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    manifest = json.loads((folder / "manifest.json").read_text())
+    """The manifest and per-query values of one result; raises one of READ_ERRORS when a file is damaged."""
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     if manifest.get("status") != "complete":
         raise ValueError("manifest status is not complete")
-    metrics = json.loads((folder / "metrics.json").read_text())["measures"]
+    if not isinstance(manifest["dataset"]["name"], str):
+        raise ValueError("manifest has no dataset name")
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["measures"]
+    if not isinstance(metrics, dict):
+        raise ValueError("metrics.json has no measures")
     perquery = pd.read_csv(folder / "perquery.tsv", sep="\t", dtype={"qid": str})
     if "qid" not in perquery or perquery.empty:
         raise ValueError("perquery.tsv has no rows")
+    for measure in perquery.columns.drop("qid"):
+        perquery[measure] = pd.to_numeric(perquery[measure])
+        if perquery[measure].isna().any():
+            raise ValueError(f"perquery.tsv has missing {measure} values")
     for measure, mean in metrics.items():
-        if measure in perquery and abs(perquery[measure].mean() - mean) > 1e-4:
+        if measure in perquery and abs(perquery[measure].mean() - float(mean)) > 1e-4:
             raise ValueError(f"perquery.tsv disagrees with metrics.json on {measure}")
     return manifest, perquery
 
 
-def collect(results: str | Path) -> Collection:
-    """Read every result folder under `results` (and `results/latency/*.json`)."""
-    results = Path(results)
-    index_path = results / "experiment.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    folders = sorted(
-        {p.parent for p in [*results.glob("*/*/manifest.json"), *results.glob("*/*/seed-*/manifest.json")]}
-    )
-    frames, runs, skipped = [], [], []
-    for folder in folders:
-        if folder.parts[len(results.parts)] in ("latency", "attention", "stores"):
-            continue
+def _run_row(folder: Path, manifest: dict[str, Any], queries: int, index: dict[str, Any]) -> dict[str, Any]:
+    """One row of `Collection.runs`: labels, seed, model, backbone, MICE shape, parameters, time per query."""
+    info = manifest.get("ranker", {})
+    mice = info.get("mice") or {}
+    ranker = str(manifest.get("ranker_label", folder.name))
+    seed = manifest.get("seed", 0)
+    return {
+        "dataset": manifest["dataset"]["name"],
+        "ranker": ranker,
+        "seed": seed,
+        "model": manifest.get("config", {}).get("model", info.get("ranker", "")),
+        "backbone": index.get("rankers", {}).get(ranker, {}).get("backbone", ""),
+        "merge_layer": mice.get("merge_layer"),
+        "top_layers": mice.get("top_layers"),
+        "params": info.get("parameters"),
+        "rerank_ms_per_query": 1e3 * float(manifest.get("timings", {}).get("rerank_s", 0.0)) / max(queries, 1),
+        "folder": str(folder),
+    }
+
+
+def _read_index(folder: Path | None, skipped: list[str]) -> dict[str, Any]:
+    """The group's experiment.json ({} when absent; unreadable: a warning and {})."""
+    path = folder / EXPERIMENT if folder is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+        rankers = index.get("rankers", {})
+        if not isinstance(rankers, dict) or not all(isinstance(r, dict) for r in rankers.values()):
+            raise ValueError("rankers is not a table of ranker tables")
+        return index
+    except READ_ERRORS as err:
+        skipped.append(f"ignored {path}: {type(err).__name__}: {err}")
+        return {}
+
+
+def _latency_folder(folder: Path, root: Path) -> Path | None:
+    """The nearest `latency/` folder at or above the group folder, up to the results root."""
+    for candidate in (folder, *folder.parents):
+        if (candidate / "latency").is_dir():
+            return candidate / "latency"
+        if candidate == root or root not in candidate.parents:
+            return None
+    return None
+
+
+def _read_latency(folder: Path | None, skipped: list[str]) -> pd.DataFrame:
+    """Rows of `latency/*.json` (a damaged file: a warning and left out)."""
+    rows = []
+    for path in sorted(folder.glob("*.json")) if folder is not None else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            meta = data["meta"]
+            rows.extend(
+                {
+                    **row,
+                    "run": path.stem,
+                    "device_name": meta.get("device_name"),
+                    "dtype": meta.get("dtype"),
+                    "threads": meta.get("threads"),
+                }
+                for row in data["rows"]
+            )
+        except READ_ERRORS as err:
+            skipped.append(f"skipped {path}: {type(err).__name__}: {err}")
+    return pd.DataFrame(rows)
+
+
+def collect_folders(
+    folders: list[Path], index: dict[str, Any], latency: Path | None, skipped: list[str] | None = None
+) -> Collection:
+    """Read the given result folders (one table's worth) and the latency rows; damaged results are skipped."""
+    read, skipped = [], list(skipped or [])
+    seen: dict[tuple[str, str, Any], Path] = {}
+    for folder in sorted(folders, key=lambda f: (len(f.parts), str(f))):  # a duplicate deeper down is skipped
         try:
             manifest, perquery = _read_result(folder)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError, pd.errors.ParserError) as err:
-            message = f"skipped {folder}: {type(err).__name__}: {err}"
-            log.warning(message)
-            skipped.append(message)
+            run = _run_row(folder, manifest, len(perquery), index)
+            key = (run["dataset"], run["ranker"], run["seed"])
+            if key in seen:
+                raise ValueError(f"same dataset, ranker and seed as {seen[key]}")
+        except READ_ERRORS as err:
+            skipped.append(f"skipped {folder}: {type(err).__name__}: {err}")
             continue
-        dataset = manifest["dataset"]["name"]
-        ranker = manifest.get("ranker_label", folder.name)
-        seed = manifest.get("seed", 0)
-        perquery.insert(0, "seed", seed)
-        perquery.insert(0, "ranker", ranker)
-        perquery.insert(0, "dataset", dataset)
-        frames.append(perquery)
-        info = manifest.get("ranker", {})
-        queries = max(len(perquery), 1)
-        runs.append(
-            {
-                "dataset": dataset,
-                "ranker": ranker,
-                "seed": seed,
-                "model": manifest.get("config", {}).get("model", info.get("ranker", "")),
-                "backbone": index.get("rankers", {}).get(ranker, {}).get("backbone", ""),
-                "merge_layer": (info.get("mice") or {}).get("merge_layer"),
-                "top_layers": (info.get("mice") or {}).get("top_layers"),
-                "params": info.get("parameters"),
-                "rerank_ms_per_query": 1e3 * manifest.get("timings", {}).get("rerank_s", 0.0) / queries,
-                "folder": str(folder),
-            }
-        )
-    latency_rows = []
-    for path in sorted((results / "latency").glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-            for row in data["rows"]:
-                latency_rows.append(
-                    {
-                        **row,
-                        "run": path.stem,
-                        "device_name": data["meta"].get("device_name"),
-                        "dtype": data["meta"].get("dtype"),
-                        "threads": data["meta"].get("threads"),
-                    }
-                )
-        except (OSError, KeyError, json.JSONDecodeError) as err:
-            message = f"skipped {path}: {type(err).__name__}: {err}"
-            log.warning(message)
-            skipped.append(message)
+        seen[key] = folder
+        perquery.insert(0, "seed", run["seed"])
+        perquery.insert(0, "ranker", run["ranker"])
+        perquery.insert(0, "dataset", run["dataset"])
+        read.append((str(folder), run, perquery))
+    read.sort(key=lambda item: item[0])
+    frames, runs = [frame for _, _, frame in read], [run for _, run, _ in read]
     perquery = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     runs_frame = pd.DataFrame(runs)
     groups = {d: _group(d, index) for d in runs_frame.get("dataset", pd.Series(dtype=str)).unique()}
-    return Collection(perquery, runs_frame, pd.DataFrame(latency_rows), groups, skipped)
+    latency_rows = _read_latency(latency, skipped)
+    return Collection(perquery, runs_frame, latency_rows, groups, skipped, list(index.get("rankers", {})))
+
+
+def collect_group(group: ResultGroup, root: str | Path) -> Collection:
+    """Read one group of results with its experiment.json and nearest latency folder."""
+    skipped = list(group.skipped)
+    index = _read_index(group.folder, skipped)
+    collection = collect_folders(group.results, index, _latency_folder(group.folder, Path(root)), skipped)
+    collection.folder, collection.slug = group.folder, group.slug
+    return collection
+
+
+def collect_groups(results: str | Path) -> list[Collection]:
+    """One collection per group of finished results below `results` (see `micebench.report.discover`)."""
+    return [collect_group(group, results) for group in find_groups(results)]
+
+
+def collect(results: str | Path) -> Collection:
+    """Every finished result below `results` as one collection (its experiment.json and latency/ folder)."""
+    results = Path(results)
+    folders, unreadable = find_results(results)
+    skipped = [unreadable_manifest(folder) for folder in unreadable]
+    index = _read_index(results, skipped)
+    latency = results / "latency" if (results / "latency").is_dir() else None
+    collection = collect_folders(folders, index, latency, skipped)
+    collection.folder = results
+    return collection

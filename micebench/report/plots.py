@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from micebench.report.collect import Collection
-from micebench.report.tables import EffectivenessTable
+from micebench.report.tables import EffectivenessTable, md_escape
 
 MARKERS = "osD^v<>pP*Xh"
 HATCHES = ["", "//", "..", "xx", "\\\\", "oo", "--", "++", "**", "OO"]
@@ -21,6 +21,12 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _label(text: str) -> str:
+    """A name as matplotlib text: `$` escaped (no mathtext), a leading `_` kept visible in legends."""
+    text = text.replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
 
 
 def _save(fig, folder: Path, name: str) -> list[Path]:
@@ -66,10 +72,10 @@ def pareto_plot(table: EffectivenessTable, collection: Collection, folder: Path)
             s=60,
             color="0.15",
             facecolors="white" if i % 2 else "0.15",
-            label=ranker,
+            label=_label(ranker),
             zorder=3,
         )
-        ax.annotate(ranker, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(_label(ranker), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     front = pareto_front(points)
     ax.step(
         [points[i][0] for i in front],
@@ -102,13 +108,13 @@ def dataset_bars(table: EffectivenessTable, folder: Path) -> list[Path]:
             x + i * width,
             values,
             width,
-            label=ranker,
+            label=_label(ranker),
             color=str(0.2 + 0.6 * i / max(len(table.rows) - 1, 1)),
             hatch=HATCHES[i % len(HATCHES)],
             edgecolor="black",
             linewidth=0.5,
         )
-    ax.set_xticks(x + width * (len(table.rows) - 1) / 2, datasets, rotation=20, ha="right")
+    ax.set_xticks(x + width * (len(table.rows) - 1) / 2, [_label(d) for d in datasets], rotation=20, ha="right")
     ax.set_ylabel(f"{table.metric} (x100)")
     ax.set_title("Per-dataset effectiveness")
     ax.legend(fontsize=7, ncol=2, frameon=False)
@@ -150,10 +156,12 @@ def mice_sweeps(table: EffectivenessTable, collection: Collection, folder: Path)
 
 
 def efficiency_frame_to_md(frame: pd.DataFrame) -> str:
+    """The efficiency table in Markdown (names escaped), or a note when there are no latency rows."""
     if frame.empty:
         return "_no latency results (run `micebench latency`)_\n"
-    header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    header = "| " + " | ".join(md_escape(str(c)) for c in frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
     rows = "".join(
-        "| " + " | ".join("–" if pd.isna(v) else str(v) for v in row) + " |\n" for row in frame.itertuples(index=False)
+        "| " + " | ".join("–" if pd.isna(v) else md_escape(str(v)) for v in row) + " |\n"
+        for row in frame.itertuples(index=False)
     )
     return header + rows

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,13 @@ from micebench.errors import MicebenchError
 from micebench.report.collect import Collection
 from micebench.report.significance import correct, paired_p_value
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
 UP, DOWN = "▲", "▼"
+#: Names (ranker labels, then models) taken as the first stage, the default baseline.
+FIRST_STAGES = ("bm25", "first-stage")
+TEST_NAMES = {"student": "paired t-test", "fisher": "paired Fisher randomization test"}
 
 
 @dataclass
@@ -32,21 +40,35 @@ class EffectivenessTable:
     alpha: float
     seeds: dict[str, int] = field(default_factory=dict)
     backbones: dict[str, str] = field(default_factory=dict)
+    baseline_reason: str = ""  # why the baseline was chosen when none was given
 
     def best(self) -> dict[str, str]:
         return {c: str(self.mean[c].idxmax()) for c in self.columns if self.mean[c].notna().any()}
 
     def caption(self) -> str:
+        """Metric, seeds, the baseline and how it was chosen, the test, the correction and alpha."""
         seeds = sorted(set(self.seeds.values()))
         text = f"{self.metric} (x100), mean over {'/'.join(map(str, seeds)) or '1'} seed(s)."
         if self.baseline:
-            text += (
-                f" {UP}/{DOWN}: significantly better/worse than {self.baseline} "
-                f"(two-sided paired {'t-test' if self.test == 'student' else 'Fisher randomization test'} over "
-                f"per-query values averaged over seeds, {self.correction} correction over the {self.n_datasets()} "
-                f"datasets, alpha = {self.alpha})."
+            reason = f" ({self.baseline_reason})" if self.baseline_reason else ""
+            correction = (
+                "no multiple-test correction"
+                if self.correction == "none"
+                else f"{self.correction} correction over {self._datasets_phrase()}"
             )
+            text += (
+                f" Baseline: {self.baseline}{reason}. {UP}/{DOWN}: significantly better/worse than the baseline "
+                f"(two-sided {TEST_NAMES.get(self.test, self.test)} over per-query values averaged over seeds, "
+                f"{correction}, alpha = {self.alpha})."
+            )
+        else:
+            text += " No significance marks: no first stage (bm25) or ce in the table; choose one with --baseline."
         return text + " Best per column in bold; ID/OOD avg: mean over the group's datasets."
+
+    def _datasets_phrase(self) -> str:
+        """`the 4 datasets`, or `1 dataset`."""
+        n = self.n_datasets()
+        return f"the {n} datasets" if n != 1 else "1 dataset"
 
     def n_datasets(self) -> int:
         return len([c for c in self.columns if not c.endswith(" avg")])
@@ -69,6 +91,22 @@ def _metric_column(perquery: pd.DataFrame, metric: str) -> str:
     raise MicebenchError(f"measure {metric!r} is not in the results (available: {', '.join(known)})")
 
 
+def default_baseline(collection: Collection, rankers: list[str]) -> tuple[str | None, str]:
+    """The baseline when none is given, and why: experiment.json's first ranker, else the first stage, else ce."""
+    if collection.experiment_rankers and collection.experiment_rankers[0] in rankers:
+        return collection.experiment_rankers[0], "default: the first ranker of experiment.json"
+    for name in FIRST_STAGES:
+        if name in rankers:
+            return name, "default: the first stage"
+    models = dict(zip(collection.runs["ranker"], collection.runs["model"], strict=False))
+    for ranker in rankers:
+        if models.get(ranker) in FIRST_STAGES:
+            return ranker, "default: the first stage"
+    if "ce" in rankers:
+        return "ce", "default: no first stage in the table"
+    return None, ""
+
+
 def effectiveness_table(
     collection: Collection,
     metric: str = "nDCG@10",
@@ -77,7 +115,7 @@ def effectiveness_table(
     correction: str = "holm",
     alpha: float = 0.05,
 ) -> EffectivenessTable:
-    """Build the table; the baseline defaults to `ce` when present (no marks without a baseline)."""
+    """Build the table; without `baseline`, marks compare against `default_baseline` (none: no marks)."""
     pq = collection.perquery
     if pq.empty:
         raise MicebenchError("no finished results to report")
@@ -87,10 +125,11 @@ def effectiveness_table(
     rankers = sorted(rankers_in_order, key=lambda r: (backbones.get(r, ""), rankers_in_order.index(r)))
     groups = collection.groups
     datasets = sorted(pq["dataset"].unique(), key=lambda d: (groups.get(d) != "ID", d))
-    if baseline is None and "ce" in rankers:
-        baseline = "ce"
-    if baseline is not None and baseline not in rankers:
-        raise MicebenchError(f"baseline {baseline!r} has no results (rankers: {', '.join(rankers)})")
+    reason = ""
+    if baseline is None:
+        baseline, reason = default_baseline(collection, rankers)
+    elif baseline not in rankers:
+        raise MicebenchError(f"baseline {baseline!r} is not in the table (rankers: {', '.join(rankers)})")
     per_seed = pq.groupby(["ranker", "dataset", "seed"])[column].mean()
     mean = per_seed.groupby(["ranker", "dataset"]).mean().unstack("dataset").reindex(index=rankers, columns=datasets)
     std = (
@@ -144,6 +183,7 @@ def effectiveness_table(
         alpha=alpha,
         seeds=seeds,
         backbones=backbones,
+        baseline_reason=reason,
     )
 
 
@@ -151,31 +191,55 @@ def _header(table: EffectivenessTable) -> list[str]:
     return ["ranker", *table.columns]
 
 
+def md_escape(text: str) -> str:
+    """Text safe in a Markdown table cell: backslash and `|` escaped, line breaks written as `<br>`."""
+    return re.sub(r"\r\n|\r|\n", "<br>", text.replace("\\", "\\\\").replace("|", "\\|"))
+
+
 def to_markdown(table: EffectivenessTable, show_std: bool = False) -> str:
+    """A GitHub Markdown table, names escaped, best value per column in bold, then the caption."""
     best = table.best()
-    lines = ["| " + " | ".join(_header(table)) + " |", "|" + "---|" + "---:|" * len(table.columns)]
+    lines = ["| " + " | ".join(map(md_escape, _header(table))) + " |", "|" + "---|" + "---:|" * len(table.columns)]
     for ranker in table.rows:
         cells = []
         for c in table.columns:
             text = table.cell(ranker, c, show_std)
             cells.append(f"**{text}**" if best.get(c) == ranker else text)
-        lines.append(f"| {ranker} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\n{table.caption()}\n"
+        lines.append(f"| {md_escape(ranker)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\n{md_escape(table.caption())}\n"
+
+
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "|": r"\textbar{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "\r\n": " ",
+    "\n": " ",
+    "\r": " ",
+    "-": "-{}",  # only before another "-", so "--" never becomes a dash
+    "–": r"\textendash{}",
+    "±": r"$\pm$",
+    UP: r"$^\blacktriangle$",
+    DOWN: r"$^\blacktriangledown$",
+}
+_LATEX_PATTERN = re.compile(
+    "|".join("-(?=-)" if k == "-" else re.escape(k) for k in sorted(_LATEX, key=len, reverse=True))
+)
 
 
 def _latex_escape(text: str) -> str:
-    for a, b in (
-        ("\\", r"\textbackslash{}"),
-        ("&", r"\&"),
-        ("%", r"\%"),
-        ("_", r"\_"),
-        ("#", r"\#"),
-        ("$", r"\$"),
-        ("{", r"\{"),
-        ("}", r"\}"),
-    ):
-        text = text.replace(a, b) if a != "\\" else text
-    return text.replace("±", r"$\pm$").replace(UP, r"$^\blacktriangle$").replace(DOWN, r"$^\blacktriangledown$")
+    """Text safe in LaTeX body text (one pass, so replacements are never escaped again)."""
+    return _LATEX_PATTERN.sub(lambda m: _LATEX[m.group()], text)
 
 
 def to_latex(table: EffectivenessTable, show_std: bool = False) -> str:
@@ -230,6 +294,25 @@ def to_html(table: EffectivenessTable, show_std: bool = False) -> str:
         f"<table class='effectiveness'><caption>{html.escape(table.caption())}</caption>"
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     )
+
+
+def to_rich(table: EffectivenessTable, show_std: bool = False) -> Table:
+    """The table for the terminal, without its caption (names are shown verbatim, never read as markup)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    best = table.best()
+    rich_table = Table(title=escape(f"{table.metric} (x100)"))
+    rich_table.add_column("ranker")
+    for column in table.columns:
+        rich_table.add_column(escape(column), justify="right")
+    for ranker in table.rows:
+        cells = [escape(table.cell(ranker, c, show_std)) for c in table.columns]
+        rich_table.add_row(
+            escape(ranker),
+            *(f"[bold]{v}[/]" if best.get(c) == ranker else v for c, v in zip(table.columns, cells, strict=True)),
+        )
+    return rich_table
 
 
 def efficiency_table(collection: Collection) -> pd.DataFrame:

@@ -35,6 +35,20 @@ class SegmentAttention:
         ]
 
 
+def analysis_device(device: Any) -> Any:
+    """Where the float64 sums run: the model's device, except MPS (no float64 there), which falls back to the CPU."""
+    import torch
+
+    return torch.device("cpu") if torch.device(device).type == "mps" else torch.device(device)
+
+
+def host_array(values: Any, dim: int) -> np.ndarray:
+    """Sum over `dim` and bring the result to a float64 NumPy array (a CUDA tensor cannot give `.numpy()`)."""
+    import torch
+
+    return values.sum(dim).to("cpu", torch.float64).numpy()
+
+
 def segment_attention(ranker: Any, pairs: list[tuple[str, str]], batch_size: int = 8) -> SegmentAttention:
     """Measure segment-to-segment attention of a (masked) cross-encoder built with eager attention."""
     import torch
@@ -48,15 +62,16 @@ def segment_attention(ranker: Any, pairs: list[tuple[str, str]], batch_size: int
             batch = ranker.tokenize_pairs([q for q, _ in chunk], [d for _, d in chunk])
             attentions = ranker.forward(batch, output_attentions=True).attentions
             seg = segment_ids(batch["input_ids"], batch["attention_mask"], ranker.tokenizer.sep_token_id)
+            seg = seg.to(analysis_device(seg.device))
             onehot = torch.nn.functional.one_hot(seg, PAD + 1)[..., :PAD].double()  # B x L x 5
             tokens = onehot.sum(1)  # B x 5
             present = tokens > 0
             for layer, probs in enumerate(attentions):
-                p = probs.double().mean(1)  # head average: B x L x L
+                p = probs.to(onehot.device, torch.float64).mean(1)  # head average: B x L x L
                 flow = torch.einsum("bia,bij,bjc->bac", onehot, p, onehot)  # summed over tokens
                 per_token = flow / tokens.clamp(min=1).unsqueeze(-1)
-                total[layer] += (per_token * present.unsqueeze(-1)).sum(0).numpy()
-            count += present.sum(0).numpy()
+                total[layer] += host_array(per_token * present.unsqueeze(-1), dim=0)
+            count += host_array(present, dim=0)
             bar.advance(len(chunk))
     mass = total / np.maximum(count, 1)[None, :, None]
     return SegmentAttention(mass, len(pairs))

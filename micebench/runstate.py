@@ -134,6 +134,63 @@ class PartialScores:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+#: how long a collective (a barrier) may wait for the slowest rank; after `--resume` the ranks' remaining work
+#: can be very uneven, so this is far above NCCL's default of 10 minutes. Override with MICEBENCH_DIST_TIMEOUT_S.
+DEFAULT_DIST_TIMEOUT_S = 24 * 3600
+
+_HOST_GROUP: dict[str, Any] = {}
+
+
+def dist_timeout() -> Any:
+    """The collective timeout as a timedelta: MICEBENCH_DIST_TIMEOUT_S seconds, or a day by default."""
+    from datetime import timedelta
+
+    raw = os.environ.get("MICEBENCH_DIST_TIMEOUT_S", "").strip()
+    try:
+        seconds = float(raw) if raw else DEFAULT_DIST_TIMEOUT_S
+    except ValueError:
+        raise MicebenchError(f"MICEBENCH_DIST_TIMEOUT_S must be a number of seconds (got {raw!r})") from None
+    if seconds <= 0:
+        raise MicebenchError(f"MICEBENCH_DIST_TIMEOUT_S must be positive (got {raw!r})")
+    return timedelta(seconds=seconds)
+
+
+def uses_cuda(device: str) -> bool:
+    """Whether torchrun ranks get one GPU each (NCCL): `auto` or `cuda` requested and CUDA present."""
+    import torch
+
+    return device in ("auto", "cuda") and torch.cuda.is_available()
+
+
+def init_process_group(local_rank: int, cuda: bool) -> None:
+    """Start the default group: the rank's GPU is made current first and given as `device_id` (NCCL binds to it)."""
+    import torch
+    import torch.distributed as dist
+
+    timeout = dist_timeout()
+    if cuda:
+        gpu = torch.device("cuda", local_rank)
+        torch.cuda.set_device(gpu)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl", timeout=timeout, device_id=gpu)
+    elif not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timeout)
+
+
+def host_group() -> Any:
+    """A Gloo group over all ranks for host-only barriers, so waiting on a slow rank never involves NCCL.
+
+    None when the default group is Gloo already. Created once per process (all ranks call this together).
+    """
+    import torch.distributed as dist
+
+    if dist.get_backend() == "gloo":
+        return None
+    if "group" not in _HOST_GROUP:
+        _HOST_GROUP["group"] = dist.new_group(backend="gloo", timeout=dist_timeout())
+    return _HOST_GROUP["group"]
+
+
 @dataclass
 class Distributed:
     """torchrun's world: rank, size, local rank (a single process is rank 0 of 1)."""
@@ -141,32 +198,27 @@ class Distributed:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    group: Any = None  # the group barriers use (Gloo); None = the default group
 
     @classmethod
     def from_env(cls, device: str) -> Distributed:
+        """Join torchrun's process group (NCCL with one GPU per rank, else Gloo); a lone process needs none."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
-        import torch
-        import torch.distributed as dist
-
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if use_cuda else "gloo")
-        if use_cuda:
-            torch.cuda.set_device(local)
-        return cls(rank, world, local)
+        init_process_group(local, uses_cuda(device))
+        return cls(rank, world, local, host_group())
 
     def barrier(self) -> None:
+        """Wait for every rank, on the host (Gloo) with the configured timeout."""
         if self.world > 1:
             import torch.distributed as dist
 
-            dist.barrier()
+            dist.barrier(group=self.group)
 
     def device(self, requested: str) -> str:
-        import torch
-
-        if self.world > 1 and requested in ("auto", "cuda") and torch.cuda.is_available():
+        """The device this rank scores on: its own GPU under torchrun when CUDA is asked for, else `requested`."""
+        if self.world > 1 and uses_cuda(requested):
             return f"cuda:{self.local_rank}"
         return requested

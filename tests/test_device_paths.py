@@ -4,9 +4,16 @@ and the GPU check script."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from micebench import load_ranker
@@ -81,3 +88,131 @@ def test_segment_attention_of_a_bf16_model(tiny_bert_ce):
     ranker = load_ranker("mask2", checkpoint=tiny_bert_ce, attn_implementation="eager", device="cpu", dtype="bf16")
     mass = segment_attention(ranker, [(QUERY, d) for d in DOCS]).mass
     np.testing.assert_allclose(mass.sum(-1), 1.0, atol=2e-2)
+
+
+# -- torchrun: the rank's GPU first, device_id, an explicit timeout, Gloo barriers -----------------------------------
+def _device(value) -> torch.device:
+    return torch.device("cuda", value) if isinstance(value, int) else torch.device(value)
+
+
+@pytest.fixture
+def fake_dist(monkeypatch):
+    """torch.distributed and torch.cuda replaced by recorders (as on a node with GPUs); returns the call list."""
+    import torch.distributed as dist
+
+    from micebench import runstate
+
+    calls: list[tuple] = []
+    backend: list[str] = []
+
+    def init(backend_name=None, **kwargs):
+        backend.append(backend_name)
+        calls.append(("init", backend_name, kwargs))
+
+    monkeypatch.setattr(runstate, "_HOST_GROUP", {}, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", _device(d))))
+    monkeypatch.setattr(dist, "is_initialized", lambda: bool(backend))
+    monkeypatch.setattr(dist, "init_process_group", init)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: backend[-1])
+    monkeypatch.setattr(dist, "new_group", lambda **kw: calls.append(("new_group", kw)) or "gloo-group")
+    monkeypatch.setattr(dist, "barrier", lambda group=None, **kw: calls.append(("barrier", group)))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MICEBENCH_DIST_TIMEOUT_S", "5400")
+    return calls
+
+
+def test_nccl_starts_on_the_ranks_gpu_with_device_id_and_timeout(fake_dist):
+    from micebench.runstate import Distributed
+
+    world = Distributed.from_env("auto")
+    assert (world.rank, world.world, world.local_rank) == (3, 4, 1)
+    assert fake_dist[0] == ("set_device", torch.device("cuda", 1)), "the GPU must be set before the group starts"
+    name, backend, kwargs = fake_dist[1]
+    assert (name, backend) == ("init", "nccl")
+    assert _device(kwargs["device_id"]) == torch.device("cuda", 1)
+    assert kwargs["timeout"] == timedelta(seconds=5400)
+    assert fake_dist[2] == ("new_group", {"backend": "gloo", "timeout": timedelta(seconds=5400)})
+    world.barrier()
+    assert fake_dist[-1] == ("barrier", "gloo-group"), "barriers wait on the host (Gloo), not through NCCL"
+    assert world.device("auto") == "cuda:1" and world.device("cpu") == "cpu"
+
+
+def test_cpu_ranks_use_gloo_with_the_timeout(fake_dist):
+    from micebench.runstate import Distributed
+
+    world = Distributed.from_env("cpu")
+    assert fake_dist[0] == ("init", "gloo", {"timeout": timedelta(seconds=5400)})
+    assert not any(call[0] in ("set_device", "new_group") for call in fake_dist)
+    world.barrier()
+    assert fake_dist[-1] == ("barrier", None)
+
+
+def test_timeout_default_and_bad_values(monkeypatch):
+    from micebench.errors import MicebenchError
+    from micebench.runstate import DEFAULT_DIST_TIMEOUT_S, dist_timeout
+
+    monkeypatch.delenv("MICEBENCH_DIST_TIMEOUT_S", raising=False)
+    assert dist_timeout() == timedelta(seconds=DEFAULT_DIST_TIMEOUT_S) > timedelta(minutes=10)
+    for bad in ("soon", "0", "-5"):
+        monkeypatch.setenv("MICEBENCH_DIST_TIMEOUT_S", bad)
+        with pytest.raises(MicebenchError, match="MICEBENCH_DIST_TIMEOUT_S"):
+            dist_timeout()
+
+
+_LATE_RANK = """
+import json, sys, time
+from micebench.runstate import Distributed
+world = Distributed.from_env("cpu")
+if world.rank == 1:  # never reaches the barrier: it is still busy with its share
+    time.sleep(float(sys.argv[1]))
+    sys.exit(0)
+start = time.monotonic()
+try:
+    world.barrier()
+    error = None
+except Exception as err:
+    error = f"{type(err).__name__}: {err}"
+print(json.dumps({"seconds": time.monotonic() - start, "error": error}), flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_gloo_barrier_gives_up_after_the_configured_timeout():
+    """Two real processes: rank 1 is busy for 8 s, rank 0's barrier gives up after the configured 2 s."""
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "WORLD_SIZE": "2",
+        "MICEBENCH_DIST_TIMEOUT_S": "2",
+        "OMP_NUM_THREADS": "1",
+    }
+    late = subprocess.Popen(
+        [sys.executable, "-c", _LATE_RANK, "8"],
+        env={**env, "RANK": "1", "LOCAL_RANK": "1"},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        first = subprocess.run(
+            [sys.executable, "-c", _LATE_RANK, "0"],
+            env={**env, "RANK": "0", "LOCAL_RANK": "0"},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        late.wait(timeout=120)
+    result = json.loads(first.stdout.strip().splitlines()[-1])
+    assert result["error"] is not None and "Timed out" in result["error"], result
+    assert result["seconds"] < 6, result

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -216,3 +217,78 @@ def test_gloo_barrier_gives_up_after_the_configured_timeout():
     result = json.loads(first.stdout.strip().splitlines()[-1])
     assert result["error"] is not None and "Timed out" in result["error"], result
     assert result["seconds"] < 6, result
+
+
+# -- timing and memory on the GPU that was asked for -----------------------------------------------------------------
+def _index(device) -> int | None:
+    return None if device is None else _device(device).index
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch.cuda's timing and memory functions replaced by recorders of the device index they act on."""
+    calls: list[tuple] = []
+    current: list[int | None] = [None]
+
+    @contextmanager
+    def device(d):
+        previous, current[0] = current[0], _index(d)
+        calls.append(("device", current[0]))
+        try:
+            yield
+        finally:
+            current[0] = previous
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            calls.append(("event", current[0]))
+
+        def record(self, stream=None):
+            calls.append(("record", stream))
+
+        def elapsed_time(self, other):
+            return 5.0
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda d=None: ("stream", _index(d)))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append(("synchronize", _index(d))))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: calls.append(("reset", _index(d))))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: calls.append(("allocated", _index(d))) or 100)
+    monkeypatch.setattr(
+        torch.cuda, "max_memory_allocated", lambda d=None: calls.append(("peak", _index(d))) or 100 + 3 * 2**20
+    )
+    return calls, current
+
+
+@pytest.mark.parametrize("device", ["cuda:1", torch.device("cuda", 1)])
+def test_clock_times_on_the_given_gpu(fake_cuda, device):
+    from micebench.latency.timer import Clock
+
+    calls, current = fake_cuda
+    ran_on: list[int | None] = []
+    seconds = Clock(device).time(lambda: ran_on.append(current[0]))
+    assert seconds == pytest.approx(0.005) and ran_on == [1]
+    assert [c for c in calls if c[0] == "synchronize"] == [("synchronize", 1)] * 2
+    assert [c for c in calls if c[0] == "event"] == [("event", 1)] * 2
+    assert [c for c in calls if c[0] == "record"] == [("record", ("stream", 1))] * 2
+
+
+def test_peak_memory_is_taken_on_the_given_gpu(fake_cuda):
+    from micebench.latency.timer import peak_memory_mb
+
+    calls, current = fake_cuda
+    ran_on: list[int | None] = []
+    assert peak_memory_mb("cuda:1", lambda: ran_on.append(current[0])) == pytest.approx(3.0)
+    assert ran_on == [1]
+    measured = [c for c in calls if c[0] in ("synchronize", "reset", "allocated", "peak")]
+    assert measured and all(index == 1 for _, index in measured), measured
+    assert [name for name, _ in measured] == ["synchronize", "reset", "allocated", "synchronize", "peak"]
+
+
+def test_cpu_clock_needs_no_cuda():
+    from micebench.latency.timer import Clock, cuda_device
+
+    assert not Clock("cpu").cuda and not Clock(torch.device("cpu")).cuda
+    assert Clock("cpu").time(lambda: None) >= 0.0
+    assert cuda_device("cuda:2") == torch.device("cuda", 2) and cuda_device("mps") is None

@@ -37,26 +37,54 @@ class TimingStats:
         }
 
 
+def cuda_device(device: Any) -> Any:
+    """The torch.device of a CUDA `device` (`cuda`, `cuda:N`, a torch.device), or None for any other device."""
+    import torch
+
+    target = torch.device(device) if isinstance(device, str) else device
+    return target if getattr(target, "type", None) == "cuda" else None
+
+
 class Clock:
-    """Times one call of a function on a device; `cuda` uses events recorded around the call."""
+    """Times one call of a function on a device; `cuda:N` uses events recorded on that GPU's current stream."""
 
     def __init__(self, device: Any):
-        self.cuda = getattr(device, "type", str(device)).startswith("cuda")
+        self.device = cuda_device(device)
+        self.cuda = self.device is not None
 
     def time(self, fn: Callable[[], Any]) -> float:
+        """Seconds taken by `fn()`: GPU time between two events on CUDA (synchronised before and after)."""
         if self.cuda:
             import torch
 
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
+            with torch.cuda.device(self.device):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                stream = torch.cuda.current_stream(self.device)
+                torch.cuda.synchronize(self.device)
+                start.record(stream)
+                fn()
+                end.record(stream)
+                torch.cuda.synchronize(self.device)
             return start.elapsed_time(end) / 1e3
         begin = time.perf_counter()
         fn()
         return time.perf_counter() - begin
+
+
+def peak_memory_mb(device: Any, fn: Callable[[], Any]) -> float:
+    """Peak CUDA allocator memory (MiB) that one call of `fn()` adds on `device`, measured on that GPU only."""
+    import torch
+
+    target = cuda_device(device)
+    if target is None:
+        raise ValueError(f"peak_memory_mb measures a CUDA device, not {device!r}")
+    with torch.cuda.device(target):
+        torch.cuda.synchronize(target)
+        torch.cuda.reset_peak_memory_stats(target)
+        base = torch.cuda.memory_allocated(target)
+        fn()
+        torch.cuda.synchronize(target)
+        return (torch.cuda.max_memory_allocated(target) - base) / 2**20
 
 
 def interleaved(

@@ -4,11 +4,14 @@ and the GPU check script."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
 import subprocess
 import sys
+import weakref
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -292,3 +295,92 @@ def test_cpu_clock_needs_no_cuda():
     assert not Clock("cpu").cuda and not Clock(torch.device("cpu")).cuda
     assert Clock("cpu").time(lambda: None) >= 0.0
     assert cuda_device("cuda:2") == torch.device("cuda", 2) and cuda_device("mps") is None
+
+
+# -- out-of-memory back-off: leave the except block, release, retry --------------------------------------------------
+ALLOC_FAILED = "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+
+
+class FlakyScorer:
+    """Fails its first `failures` calls with a new `make_error()`, holding a tensor of the failed batch in its frame."""
+
+    def __init__(self, make_error: Callable[[], BaseException], failures: int = 1):
+        self.batch_size = 8
+        self.make_error, self.failures = make_error, failures
+        self.raised: list[int] = []  # ids only: a reference to the exception would keep its traceback alive
+        self.batches: list[int] = []
+        self.failed_batch: weakref.ref | None = None
+
+    def _score(self, docs: list[str]) -> list[float]:
+        self.batches.append(self.batch_size)
+        if self.failures:
+            self.failures -= 1
+            activations = torch.ones(self.batch_size, 64)
+            self.failed_batch = weakref.ref(activations)
+            error = self.make_error()
+            self.raised.append(id(error))
+            raise error
+        return [0.0] * len(docs)
+
+
+@pytest.fixture
+def releases(monkeypatch):
+    """Records each gc.collect and empty_cache, with whether an exception was being handled and the failed batch
+    was still alive at that moment."""
+    events: list[tuple] = []
+    collect = gc.collect
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gc, "collect", lambda *a: events.append(("gc", sys.exc_info()[0])) or collect(*a))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append(("empty_cache", sys.exc_info()[0])))
+    return events
+
+
+def _decorated():
+    from micebench.rankers.memory import oom_backoff
+
+    class Scorer(FlakyScorer):
+        @oom_backoff
+        def score(self, docs):
+            return self._score(docs)
+
+    return Scorer
+
+
+def test_cublas_alloc_failure_is_retried_with_half_the_batch(releases, monkeypatch):
+    scorer = _decorated()(lambda: RuntimeError(ALLOC_FAILED))
+    alive_at_release: list[bool] = []
+
+    def empty_cache():
+        releases.append(("empty_cache", sys.exc_info()[0]))
+        alive_at_release.append(scorer.failed_batch() is not None)
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    assert scorer.score(["a", "b"]) == [0.0, 0.0]
+    assert scorer.batches == [8, 4] and scorer.batch_size == 4 and scorer.oom_backoffs == 1
+    assert [name for name, _ in releases] == ["gc", "empty_cache"]
+    assert all(handling is None for _, handling in releases), "memory must be released after the except block"
+    assert alive_at_release == [False], "the failed batch's tensors must be gone before empty_cache"
+
+
+def test_torch_oom_and_plain_out_of_memory_messages_are_retried(releases):
+    for error in (lambda: torch.cuda.OutOfMemoryError("CUDA out of memory"), lambda: RuntimeError("out of memory")):
+        scorer = _decorated()(error, failures=2)
+        assert scorer.score(["a"]) == [0.0]
+        assert scorer.batches == [8, 4, 2] and scorer.oom_backoffs == 2
+
+
+def test_unrelated_runtime_error_propagates_unchanged(releases):
+    scorer = _decorated()(lambda: RuntimeError("CUDA error: device-side assert triggered"))
+    with pytest.raises(RuntimeError) as raised:
+        scorer.score(["a"])
+    assert scorer.raised == [id(raised.value)] and scorer.batches == [8] and scorer.batch_size == 8
+    assert releases == [] and not hasattr(scorer, "oom_backoffs")
+
+
+def test_out_of_memory_with_one_document_stops(releases):
+    from micebench.errors import MicebenchError
+
+    scorer = _decorated()(lambda: RuntimeError(ALLOC_FAILED), failures=10)
+    scorer.batch_size = 1
+    with pytest.raises(MicebenchError, match="even with a batch of one document"):
+        scorer.score(["a"])

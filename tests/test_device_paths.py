@@ -384,3 +384,77 @@ def test_out_of_memory_with_one_document_stops(releases):
     scorer.batch_size = 1
     with pytest.raises(MicebenchError, match="even with a batch of one document"):
         scorer.score(["a"])
+
+
+# -- masked cross-encoder: one mask per rule set and own mask, in the model's dtype ---------------------------------
+def _received_masks(ranker, docs):
+    """The attention mask each encoder layer receives in one forward call (after the schedule's hook)."""
+    from micebench.models.masking import encoder_layers
+
+    seen: list[torch.Tensor] = []
+
+    def record(module, args, kwargs):
+        seen.append(kwargs["attention_mask"] if "attention_mask" in kwargs else args[1])
+
+    handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in encoder_layers(ranker.model)]
+    try:
+        with torch.inference_mode():
+            ranker.forward(ranker.tokenize_pairs([QUERY] * len(docs), docs))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_bert_layers_share_one_mask_per_rule_set(tiny_bert_ce, dtype):
+    ranker = load_ranker("mask2", checkpoint=tiny_bert_ce, device="cpu", dtype=dtype)
+    masks = _received_masks(ranker, DOCS)  # a padded batch: BERT's own padding mask is combined in
+    assert len(masks) == 2 and masks[0] is masks[1]
+    assert masks[0].dtype == ranker.model.dtype and masks[0].shape[:2] == (len(DOCS), 1)
+
+
+def test_modernbert_shares_one_mask_per_layer_type(tiny_modernbert_ce):
+    ranker = load_ranker("mask2", checkpoint=tiny_modernbert_ce, device="cpu")
+    masks = _received_masks(ranker, [*DOCS, "goldfish " * 20])
+    assert masks[0] is masks[2] and masks[1] is masks[3] and masks[0] is not masks[1]  # global / sliding window
+
+
+def test_the_same_rule_set_in_separate_layers_shares_its_mask(tiny_bert_ce):
+    from micebench.models.masking import schedule_masks
+    from micebench.models.segments import segment_ids
+    from micebench.schedules import parse_schedule
+
+    ranker = load_ranker("ce", checkpoint=tiny_bert_ce, device="cpu")
+    batch = ranker.tokenize_pairs([QUERY] * len(DOCS), DOCS)
+    seg = segment_ids(batch["input_ids"], batch["attention_mask"], ranker.tokenizer.sep_token_id)
+    masks = schedule_masks(parse_schedule("document>query@0-1;document>query@2-3"), seg, 3, torch.float32)
+    assert masks[0] is masks[2] and masks[0] is not masks[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["none", "mask0", "mask2", "mask3-l1", "prettr-l2"])
+def test_masks_equal_a_table_lookup(tiny_bert_ce, name, dtype):
+    from micebench.models.masking import blocked_table, schedule_masks
+    from micebench.models.segments import segment_ids
+    from micebench.schedules import parse_schedule
+
+    ranker = load_ranker("ce", checkpoint=tiny_bert_ce, device="cpu")
+    batch = ranker.tokenize_pairs([QUERY] * len(DOCS), DOCS)
+    seg = segment_ids(batch["input_ids"], batch["attention_mask"], ranker.tokenizer.sep_token_id)
+    schedule = parse_schedule(name)
+    for layer, mask in enumerate(schedule_masks(schedule, seg, 2, dtype)):
+        blocked = blocked_table(schedule, layer)[seg.unsqueeze(2), seg.unsqueeze(1)]
+        expected = torch.zeros(blocked.shape, dtype=dtype).masked_fill_(blocked, torch.finfo(dtype).min)
+        assert mask.dtype == dtype and torch.equal(mask, expected.unsqueeze(1))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_shared_masks_leave_scores_unchanged(tiny_bert_ce, monkeypatch, dtype):
+    from micebench.models.masking import LayerMasks, combine_masks
+
+    ranker = load_ranker("mask3-l1", checkpoint=tiny_bert_ce, device="cpu", dtype=dtype, batch_size=3)
+    docs = [*DOCS, "goldfish " * 40]
+    shared = ranker.score(QUERY, docs)
+    monkeypatch.setattr(LayerMasks, "combined", lambda self, index, own: combine_masks(self._masks[index], own))
+    np.testing.assert_array_equal(ranker.score(QUERY, docs), shared)

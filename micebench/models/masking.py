@@ -43,15 +43,27 @@ def blocked_table(schedule: Schedule, layer: int) -> torch.Tensor:
     return torch.from_numpy(table)
 
 
+def additive_mask(table: torch.Tensor, seg: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The (batch, 1, L, L) additive mask of one blocked table: 0 where allowed, the dtype's minimum where removed.
+
+    Rows are looked up per query token (batch, L, 6) and gathered by key segment through an expanded (strided,
+    not copied) index, so the only (batch, L, L) tensor made is the mask itself, already in `dtype`.
+    """
+    values = torch.zeros(table.shape, dtype=dtype).masked_fill_(table, torch.finfo(dtype).min).to(seg.device)
+    rows = values[seg]  # batch x L x 6: the additive row of each query token's segment
+    keys = seg.unsqueeze(1).expand(-1, seg.shape[1], -1)  # batch x L x L view of the key segments
+    return torch.gather(rows, 2, keys).unsqueeze(1)
+
+
 def schedule_masks(schedule: Schedule, seg: torch.Tensor, num_layers: int, dtype: torch.dtype) -> list[torch.Tensor]:
-    """One additive (batch, 1, L, L) mask per layer; layers with the same pattern share one tensor."""
+    """One additive (batch, 1, L, L) mask per layer; every layer with the same blocked pattern shares one tensor."""
+    built: dict[bytes, torch.Tensor] = {}
     masks: list[torch.Tensor] = []
-    minimum = torch.finfo(dtype).min
-    for start, end, _ in schedule.layer_groups(num_layers):
-        table = blocked_table(schedule, start).to(seg.device)
-        blocked = table[seg.unsqueeze(2), seg.unsqueeze(1)]
-        additive = torch.zeros(blocked.shape, dtype=dtype, device=seg.device).masked_fill_(blocked, minimum)
-        masks.extend([additive.unsqueeze(1)] * (end - start))
+    for start, end, grid in schedule.layer_groups(num_layers):
+        key = np.ascontiguousarray(grid).tobytes()
+        if key not in built:
+            built[key] = additive_mask(blocked_table(schedule, start), seg, dtype)
+        masks.extend([built[key]] * (end - start))
     return masks
 
 
@@ -66,23 +78,40 @@ def combine_masks(schedule_mask: torch.Tensor, own: torch.Tensor | None) -> torc
 
 
 class LayerMasks:
-    """Installs pre-hooks on every encoder layer; `apply(masks)` sets the masks for the next forward calls."""
+    """Installs pre-hooks on every encoder layer; `apply(masks)` sets the masks for the next forward calls.
+
+    The combination of a schedule mask with a layer's own mask is made once per distinct pair and reused by every
+    layer that receives the same two tensors (BERT hands all layers one padding mask; ModernBERT one global and one
+    sliding-window mask), so a forward call builds a handful of masks, not one per layer.
+    """
 
     def __init__(self, model: torch.nn.Module):
         self.layers = encoder_layers(model)
         self._masks: list[torch.Tensor] | None = None
+        self._combined: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
         self._handles = [
             layer.register_forward_pre_hook(self._hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)
         ]
+
+    def combined(self, index: int, own: torch.Tensor | None) -> torch.Tensor:
+        """Layer `index`'s schedule mask with `own` removed too, built once per (schedule mask, own mask) pair."""
+        assert self._masks is not None
+        mask = self._masks[index]
+        key = (id(mask), id(own))
+        hit = self._combined.get(key)
+        if hit is None or hit[0] is not mask or hit[1] is not own:  # entries keep both alive, so ids stay unique
+            hit = (mask, own, combine_masks(mask, own))
+            self._combined[key] = hit
+        return hit[2]
 
     def _hook(self, index: int) -> Any:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             if self._masks is None:
                 return args, kwargs
             if "attention_mask" in kwargs or len(args) < 2:
-                kwargs = {**kwargs, "attention_mask": combine_masks(self._masks[index], kwargs.get("attention_mask"))}
+                kwargs = {**kwargs, "attention_mask": self.combined(index, kwargs.get("attention_mask"))}
             else:
-                args = (args[0], combine_masks(self._masks[index], args[1]), *args[2:])
+                args = (args[0], self.combined(index, args[1]), *args[2:])
             return args, kwargs
 
         return hook
@@ -92,10 +121,12 @@ class LayerMasks:
         if len(masks) != len(self.layers):
             raise MicebenchError(f"{len(masks)} masks for {len(self.layers)} layers")
         self._masks = masks
+        self._combined = {}
         try:
             yield
         finally:
             self._masks = None
+            self._combined = {}
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -458,3 +458,47 @@ def test_shared_masks_leave_scores_unchanged(tiny_bert_ce, monkeypatch, dtype):
     shared = ranker.score(QUERY, docs)
     monkeypatch.setattr(LayerMasks, "combined", lambda self, index, own: combine_masks(self._masks[index], own))
     np.testing.assert_array_equal(ranker.score(QUERY, docs), shared)
+
+
+# -- the GPU check script, on the CPU ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_gpu_check_runs_on_the_cpu(tmp_path):
+    out = tmp_path / "check.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--arch", "tiny", "--output", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["ranker"], r["dtype"]) for r in rows] == [
+        (name, dtype) for name in ("ce", "mask2", "mice-l2+2", "colbert") for dtype in ("fp32", "bf16")
+    ]
+    for row in rows:
+        assert row["finite"] and row["pairs"] == 48 and 1 <= row["distinct_scores"] <= 48
+        if row["dtype"] == "fp32":
+            assert row["max_abs_diff"] == 0.0 and row["distinct_scores"] == 48
+        else:
+            assert 0.0 < row["max_abs_diff"] < 0.5
+
+
+def test_gpu_check_merges_every_step_into_one_json(tmp_path):
+    (tmp_path / "goals-fp32" / "latency").mkdir(parents=True)
+    (tmp_path / "check.json").write_text(json.dumps({"rows": [1]}))
+    (tmp_path / "goals-fp32" / "latency" / "goals-1.json").write_text(json.dumps({"rows": [2]}))
+    (tmp_path / "steps.tsv").write_text("check\t0\t12\ngoals-fp32\t124\t300\n")
+    out = tmp_path / "all.json"
+    subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--merge", str(tmp_path), "--output", str(out)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    merged = json.loads(out.read_text())
+    assert merged["results"] == {"check": {"rows": [1]}, "goals-fp32": {"rows": [2]}}
+    assert merged["steps"][1] == {"step": "goals-fp32", "exit_status": 124, "seconds": 300}

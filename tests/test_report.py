@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -9,14 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import t as student_t
 from scipy.stats import ttest_rel
 
 from micebench.evaluation.measures import Evaluation
-from micebench.report.build import build_report
-from micebench.report.collect import collect
+from micebench.report.build import build_reports
+from micebench.report.collect import collect, collect_groups
+from micebench.report.discover import find_groups, group_folder, group_slug
 from micebench.report.significance import correct
-from micebench.report.tables import DOWN, UP, effectiveness_table, to_latex, to_markdown
-from micebench.results import result_dir, write_result
+from micebench.report.tables import DOWN, UP, _latex_escape, effectiveness_table, md_escape, to_latex, to_markdown
+from micebench.results import load_results, result_dir, write_result
 from tests.test_cli import cli
 
 RNG = np.random.default_rng(7)
@@ -48,6 +51,7 @@ def _write(
     seed: int = 0,
     seed_folder: bool = False,
     rerank_s: float = 1.0,
+    model: str | None = None,
 ) -> Path:
     qids = [f"q{i:02d}" for i in range(len(values))]
     evaluation = Evaluation(
@@ -59,8 +63,8 @@ def _write(
         "dataset": {"name": dataset},
         "ranker_label": ranker,
         "seed": seed,
-        "config": {"model": ranker},
-        "ranker": {"ranker": ranker},
+        "config": {"model": model or ranker},
+        "ranker": {"ranker": model or ranker},
         "timings": {"rerank_s": rerank_s},
     }
     run = {q: {"d1": 1.0} for q in qids}
@@ -201,7 +205,10 @@ def test_report_command_writes_everything(results, capsys):
 
 def test_report_bad_input(results, capsys, tmp_path):
     root, _ = results
-    assert "baseline 'nope' has no results" in cli(capsys, "report", "--results", str(root), "--baseline", "nope")[2]
+    assert (
+        "baseline 'nope' is not in the table (rankers: ce, mice)"
+        in cli(capsys, "report", "--results", str(root), "--baseline", "nope")[2]
+    )
     assert "unknown format 'pdf'" in cli(capsys, "report", "--results", str(root), "--format", "pdf")[2]
     assert "results folder not found" in cli(capsys, "report", "--results", str(tmp_path / "none"))[2]
 
@@ -211,7 +218,7 @@ def test_html_renders_in_a_headless_browser(results, tmp_path):
     if browser is None:
         pytest.skip("no Chromium installed")
     root, _ = results
-    build_report(root, tmp_path / "rep", formats=("html",))
+    build_reports(root, tmp_path / "rep", formats=("html",))
     shot = tmp_path / "page.png"
     subprocess.run(
         [
@@ -283,3 +290,265 @@ def test_shipped_experiment_files_name_known_rankers_and_datasets(name):
         assert {run.dataset for run in runs} <= set(SHORT_NAMES)
         backbones = {r.get("backbone") for r in data["rankers"]}
         assert {"MiniLM", "Ettin-17M", "Ettin-32M"} <= backbones
+
+
+# Hand-computed fixtures: 4 queries on scifact (an out-of-domain set, so the columns are scifact and OOD avg).
+# dense - bm25 = [.2, .1, .2, .2]: mean .175, sd .05, t = .175 / (.05 / 2) = 7.0 (3 degrees of freedom);
+# ce - bm25 = [.3, .4, .4, .5]: mean .4, sd sqrt(.02 / 3), t = sqrt(96). Both p < 0.05 (one dataset: Holm = raw).
+BM25_Q = np.array([0.1, 0.2, 0.3, 0.4])  # mean 25.0 (x100)
+DENSE_Q = np.array([0.3, 0.3, 0.5, 0.6])  # mean 42.5
+CE_Q = np.array([0.4, 0.6, 0.7, 0.9])  # mean 65.0
+HEADER = ["| ranker | scifact | OOD avg |", "|---|---:|---:|"]
+
+
+def _caption(baseline: str, reason: str) -> str:
+    return (
+        f"nDCG@10 (x100), mean over 1 seed(s). Baseline: {baseline} ({reason}). {UP}/{DOWN}: significantly "
+        "better/worse than the baseline (two-sided paired t-test over per-query values averaged over seeds, holm "
+        "correction over 1 dataset, alpha = 0.05). Best per column in bold; ID/OOD avg: mean over the group's datasets."
+    )
+
+
+def _experiment(folder: Path, rankers: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    index = {"in_domain": [], "out_of_domain": ["scifact"], "rankers": {r: {"model": r} for r in rankers}}
+    (folder / "experiment.json").write_text(json.dumps(index))
+
+
+def _table_lines(path: Path) -> list[str]:
+    """The table rows of a table.md, then its caption."""
+    lines = path.read_text().splitlines()
+    return [line for line in lines[4 : lines.index("## Efficiency")] if line]
+
+
+@pytest.fixture()
+def two_groups(tmp_path) -> Path:
+    """`make demo`-style results under results/demo and an experiment folder results/offline."""
+    root = tmp_path / "results"
+    _write(root / "demo", "scifact", "bm25", BM25_Q)
+    _write(root / "demo", "scifact", "dense", DENSE_Q)
+    _experiment(root / "offline", ["ce", "bm25"])
+    _write(root / "offline", "scifact", "bm25", BM25_Q)
+    _write(root / "offline", "scifact", "ce", CE_Q)
+    return root
+
+
+def test_hand_computed_t_statistics():
+    assert ttest_rel(DENSE_Q, BM25_Q).statistic == pytest.approx(7.0)
+    assert ttest_rel(CE_Q, BM25_Q).statistic == pytest.approx(np.sqrt(96))
+
+
+def test_report_writes_one_report_per_group_below_the_folder(two_groups, capsys):
+    root = two_groups
+    code, out, err = cli(capsys, "report", "--results", str(root), "--format", "md")
+    assert code == 0, err
+    demo, offline = root / "report" / "demo", root / "report" / "offline"
+    assert (demo / "table.md").read_text().splitlines()[2:4] == HEADER
+    assert _table_lines(demo / "table.md") == [
+        "| bm25 | 25.0 | 25.0 |",
+        f"| dense | **42.5{UP}** | **42.5** |",
+        _caption("bm25", "default: the first stage"),
+    ]
+    assert _table_lines(offline / "table.md") == [
+        f"| bm25 | 25.0{DOWN} | 25.0 |",
+        "| ce | **65.0** | **65.0** |",
+        _caption("ce", "default: the first ranker of experiment.json"),
+    ]
+    assert f"wrote 5 files to {demo}\n" in out and f"wrote 5 files to {offline}\n" in out
+    assert out.index(str(root / "demo")) < out.index("42.5") < out.index(str(root / "offline")) < out.index("65.0")
+    assert not (root / "report" / "table.md").exists() and err == ""
+
+
+def test_one_group_below_the_folder_reports_into_the_report_folder(tmp_path, capsys):
+    root = tmp_path / "results"
+    _write(root / "demo", "scifact", "bm25", BM25_Q)
+    _write(root / "demo", "scifact", "dense", DENSE_Q, seed=3, seed_folder=True)
+    code, out, err = cli(capsys, "report", "--results", str(root), "--format", "md")
+    assert code == 0, err
+    assert _table_lines(root / "report" / "table.md")[:2] == [
+        "| bm25 | 25.0 | 25.0 |",
+        f"| dense | **42.5{UP}** | **42.5** |",
+    ]
+    assert not (root / "report" / "demo").exists() and f"wrote 5 files to {root / 'report'}\n" in out
+
+
+def test_default_baseline_is_the_first_stage(tmp_path, results):
+    root = tmp_path / "fs"
+    _write(root, "scifact", "ce", CE_Q)
+    _write(root, "scifact", "dense", DENSE_Q)
+    _write(root, "scifact", "tasb", BM25_Q, model="first-stage")  # found by its model, not its label
+    table = effectiveness_table(collect(root))
+    assert (table.baseline, table.baseline_reason) == ("tasb", "default: the first stage")
+    assert table.marks.loc[["ce", "dense"], "scifact"].tolist() == [UP, UP]
+    assert table.p_values.at["dense", "scifact"] == pytest.approx(2 * student_t.sf(7.0, 3))
+    assert table.p_values.at["ce", "scifact"] == pytest.approx(2 * student_t.sf(np.sqrt(96), 3))
+    _write(root, "scifact", "bm25", BM25_Q)  # a ranker labelled bm25 comes first
+    assert effectiveness_table(collect(root)).baseline == "bm25"
+    _experiment(root, ["colbert", "dense"])  # experiment.json's first ranker has no result: the first stage
+    assert effectiveness_table(collect(root)).baseline == "bm25"
+    _experiment(root, ["dense", "bm25"])
+    table = effectiveness_table(collect(root))
+    assert (table.baseline, table.marks.at["bm25", "scifact"]) == ("dense", DOWN)
+    # no first stage: ce, as before; neither: no marks, and the caption says so
+    table = effectiveness_table(collect(results[0]))
+    assert (table.baseline, table.baseline_reason) == ("ce", "default: no first stage in the table")
+    only = tmp_path / "only"
+    _write(only, "scifact", "dense", DENSE_Q)
+    _write(only, "scifact", "mice", CE_Q)
+    table = effectiveness_table(collect(only))
+    assert table.baseline is None and table.marks.loc[["dense", "mice"], "scifact"].tolist() == ["", ""]
+    assert "No significance marks: no first stage (bm25) or ce in the table; choose one with --baseline." in (
+        table.caption()
+    )
+
+
+def test_explicit_baseline_missing_from_a_group_is_one_line(two_groups, capsys):
+    code, out, err = cli(capsys, "report", "--results", str(two_groups), "--baseline", "dense")
+    assert code == 2 and out == ""
+    assert err == f"error: {two_groups / 'offline'}: baseline 'dense' is not in the table (rankers: bm25, ce)\n"
+    assert not (two_groups / "report").exists()
+    code, _, err = cli(capsys, "report", "--results", str(two_groups / "demo"), "--baseline", "ce", "--format", "md")
+    assert code == 2 and err == "error: baseline 'ce' is not in the table (rankers: bm25, dense)\n"
+
+
+def test_names_are_escaped_in_every_format(tmp_path, capsys):
+    root = tmp_path / "results"
+    _write(root, "scifact", "bm25", BM25_Q)
+    _write(root, "scifact", "a|b", DENSE_Q)
+    _write(root, "scifact", "$\\bad$", CE_Q)  # mathtext would fail on it in the figures
+    _write(root, "scifact", "[red]x", BM25_Q)  # rich markup would swallow it in the terminal
+    code, out, err = cli(capsys, "report", "--results", str(root))
+    assert code == 0, err
+    folder = root / "report"
+    assert _table_lines(folder / "table.md")[:4] == [
+        f"| a\\|b | 42.5{UP} | 42.5 |",
+        f"| $\\\\bad$ | **65.0{UP}** | **65.0** |",
+        "| bm25 | 25.0 | 25.0 |",
+        "| [red]x | 25.0 | 25.0 |",
+    ]
+    latex = (folder / "table.tex").read_text()
+    assert r"a\textbar{}b & 42.5$^\blacktriangle$ & 42.5 \\" in latex
+    assert r"\$\textbackslash{}bad\$ & \textbf{65.0$^\blacktriangle$} & \textbf{65.0} \\" in latex
+    page = (folder / "report.html").read_text()
+    assert "<th scope='row'>a|b</th>" in page and "<th scope='row'>[red]x</th>" in page
+    rows = list(csv.reader((folder / "table.csv").read_text().splitlines()))
+    assert [row[0] for row in rows] == ["ranker", "a|b", "$\\bad$", "bm25", "[red]x"]
+    assert {"pareto.png", "datasets.png"} <= {p.name for p in folder.iterdir()}
+    assert "a|b" in out and "$\\bad$" in out and "[red]x" in out
+
+
+def test_escape_functions():
+    assert md_escape("a|b\nc\\d\r\ne") == "a\\|b<br>c\\\\d<br>e"
+    assert _latex_escape("a\\b_{c}^~|<>&%#--–±") == (
+        r"a\textbackslash{}b\_\{c\}\textasciicircum{}\textasciitilde{}\textbar{}\textless{}\textgreater{}"
+        r"\&\%\#-{}-\textendash{}$\pm$"
+    )
+    assert _latex_escape("mice-l2+2 ---") == "mice-l2+2 -{}-{}-"
+
+
+def test_no_finished_results_is_one_line_naming_the_folder(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    (empty / "scifact" / "bm25").mkdir(parents=True)
+    (empty / "scifact" / "bm25" / "manifest.json").write_text('{"status": "running"}')  # unfinished: not a result
+    code, out, err = cli(capsys, "report", "--results", str(empty))
+    assert code == 2 and out == ""
+    assert err == f"error: no finished results under {empty} (a result is a folder with a complete manifest)\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "error"),
+    [
+        ("metrics.json", "{", "JSONDecodeError"),
+        ("metrics.json", "[]", "TypeError"),
+        ("perquery.tsv", "qid\tnDCG@10\nq00\tabc\n", "ValueError"),
+        ("perquery.tsv", "qid\tnDCG@10\nq00\t\n", "ValueError: perquery.tsv has missing nDCG@10 values"),
+        ("perquery.tsv", "", "EmptyDataError"),
+        ("manifest.json", "{", "manifest.json is not a readable JSON object"),
+    ],
+)
+def test_a_corrupt_result_is_skipped_with_a_warning(two_groups, capsys, name, text, error):
+    damaged = two_groups / "demo" / "scifact" / "dense"
+    (damaged / name).write_text(text)
+    code, out, err = cli(capsys, "report", "--results", str(two_groups), "--format", "md")
+    assert code == 0, err
+    assert err.startswith(f"warning: skipped {damaged}: ") and error in err and len(err.splitlines()) == 1
+    lines = _table_lines(two_groups / "report" / "demo" / "table.md")
+    assert lines == ["| bm25 | **25.0** | **25.0** |", _caption("bm25", "default: the first stage")]
+    assert len(_table_lines(two_groups / "report" / "offline" / "table.md")) == 3
+
+
+def test_only_corrupt_results_is_an_error_after_the_warnings(tmp_path, capsys):
+    root = tmp_path / "results"
+    folder = _write(root, "scifact", "bm25", BM25_Q)
+    (folder / "metrics.json").write_text("{")
+    code, out, err = cli(capsys, "report", "--results", str(root))
+    assert code == 2 and out == ""
+    warning, error = err.splitlines()
+    assert warning.startswith(f"warning: skipped {folder}: JSONDecodeError")
+    assert error == f"error: no readable results under {root}: 1 skipped (see the warnings)"
+
+
+def test_a_duplicate_result_deeper_in_an_experiment_folder_is_skipped(tmp_path):
+    root = tmp_path / "results"
+    _experiment(root / "exp", ["bm25"])
+    kept = _write(root / "exp", "scifact", "bm25", BM25_Q)
+    copy = _write(root / "exp" / "old", "scifact", "bm25", DENSE_Q)
+    (collection,) = collect_groups(root)
+    assert collection.folder == root / "exp" and collection.slug == "exp"
+    assert collection.skipped == [f"skipped {copy}: ValueError: same dataset, ranker and seed as {kept}"]
+    assert effectiveness_table(collection).mean.at["bm25", "scifact"] == pytest.approx(0.25)
+
+
+def test_groups_and_their_folders(tmp_path):
+    root = tmp_path / "r"
+    exp = root / "exp"
+    _experiment(exp, ["bm25"])
+    cases = {
+        root / "a" / "scifact" / "bm25": root / "a",
+        root / "scifact" / "bm25": root,
+        root / "x" / "y" / "scifact" / "mice" / "seed-1": root / "x" / "y",
+        exp / "sub" / "scifact" / "bm25": exp,
+        root / "bm25": root,  # --results pointed at a dataset folder: clamped to the root
+        root: root,
+    }
+    for result, group in cases.items():
+        assert group_folder(result, root) == group, result
+    assert [group_slug(g, root) for g in (root, root / "a", root / "x" / "y")] == ["top-level", "a", "x__y"]
+    for i, result in enumerate(list(cases)[:4]):
+        _write(result.parents[2] if result.name.startswith("seed") else result.parents[1], "scifact", f"r{i}", BM25_Q)
+    groups = find_groups(root)
+    assert [(g.folder, g.slug, len(g.results)) for g in groups] == [
+        (root, "top-level", 1),
+        (root / "a", "a", 1),
+        (exp, "exp", 1),
+        (root / "x" / "y", "x__y", 1),
+    ]
+
+
+def test_latency_rows_come_from_the_nearest_latency_folder(tmp_path):
+    root = tmp_path / "results"
+    _write(root / "demo", "scifact", "bm25", BM25_Q)
+    (root / "latency").mkdir()
+    rows = [{"label": "c|e", "batch": 8, "median_ms": 12.5}]
+    meta = {"device_name": "cpu", "dtype": "fp32", "threads": 2}
+    (root / "latency" / "cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    (root / "latency" / "broken.json").write_text('{"rows": []}')
+    (report,) = build_reports(root, tmp_path / "rep", formats=("md",))
+    text = (tmp_path / "rep" / "table.md").read_text()
+    assert "| run | device | dtype | model | batch | latency/batch (ms) |\n" in text
+    assert "| cpu | cpu | fp32 | c\\|e | 8 | 12.5 |\n" in text
+    assert report.collection.skipped == [f"skipped {root / 'latency' / 'broken.json'}: KeyError: 'meta'"]
+
+
+def test_load_results_finds_results_at_any_depth_and_skips_corrupt_ones(two_groups, caplog):
+    rows = load_results(two_groups)
+    assert [(Path(r["folder"]).relative_to(two_groups).as_posix(), r["ranker"]) for r in rows] == [
+        ("demo/scifact/bm25", "bm25"),
+        ("demo/scifact/dense", "dense"),
+        ("offline/scifact/bm25", "bm25"),
+        ("offline/scifact/ce", "ce"),
+    ]
+    assert rows[1]["measures"] == {"nDCG@10": pytest.approx(0.425)}
+    (two_groups / "demo" / "scifact" / "dense" / "metrics.json").write_text("{")
+    assert [r["ranker"] for r in load_results(two_groups)] == ["bm25", "bm25", "ce"]
+    assert f"skipped {two_groups / 'demo' / 'scifact' / 'dense'}: JSONDecodeError" in caplog.text

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from micebench.atomic import atomic_write_text
-from micebench.report.collect import Collection, collect
+from micebench.errors import MicebenchError
+from micebench.report.collect import Collection, collect_groups
 from micebench.report.plots import dataset_bars, efficiency_frame_to_md, mice_sweeps, pareto_plot
 from micebench.report.tables import (
     EffectivenessTable,
@@ -22,7 +24,20 @@ from micebench.report.tables import (
 FORMATS = ("md", "latex", "csv", "html")
 
 
-def html_page(table: EffectivenessTable, collection: Collection, figures: list[Path], show_std: bool) -> str:
+@dataclass
+class Report:
+    """One table to write: a group of results, its effectiveness table and its output folder."""
+
+    collection: Collection
+    table: EffectivenessTable
+    output: Path
+    title: str = ""  # the group folder, when the results form several groups
+    written: list[Path] = field(default_factory=list)
+
+
+def html_page(
+    table: EffectivenessTable, collection: Collection, figures: list[Path], show_std: bool, title: str = ""
+) -> str:
     """One page, no external files: tables inline, figures as base64 PNG."""
     images = "".join(
         f"<figure><img alt='{html.escape(p.stem)}' src='data:image/png;base64,"
@@ -41,9 +56,10 @@ def html_page(table: EffectivenessTable, collection: Collection, figures: list[P
         "text-align:right}th[scope=row]{text-align:left}caption{caption-side:bottom;font-size:90%;"
         "text-align:left;padding-top:6px}img{max-width:100%}"
     )
+    heading = html.escape("micebench report" + (f": {title}" if title else ""))
     return (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>micebench report</title>"
-        f"<style>{style}</style></head><body><h1>micebench report</h1>"
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{heading}</title>"
+        f"<style>{style}</style></head><body><h1>{heading}</h1>"
         f"<h2>Effectiveness</h2>{to_html(table, show_std)}<h2>Efficiency</h2>{eff_html}"
         f"<h2>Figures</h2>{images}"
         + (f"<h2>Skipped results</h2><ul>{skipped}</ul>" if skipped else "")
@@ -51,7 +67,8 @@ def html_page(table: EffectivenessTable, collection: Collection, figures: list[P
     )
 
 
-def build_report(
+def plan_reports(
+    collections: list[Collection],
     results: str | Path,
     output: str | Path,
     metric: str = "nDCG@10",
@@ -59,13 +76,29 @@ def build_report(
     test: str = "student",
     correction: str = "holm",
     alpha: float = 0.05,
-    formats: tuple[str, ...] = FORMATS,
-    show_std: bool = False,
-) -> tuple[EffectivenessTable, Collection, list[Path]]:
-    """Collect results, build the tables and figures, write the requested formats into `output`."""
-    collection = collect(results)
-    table = effectiveness_table(collection, metric, baseline, test, correction, alpha)
-    output = Path(output)
+) -> list[Report]:
+    """One table per group with readable results; several groups go to `output/<group-slug>/`. Writes nothing."""
+    if not collections:
+        raise MicebenchError(f"no finished results under {results} (a result is a folder with a complete manifest)")
+    readable = [c for c in collections if not c.perquery.empty]
+    if not readable:
+        skipped = sum(len(c.skipped) for c in collections)
+        raise MicebenchError(f"no readable results under {results}: {skipped} skipped (see the warnings)")
+    reports = []
+    for collection in readable:
+        title = str(collection.folder) if len(readable) > 1 else ""
+        try:
+            table = effectiveness_table(collection, metric, baseline, test, correction, alpha)
+        except MicebenchError as error:
+            raise MicebenchError(f"{title}: {error}" if title else str(error)) from None
+        folder = Path(output) / collection.slug if title else Path(output)
+        reports.append(Report(collection, table, folder, title))
+    return reports
+
+
+def write_report(report: Report, formats: tuple[str, ...] = FORMATS, show_std: bool = False) -> list[Path]:
+    """Write the figures and the requested formats of one report into its folder."""
+    table, collection, output = report.table, report.collection, report.output
     output.mkdir(parents=True, exist_ok=True)
     figures = [
         *pareto_plot(table, collection, output),
@@ -89,5 +122,25 @@ def build_report(
         if not efficiency.empty:
             written.append(atomic_write_text(output / "efficiency.csv", efficiency.to_csv(index=False)))
     if "html" in formats:
-        written.append(atomic_write_text(output / "report.html", html_page(table, collection, figures, show_std)))
-    return table, collection, written
+        page = html_page(table, collection, figures, show_std, report.title)
+        written.append(atomic_write_text(output / "report.html", page))
+    report.written = written
+    return written
+
+
+def build_reports(
+    results: str | Path,
+    output: str | Path,
+    metric: str = "nDCG@10",
+    baseline: str | None = None,
+    test: str = "student",
+    correction: str = "holm",
+    alpha: float = 0.05,
+    formats: tuple[str, ...] = FORMATS,
+    show_std: bool = False,
+) -> list[Report]:
+    """Collect the results below `results`, build one table per group and write each report."""
+    reports = plan_reports(collect_groups(results), results, output, metric, baseline, test, correction, alpha)
+    for report in reports:
+        write_report(report, formats, show_std)
+    return reports

@@ -31,7 +31,7 @@ import torch
 from micebench.atomic import atomic_write_text
 from micebench.errors import MicebenchError
 from micebench.store.index import DocIndex, row_table
-from micebench.store.shards import SCALE_DTYPE, Shard, quantize, scale_name
+from micebench.store.shards import SCALE_DTYPE, ShardFile, quantize, release, scale_name
 
 MANIFEST = "manifest.json"
 FORMAT = 2
@@ -85,13 +85,13 @@ def open_index(folder: Path, manifest: dict[str, Any]) -> DocIndex:
         docnos = json.loads((folder / "docnos.json").read_text())
     except (OSError, ValueError):
         raise MicebenchError(f"corrupt document store {folder}: unreadable docnos.json") from None
-    lengths = [_map_shard(folder, entry, []).lengths for entry in manifest["shards"]]
+    lengths = [shard_file(folder, entry, []).lengths() for entry in manifest["shards"]]
     return DocIndex.build(docnos, row_table(range(len(lengths)), lengths))
 
 
-def _map_shard(folder: Path, entry: dict[str, Any], names: list[str]) -> Shard:
-    """Map one shard of a manifest, checked against what the manifest records."""
-    return Shard(folder / entry["file"], names, docs=entry.get("docs"), tokens=entry.get("tokens"))
+def shard_file(folder: Path, entry: dict[str, Any], names: list[str]) -> ShardFile:
+    """The header of one shard of a manifest, checked against what the manifest records."""
+    return ShardFile(folder / entry["file"], names, docs=entry.get("docs"), tokens=entry.get("tokens"))
 
 
 class StoreWriter:
@@ -228,6 +228,7 @@ class StoreWriter:
         packed["lengths"] = torch.tensor(list(lengths), dtype=torch.int32)
         tmp = self.shard_dir / f".{name}.tmp"
         save_file(packed, str(tmp))
+        release(tmp)  # durable before it is recorded, and out of the page cache (see shards.py)
         os.replace(tmp, self.shard_dir / name)
         chunk = {
             "file": name,
@@ -255,7 +256,7 @@ class StoreWriter:
         self.prepare()
         chunks = self.chunk_records()
         docnos = [d for c in chunks for d in c["docnos"]]
-        lengths = [Shard(self.shard_dir / c["file"], [], docs=c["docs"], tokens=c["tokens"]).lengths for c in chunks]
+        lengths = [shard_file(self.shard_dir, c, []).lengths() for c in chunks]
         rows = row_table(range(self.first_shard, self.first_shard + len(chunks)), lengths)
         shards = [{k: c[k] for k in ("file", "docs", "tokens", "bytes")} for c in chunks]
         sources = [source] if source else []
@@ -368,9 +369,10 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 class DocumentStore:
     """Serves padded per-token tensors for any batch of doc ids, reading only those documents from the shards.
 
-    Opening maps the doc-id index; each shard is mapped (and checked) on first use. `gather` copies the requested
-    rows into reused host buffers (pinned on CUDA, then copied without blocking) and converts them to `dtype`
-    (dequantising an int8 store) on the target device.
+    Opening reads the manifest and maps the doc-id index; each shard is checked and memory-mapped on first use.
+    `gather` copies the byte ranges of the requested rows out of the maps in one join per field (only their pages
+    are read), pads them with zeros, and converts them to `dtype` (dequantising an int8 store); on CUDA through a
+    reused pinned buffer, copied without blocking.
     """
 
     def __init__(
@@ -404,10 +406,13 @@ class DocumentStore:
         self._check_sizes()
         self.index = open_index(self.folder, self.manifest)
         self._names = self.fields + ([scale_name(f) for f in self.fields] if self.quantized else [])
-        self._arrays: dict[str, list[np.ndarray | None]] = {n: [None] * len(self.entries) for n in self._names}
-        self._mapped = [False] * len(self.entries)
+        shards = len(self.entries)
+        #: per tensor name, each shard's bytes (None until the shard is first used)
+        self._views: dict[str, list[memoryview | None]] = {name: [None] * shards for name in self._names}
+        self._shapes: dict[str, tuple[int, ...]] = {}  # per-token shape of each tensor: (dim,) or () for scales
+        self._tokens = np.full(shards, -1, dtype=np.int64)  # rows of each shard's tensors (-1: not mapped yet)
         self._buffers: dict[str, torch.Tensor] = {}
-        self._zeros: dict[str, np.ndarray] = {}
+        self._zeros = memoryview(b"")
         self._copied: Any = None  # CUDA event of the last copy out of the pinned buffers
 
     def _check_sizes(self) -> None:
@@ -445,86 +450,100 @@ class DocumentStore:
             raise MicebenchError(f"document {docnos[absent[0]]!r} is not in the store {self.folder}")
         return torch.from_numpy(rows)
 
-    def _map(self, number: int) -> None:
-        """Map shard `number` (checking its header against the manifest) on first use."""
-        shard = _map_shard(self.folder, self.entries[number], self._names)
+    def _open(self, number: int) -> None:
+        """Check shard `number` (against the manifest and the other shards) and map it, on first use."""
+        shard = shard_file(self.folder, self.entries[number], self._names)
         for name in self._names:
-            expected = SCALE_DTYPE if name not in self.fields else self.stored_dtype
-            if shard.torch_dtypes[name] != expected:
-                raise MicebenchError(f"corrupt store shard {shard.path}: {name} is {shard.torch_dtypes[name]}")
-            self._arrays[name][number] = shard.arrays[name]
-        self._mapped[number] = True
+            expected = self._raw(name)
+            shape = shard.shapes[name][1:]
+            if shard.dtypes[name] != expected or self._shapes.setdefault(name, shape) != shape:
+                raise MicebenchError(
+                    f"corrupt store shard {shard.path}: {name} is {shard.dtypes[name]} {shape}, "
+                    f"expected {expected} {self._shapes[name]}"
+                )
+        for name, view in shard.views().items():
+            if name in self._views:
+                self._views[name][number] = view
+        self._tokens[number] = shard.shapes[self._names[0]][0]
 
-    def _buffer(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """A reused buffer of at least `shape[0]` rows (grown by doubling), pinned when it feeds a GPU."""
+    def _raw(self, name: str) -> torch.dtype:
+        """The dtype tensor `name` is stored in."""
+        return self.stored_dtype if name in self.fields else SCALE_DTYPE
+
+    def _buffer(self, key: str, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A reused flat buffer of at least `size` elements (grown by doubling), pinned when it feeds a GPU."""
         buffer = self._buffers.get(key)
-        if buffer is None or buffer.shape[0] < shape[0] or buffer.shape[1:] != shape[1:]:
-            rows = max(shape[0], 2 * buffer.shape[0] if buffer is not None else 0)
+        if buffer is None or buffer.numel() < size:
             pin = device.type == "cpu" and self.device.type == "cuda"
-            buffer = torch.empty((rows, *shape[1:]), dtype=dtype, device=device, pin_memory=pin)
-            self._buffers[key] = buffer
-        return buffer[: shape[0]]
+            length = max(size, 2 * buffer.numel() if buffer is not None else 0)
+            buffer = self._buffers[key] = torch.empty(length, dtype=dtype, device=device, pin_memory=pin)
+        return buffer[:size]
 
-    def _pad(self, name: str, like: np.ndarray, width: int) -> np.ndarray:
-        """`width` zero rows shaped like the rows of `like`."""
-        zeros = self._zeros.get(name)
-        if zeros is None or len(zeros) < width:
-            zeros = self._zeros[name] = np.zeros((max(width, 64), *like.shape[1:]), dtype=like.dtype)
-        return zeros[:width]
+    def _pad(self, size: int) -> memoryview:
+        """`size` zero bytes."""
+        if len(self._zeros) < size:
+            self._zeros = memoryview(bytes(max(size, 2 * len(self._zeros), 1 << 16)))
+        return self._zeros[:size]
 
-    def _host_gather(self, name: str, places: tuple[list[int], list[int], list[int]], width: int) -> torch.Tensor:
-        """Rows of field `name` for the requested documents, padded to `width`, in a reused host buffer."""
-        arrays = self._arrays[name]
-        shard, start, length = places
-        first = arrays[shard[0]]
-        raw = torch.from_numpy(np.empty(0, dtype=first.dtype)).dtype
-        out = self._buffer(f"host:{name}", (len(shard) * width, *first.shape[1:]), raw, torch.device("cpu"))
-        zero = self._pad(name, first, width)
+    def _read(self, name: str, shard: list[int], start: np.ndarray, length: np.ndarray, width: int) -> torch.Tensor:
+        """Tensor `name` of the requested documents, each zero-padded to `width` tokens: (B, width, *shape).
+
+        One slice of the mapped shard per document, joined in one copy (a numpy concatenate or a torch gather
+        over many arrays costs several times more per document).
+        """
+        row = int(np.prod(self._shapes[name], dtype=np.int64)) * self._raw(name).itemsize
+        begin = start * row
+        end = begin + length * row
+        pad = (width - length) * row
+        views, zero = self._views[name], self._pad(int(pad.max(initial=0)))
         parts = []
-        for s, o, n in zip(shard, start, length, strict=True):
-            parts.append(arrays[s][o : o + n])
-            if n < width:
-                parts.append(zero[n:])
-        np.concatenate(parts, out=out.numpy())
-        return out
+        for s, b, e, p in zip(shard, begin.tolist(), end.tolist(), pad.tolist(), strict=True):
+            parts.append(views[s][b:e])
+            if p:
+                parts.append(zero[:p])
+        data = bytearray().join(parts)
+        shape = (len(shard), width, *self._shapes[name])
+        flat = torch.frombuffer(data, dtype=self._raw(name)) if data else torch.empty(0, dtype=self._raw(name))
+        return flat.view(shape)
 
     def gather(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Padded (B, Lmax, dim) tensors per field and the (B, Lmax) attention mask for store rows `rows`.
 
-        The tensors are views of buffers reused by the next call: use them before gathering again.
+        The tensors may be views of buffers reused by the next call: use them before gathering again.
         """
         picked = self.index.rows[np.asarray(rows.cpu() if torch.is_tensor(rows) else rows, dtype=np.int64)]
-        shard, start, length = (picked[k].tolist() for k in ("shard", "start", "length"))
-        if not shard:  # an empty batch: shapes from the first shard
-            shard, start, length = [0], [0], [0]
-        for number in set(shard):
-            if not self._mapped[number]:
-                self._map(number)
-        count, width = len(picked), max(length)
+        shard, start, length = picked["shard"].astype(np.int64), picked["start"], picked["length"].astype(np.int64)
+        for number in np.unique(shard).tolist() or [0]:  # an empty batch still needs one shard's shapes
+            if self._tokens[number] < 0:
+                self._open(number)
+        if np.any(start + length > self._tokens[shard]):
+            raise MicebenchError(f"corrupt document store {self.folder}: its index points outside a shard")
+        width = int(length.max(initial=0))
+        mask = torch.from_numpy((np.arange(width)[None, :] < length[:, None]).astype(np.int64))
         if self._copied is not None:  # the previous batch may still be leaving the pinned buffers
             self._copied.synchronize()
-        host = {name: self._host_gather(name, (shard, start, length), width) for name in self._names}
-        mask = torch.arange(width)[None, :] < torch.tensor(length[:count], dtype=torch.long)[:, None]
+        host = {name: self._read(name, shard.tolist(), start, length, width) for name in self._names}
         if self.device.type == "cuda":
             host = {name: self._to_device(name, t) for name, t in host.items()}
             self._copied = torch.cuda.Event()
             self._copied.record()
             mask = mask.to(self.device, non_blocking=True)
-        out = {f: self._convert(f, host).view(count, width, host[f].shape[-1]) for f in self.fields}
-        return out, mask.long()
+        return {f: self._convert(f, host) for f in self.fields}, mask
 
     def _to_device(self, name: str, host: torch.Tensor) -> torch.Tensor:
-        """Copy a gathered host buffer into the reused device buffer of `name`, without blocking."""
-        return self._buffer(f"dev:{name}", tuple(host.shape), host.dtype, self.device).copy_(host, non_blocking=True)
+        """Copy a gathered batch to the GPU through a reused pinned buffer, without blocking."""
+        pinned = self._buffer(f"pinned:{name}", host.numel(), host.dtype, torch.device("cpu"))
+        pinned.copy_(host.reshape(-1))
+        device = self._buffer(f"device:{name}", host.numel(), host.dtype, self.device)
+        return device.copy_(pinned, non_blocking=True).view(host.shape)
 
     def _convert(self, field: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """A gathered field in `self.dtype` (dequantised for int8), on the device it was gathered to."""
         raw = tensors[field]
-        stored = raw.view(self.stored_dtype) if raw.dtype != self.stored_dtype else raw
-        if self.dtype == self.stored_dtype:
-            return stored
-        out = self._buffer(f"out:{field}", tuple(raw.shape), self.dtype, raw.device)
-        out.copy_(stored)
+        if self.dtype == raw.dtype:
+            return raw
+        out = self._buffer(f"out:{field}", raw.numel(), self.dtype, raw.device).view(raw.shape)
+        out.copy_(raw)
         if self.quantized:
             out.mul_(tensors[scale_name(field)].unsqueeze(-1))
         return out

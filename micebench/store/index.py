@@ -10,6 +10,7 @@ store of millions of documents opens instantly):
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from micebench.errors import MicebenchError
+from micebench.store.shards import release
 
 ROW = np.dtype([("shard", "<i4"), ("length", "<i4"), ("start", "<i8")])
 FILES = ("keys", "order", "rows")
@@ -93,23 +95,35 @@ class DocIndex:
             tmp = folder / f".{file}.tmp"
             with open(tmp, "wb") as handle:
                 np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-                handle.flush()
-                os.fsync(handle.fileno())
+            release(tmp)
             os.replace(tmp, folder / file)
             names[name] = file
         return names
 
     @classmethod
     def load(cls, folder: Path, files: dict[str, str]) -> DocIndex:
-        """Memory-map the arrays named in a manifest's `index` entry."""
-        arrays = []
-        for name in FILES:
-            path = folder / files[name]
-            try:
-                arrays.append(np.load(path, mmap_mode="r", allow_pickle=False))
-            except (OSError, ValueError) as error:
-                raise MicebenchError(f"corrupt store index {path}: {error}") from None
-        keys, order, rows = arrays
+        """Memory-map the arrays named in a manifest's `index` entry (nothing is read until a lookup)."""
+        keys, order, rows = (_map_npy(folder / files[name]) for name in FILES)
         if not (len(keys) == len(order) == len(rows)) or rows.dtype != ROW or keys.dtype.kind != "S":
             raise MicebenchError(f"corrupt store index in {folder}: the arrays do not match")
         return cls(keys, order, rows)
+
+
+def _map_npy(path: Path) -> np.ndarray:
+    """A 1-d `.npy` array as a read-only view of a random-access memory map of the file."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran, dtype = read[version](handle)
+            offset = handle.tell()
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as error:
+        raise MicebenchError(f"corrupt store index {path}: {error}") from None
+    if len(shape) != 1 or fortran or dtype.hasobject or offset + shape[0] * dtype.itemsize > len(mapped):
+        raise MicebenchError(f"corrupt store index {path}: unexpected array layout")
+    if hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(mapped, dtype=dtype, count=shape[0], offset=offset)

@@ -16,6 +16,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from micebench.data.base import Dataset, chunked
@@ -255,21 +256,40 @@ def precompute(
     return folder
 
 
+def encode_chunk(ranker: Any, mode: str, fields: list[str], texts: list[str]) -> tuple[list[int], dict[str, Any]]:
+    """Stored tokens per document and the packed (tokens, dim) tensor of each field, documents in `texts` order.
+
+    Batches are encoded longest first (less padding) and put back in order, so that the documents one query meets
+    stay next to each other in the store.
+    """
+    order, lengths, pieces = [], [], {f: [] for f in fields}
+    for idx in length_sorted_batches(texts, ranker.batch_size):
+        tensors, mask = ranker.store_encode([texts[i] for i in idx], mode)
+        order.extend(idx.tolist())
+        lengths.extend(mask.sum(1).tolist())
+        keep = mask.bool()
+        for f in fields:
+            pieces[f].append(tensors[f][keep])  # (tokens, dim), documents back to back
+    sorted_lengths = np.asarray(lengths, dtype=np.int64)
+    back = np.argsort(np.asarray(order), kind="stable")  # sorted position of each document of `texts`
+    starts = (np.cumsum(sorted_lengths) - sorted_lengths)[back]
+    length = sorted_lengths[back]
+    tokens = np.repeat(starts - (np.cumsum(length) - length), length) + np.arange(int(length.sum()))
+    packed = {}
+    for f in fields:
+        flat = torch.cat(pieces[f])
+        packed[f] = flat.index_select(0, torch.from_numpy(tokens).to(flat.device))
+    return length.tolist(), packed
+
+
 def _encode(ranker: Any, mode: str, fields: list[str], plan: Plan, writer: StoreWriter, world: Any, size: int) -> None:
     """Encode the plan's documents chunk by chunk (this rank's chunks not yet recorded) into shards."""
     done = writer.done_chunks()
     with torch.inference_mode(), progress_bar("precomputing documents", total=plan.count, unit="docs") as bar:
         for index, (ids, texts) in enumerate(chunked(plan.docs(), size)):
             if index % world.world == world.rank and index not in done:
-                order, lengths, pieces = [], [], {f: [] for f in fields}
-                for idx in length_sorted_batches(texts, ranker.batch_size):
-                    tensors, mask = ranker.store_encode([texts[i] for i in idx], mode)
-                    order.extend(ids[i] for i in idx)
-                    lengths.extend(mask.sum(1).tolist())
-                    keep = mask.bool()
-                    for f in fields:
-                        pieces[f].append(tensors[f][keep])  # (tokens, dim), documents back to back
-                writer.write_chunk(index, order, lengths, pieces)
+                lengths, packed = encode_chunk(ranker, mode, fields, texts)
+                writer.write_chunk(index, ids, lengths, {f: [t] for f, t in packed.items()})
             bar.advance(len(ids))
 
 

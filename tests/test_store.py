@@ -269,6 +269,43 @@ def test_candidate_store_holds_each_candidate_once(tmp_path):
     assert torch.equal(mask, expected_mask) and (tensors["states"] - expected).abs().max() < 0.03
 
 
+def test_int8_kv_store_keeps_every_field(tmp_path):
+    folder, _, _ = build(tmp_path, mode="kv", dtype="int8", chunk_docs=5)
+    store = DocumentStore(folder, "fake", "fp-1", "kv", dtype=torch.float32)
+    assert store.manifest["fields"] == ["k0", "v0"] and store.manifest["quantization"]["scale"] == "float32"
+    tensors, mask = store.gather(store.positions(["d4", "d11", "d0"]))
+    for j, field in enumerate(("k0", "v0")):
+        expected, expected_mask = padded([doc_tensor(TEXTS[d], j + 1) for d in ("d4", "d11", "d0")])
+        step = expected.abs().amax(-1, keepdim=True) / 127
+        assert torch.equal(mask, expected_mask) and ((tensors[field] - expected).abs() <= step / 2 + 1e-6).all()
+    fp16, _, _ = build(tmp_path, folder=tmp_path / "fp16", mode="kv", dtype="fp16", chunk_docs=5)
+    assert tensor_bytes(folder) / tensor_bytes(fp16) == pytest.approx((8 + 4) / (8 * 2))  # 384 dims: 0.505
+
+
+def tensor_bytes(folder: Path) -> int:
+    """Bytes of the field tensors (and scales) in a store's shards, read from their headers."""
+    from micebench.store.shards import read_header
+
+    total = 0
+    for path in folder.glob("shard-*.safetensors"):
+        header = read_header(path)[0]
+        total += sum(e["data_offsets"][1] - e["data_offsets"][0] for n, e in header.items() if n != "lengths")
+    return total
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int8])
+def test_gather_to_cuda_equals_cpu(tmp_path, dtype):
+    folder = synthetic_store(tmp_path / "s", dtype, random_docs(20))
+    on_cpu = DocumentStore(folder, "fake", "fp-1", dtype=torch.float32)
+    on_gpu = DocumentStore(folder, "fake", "fp-1", device="cuda", dtype=torch.float32)
+    for ids in (["doc-3", "doc-17", "doc-0"], ["doc-9"], [f"doc-{i}" for i in range(20)]):
+        expected, expected_mask = on_cpu.gather(on_cpu.positions(ids))
+        got, mask = on_gpu.gather(on_gpu.positions(ids))
+        assert got["states"].device.type == "cuda" and mask.device.type == "cuda"
+        assert torch.equal(got["states"].cpu(), expected["states"]) and torch.equal(mask.cpu(), expected_mask)
+
+
 def test_extending_adds_only_missing_documents_and_refuses_another_model(tmp_path):
     folder, _, _ = build(tmp_path, first_stage="dataset:bm25", top_k=2)
     with pytest.raises(MicebenchError, match="already exists.*--extend"):

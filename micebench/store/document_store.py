@@ -447,7 +447,10 @@ class DocumentStore:
         rows = self.index.lookup(docnos)
         absent = np.flatnonzero(rows < 0)
         if len(absent):
-            raise MicebenchError(f"document {docnos[absent[0]]!r} is not in the store {self.folder}")
+            raise MicebenchError(
+                f"document {docnos[absent[0]]!r} is not in the store {self.folder} ({len(absent)} of {len(docnos)} "
+                "missing; add them with `micebench precompute --extend`)"
+            )
         return torch.from_numpy(rows)
 
     def _open(self, number: int) -> None:
@@ -526,7 +529,7 @@ class DocumentStore:
         if self.device.type == "cuda":
             host = {name: self._to_device(name, t) for name, t in host.items()}
             self._copied = torch.cuda.Event()
-            self._copied.record()
+            self._copied.record(torch.cuda.current_stream(self.device))  # the stream the copies went to
             mask = mask.to(self.device, non_blocking=True)
         return {f: self._convert(f, host) for f in self.fields}, mask
 

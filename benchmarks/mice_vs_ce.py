@@ -19,7 +19,7 @@ import torch
 
 from micebench import load_dataset, load_ranker
 from micebench.firststage.candidates import first_stage
-from micebench.pipeline import candidates_frame
+from micebench.frames import candidates_frame
 from micebench.store.precompute import precompute
 
 

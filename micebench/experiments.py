@@ -19,9 +19,12 @@ merge_layer = 4
 top_layers = 3
 backbone = "MiniLM"      # rows of the report are grouped by backbone
 ```
-Any `RunConfig` field may be set per ranker (checkpoint, schedule, first_stage, top_k, precomputed, ...);
-`{dataset}` and `{seed}` in `precomputed` and `checkpoint` are replaced per run (stores are per corpus).
-The grouping of datasets and the rankers' backbones are written to `<output>/experiment.json` for `report`.
+A ranker entry may set any run field (first_stage, top_k, ...) and any option its model declares (checkpoint,
+schedule, precomputed, max_length, ...; `micebench models` lists them); an option the model does not take is
+refused before anything runs. Top-level run fields are defaults for every ranker; top-level options (device,
+dtype, batch_size) apply to the rankers that take them. `{dataset}` and `{seed}` in `precomputed` and
+`checkpoint` are replaced per run (stores are per corpus). The grouping of datasets and the rankers' backbones
+are written to `<output>/experiment.json` for `report`.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from typing import Any
 
 from micebench.errors import MicebenchError
 from micebench.pipeline import RunConfig
+from micebench.rankers.base import option_names, ranker_options
 
-_RUN_FIELDS = {f.name for f in fields(RunConfig)}
+_RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"options"}
 _RANKER_ONLY = {"backbone"}
 
 
@@ -61,32 +65,45 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     for i, ranker in enumerate(rankers):
         if "model" not in ranker:
             raise MicebenchError(f"{path}: rankers[{i}] has no 'model'")
-        bad = set(ranker) - _RUN_FIELDS - _RANKER_ONLY
-        if bad:
-            raise MicebenchError(f"{path}: rankers[{i}] has unknown keys {sorted(bad)}")
+        try:  # the model exists and takes every option given, before anything runs or is written
+            ranker_options(ranker["model"], **_options_of(ranker, data))
+        except MicebenchError as err:
+            raise MicebenchError(f"{path}: rankers[{i}]: {err}") from None
         names.append(ranker.get("name") or ranker["model"])
     if len(set(names)) != len(names):
         raise MicebenchError(f"{path}: two rankers share a name; give each a distinct 'name'")
     return data
 
 
+def _options_of(ranker: dict[str, Any], data: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict:
+    """A ranker entry's model options: its own keys that are not run fields, plus the top-level (and command
+    line) options its model declares."""
+    takes = set(option_names(ranker["model"]))
+    shared = {k: v for k, v in {**data, **(overrides or {})}.items() if k in takes and k not in _RUN_FIELDS}
+    own = {k: v for k, v in ranker.items() if k not in _RUN_FIELDS | _RANKER_ONLY}
+    return {**shared, **own}
+
+
 def experiment_runs(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> list[RunConfig]:
-    """One RunConfig per (ranker, dataset, seed), in declaration order."""
+    """One RunConfig per (ranker, dataset, seed), in declaration order; `overrides` are command-line run fields
+    and options (an option applies to the rankers that take it)."""
     overrides = overrides or {}
     seeds = data.get("seeds", [0])
     datasets = [*data["datasets"].get("in_domain", []), *data["datasets"].get("out_of_domain", [])]
     defaults = {k: v for k, v in data.items() if k in _RUN_FIELDS and k not in ("model", "dataset", "seed", "name")}
+    run_overrides = {k: v for k, v in overrides.items() if k in _RUN_FIELDS}
     runs = []
     for ranker in data["rankers"]:
-        options = {k: v for k, v in ranker.items() if k in _RUN_FIELDS}
-        options.setdefault("name", ranker["model"])
+        fields_given = {k: v for k, v in ranker.items() if k in _RUN_FIELDS}
+        fields_given.setdefault("name", ranker["model"])
         for dataset in datasets:
             for seed in seeds:
-                values = {**defaults, **options, **overrides, "dataset": dataset, "seed": seed}
+                options = _options_of(ranker, data, overrides)
                 for key in ("precomputed", "checkpoint"):  # per-dataset stores: "stores/{dataset}-kv"
-                    if isinstance(values.get(key), str):
-                        values[key] = values[key].replace("{dataset}", dataset).replace("{seed}", str(seed))
-                config = RunConfig(**values)
+                    if isinstance(options.get(key), str):
+                        options[key] = options[key].replace("{dataset}", dataset).replace("{seed}", str(seed))
+                values = {**defaults, **fields_given, **run_overrides, "dataset": dataset, "seed": seed}
+                config = RunConfig(**values, options=options)
                 config.seed_folder = len(seeds) > 1
                 runs.append(config)
     return runs

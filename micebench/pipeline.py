@@ -1,4 +1,8 @@
-"""One evaluation run: dataset -> candidates -> ranker scores -> run -> metrics -> result folder."""
+"""One evaluation run in named stages: check inputs -> candidates -> ranker -> resumable scoring -> evaluation -> write.
+
+Every input is checked (model options, dataset, result folder, candidates and their texts) before the model
+loads, so a bad input costs no model load and leaves nothing behind.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ from micebench.data.trec import Run, ranked
 from micebench.errors import DataError, MicebenchError
 from micebench.evaluation import DEFAULT_MEASURES, Evaluation, evaluate
 from micebench.firststage.candidates import Candidates, first_stage
-from micebench.rankers.base import Ranker, available_rankers, is_registered, load_ranker
-from micebench.rankers.models import resolve_model
+from micebench.frames import candidates_frame, check_queries
+from micebench.rankers.base import Ranker, ranker_options, resolve_ranker
 from micebench.results import environment, is_complete, result_dir, write_result
 
 log = logging.getLogger("micebench")
@@ -32,16 +36,8 @@ class RunConfig:
     dataset: str
     first_stage: str = "auto"
     top_k: int = 100
-    checkpoint: str | None = None
-    schedule: str | None = None
-    merge_layer: int | None = None
-    top_layers: int | None = None
-    precomputed: str | None = None
-    untrained: bool = False
-    max_length: int | None = None
-    batch_size: int | None = None
-    device: str = "auto"
-    dtype: str = "fp32"
+    #: the ranker options given (checkpoint, max_length, device, ...), checked against the model's declaration
+    options: dict[str, Any] = field(default_factory=dict)
     output: str = "results"
     seed: int = 0
     data_dir: str | None = None
@@ -56,15 +52,20 @@ class RunConfig:
     #: queries scored between two durable progress records
     chunk_queries: int = 16
 
+    def __post_init__(self) -> None:
+        self.options = {k: v for k, v in self.options.items() if v is not None}
+
     def ranker_label(self) -> str:
-        """Result-folder name of the ranker: `--name`, else the model plus a non-default checkpoint's name."""
+        """Result-folder name of the ranker: `--name`, else the model's label plus a given checkpoint's name."""
         if self.name:
             return self.name
-        label = self.model if not self.schedule else f"{self.model}-{Path(self.schedule).stem}"
-        if self.model == "mice" and self.merge_layer and self.top_layers:
-            label = f"mice-l{self.merge_layer}+{self.top_layers}"
-        if self.checkpoint:
-            return f"{label}-{Path(resolve_model(self.checkpoint)).name}"
+        cls, _ = resolve_ranker(self.model)
+        label = cls.run_label(self.model, self.options)
+        checkpoint = self.options.get("checkpoint")
+        if checkpoint:
+            from micebench.models.hf import resolve_model
+
+            return f"{label}-{Path(resolve_model(checkpoint)).name}"
         return label
 
 
@@ -88,75 +89,108 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_queries(queries: dict[str, str]) -> None:
-    """Refuse empty query texts, naming them."""
-    empty = sorted(qid for qid, text in queries.items() if not text.strip())
-    if empty:
-        raise DataError(f"{len(empty)} judged queries have empty text (e.g. query id {empty[0]!r})")
-
-
-def candidates_frame(dataset: Dataset, candidates: Candidates, with_text: bool) -> pd.DataFrame:
-    """The PyTerrier-style frame (qid, query, docno, text, score) the rankers consume."""
-    queries = dataset.judged_queries()
-    docnos = {d for docs in candidates.run.values() for d in docs}
-    qrels_docs = {d for docs in dataset.qrels().values() for d in docs}
-    texts = dataset.doc_texts(docnos | qrels_docs) if with_text else {}
-    if with_text:
-        missing = sorted(docnos - texts.keys())
-        if missing:
-            raise DataError(
-                f"{len(missing)} candidate documents are not in the corpus of {dataset.name!r} "
-                f"(e.g. {missing[0]!r}): the first stage does not match this collection"
-            )
-        unjudged_text = len(qrels_docs - texts.keys())
-        if unjudged_text:
-            log.warning("%d judged documents of %s are absent from the corpus", unjudged_text, dataset.name)
-        empty = sum(1 for d in docnos if not texts[d].strip())
-        if empty:
-            log.warning("%d candidate documents have empty text", empty)
-    rows = [(qid, docno, score) for qid in sorted(candidates.run) for docno, score in candidates.run[qid].items()]
-    if not rows:
-        raise DataError("the first stage returned no candidates for any judged query")
-    frame = pd.DataFrame(rows, columns=["qid", "docno", "score"], dtype=object)
-    frame["score"] = frame["score"].astype(np.float64)
-    frame["query"] = frame["qid"].map(queries)
-    frame["text"] = frame["docno"].map(texts) if with_text else ""
-    return frame[["qid", "query", "docno", "text", "score"]]
-
-
-def frame_to_run(frame: pd.DataFrame, top_k: int | None = None) -> Run:
-    """{qid: {docno: score}} keeping the best `top_k` per query (frame is rank-sorted)."""
-    if top_k is not None:
-        frame = frame[frame["rank"] <= top_k]
-    run: Run = {}
-    for qid, docno, score in zip(frame["qid"], frame["docno"], frame["score"], strict=True):
-        run.setdefault(qid, {})[docno] = float(score)
-    return run
-
-
-def build_ranker(config: RunConfig) -> Ranker:
-    """Load the ranker named by the config with its options."""
-    if config.schedule is not None and config.model != "masked-ce":
-        raise MicebenchError(f"--schedule applies to --model masked-ce, not {config.model!r}")
-    return load_ranker(
-        config.model,
-        schedule=config.schedule,
-        checkpoint=config.checkpoint,
-        merge_layer=config.merge_layer,
-        top_layers=config.top_layers,
-        precomputed=config.precomputed,
-        untrained=config.untrained or None,
-        max_length=config.max_length,
-        batch_size=config.batch_size,
-        device=config.device,
-        dtype=config.dtype,
-    )
-
-
 def result_folder(config: RunConfig, dataset_name: str) -> Path:
     """Where a run's result lives: `<output>/<dataset>/<ranker>[/seed-<S>]`."""
     folder = result_dir(config.output, dataset_name, config.ranker_label())
     return folder / f"seed-{config.seed}" if config.seed_folder else folder
+
+
+# -- stages ---------------------------------------------------------------------------------------------------
+
+
+def check_inputs(config: RunConfig) -> tuple[Dataset, Path]:
+    """Model name and options, sizes, dataset, queries and the result folder: all before any model work."""
+    ranker_options(config.model, **config.options)
+    if config.top_k < 1:
+        raise MicebenchError(f"--top-k must be at least 1 (got {config.top_k})")
+    if config.chunk_queries < 1:
+        raise MicebenchError(f"--chunk-queries must be at least 1 (got {config.chunk_queries})")
+    dataset = load_dataset(config.dataset, config.data_dir, config.split)
+    folder = result_folder(config, dataset.name)
+    if folder.exists() and not config.overwrite:
+        state = "finished" if is_complete(folder) else "existing"
+        raise MicebenchError(f"{state} result at {folder} (use --overwrite to replace it)")
+    check_queries(dataset.judged_queries())
+    orphans = sorted(set(dataset.qrels()) - set(dataset.queries()))
+    if orphans:
+        raise DataError(f"{len(orphans)} judged query ids are absent from the queries (e.g. {orphans[0]!r})")
+    return dataset, folder
+
+
+def candidate_stage(config: RunConfig, dataset: Dataset) -> tuple[Candidates, pd.DataFrame]:
+    """First-stage candidates of the judged queries as a frame, with texts when the ranker reads them."""
+    cls, fixed = resolve_ranker(config.model)
+    candidates = first_stage(dataset, config.first_stage, config.top_k)
+    if cls.requires_bm25_first_stage and not candidates.is_bm25:
+        raise MicebenchError(
+            f"model {config.model!r} is the BM25 first stage itself; use --first-stage auto|bm25|dataset:bm25 "
+            "(or --model first-stage to evaluate other candidates as they are)"
+        )
+    with_text = cls.reads_text({**config.options, **fixed})
+    return candidates, candidates_frame(dataset, candidates, with_text)
+
+
+def ranker_stage(config: RunConfig, device: str | None) -> Ranker:
+    """Load the ranker with the given options (the device a torchrun rank must use replaces the given one)."""
+    from micebench.rankers.base import load_ranker, option_names
+
+    options = dict(config.options)
+    if device is not None and device != options.get("device", "auto") and "device" in option_names(config.model):
+        options["device"] = device
+    ranker = load_ranker(config.model, **options)
+    ranker.check_ready_for_effectiveness()
+    return ranker
+
+
+def score_in_chunks(ranker: Ranker, frame: pd.DataFrame, partial: Any, world: Any, chunk_queries: int) -> None:
+    """Re-rank this rank's queries chunk by chunk, recording each finished chunk; skips recorded ones."""
+    qids = sorted(frame["qid"].unique())[world.rank :: world.world]
+    done = partial.done()
+    todo = [q for q in qids if q not in done]
+    if not todo:
+        return
+    ranker.prepare(frame)  # whole-frame work (e.g. dense embeddings), identical however the run is split
+    groups = frame.groupby("qid", sort=False).indices
+    for start in range(0, len(todo), chunk_queries):
+        chunk = todo[start : start + chunk_queries]
+        rows = np.concatenate([groups[q] for q in chunk])
+        scored = ranker.rerank(frame.iloc[np.sort(rows)].reset_index(drop=True))
+        partial.append(list(zip(scored["qid"], scored["docno"], scored["score"].astype(float), strict=True)))
+
+
+def finished_run(partial: Any, frame: pd.DataFrame, candidates: Candidates, top_k: int) -> Run:
+    """The merged scores of every rank as a run (a full-corpus first stage keeps the best `top_k`)."""
+    scores = partial.finished_run()
+    missing = set(frame["qid"].unique()) - scores.keys()
+    if missing:
+        raise MicebenchError(f"{len(missing)} queries have no scores after re-ranking (e.g. {sorted(missing)[0]!r})")
+    return {q: dict(ranked(docs)[:top_k]) if candidates.full_corpus else docs for q, docs in scores.items()}
+
+
+def run_manifest(
+    config: RunConfig,
+    digest: str,
+    ranker: Ranker,
+    dataset: Dataset,
+    candidates: Candidates,
+    pairs: int,
+    world_size: int,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The provenance record of a run: configuration, the options that took effect, data, timings, environment."""
+    return {
+        "config": asdict(config),
+        "config_hash": digest,
+        "ranker_label": config.ranker_label(),
+        "ranker_options": ranker.effective_options(),
+        "ranker": ranker.describe(),
+        "dataset": dataset.describe(),
+        "first_stage": {"source": candidates.source, "top_k": config.top_k, "pairs": pairs},
+        "seed": config.seed,
+        "world_size": world_size,
+        "timings": timings,
+        **environment(),
+    }
 
 
 def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult | None:
@@ -168,46 +202,21 @@ def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    if ranker is None and not is_registered(config.model):
-        known = ", ".join(available_rankers())
-        raise MicebenchError(f"unknown model {config.model!r} (available: {known})")
-    dataset = load_dataset(config.dataset, config.data_dir, config.split)
-    folder = result_folder(config, dataset.name)
-    if folder.exists() and not config.overwrite:
-        state = "finished" if is_complete(folder) else "existing"
-        raise MicebenchError(f"{state} result at {folder} (use --overwrite to replace it)")
-    check_queries(dataset.judged_queries())
-    orphans = sorted(set(dataset.qrels()) - set(dataset.queries()))
-    if orphans:
-        raise DataError(f"{len(orphans)} judged query ids are absent from the queries (e.g. {orphans[0]!r})")
-    world = Distributed.from_env(config.device)
+    dataset, folder = check_inputs(config)
+    world = Distributed.from_env(config.options.get("device", "auto"))
     seed_everything(config.seed)
 
     with ResultLock(folder, world.rank):
         partial = PartialScores(folder, config_hash(asdict(config)), world.rank)
         partial.check(config.resume, config.overwrite)
+        candidates, frame = candidate_stage(config, dataset)
+        timings["first_stage_s"] = time.perf_counter() - started
         world.barrier()
-        if ranker is None:
-            device = world.device(config.device)
-            ranker = build_ranker(
-                config if device == config.device else RunConfig(**{**asdict(config), "device": device})
-            )
-        if config.precomputed and getattr(ranker, "store", None) is None:
-            raise MicebenchError(
-                f"model {config.model!r} does not use a document store (--precomputed is for mice, colbert)"
-            )
-        ranker.check_ready_for_effectiveness()
-        timings["load_model_s"] = time.perf_counter() - started
 
         t0 = time.perf_counter()
-        candidates = first_stage(dataset, config.first_stage, config.top_k)
-        if getattr(ranker, "requires_bm25_first_stage", False) and not candidates.is_bm25:
-            raise MicebenchError(
-                f"model {ranker.name!r} is the BM25 first stage itself; use --first-stage auto|bm25|dataset:bm25 "
-                "(or --model first-stage to evaluate other candidates as they are)"
-            )
-        frame = candidates_frame(dataset, candidates, ranker.needs_text)
-        timings["first_stage_s"] = time.perf_counter() - t0
+        if ranker is None:
+            ranker = ranker_stage(config, world.device(config.options.get("device", "auto")))
+        timings["load_model_s"] = time.perf_counter() - t0
 
         partial.create()
         t0 = time.perf_counter()
@@ -216,53 +225,17 @@ def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult
         world.barrier()
         if world.rank != 0:
             return None
-        scores = partial.finished_run()
-        missing = set(frame["qid"].unique()) - scores.keys()
-        if missing:
-            raise MicebenchError(
-                f"{len(missing)} queries have no scores after re-ranking (e.g. {sorted(missing)[0]!r})"
-            )
-        run = {q: dict(ranked(docs)[: config.top_k]) if candidates.full_corpus else docs for q, docs in scores.items()}
+        run = finished_run(partial, frame, candidates, config.top_k)
 
         t0 = time.perf_counter()
         evaluation = evaluate(dataset.qrels(), run, config.measures, rel_level=dataset.relevance_level)
         timings["evaluate_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - started
 
-        manifest = {
-            "config": asdict(config),
-            "config_hash": partial.digest,
-            "ranker_label": config.ranker_label(),
-            "ranker": ranker.describe(),
-            "dataset": dataset.describe(),
-            "first_stage": {"source": candidates.source, "top_k": config.top_k, "pairs": len(frame)},
-            "seed": config.seed,
-            "world_size": world.world,
-            "timings": timings,
-            **environment(),
-        }
-        tag = slug_tag(config.ranker_label())
-        write_result(folder, run, evaluation, manifest, tag=tag, overwrite=config.overwrite)
+        manifest = run_manifest(config, partial.digest, ranker, dataset, candidates, len(frame), world.world, timings)
+        write_result(folder, run, evaluation, manifest, tag=slug_tag(config.ranker_label()), overwrite=config.overwrite)
         partial.remove()
     return RunResult(folder, evaluation, manifest)
-
-
-def score_in_chunks(ranker: Ranker, frame: pd.DataFrame, partial: Any, world: Any, chunk_queries: int) -> None:
-    """Re-rank this rank's queries chunk by chunk, recording each finished chunk; skips recorded ones."""
-    qids = sorted(frame["qid"].unique())[world.rank :: world.world]
-    done = partial.done()
-    todo = [q for q in qids if q not in done]
-    if not todo:
-        return
-    prepare = getattr(ranker, "prepare", None)
-    if prepare is not None:  # whole-frame work (e.g. dense embeddings), identical however the run is split
-        prepare(frame)
-    groups = frame.groupby("qid", sort=False).indices
-    for start in range(0, len(todo), chunk_queries):
-        chunk = todo[start : start + chunk_queries]
-        rows = np.concatenate([groups[q] for q in chunk])
-        scored = ranker.rerank(frame.iloc[np.sort(rows)].reset_index(drop=True))
-        partial.append(list(zip(scored["qid"], scored["docno"], scored["score"].astype(float), strict=True)))
 
 
 def slug_tag(label: str) -> str:

@@ -139,5 +139,5 @@ def test_precomputed_embeddings_equal_on_the_fly(tmp_path, tiny_bert_encoder):
     frame = pd.DataFrame({"qid": "q", "query": QUERY, "docno": ["d2", "d0", "d1"], "text": "", "score": 0.0})
     got = stored.rerank(frame).set_index("docno")["score"]
     np.testing.assert_allclose(got[["d0", "d1", "d2"]].to_numpy(), ranker.score(QUERY, DOCS), atol=1e-5, rtol=0)
-    with pytest.raises(MicebenchError, match="has mode .embeddings.; MICE uses states or kv"):
+    with pytest.raises(MicebenchError, match="has mode .embeddings.; mice uses states or kv"):
         load_ranker("mice-l1+1", checkpoint=tiny_bert_encoder, device="cpu", precomputed=str(store))

@@ -169,12 +169,13 @@ def test_masked_runs_in_the_pipeline(capsys, tmp_path, data_dir, tiny_bert_ce):
     import json
 
     manifest = json.loads((tmp_path / "adi" / "m2" / "manifest.json").read_text())
-    assert manifest["ranker"]["schedule"]["name"] == "mask2" and manifest["config"]["schedule"] == "mask2"
+    assert manifest["ranker"]["schedule"]["name"] == "mask2" and manifest["config"]["options"]["schedule"] == "mask2"
+    assert manifest["ranker_options"]["schedule"]["name"] == "mask2"
     code, _, err = cli(capsys, "run", "--model", "mask3-l1", *args)
     assert code == 0, err
     assert (tmp_path / "adi" / "mask3-l1-tiny-bert-ce0" / "run.trec").is_file()
     code, _, err = cli(capsys, "run", "--model", "ce", "--schedule", "mask2", *args)
-    assert code == 2 and "--schedule applies to --model masked-ce" in err
+    assert code == 2 and "option --schedule does not apply to model 'ce'" in err
     code, _, err = cli(capsys, "run", "--model", "masked-ce", "--schedule", "query>title", *args)
     assert code == 2 and "unknown segment 'title'" in err
 

@@ -447,7 +447,7 @@ def test_run_cli_shape_and_store_errors(capsys, tmp_path, data_dir, tiny4_bert):
         "-o",
         str(tmp_path / "out"),
     )
-    assert code == 2 and "does not use a document store" in err
+    assert code == 2 and "option --precomputed does not apply to model 'ce'" in err
     code, _, err = cli(
         capsys,
         "run",
@@ -514,3 +514,29 @@ def test_full_corpus_from_the_store(capsys, tmp_path, tiny4_bert):
     expected = _mice(tiny4_bert).score(QUERY, DOCS)
     got = {line.split()[2]: float(line.split()[4]) for line in lines}
     np.testing.assert_allclose([got[f"d{i}"] for i in range(len(DOCS))], expected, atol=1e-5)
+
+
+def test_a_long_query_is_read_whole_like_the_cross_encoder_reads_it(tiny_bert_ce, capsys, tmp_path):
+    """MICE's query budget is the cross-encoder's (the model's maximum), not 64 tokens: a 100-word query keeps
+    every token, end to end through `run`; `--query-max-length` still caps it."""
+    from tests.conftest import write_beir
+    from tests.test_cli import cli
+
+    words = [f"word{i % 50}" if i % 2 else "goldfish" for i in range(100)]
+    query = " ".join(words)
+    whole = _mice(tiny_bert_ce, 1, 1)
+    tokens = len(whole.tokenizer(query)["input_ids"])
+    assert tokens > 100 and whole.mice.query_max_length == 512
+    assert whole.encode_query(query)[0].shape[1] == tokens
+    capped = _mice(tiny_bert_ce, 1, 1, query_max_length=64)
+    assert capped.encode_query(query)[0].shape[1] == 64
+    docs = ["goldfish tank water", "wifi radio signal"]
+    assert not np.allclose(whole.score(query, docs), capped.score(query, docs))
+
+    corpus = [{"_id": f"d{i}", "title": "", "text": text} for i, text in enumerate(docs)]
+    folder = write_beir(tmp_path / "long", corpus, [{"_id": "q1", "text": query}], [("q1", "d0", 1)])
+    run = ["run", "--model", "mice-l1+1", "--checkpoint", tiny_bert_ce, "--untrained", "--dataset", str(folder)]
+    code, _, err = cli(capsys, *run, "--first-stage", "full", "--device", "cpu", "-o", str(tmp_path / "out"))
+    assert code == 0, err
+    manifest = next((tmp_path / "out").rglob("manifest.json"))
+    assert json.loads(manifest.read_text())["ranker_options"]["query_max_length"] == 512

@@ -8,6 +8,7 @@ import pytest
 
 from micebench import load_ranker
 from micebench.errors import MicebenchError, UnknownNameError
+from micebench.rankers.base import accepts_option
 
 QUERY = "how do goldfish grow"
 DOCS = [
@@ -72,7 +73,9 @@ def test_ranker_contract(model, tiny_bert_ce, tiny_bert_encoder):
         "dense": {"checkpoint": tiny_bert_encoder},
         "colbert": {"checkpoint": tiny_bert_encoder},
     }.get(model, {})
-    ranker = load_ranker(model, device="cpu", **options)
+    if accepts_option(model, "device"):
+        options["device"] = "cpu"
+    ranker = load_ranker(model, **options)
     scores = ranker.score(QUERY, DOCS)
     assert scores.shape == (len(DOCS),) and np.all(np.isfinite(scores))
     frame = _frame()
@@ -109,3 +112,40 @@ def test_unknown_model_and_empty_query(tiny_bert_ce):
         load_ranker("ce", checkpoint=tiny_bert_ce, device="cpu").score("  ", ["doc"])
     with pytest.raises(MicebenchError, match="model folder not found"):
         load_ranker("ce", checkpoint="./missing-model", device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "message"),
+    [
+        ("colbert", {"max_length": 256}, "option --max-length does not apply to model 'colbert'"),
+        ("ce", {"merge_layer": 4}, "option --merge-layer does not apply to model 'ce'"),
+        ("bm25", {"device": "cpu"}, "option --device does not apply to model 'bm25' (it takes no options)"),
+        ("mask2", {"schedule": "mask1"}, "--schedule mask1 contradicts model name 'mask2'"),
+        ("mice-l4+3", {"merge_layer": 2}, "--merge-layer 2 contradicts model name 'mice-l4+3'"),
+        ("ce", {"batch_size": 0}, "--batch-size must be a positive whole number"),
+        ("dense", {"max_length": -3}, "--max-length must be a positive whole number"),
+    ],
+)
+def test_inapplicable_or_invalid_options_are_refused_before_any_model_loads(model, options, message, monkeypatch):
+    """Options are checked against the ranker's declaration; nothing is loaded (a load would fail here)."""
+    import micebench.models.hf as hf
+
+    monkeypatch.setattr(hf, "load_pretrained", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(MicebenchError) as raised:
+        load_ranker(model, checkpoint="./not-loaded", **options) if accepts_option(model, "checkpoint") else (
+            load_ranker(model, **options)
+        )
+    assert message in str(raised.value)
+
+
+def test_effective_options_record_defaults(tiny_bert_ce):
+    """What a manifest records: every declared option, the defaults included, and nothing else."""
+    ranker = load_ranker("ce", checkpoint=tiny_bert_ce, device="cpu")
+    assert ranker.effective_options() == {
+        "checkpoint": tiny_bert_ce,
+        "device": "cpu",
+        "dtype": "fp32",
+        "batch_size": 32,
+        "max_length": 512,
+        "attn_implementation": "sdpa",
+    }

@@ -88,11 +88,11 @@ def test_a_few_steps_lower_the_loss(tmp_path, tiny_bert_ce, collection):
     trainer = Trainer(config, student, _training(collection))
     fixed = trainer.training.triples[:8]
     with torch.no_grad():
-        student.module.eval()
+        student.trainable_module().eval()
         before = trainer.loss_on(fixed).item()
     trainer.run()
     with torch.no_grad():
-        student.module.eval()
+        student.trainable_module().eval()
         after = trainer.loss_on(fixed).item()
     assert after < before
 
@@ -127,13 +127,13 @@ def test_grouped_listwise_is_the_softmax_over_the_positive_and_its_query_negativ
     config = _config(tmp_path, tiny_bert_ce, collection, loss="listwise", group_size=3, batch_size=2)
     trainer = Trainer(config, load_student(config), training)
     seen = []
-    original = trainer.student.scores
+    original = trainer.student.score_pairs
 
     def spy(queries, docs):
         seen.append((list(queries), list(docs)))
         return original(queries, docs)
 
-    trainer.student.scores = spy
+    trainer.student.score_pairs = spy
     triple = training.triples[0]
     loss = trainer.loss_on([triple]).item()
     ((queries, docs),) = seen
@@ -163,13 +163,13 @@ def test_micro_batches_do_not_change_a_grouped_step(tmp_path, tiny_bert_ce, coll
         )
         trainer = Trainer(config, load_student(config), training)
         seen = []
-        original = trainer.student.scores
+        original = trainer.student.score_pairs
 
         def spy(queries, docs, seen=seen, original=original):
             seen.extend(zip(queries, docs, strict=True))
             return original(queries, docs)
 
-        trainer.student.scores = spy
+        trainer.student.score_pairs = spy
         for _ in range(3):
             trainer.train_step()
         scored.append(seen)
@@ -189,11 +189,11 @@ def test_saved_checkpoint_reloads_with_identical_scores(tmp_path, tiny_bert_ce, 
     config = _config(tmp_path, tiny_bert_ce, collection, model="mice-l1+1", validate=None)
     student = load_student(config)
     best = Trainer(config, student, _training(collection)).run()
-    student.module.eval()
+    student.trainable_module().eval()
     docs = ["goldfish tank water", "wifi radio"]
     reloaded = load_ranker("mice", checkpoint=str(best), device="cpu")
     assert reloaded.mice.trained
-    np.testing.assert_allclose(reloaded.score("goldfish", docs), student.ranker.score("goldfish", docs), atol=1e-6)
+    np.testing.assert_allclose(reloaded.score("goldfish", docs), student.score("goldfish", docs), atol=1e-6)
     meta = json.loads((best / "micebench_training.json").read_text())
     assert meta["step"] == 6 and (tmp_path / "run" / "curves.csv").is_file()
 
@@ -349,15 +349,23 @@ def test_bad_training_input(tmp_path, tiny_bert_ce, collection, capsys):
     assert not (tmp_path / "x" / "last").exists()
 
 
+def test_a_student_must_take_every_option_given(tmp_path, tiny_bert_encoder, collection):
+    """ColBERT reads its own query and document lengths: --max-length is refused, naming the option and model."""
+    with pytest.raises(MicebenchError, match="option --max-length does not apply to model 'colbert'"):
+        load_student(_config(tmp_path, tiny_bert_encoder, collection, model="colbert"))
+    with pytest.raises(MicebenchError, match="model 'bm25' cannot be trained"):
+        load_student(_config(tmp_path, tiny_bert_encoder, collection, model="bm25"))
+
+
 @pytest.mark.parametrize(
     ("model", "extra", "backbone"),
     [
         ("masked-ce", {"schedule": "mask2"}, "bert"),
-        ("colbert", {}, "bert"),
+        ("colbert", {"max_length": None}, "bert"),
         ("ce", {}, "modernbert"),
         ("masked-ce", {"schedule": "mask2"}, "modernbert"),
         ("mice-l2+2", {}, "modernbert"),
-        ("colbert", {}, "modernbert"),
+        ("colbert", {"max_length": None}, "modernbert"),
     ],
 )
 def test_other_students_train_and_reload(tmp_path, request, collection, model, extra, backbone):
@@ -366,8 +374,8 @@ def test_other_students_train_and_reload(tmp_path, request, collection, model, e
     config = _config(tmp_path, init, collection, model=model, steps=3, **extra)
     student = load_student(config)
     best = Trainer(config, student, _training(collection)).run()
-    student.module.eval()
+    student.trainable_module().eval()
     options = {"schedule": "mask2"} if model == "masked-ce" else {}
     reloaded = load_ranker(model, checkpoint=str(best), device="cpu", **options)
     docs = ["goldfish tank water", "wifi radio"]
-    np.testing.assert_allclose(reloaded.score("goldfish", docs), student.ranker.score("goldfish", docs), atol=1e-5)
+    np.testing.assert_allclose(reloaded.score("goldfish", docs), student.score("goldfish", docs), atol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 
+from micebench.data.facts import DatasetFacts
 from micebench.data.trec import Qrels, Run
 
 
@@ -65,10 +66,18 @@ class Dataset(ABC):
         """A string that changes when the corpus changes; keys on-disk caches such as BM25 indexes."""
         return self.source
 
+    #: how the collection is evaluated (the dataset registry sets it when it opens a dataset)
+    facts: DatasetFacts = DatasetFacts()
+
     @property
     def relevance_level(self) -> int:
-        """Lowest grade counted as relevant by binary measures: 2 for TREC DL passage judgements, else 1."""
-        return 2 if "trec-dl" in f"{self.name} {self.source}" else 1
+        """Lowest grade counted as relevant by binary measures (2 for TREC DL passage judgements, else 1)."""
+        return self.facts.relevance_level
+
+    @property
+    def validation_measure(self) -> str:
+        """The measure training validates on (RR@10 for MS MARCO dev, else nDCG@10)."""
+        return self.facts.validation_measure
 
     def judged_queries(self) -> dict[str, str]:
         """Queries that have at least one judgement in the split: the ones that are evaluated."""

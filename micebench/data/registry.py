@@ -7,20 +7,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from micebench.data.base import Dataset
+from micebench.data.facts import DatasetFacts
 from micebench.data.local import LocalBeirDataset, is_beir_folder
 from micebench.errors import DataError, UnknownNameError
 
 DATA_DIR_ENV = "MICEBENCH_DATA"
 
 
+TREC_DL = DatasetFacts(relevance_level=2)
+MSMARCO_DEV = DatasetFacts(validation_measure="RR@10")
+
+
 @dataclass(frozen=True)
 class ShortName:
-    """A paper dataset name, its ir_datasets id and the folder names a local mirror may use."""
+    """A paper dataset name, its ir_datasets id, the folder names a local mirror may use, and its facts."""
 
     name: str
     irds_id: str
     mirror_folders: tuple[str, ...]
     group: str  # "in-domain" or "beir"
+    facts: DatasetFacts = DatasetFacts()
+    #: ir_datasets ids starting with one of these (other splits of the same judgements) share the facts
+    irds_family: tuple[str, ...] = ()
 
 
 def _beir(name: str, irds_id: str, *folders: str) -> ShortName:
@@ -35,18 +43,24 @@ SHORT_NAMES: dict[str, ShortName] = {
             "msmarco-passage/dev/small",
             ("msmarco-dev", "msmarco-passage-dev-small"),
             "in-domain",
+            MSMARCO_DEV,
+            ("msmarco-passage/dev",),
         ),
         ShortName(
             "trec-dl-19",
             "msmarco-passage/trec-dl-2019/judged",
             ("trec-dl-2019-passage", "trec-dl-19"),
             "in-domain",
+            TREC_DL,
+            ("msmarco-passage/trec-dl-2019",),
         ),
         ShortName(
             "trec-dl-20",
             "msmarco-passage/trec-dl-2020/judged",
             ("trec-dl-2020-passage", "trec-dl-20"),
             "in-domain",
+            TREC_DL,
+            ("msmarco-passage/trec-dl-2020",),
         ),
         _beir("arguana", "beir/arguana"),
         _beir("climate-fever", "beir/climate-fever"),
@@ -112,14 +126,30 @@ def dataset_label(name: str) -> str:
     return path.resolve().name if path.is_dir() else name
 
 
+def dataset_facts(name: str, kind: str, target: str) -> DatasetFacts:
+    """The registry's facts for a dataset: by short name, by mirror folder name, or by ir_datasets id family."""
+    short = SHORT_NAMES.get(name)
+    if short is not None:
+        return short.facts
+    for entry in SHORT_NAMES.values():
+        if kind == "local" and Path(target).name in entry.mirror_folders:
+            return entry.facts
+        if kind == "ir_datasets" and any(target.startswith(prefix) for prefix in (entry.irds_id, *entry.irds_family)):
+            return entry.facts
+    return DatasetFacts()
+
+
 def load_dataset(name: str, data_dir_path: str | Path | None = None, split: str | None = None) -> Dataset:
-    """Resolve a dataset name (path, short name, mirror folder or ir_datasets id) and open it."""
+    """Resolve a dataset name (path, short name, mirror folder or ir_datasets id) and open it with its facts."""
     kind, target = where(name, data_dir(data_dir_path))
     label = dataset_label(name)
     if kind == "local":
-        return LocalBeirDataset(target, split=split, name=label)
-    from micebench.data.irds import IrDatasetsDataset
+        dataset: Dataset = LocalBeirDataset(target, split=split, name=label)
+    else:
+        from micebench.data.irds import IrDatasetsDataset
 
-    if split is not None:
-        raise DataError("--split applies to local folders; ir_datasets ids name their split themselves")
-    return IrDatasetsDataset(target, name=label)
+        if split is not None:
+            raise DataError("--split applies to local folders; ir_datasets ids name their split themselves")
+        dataset = IrDatasetsDataset(target, name=label)
+    dataset.facts = dataset_facts(name, kind, target)
+    return dataset

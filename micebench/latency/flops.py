@@ -27,6 +27,7 @@ Lq and Ld count each side's own special tokens ([CLS] ... [SEP]); D is ColBERT's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,14 @@ def colbert(query_len: int, doc_len: int, shape: Shape, dim: int, batch: int, pr
     query_side = shape.layers * layer(query_len, shape) + 2 * query_len * shape.hidden * dim
     doc_side = 0.0 if precompute != "none" else shape.layers * layer(doc_len, shape) + 2 * doc_len * shape.hidden * dim
     return query_side / batch + doc_side + 2 * query_len * doc_len * dim
+
+
+def shape_of(config: Any) -> Shape:
+    """The Shape of a transformers config (BERT family or ModernBERT, whose feed-forward is gated)."""
+    return Shape(
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.intermediate_size,
+        int(config.max_position_embeddings),
+        glu=config.model_type == "modernbert",
+    )

@@ -24,9 +24,8 @@ import torch
 from micebench.errors import MicebenchError
 from micebench.latency import flops as F
 from micebench.latency.architectures import architecture_config
-from micebench.latency.timer import Clock, interleaved
-from micebench.rankers.models import count_parameters, pick_device, pick_dtype
-from micebench.schedules import is_preset
+from micebench.latency.timer import Clock, interleaved, peak_memory_mb
+from micebench.models.hf import count_parameters, pick_device, pick_dtype
 
 
 @dataclass
@@ -55,38 +54,30 @@ class BenchModel:
     """A prepared model: a zero-argument call that scores one batch, its FLOPs and facts."""
 
     name: str
-    kind: str
     precompute: str
     call: Callable[[], Any]
     flops_per_doc: float
     params: int
     tokenize: Callable[[], Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the row's name: the model, with `:mode` for models that have more than one latency mode
+    label: str = ""
 
 
 def parse_model(spec: str, default_precompute: str) -> tuple[str, str]:
-    """`mice-l4+3:kv` -> ("mice-l4+3", "kv"); checks that the precompute mode exists for that model."""
+    """`mice-l4+3:kv` -> ("mice-l4+3", "kv"): the model must be Benchmarkable and the mode one it declares.
+
+    Without `:mode` the run-wide default applies where the model has it (a cross-encoder has nothing to
+    precompute, so it is timed as `none`). Only the registry is consulted: no model loads.
+    """
+    from micebench.rankers.base import Benchmarkable, rankers_with, resolve_ranker
+
     name, _, mode = spec.partition(":")
-    mode = mode or default_precompute
-    if name == "ce" or name == "masked-ce" or is_preset(name):
-        if mode not in ("none",):
-            if ":" in spec:
-                raise MicebenchError(f"{spec}: a cross-encoder has nothing to precompute (documents meet the query)")
-            mode = "none"
-        return name, mode
-    if name.startswith("mice-l"):
-        if mode not in ("none", "states", "kv"):
-            raise MicebenchError(f"{spec}: MICE precompute is none, states or kv")
-        return name, mode
-    if name == "colbert":
-        if mode in ("states", "precomputed", "embeddings"):
-            mode = "precomputed"
-        elif mode == "kv":
-            raise MicebenchError(f"{spec}: ColBERT has no cross-attention, so no kv mode (use precomputed)")
-        elif mode != "none":
-            raise MicebenchError(f"{spec}: ColBERT precompute is none or precomputed")
-        return name, mode
-    raise MicebenchError(f"unknown model {spec!r} for latency (ce, mask<...>, mice-l<k>+<m>[:mode], colbert[:mode])")
+    cls, _ = resolve_ranker(name)
+    if not issubclass(cls, Benchmarkable):
+        timed = ", ".join(rankers_with(Benchmarkable))
+        raise MicebenchError(f"model {name!r} cannot be timed by latency (timed: {timed} and their presets)")
+    return name, cls.resolve_bench_mode(name, mode, default_precompute)
 
 
 def synthetic_ids(tokenizer: Any, rows: int, length: int, gen: torch.Generator) -> torch.Tensor:
@@ -114,6 +105,8 @@ class LatencyBench:
         if config.query_len < 3 or config.doc_len < 3:
             raise MicebenchError("query and document lengths count [CLS] and [SEP]: use at least 3 tokens")
         self.device = pick_device(config.device)
+        if self.device.type == "cuda":  # events, synchronisation and memory statistics follow the current GPU
+            torch.cuda.set_device(self.device)
         self.dtype = pick_dtype(config.dtype)
         self.gen = torch.Generator().manual_seed(config.seed)
         self._tmp: tempfile.TemporaryDirectory | None = None
@@ -137,7 +130,7 @@ class LatencyBench:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from micebench.rankers.models import resolve_model
+        from micebench.models.hf import resolve_model
 
         hf_logging.disable_progress_bar()
 
@@ -152,7 +145,7 @@ class LatencyBench:
     def _read_config(checkpoint: str) -> Any:
         from transformers import AutoConfig
 
-        from micebench.rankers.models import load_pretrained
+        from micebench.models.hf import load_pretrained
 
         return load_pretrained(AutoConfig, checkpoint)
 
@@ -160,151 +153,52 @@ class LatencyBench:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    # -- model builders -----------------------------------------------------------------------------------------
+    # -- models -------------------------------------------------------------------------------------------------
     def build(self, spec: str) -> BenchModel:
+        """Load the ranker of `spec` on the bench's weights and prepare its timed call on synthetic tokens."""
+        from micebench.rankers.base import load_ranker, option_names
+
         name, mode = parse_model(spec, self.config.precompute)
-        if name == "ce" or name == "masked-ce" or is_preset(name):
-            return self._cross_encoder(name)
-        if name.startswith("mice-l"):
-            return self._mice(name, mode)
-        return self._colbert(mode)
-
-    def _load(self, name: str, **options: Any) -> Any:
-        from micebench.rankers.base import load_ranker
-
         torch.manual_seed(self.config.seed)
-        return load_ranker(
-            name,
-            checkpoint=self.checkpoint,
-            device=str(self.device),
-            dtype=self.config.dtype,
-            batch_size=self.config.batch,
-            **options,
-        )
-
-    def _pairs(self, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        given = {
+            "checkpoint": self.checkpoint,
+            "device": str(self.device),
+            "dtype": self.config.dtype,
+            "batch_size": self.config.batch,
+            "untrained": True,
+        }
+        takes = option_names(name)
+        ranker = load_ranker(name, **{k: v for k, v in given.items() if k in takes})
         b, lq, ld = self.config.batch, self.config.query_len, self.config.doc_len
-        return synthetic_ids(tokenizer, 1, lq, self.gen), synthetic_ids(tokenizer, b, ld, self.gen)
-
-    def _cross_encoder(self, name: str) -> BenchModel:
-        ranker = self._load(name) if name != "masked-ce" else self._load(name, schedule="none")
-        q, d = self._pairs(ranker.tokenizer)
-        length = F.cross_encoder_length(self.config.query_len, self.config.doc_len, self.shape)
-        ids = torch.cat([q.expand(len(d), -1), d[:, 1:]], dim=1)[:, :length]
-        ids[:, -1] = ranker.tokenizer.sep_token_id
-        types = torch.zeros_like(ids)
-        types[:, q.shape[1] :] = 1
-        batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": torch.ones_like(ids)}
-        batch = {k: v.to(ranker.device) for k, v in batch.items()}
-        module = self._maybe_compile(ranker.model)
-        if module is not ranker.model:
-            ranker.model = module
-
-        def call() -> Any:
-            with torch.inference_mode():
-                return ranker.forward(batch).logits
-
-        q_text, d_text = _texts(ranker.tokenizer, q) * len(d), _texts(ranker.tokenizer, d)
-        tokenize = lambda: ranker.tokenize_pairs(q_text, d_text)  # noqa: E731
+        query_ids = synthetic_ids(ranker.tokenizer, 1, lq, self.gen)
+        doc_ids = synthetic_ids(ranker.tokenizer, b, ld, self.gen)
+        if self.config.compile:
+            for module in ranker.bench_modules():
+                module.compile()
+        call = ranker.bench_call(query_ids, doc_ids, mode)
+        query_text, doc_texts = _texts(ranker.tokenizer, query_ids)[0], _texts(ranker.tokenizer, doc_ids)
         return BenchModel(
             name,
-            "cross-encoder",
-            "none",
-            call,
-            F.cross_encoder(self.config.query_len, self.config.doc_len, self.shape),
-            count_parameters(ranker.model),
-            tokenize,
-            {"attention": ranker.model.config._attn_implementation, "sequence_length": length},
-        )
-
-    def _mice(self, name: str, mode: str) -> BenchModel:
-        from micebench.store.document_store import PackedTensors
-
-        ranker = self._load(name, untrained=True)
-        q, d = self._pairs(ranker.tokenizer)
-        q_ids, q_mask = q.to(self.device), torch.ones_like(q).to(self.device)
-        d_ids, d_mask = d.to(self.device), torch.ones_like(d).to(self.device)
-        model = ranker.model
-        rows = torch.arange(len(d), device=self.device)
-        if mode == "none":
-
-            def call() -> Any:
-                with torch.inference_mode():
-                    qs = (model.encode_bottom(q_ids, q_mask), q_mask)
-                    return ranker._score(qs, d_mask, d_states=model.encode_bottom(d_ids, d_mask))
-        else:
-            with torch.inference_mode():
-                fields, _ = ranker.store_fields(mode)
-                tensors, mask = ranker.store_encode_ids(d_ids, d_mask, mode)
-                packed = {f: tensors[f][mask.bool()].to(self.dtype) for f in fields}
-            store = PackedTensors(packed, mask.sum(1).to(self.device))
-
-            def call() -> Any:
-                with torch.inference_mode():
-                    qs = (model.encode_bottom(q_ids, q_mask), q_mask)
-                    return ranker.score_rows(qs, store, mode, rows)
-
-        q_text, d_text = _texts(ranker.tokenizer, q)[0], _texts(ranker.tokenizer, d)
-        tokenize = (
-            (lambda: (ranker._tokenize([q_text], 64), ranker._tokenize(d_text, 512)))
-            if mode == "none"
-            else (lambda: ranker._tokenize([q_text], 64))
-        )
-        flops = F.mice(
-            self.config.query_len,
-            self.config.doc_len,
-            self.shape,
-            model.mice.merge_layer,
-            model.mice.top_layers,
-            self.config.batch,
             mode,
+            call,
+            ranker.bench_flops(lq, ld, b, mode),
+            sum(count_parameters(m) for m in ranker.bench_modules(everything=True)),
+            ranker.bench_tokenize(query_text, doc_texts, mode),
+            ranker.bench_facts(),
+            label=name if len(type(ranker).bench_modes) == 1 else f"{name}:{mode}",
         )
-        return BenchModel(name, "mice", mode, call, flops, count_parameters(model), tokenize, {"attention": "sdpa"})
-
-    def _colbert(self, mode: str) -> BenchModel:
-        from micebench.store.document_store import PackedTensors
-
-        ranker = self._load("colbert", query_length=self.config.query_len, doc_length=self.config.doc_len)
-        q, d = self._pairs(ranker.tokenizer)
-        q_ids, d_ids = q.to(self.device), d.to(self.device)
-        q_mask, d_mask = torch.ones_like(q_ids), torch.ones_like(d_ids)
-        if mode == "none":
-
-            def call() -> Any:
-                with torch.inference_mode():
-                    emb = ranker._embed(d_ids, d_mask)
-                    return ranker.maxsim(ranker._embed(q_ids, q_mask)[0], emb, d_mask)
-        else:
-            with torch.inference_mode():
-                emb = ranker._embed(d_ids, d_mask)
-            store = PackedTensors({"embeddings": emb[d_mask.bool()]}, d_mask.sum(1))
-            rows = torch.arange(len(d), device=self.device)
-
-            def call() -> Any:
-                with torch.inference_mode():
-                    tensors, keep = store.gather(rows)
-                    return ranker.maxsim(ranker._embed(q_ids, q_mask)[0], tensors["embeddings"], keep)
-
-        dim = ranker.projection.out_features
-        flops = F.colbert(self.config.query_len, self.config.doc_len, self.shape, dim, self.config.batch, mode)
-        params = count_parameters(ranker.encoder) + count_parameters(ranker.projection)
-        return BenchModel("colbert", "colbert", mode, call, flops, params, None, {"attention": "sdpa", "dim": dim})
-
-    def _maybe_compile(self, module: Any) -> Any:
-        return torch.compile(module) if self.config.compile else module
 
     # -- measurement --------------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         models = [self.build(spec) for spec in self.config.models]
-        labels = [f"{m.name}:{m.precompute}" if m.kind != "cross-encoder" else m.name for m in models]
+        labels = [m.label for m in models]
         if len(set(labels)) != len(labels):
             raise MicebenchError("the same model is listed twice")
         clock = Clock(self.device)
         cuda = self.device.type == "cuda"
+        calls = dict(zip(labels, (m.call for m in models), strict=True))
         try:
-            stats = interleaved(
-                dict(zip(labels, (m.call for m in models), strict=True)), clock, self.config.warmup, self.config.repeats
-            )
+            stats = self.time_calls(calls, clock)
         except torch.cuda.OutOfMemoryError:
             raise MicebenchError(
                 f"out of GPU memory at batch {self.config.batch}: latency never changes the batch by itself, "
@@ -317,12 +211,7 @@ class LatencyBench:
         peaks = {}
         for label, model in zip(labels, models, strict=True):
             if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                model.call()
-                torch.cuda.synchronize()
-                peaks[label] = (torch.cuda.max_memory_allocated() - base) / 2**20
+                peaks[label] = peak_memory_mb(self.device, model.call)
         rows = []
         reference = next((lab for lab in labels if lab in ("ce",)), None)
         for label, model in zip(labels, models, strict=True):
@@ -355,6 +244,22 @@ class LatencyBench:
                 row["flop_ratio_vs_ce"] = ref["flops_per_doc"] / row["flops_per_doc"]
                 row["share_of_flop_ratio"] = row["speedup_vs_ce"] / row["flop_ratio_vs_ce"]
         return rows
+
+    def time_calls(self, calls: dict[str, Callable[[], Any]], clock: Clock) -> dict[str, Any]:
+        """Interleaved timing with progress; the first call of each model (a warm-up call) gives the time the rest
+        will take, which is said before it starts."""
+        from micebench.progress import progress_bar
+
+        first = {label: clock.time(fn) for label, fn in calls.items()}
+        warmup = max(self.config.warmup - 1, 0)
+        rounds = warmup + self.config.repeats
+        total = rounds * len(calls)
+        with progress_bar("timing", total=total, unit="calls") as bar:
+            bar.describe(
+                f"timing {len(calls)} models, {rounds} more calls each: about {sum(first.values()) * rounds:.0f} s "
+                f"(first calls: {', '.join(f'{k} {v:.2f} s' for k, v in first.items())})"
+            )
+            return interleaved(calls, clock, warmup, self.config.repeats, tick=bar.advance)
 
     def environment(self) -> dict[str, Any]:
         from micebench.results import environment

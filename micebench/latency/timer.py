@@ -93,15 +93,21 @@ def interleaved(
     warmup: int,
     repeats: int,
     on_warm: Callable[[], None] | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> dict[str, TimingStats]:
-    """Warm every call up, then time them in turn (A B C A B C ...) so that drift hits all alike."""
+    """Warm every call up, then time them in turn (A B C A B C ...) so that drift hits all alike.
+
+    `tick` is called after every call, warm-up included (a progress bar's advance)."""
+    tick = tick or (lambda: None)
     for _ in range(warmup):
         for fn in calls.values():
             fn()
+            tick()
     if on_warm is not None:
         on_warm()
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():
             samples[name].append(clock.time(fn))
+            tick()
     return {name: TimingStats(values) for name, values in samples.items()}

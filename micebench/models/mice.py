@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from micebench.errors import MicebenchError
+from micebench.models.hf import weight_fingerprint
 from micebench.models.masking import encoder_layers
 
 
@@ -36,7 +36,7 @@ class MiceConfig:
     query_attends_cls: bool = False  # in top self-attention
     cls_attends_document: bool = False  # in top cross-attention
     random_top_layers: bool = False  # re-initialise the top layers instead of copying them
-    query_max_length: int = 64
+    query_max_length: int = 512  # the cross-encoder's budget: a query is read whole up to the model's maximum
     doc_max_length: int = 512
     trained: bool = False  # set by training; untrained MICE is refused for effectiveness runs
     source_num_layers: int | None = None
@@ -201,15 +201,10 @@ class MiceModel(nn.Module):
 
     def fingerprint(self, mode: str) -> str:
         """Hash of the weights a document store depends on: embeddings + bottom layers (+ top cross k/v for kv)."""
-        digest = hashlib.sha256(f"mice|{self.mice.merge_layer}|{self.mice.doc_max_length}|{mode}".encode())
         modules: list[nn.Module] = [self.embeddings, self.bottom]
         if mode == "kv":
             modules += [m for layer in self.top for m in layer.kv_modules()]
-        for module in modules:
-            for name, tensor in sorted(module.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:20]
+        return weight_fingerprint(f"mice|{self.mice.merge_layer}|{self.mice.doc_max_length}|{mode}", *modules)
 
 
 def build_mice(source_model: nn.Module, mice: MiceConfig) -> MiceModel:

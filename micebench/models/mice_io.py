@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from micebench.errors import MicebenchError
+from micebench.models.hf import classifier_options, load_pretrained, resolve_model
 from micebench.models.mice import MiceConfig, MiceModel, build_mice
-from micebench.rankers.models import classifier_options, load_pretrained, resolve_model
 
 
 def is_mice_checkpoint(name: str | None) -> bool:

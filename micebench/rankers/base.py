@@ -1,10 +1,23 @@
-"""The ranker contract and the registry that maps model names to ranker classes."""
+"""The ranker contract, its optional capabilities, declared options, and the registry of model names.
+
+Every ranker scores (`score`, `rerank`) and describes itself. What a ranker can do beyond that is declared by
+the capability classes it inherits, and the commands work through them only:
+
+- `Trainable`: differentiable scoring of (query, document) batches and saving as a checkpoint folder (`train`);
+- `StoreBacked`: encoding documents into a document store and scoring from it (`precompute`, `run --precomputed`);
+- `Benchmarkable`: one timed call on synthetic token batches of given lengths, with its FLOP count (`latency`).
+
+Each ranker declares its options as a dataclass (`Options`); `load_ranker` refuses an option the ranker does not
+declare, naming the option and the ranker, before any model loads.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,28 +30,57 @@ from micebench.progress import progress_bar
 CANDIDATE_COLUMNS = ("qid", "query", "docno", "text", "score")
 
 
+@dataclasses.dataclass
+class RankerOptions:
+    """Options of a ranker family; subclasses declare theirs as fields with defaults."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_length", "query_max_length", "dim", "query_length", "doc_length"):
+            value = getattr(self, name, None)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise MicebenchError(f"--{name.replace('_', '-')} must be a positive whole number (got {value!r})")
+
+
+@dataclasses.dataclass
+class ModelOptions(RankerOptions):
+    """Options every Hugging Face ranker takes: where the weights come from, device and dtype."""
+
+    checkpoint: str | None = None
+    device: str = "auto"
+    dtype: str = "fp32"
+
+
 class Ranker(ABC):
     """Scores documents for a query; higher is more relevant."""
 
     #: registry name of the ranker family
     name: ClassVar[str] = ""
+    #: the options this family takes (a dataclass); `load_ranker` checks given options against it
+    Options: ClassVar[type[RankerOptions]] = RankerOptions
     #: whether `rerank` needs document texts (False for rankers that only reuse first-stage scores)
-    needs_text: ClassVar[bool] = True
+    needs_text: bool = True
+    #: whether the ranker is the BM25 first stage itself (then the candidates must come from BM25)
+    requires_bm25_first_stage: ClassVar[bool] = False
+
+    def __init__(self, options: RankerOptions | None = None):
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def run_label(cls, spec: str, options: dict[str, Any]) -> str:
+        """The result-folder label of `spec` run with the given options (before the checkpoint's name)."""
+        return spec
+
+    @classmethod
+    def reads_text(cls, options: dict[str, Any]) -> bool:
+        """Whether a run with these options needs the candidates' texts (known before the model loads)."""
+        return bool(cls.needs_text)
 
     @abstractmethod
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         """One float per document, in the order given."""
 
     def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
-        """Re-score a candidates frame (qid, query, docno, text); returns it with score and rank.
-
-        Rankers with a precomputed document store (`self.store`) score by doc id through `score_stored`.
-        """
-        if getattr(self, "store", None) is not None:
-            docnos = candidates["docno"]
-            return self.rerank_by_query(
-                candidates, lambda query, rows: self.score_stored(query, docnos.take(rows).tolist()), ", stored"
-            )
+        """Re-score a candidates frame (qid, query, docno, text); returns it with score and rank."""
         texts = candidates["text"]
         return self.rerank_by_query(candidates, lambda query, rows: self.score(query, texts.take(rows).tolist()))
 
@@ -54,8 +96,23 @@ class Ranker(ABC):
                 bar.advance(1)
         return with_ranks(candidates, scores)
 
+    def score_frame(self, pairs: pd.DataFrame, dataset: Any = None) -> np.ndarray:
+        """Scores for the rows of a pairs frame (qid, query, docno, text), in row order (a teacher's scores).
+
+        `dataset` is the collection the pairs come from, for rankers that need more than the pairs (BM25's
+        corpus statistics)."""
+        ranked = self.rerank(pairs).set_index(["qid", "docno"])["score"]
+        return ranked.reindex(pd.MultiIndex.from_frame(pairs[["qid", "docno"]])).to_numpy(dtype=np.float64)
+
+    def prepare(self, candidates: pd.DataFrame) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Whole-frame work done once before a run is scored in chunks (e.g. encoding every document once)."""
+
     def check_ready_for_effectiveness(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise when the ranker should not be evaluated as is (e.g. an untrained MICE)."""
+
+    def effective_options(self) -> dict[str, Any]:
+        """The options that took effect, defaults included (what manifests record)."""
+        return dataclasses.asdict(self.options)
 
     def describe(self) -> dict[str, Any]:
         """Facts for manifests and reports (parameters, dtype, device, checkpoint...)."""
@@ -65,6 +122,153 @@ class Ranker(ABC):
     def label(self) -> str:
         """Short name used for result folders."""
         return self.name
+
+
+class Trainable(ABC):
+    """A ranker that `micebench train` can fine-tune: differentiable pair scores and a checkpoint folder."""
+
+    device: Any
+
+    @abstractmethod
+    def trainable_module(self) -> Any:
+        """The torch module whose parameters the optimiser updates (and whose state resume restores)."""
+
+    @abstractmethod
+    def score_pairs(self, queries: list[str], docs: list[str]) -> Any:
+        """A differentiable (N,) tensor of scores for the pairs (queries[i], docs[i])."""
+
+    @abstractmethod
+    def save_checkpoint(self, folder: Path) -> None:
+        """Write a checkpoint folder that `load_ranker(self.name, checkpoint=folder)` loads back."""
+
+
+class StoreBacked(ABC):
+    """A ranker whose document side can be computed once, stored by doc id, and scored from the store."""
+
+    #: the `kind` written in the store manifest
+    store_kind: ClassVar[str]
+    #: store modes, the default first
+    store_modes: ClassVar[tuple[str, ...]]
+    #: the opened store (`options.precomputed`), or None to score from texts
+    store: Any = None
+    batch_size: int
+
+    @property
+    def default_store_mode(self) -> str:
+        return self.store_modes[0]
+
+    @property
+    def needs_text(self) -> bool:  # type: ignore[override]
+        return self.store is None
+
+    @classmethod
+    def reads_text(cls, options: dict[str, Any]) -> bool:
+        return not options.get("precomputed")
+
+    def check_store_mode(self, mode: str) -> None:
+        """Refuse a mode this ranker cannot store, in one line."""
+        if mode not in self.store_modes:
+            raise MicebenchError(
+                f"unknown store mode {mode!r} for {self.name} (use {' or '.join(self.store_modes)})"  # type: ignore[attr-defined]
+            )
+
+    @abstractmethod
+    def store_fields(self, mode: str) -> tuple[list[str], str]:
+        """The tensor fields a store of this mode holds, and the store kind."""
+
+    @abstractmethod
+    def store_fingerprint(self, mode: str) -> str:
+        """Identifies the weights a store was built with (the same whatever dtype the ranker runs in)."""
+
+    @abstractmethod
+    def store_encode(self, texts: list[str], mode: str) -> tuple[dict[str, Any], Any]:
+        """Padded (B, L, dim) tensors per field for a batch of documents, and the (B, L) mask of stored tokens."""
+
+    @abstractmethod
+    def score_stored(self, query: str, docnos: list[str]) -> np.ndarray:
+        """Scores of stored documents for a query, without their text."""
+
+    def open_store(self, folder: str | None) -> None:
+        """Open the store at `folder` (checked against this model's fingerprint and modes); None opens nothing."""
+        if not folder:
+            self.store = None
+            return
+        from micebench.store.document_store import DocumentStore, read_manifest
+
+        mode = read_manifest(folder).get("mode")
+        if mode not in self.store_modes:
+            raise MicebenchError(
+                f"store {folder} has mode {mode!r}; {self.name} uses {' or '.join(self.store_modes)}"  # type: ignore[attr-defined]
+            )
+        self.store = DocumentStore(
+            folder,
+            self.store_kind,
+            self.store_fingerprint(mode),
+            mode,
+            self.device,  # type: ignore[attr-defined]
+            self.dtype,  # type: ignore[attr-defined]
+        )
+
+    def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
+        """With a store open, score by doc id through `score_stored`; otherwise from texts."""
+        if self.store is None:
+            return super().rerank(candidates)  # type: ignore[misc]
+        docnos = candidates["docno"]
+        return self.rerank_by_query(  # type: ignore[attr-defined]
+            candidates, lambda query, rows: self.score_stored(query, docnos.take(rows).tolist()), ", stored"
+        )
+
+    def store_facts(self) -> dict[str, Any]:
+        """The store part of `describe()`."""
+        if self.store is None:
+            return {}
+        keys = ("mode", "dtype", "fingerprint", "num_docs", "bytes_per_doc")
+        return {"store": {**{k: self.store.manifest.get(k) for k in keys}, "path": str(self.store.folder)}}
+
+
+class Benchmarkable(ABC):
+    """A ranker that `micebench latency` can time on synthetic token batches."""
+
+    #: latency modes (what is precomputed), the default first
+    bench_modes: ClassVar[tuple[str, ...]] = ("none",)
+    #: other names accepted for a mode (e.g. ColBERT's `states` means its precomputed embeddings)
+    bench_mode_aliases: ClassVar[dict[str, str]] = {}
+    tokenizer: Any
+
+    @classmethod
+    def resolve_bench_mode(cls, name: str, mode: str | None, default: str) -> str:
+        """The latency mode for `name[:mode]`: an explicit mode must exist; the run-wide default only if it does."""
+        if mode:
+            mode = cls.bench_mode_aliases.get(mode, mode)
+            if mode not in cls.bench_modes:
+                raise MicebenchError(f"{name}:{mode}: {name} can be timed with {', '.join(cls.bench_modes)}")
+            return mode
+        default = cls.bench_mode_aliases.get(default, default)
+        return default if default in cls.bench_modes else cls.bench_modes[0]
+
+    @abstractmethod
+    def bench_call(self, query_ids: Any, doc_ids: Any, mode: str) -> Callable[[], Any]:
+        """A zero-argument call that scores `doc_ids` (B, Ld) for `query_ids` (1, Lq) and returns host scores.
+
+        Whatever `mode` precomputes (document states, embeddings) is done here, before the call, not in it.
+        """
+
+    @abstractmethod
+    def bench_flops(self, query_len: int, doc_len: int, batch: int, mode: str) -> float:
+        """Analytic FLOPs per document of one `bench_call`."""
+
+    @abstractmethod
+    def bench_modules(self, everything: bool = False) -> list[Any]:
+        """The torch modules a timed call runs, to `compile()` in place for `latency --compile` (with
+        `everything`, all the ranker's modules, whose parameters the latency table counts)."""
+
+    def bench_tokenize(self, query: str, docs: list[str], mode: str) -> Callable[[], Any] | None:
+        """A zero-argument call that tokenises what `mode` tokenises at query time (None: nothing)."""
+        return None
+
+    def bench_facts(self) -> dict[str, Any]:
+        """Extra columns for the latency table (attention implementation, sequence length...)."""
+        return {}
 
 
 def with_ranks(candidates: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
@@ -81,9 +285,19 @@ def with_ranks(candidates: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
 
 # -- registry -----------------------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, Callable[..., Ranker]] = {}
+
+@dataclasses.dataclass(frozen=True)
+class _Pattern:
+    """A family of model names (e.g. ``mice-l<k>+<m>``): the class and the options a name fixes."""
+
+    matches: Callable[[str], bool]
+    cls: type[Ranker]
+    fixed: Callable[[str], dict[str, Any]]
+
+
+_REGISTRY: dict[str, type[Ranker]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
-_PATTERNS: list[tuple[Callable[[str], bool], Callable[..., Ranker]]] = []
+_PATTERNS: list[_Pattern] = []
 #: modules holding the built-in rankers; imported on first lookup so `import micebench` stays light
 _BUILTIN_MODULES = (
     "micebench.rankers.first_stage",
@@ -107,22 +321,40 @@ def register_ranker(name: str, description: str = "") -> Callable[[type[Ranker]]
 
 
 def register_ranker_pattern(
-    matches: Callable[[str], bool], factory: Callable[..., Ranker], descriptions: dict[str, str]
+    matches: Callable[[str], bool],
+    cls: type[Ranker],
+    fixed: Callable[[str], dict[str, Any]],
+    descriptions: dict[str, str],
 ) -> None:
-    """Register a family of names (e.g. ``mask3-l<k>``): `factory(name, **options)` builds the ranker."""
-    _PATTERNS.append((matches, factory))
+    """Register a family of names: `fixed(name)` gives the options the name sets (``mask2`` -> schedule mask2)."""
+    _PATTERNS.append(_Pattern(matches, cls, fixed))
     _DESCRIPTIONS.update(descriptions)
-
-
-def is_registered(spec: str) -> bool:
-    """True when `spec` names a registered ranker or matches a registered name family."""
-    _load_builtins()
-    return spec in _REGISTRY or any(matches(spec) for matches, _ in _PATTERNS)
 
 
 def _load_builtins() -> None:
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
+
+
+def resolve_ranker(spec: str) -> tuple[type[Ranker], dict[str, Any]]:
+    """The ranker class of a model name and the options the name itself fixes; unknown names are one line."""
+    _load_builtins()
+    if spec in _REGISTRY:
+        return _REGISTRY[spec], {}
+    for pattern in _PATTERNS:
+        if pattern.matches(spec):
+            return pattern.cls, pattern.fixed(spec)
+    known = ", ".join(sorted(_DESCRIPTIONS))
+    raise UnknownNameError(f"unknown model {spec!r} (available: {known})")
+
+
+def is_registered(spec: str) -> bool:
+    """True when `spec` names a registered ranker or matches a registered name family."""
+    try:
+        resolve_ranker(spec)
+    except UnknownNameError:
+        return False
+    return True
 
 
 def available_rankers() -> dict[str, str]:
@@ -131,18 +363,44 @@ def available_rankers() -> dict[str, str]:
     return dict(sorted(_DESCRIPTIONS.items()))
 
 
+def rankers_with(capability: type) -> list[str]:
+    """Registered names (families as registered) whose class has `capability` (Trainable, StoreBacked, ...)."""
+    _load_builtins()
+    names = [name for name, cls in _REGISTRY.items() if issubclass(cls, capability)]
+    return sorted(names)
+
+
+def option_names(spec: str) -> list[str]:
+    """The options a model name takes (fields of its Options dataclass)."""
+    cls, _ = resolve_ranker(spec)
+    return [f.name for f in dataclasses.fields(cls.Options)]
+
+
+def accepts_option(spec: str, option: str) -> bool:
+    """Whether `spec` declares `option` (callers that pass shared settings to several rankers ask first)."""
+    return option in option_names(spec)
+
+
+def ranker_options(spec: str, **given: Any) -> RankerOptions:
+    """Check given options against the declaration of `spec` and build its Options (None means not given).
+
+    An option the ranker does not take, or one that contradicts the model name, is refused in one line.
+    """
+    cls, fixed = resolve_ranker(spec)
+    given = {k: v for k, v in given.items() if v is not None}
+    declared = {f.name for f in dataclasses.fields(cls.Options)}
+    for key in given:
+        if key not in declared:
+            takes = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(declared)) or "no options"
+            flag = f"--{key.replace('_', '-')}"
+            raise MicebenchError(f"option {flag} does not apply to model {spec!r} (it takes {takes})")
+    for key, value in fixed.items():
+        if key in given and given[key] != value:
+            raise MicebenchError(f"--{key.replace('_', '-')} {given[key]} contradicts model name {spec!r}")
+    return cls.Options(**{**given, **fixed})
+
+
 def load_ranker(spec: str, **options: Any) -> Ranker:
     """Build a ranker from its registered name, e.g. ``load_ranker("ce", checkpoint="...", device="cpu")``."""
-    _load_builtins()
-    factory = _REGISTRY.get(spec)
-    if factory is None:
-        pattern = next((f for matches, f in _PATTERNS if matches(spec)), None)
-        if pattern is None:
-            known = ", ".join(sorted(_DESCRIPTIONS))
-            raise UnknownNameError(f"unknown model {spec!r} (available: {known})")
-        factory = lambda **kw: pattern(spec, **kw)  # noqa: E731
-    options = {k: v for k, v in options.items() if v is not None}
-    try:
-        return factory(**options)
-    except TypeError as err:
-        raise MicebenchError(f"model {spec!r}: {err}") from None
+    cls, _ = resolve_ranker(spec)
+    return cls(ranker_options(spec, **options))

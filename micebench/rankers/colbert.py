@@ -10,21 +10,29 @@ or builds a ColBERT from any BERT or ModernBERT checkpoint with a fresh projecti
 
 from __future__ import annotations
 
-import hashlib
 import json
 import string
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from micebench.errors import MicebenchError
-from micebench.rankers.base import Ranker, register_ranker
-from micebench.rankers.batching import length_sorted_batches
+from micebench.models.batching import length_sorted_batches
+from micebench.models.hf import (
+    load_pretrained,
+    model_facts,
+    move_model,
+    pick_device,
+    pick_dtype,
+    resolve_model,
+    weight_fingerprint,
+)
+from micebench.rankers.base import Benchmarkable, ModelOptions, Ranker, StoreBacked, Trainable, register_ranker
 from micebench.rankers.memory import oom_backoff
-from micebench.rankers.models import count_parameters, load_pretrained, pick_device, pick_dtype, resolve_model
 
-STORE_KIND = "colbert"
 STORE_MODE = "embeddings"
 
 
@@ -55,42 +63,63 @@ def _local_folder(checkpoint: str) -> Path | None:
         raise MicebenchError(f"cannot load model {checkpoint!r}: {str(err).splitlines()[0]}") from None
 
 
+@dataclass
+class ColBERTOptions(ModelOptions):
+    """Options of `colbert`; a ColBERTv2 or PyLate checkpoint's own query and document lengths take precedence."""
+
+    checkpoint: str = "colbert-ir/colbertv2.0"
+    batch_size: int = 64
+    dim: int = 128
+    query_length: int = 32
+    doc_length: int = 180
+    precomputed: str | None = None
+
+
+def maxsim(q: Any, docs: Any, keep: Any) -> Any:
+    """ColBERT's score: the sum over query tokens of the best similarity over kept document tokens.
+
+    `q` is one query's (Lq, dim) embeddings shared by every document, or (B, Lq, dim) one query per document;
+    `docs` is (B, Ld, dim) and `keep` (B, Ld). Returns (B,) float scores, differentiable. Ranking and the
+    training loss both call this one function.
+    """
+    import torch
+
+    equation = "qd,bld->bql" if q.dim() == 2 else "bqd,bld->bql"
+    sims = torch.einsum(equation, q, docs).float()
+    sims = sims.masked_fill(~keep.bool()[:, None, :], float("-inf"))
+    return sims.max(-1).values.sum(-1)
+
+
 @register_ranker("colbert", "ColBERT late interaction: projected token embeddings, MaxSim (ColBERTv2, PyLate)")
-class ColBERTRanker(Ranker):
+class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     """ColBERT scoring; documents can come from a precomputed store of their token embeddings."""
 
     name = "colbert"
-    default_store_mode = STORE_MODE
+    Options = ColBERTOptions
+    store_kind = "colbert"
+    store_modes = (STORE_MODE,)
+    bench_modes = ("none", "precomputed")
+    bench_mode_aliases = {"states": "precomputed", STORE_MODE: "precomputed"}
 
-    def __init__(
-        self,
-        checkpoint: str = "colbert-ir/colbertv2.0",
-        device: str = "auto",
-        batch_size: int = 64,
-        dtype: str = "fp32",
-        dim: int = 128,
-        query_length: int = 32,
-        doc_length: int = 180,
-        precomputed: str | None = None,
-        **_: Any,
-    ):
+    def __init__(self, options: ColBERTOptions):
+        super().__init__(options)
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         self._torch = torch
-        self.checkpoint = checkpoint
-        folder = _local_folder(checkpoint)
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype)
-        self.batch_size = int(batch_size)
+        self.checkpoint = options.checkpoint
+        folder = _local_folder(self.checkpoint)
+        self.device = pick_device(options.device)
+        self.dtype = pick_dtype(options.dtype)
+        self.batch_size = options.batch_size
         self.tokenizer = load_pretrained(AutoTokenizer, str(folder))
         self.encoder = load_pretrained(AutoModel, str(folder), attn_implementation="sdpa")
         hidden = self.encoder.config.hidden_size
-        self.query_length, self.doc_length = query_length, doc_length
+        self.query_length, self.doc_length = options.query_length, options.doc_length
         self.format, weight, markers = self._read_projection(folder)
         if weight is None:
             generator = torch.Generator().manual_seed(0)
-            weight = torch.randn(dim, hidden, generator=generator) * self.encoder.config.initializer_range
+            weight = torch.randn(options.dim, hidden, generator=generator) * self.encoder.config.initializer_range
             self.format = "fresh projection"
         if self._missing(markers[0]):
             # a vocabulary without BERT's [unused] slots (ModernBERT, RoBERTa): add PyLate's marker tokens
@@ -104,17 +133,12 @@ class ColBERTRanker(Ranker):
         self.skiplist = torch.tensor(
             sorted({self._token_id(c) for c in string.punctuation} - {self.tokenizer.unk_token_id}), dtype=torch.long
         )
-        self.encoder.to(self.device, dtype=self.dtype).eval()
-        self.projection.to(self.device, dtype=self.dtype).eval()
+        # stores are fingerprinted on the weights as loaded, so a bf16 run opens a store built in fp32
+        self._fingerprint = None if self.dtype == torch.float32 else self._weights_fingerprint()
+        move_model(self.encoder, self.device, self.dtype)
+        move_model(self.projection, self.device, self.dtype)
         self.skiplist = self.skiplist.to(self.device)
-        self.store = None
-        if precomputed:
-            from micebench.store.document_store import DocumentStore
-
-            self.store = DocumentStore(
-                precomputed, STORE_KIND, self.store_fingerprint(STORE_MODE), STORE_MODE, self.device, self.dtype
-            )
-        self.needs_text = self.store is None
+        self.open_store(options.precomputed)
 
     def _read_projection(self, folder: Path) -> tuple[str, Any, tuple[str, str]]:
         modules = folder / "modules.json"
@@ -151,7 +175,8 @@ class ColBERTRanker(Ranker):
         return int(tid)
 
     # -- encoding -----------------------------------------------------------------------------------------------
-    def _tokenize(self, texts: list[str], marker: int, max_length: int, pad_to_max: bool) -> tuple[Any, Any]:
+    def tokenize(self, texts: list[str], marker: int, max_length: int, pad_to_max: bool) -> tuple[Any, Any]:
+        """Ids and mask of `[CLS] marker text [SEP]` (the marker inserted after [CLS]) on the model's device."""
         torch = self._torch
         enc = self.tokenizer(
             texts,
@@ -166,7 +191,8 @@ class ColBERTRanker(Ranker):
         mask = torch.cat([mask[:, :1], torch.ones_like(column), mask[:, 1:]], dim=1)
         return ids.to(self.device), mask.to(self.device)
 
-    def _embed(self, ids: Any, mask: Any) -> Any:
+    def embed(self, ids: Any, mask: Any) -> Any:
+        """Projected, L2-normalised token embeddings (B, L, dim)."""
         hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         return self._torch.nn.functional.normalize(self.projection(hidden), p=2, dim=-1)
 
@@ -174,21 +200,20 @@ class ColBERTRanker(Ranker):
         """(query_length, dim) embeddings; [MASK] padding is embedded (not attended to) and used in MaxSim."""
         if not query.strip():
             raise MicebenchError("empty query text")
-        ids, mask = self._tokenize([query], self.q_marker, self.query_length, pad_to_max=True)
+        ids, mask = self.tokenize([query], self.q_marker, self.query_length, pad_to_max=True)
         ids = ids.masked_fill(ids == self.tokenizer.pad_token_id, self.tokenizer.mask_token_id)
-        return self._embed(ids, mask)[0]
+        return self.embed(ids, mask)[0]
 
     def encode_documents(self, texts: list[str]) -> tuple[Any, Any]:
         """(B, L, dim) embeddings and the MaxSim mask (padding and punctuation excluded)."""
-        ids, mask = self._tokenize(texts, self.d_marker, self.doc_length, pad_to_max=False)
+        ids, mask = self.tokenize(texts, self.d_marker, self.doc_length, pad_to_max=False)
         keep = mask.bool() & ~self._torch.isin(ids, self.skiplist)
-        return self._embed(ids, mask), keep.long()
+        return self.embed(ids, mask), keep.long()
 
-    def maxsim(self, q: Any, docs: Any, keep: Any) -> np.ndarray:
-        """Sum over query tokens of the best cosine similarity over kept document tokens."""
-        sims = self._torch.einsum("qd,bld->bql", q, docs).float()
-        sims = sims.masked_fill(~keep.bool()[:, None, :], float("-inf"))
-        return sims.max(-1).values.sum(-1).double().cpu().numpy()
+    @staticmethod
+    def host_scores(q: Any, docs: Any, keep: Any) -> np.ndarray:
+        """`maxsim` of one query against a batch, as float64 on the host."""
+        return maxsim(q, docs, keep).double().cpu().numpy()
 
     @oom_backoff
     def score(self, query: str, docs: list[str]) -> np.ndarray:
@@ -197,7 +222,7 @@ class ColBERTRanker(Ranker):
             q = self.encode_query(query)
             for idx in length_sorted_batches(docs, self.batch_size):
                 emb, keep = self.encode_documents([docs[i] for i in idx])
-                scores[idx] = self.maxsim(q, emb, keep)
+                scores[idx] = self.host_scores(q, emb, keep)
         return scores
 
     @oom_backoff
@@ -209,40 +234,103 @@ class ColBERTRanker(Ranker):
             positions = self.store.positions(docnos)
             for start in range(0, len(docnos), self.batch_size):
                 tensors, keep = self.store.gather(positions[start : start + self.batch_size])
-                scores[start : start + len(keep)] = self.maxsim(q, tensors["embeddings"], keep)
+                scores[start : start + len(keep)] = self.host_scores(q, tensors["embeddings"], keep)
         return scores
 
-    # -- document store -----------------------------------------------------------------------------------------
+    def effective_options(self) -> dict[str, Any]:
+        """The declared options, with the lengths and projection size the checkpoint really has."""
+        return {
+            **super().effective_options(),
+            "dim": self.projection.out_features,
+            "query_length": self.query_length,
+            "doc_length": self.doc_length,
+        }
+
+    # -- StoreBacked ------------------------------------------------------------------------------------------
     def store_fields(self, mode: str) -> tuple[list[str], str]:
-        if mode != STORE_MODE:
-            raise MicebenchError(f"unknown store mode {mode!r} for ColBERT (it stores {STORE_MODE})")
-        return ["embeddings"], STORE_KIND
+        self.check_store_mode(mode)
+        return ["embeddings"], self.store_kind
+
+    def _weights_fingerprint(self) -> str:
+        return weight_fingerprint(f"colbert|{self.doc_length}|{self.d_marker}", self.encoder, self.projection)
 
     def store_fingerprint(self, mode: str) -> str:
-        digest = hashlib.sha256(f"colbert|{self.doc_length}|{self.d_marker}".encode())
-        for module in (self.encoder, self.projection):
-            for name, tensor in sorted(module.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:20]
+        return self._fingerprint or self._weights_fingerprint()
 
     def store_encode(self, texts: list[str], mode: str) -> tuple[dict[str, Any], Any]:
         emb, keep = self.encode_documents(texts)
         return {"embeddings": emb}, keep
 
+    # -- Trainable ----------------------------------------------------------------------------------------------
+    def trainable_module(self) -> Any:
+        return self._torch.nn.ModuleDict({"encoder": self.encoder, "projection": self.projection})
+
+    def score_pairs(self, queries: list[str], docs: list[str]) -> Any:
+        """Each pair's query embeddings against its document, through the same `maxsim` as ranking."""
+        emb, keep = self.encode_documents(docs)
+        q = self._torch.stack([self.encode_query(query) for query in queries])
+        return maxsim(q, emb, keep)
+
+    def save_checkpoint(self, folder: Path) -> None:
+        """A ColBERTv2-layout folder: the encoder, `linear.weight` beside it, and the lengths in artifact.metadata."""
+        from safetensors.torch import save_file
+
+        self.encoder.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        state = {k: v.contiguous() for k, v in self.encoder.state_dict().items()}
+        state["linear.weight"] = self.projection.weight.detach().contiguous()
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        (folder / "artifact.metadata").write_text(
+            json.dumps({"query_maxlen": self.query_length, "doc_maxlen": self.doc_length})
+        )
+
+    # -- Benchmarkable ------------------------------------------------------------------------------------------
+    def bench_call(self, query_ids: Any, doc_ids: Any, mode: str) -> Callable[[], Any]:
+        """`none` encodes the documents in the call; `precomputed` gathers their embeddings from a packed store."""
+        from micebench.store.document_store import PackedTensors
+
+        torch = self._torch
+        q_ids, d_ids = query_ids.to(self.device), doc_ids.to(self.device)
+        q_mask, d_mask = torch.ones_like(q_ids), torch.ones_like(d_ids)
+        if mode == "none":
+
+            def call() -> Any:
+                with torch.inference_mode():
+                    emb = self.embed(d_ids, d_mask)
+                    return self.host_scores(self.embed(q_ids, q_mask)[0], emb, d_mask)
+
+            return call
+        with torch.inference_mode():
+            emb = self.embed(d_ids, d_mask)
+        store = PackedTensors({"embeddings": emb[d_mask.bool()]}, d_mask.sum(1))
+        rows = torch.arange(len(d_ids), device=self.device)
+
+        def stored_call() -> Any:
+            with torch.inference_mode():
+                tensors, keep = store.gather(rows)
+                return self.host_scores(self.embed(q_ids, q_mask)[0], tensors["embeddings"], keep)
+
+        return stored_call
+
+    def bench_modules(self, everything: bool = False) -> list[Any]:
+        return [self.encoder, self.projection]
+
+    def bench_flops(self, query_len: int, doc_len: int, batch: int, mode: str) -> float:
+        from micebench.latency import flops
+
+        shape = flops.shape_of(self.encoder.config)
+        return flops.colbert(query_len, doc_len, shape, self.projection.out_features, batch, mode)
+
+    def bench_facts(self) -> dict[str, Any]:
+        return {"attention": "sdpa", "dim": self.projection.out_features}
+
     def describe(self) -> dict[str, Any]:
-        info = {
+        return {
             "ranker": self.name,
-            "checkpoint": self.checkpoint,
+            **model_facts(self.checkpoint, self.device, self.dtype, self.encoder, self.projection),
             "format": self.format,
-            "parameters": count_parameters(self.encoder) + count_parameters(self.projection),
             "dim": self.projection.out_features,
             "query_length": self.query_length,
             "doc_length": self.doc_length,
-            "device": str(self.device),
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "attention": self.encoder.config._attn_implementation,
+            **self.store_facts(),
         }
-        if self.store is not None:
-            info["store"] = {"path": str(self.store.folder), "bytes_per_doc": self.store.manifest["bytes_per_doc"]}
-        return info

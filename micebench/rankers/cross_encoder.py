@@ -2,55 +2,66 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from micebench.errors import MicebenchError
-from micebench.rankers.base import Ranker, register_ranker
-from micebench.rankers.batching import length_sorted_batches
-from micebench.rankers.memory import oom_backoff
-from micebench.rankers.models import (
+from micebench.models.batching import length_sorted_batches
+from micebench.models.hf import (
     DEFAULT_CROSS_ENCODER,
     classifier_options,
-    count_parameters,
+    load_model,
     load_pretrained,
     logits_to_scores,
+    model_facts,
     pick_device,
     pick_dtype,
 )
+from micebench.rankers.base import Benchmarkable, ModelOptions, Ranker, Trainable, register_ranker
+from micebench.rankers.memory import oom_backoff
+
+
+@dataclass
+class CrossEncoderOptions(ModelOptions):
+    """Options of `ce`."""
+
+    checkpoint: str = DEFAULT_CROSS_ENCODER
+    batch_size: int = 32
+    max_length: int = 512
+    attn_implementation: str = "sdpa"
 
 
 @register_ranker("ce", "cross-encoder: [CLS] query [SEP] document [SEP] with full attention")
-class CrossEncoderRanker(Ranker):
+class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
     """A standard cross-encoder; the relevance score is the classifier logit."""
 
     name = "ce"
+    Options = CrossEncoderOptions
 
-    def __init__(
-        self,
-        checkpoint: str = DEFAULT_CROSS_ENCODER,
-        device: str = "auto",
-        batch_size: int = 32,
-        max_length: int = 512,
-        dtype: str = "fp32",
-        attn_implementation: str = "sdpa",
-        **_: Any,
-    ):
+    def __init__(self, options: CrossEncoderOptions):
+        super().__init__(options)
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.checkpoint = checkpoint
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype)
-        self.batch_size = int(batch_size)
-        self.max_length = int(max_length)
-        extra = classifier_options(checkpoint)
-        self.tokenizer = load_pretrained(AutoTokenizer, checkpoint)
-        self.model = load_pretrained(
-            AutoModelForSequenceClassification, checkpoint, attn_implementation=attn_implementation, **extra
+        self.checkpoint = options.checkpoint
+        self.device = pick_device(options.device)
+        self.dtype = pick_dtype(options.dtype)
+        self.batch_size = options.batch_size
+        self.max_length = options.max_length
+        extra = classifier_options(self.checkpoint)
+        self.tokenizer = load_pretrained(AutoTokenizer, self.checkpoint)
+        self.model = load_model(
+            AutoModelForSequenceClassification,
+            self.checkpoint,
+            self.device,
+            self.dtype,
+            attn_implementation=options.attn_implementation,
+            **extra,
         )
-        self.model.to(self.device, dtype=self.dtype).eval()
         self._torch = torch
 
     def tokenize_pairs(self, queries: list[str], docs: list[str]) -> Any:
@@ -80,14 +91,59 @@ class CrossEncoderRanker(Ranker):
                 scores[idx] = logits_to_scores(logits).cpu().numpy()
         return scores
 
+    # -- Trainable --------------------------------------------------------------------------------------------
+    def trainable_module(self) -> Any:
+        return self.model
+
+    def score_pairs(self, queries: list[str], docs: list[str]) -> Any:
+        return logits_to_scores(self.forward(self.tokenize_pairs(queries, docs)).logits)
+
+    def save_checkpoint(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    # -- Benchmarkable ----------------------------------------------------------------------------------------
+    def bench_call(self, query_ids: Any, doc_ids: Any, mode: str) -> Callable[[], Any]:
+        """`[CLS] q [SEP] d [SEP]` of exactly the cross-encoder length for the given query and document lengths."""
+        from micebench.latency import flops
+
+        torch = self._torch
+        length = flops.cross_encoder_length(query_ids.shape[1], doc_ids.shape[1], flops.shape_of(self.model.config))
+        ids = torch.cat([query_ids.expand(len(doc_ids), -1), doc_ids[:, 1:]], dim=1)[:, :length]
+        ids[:, -1] = self.tokenizer.sep_token_id
+        types = torch.zeros_like(ids)
+        types[:, query_ids.shape[1] :] = 1
+        batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": torch.ones_like(ids)}
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        self._bench_length = ids.shape[1]
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return logits_to_scores(self.forward(batch).logits.float()).cpu()
+
+        return call
+
+    def bench_modules(self, everything: bool = False) -> list[Any]:
+        return [self.model]
+
+    def bench_flops(self, query_len: int, doc_len: int, batch: int, mode: str) -> float:
+        from micebench.latency import flops
+
+        return flops.cross_encoder(query_len, doc_len, flops.shape_of(self.model.config))
+
+    def bench_tokenize(self, query: str, docs: list[str], mode: str) -> Callable[[], Any] | None:
+        return lambda: self.tokenize_pairs([query] * len(docs), docs)
+
+    def bench_facts(self) -> dict[str, Any]:
+        facts = {"attention": self.model.config._attn_implementation}
+        if hasattr(self, "_bench_length"):
+            facts["sequence_length"] = self._bench_length
+        return facts
+
     def describe(self) -> dict[str, Any]:
         return {
             "ranker": self.name,
-            "checkpoint": self.checkpoint,
-            "parameters": count_parameters(self.model),
-            "device": str(self.device),
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "attention": self.model.config._attn_implementation,
+            **model_facts(self.checkpoint, self.device, self.dtype, self.model),
             "max_length": self.max_length,
             "batch_size": self.batch_size,
             "oom_backoffs": getattr(self, "oom_backoffs", 0),

@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from micebench.errors import MicebenchError
-from micebench.progress import progress_bar
-from micebench.rankers.base import Ranker, register_ranker, with_ranks
-from micebench.rankers.batching import length_sorted_batches
-from micebench.rankers.memory import oom_backoff
-from micebench.rankers.models import (
-    count_parameters,
+from micebench.models.batching import length_sorted_batches
+from micebench.models.hf import (
+    load_model,
     load_pretrained,
+    model_facts,
     pick_device,
     pick_dtype,
     read_sentence_transformers_config,
 )
+from micebench.progress import progress_bar
+from micebench.rankers.base import ModelOptions, Ranker, register_ranker, with_ranks
+from micebench.rankers.memory import oom_backoff
 
 DEFAULT_DENSE = "minilm-l6"
 _PAIR_CHUNK = 65_536
+
+
+@dataclass
+class DenseOptions(ModelOptions):
+    """Options of `dense`; max_length and normalize default to the checkpoint's sentence-transformers config."""
+
+    checkpoint: str = DEFAULT_DENSE
+    batch_size: int = 64
+    max_length: int | None = None
+    normalize: bool | None = None
 
 
 @register_ranker("dense", "bi-encoder, mean or CLS pooling (default: packaged all-MiniLM-L6-v2)")
@@ -29,32 +41,26 @@ class DenseRanker(Ranker):
     """Encodes query and documents independently; each distinct document is encoded once per call."""
 
     name = "dense"
+    Options = DenseOptions
 
-    def __init__(
-        self,
-        checkpoint: str = DEFAULT_DENSE,
-        device: str = "auto",
-        batch_size: int = 64,
-        max_length: int | None = None,
-        normalize: bool | None = None,
-        dtype: str = "fp32",
-        **_: Any,
-    ):
+    def __init__(self, options: DenseOptions):
+        super().__init__(options)
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        st_config = read_sentence_transformers_config(checkpoint)
-        self.checkpoint = checkpoint
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype)
-        self.batch_size = int(batch_size)
-        self.max_length = int(max_length or st_config.get("max_seq_length") or 512)
-        self.normalize = st_config.get("normalize", True) if normalize is None else normalize
+        st_config = read_sentence_transformers_config(options.checkpoint)
+        self.checkpoint = options.checkpoint
+        self.device = pick_device(options.device)
+        self.dtype = pick_dtype(options.dtype)
+        self.batch_size = options.batch_size
+        self.max_length = int(options.max_length or st_config.get("max_seq_length") or 512)
+        self.normalize = st_config.get("normalize", True) if options.normalize is None else options.normalize
         self.pooling = st_config.get("pooling", "mean")
-        self.tokenizer = load_pretrained(AutoTokenizer, checkpoint)
-        self.model = load_pretrained(AutoModel, checkpoint, attn_implementation="sdpa")
-        self.model.to(self.device, dtype=self.dtype).eval()
+        self.tokenizer = load_pretrained(AutoTokenizer, self.checkpoint)
+        self.model = load_model(AutoModel, self.checkpoint, self.device, self.dtype, attn_implementation="sdpa")
         self._torch = torch
+        #: (doc ids, their embeddings, query ids, theirs) of the frame given to `prepare`
+        self._prepared: tuple[Any, ...] | None = None
 
     @oom_backoff
     def encode(self, texts: list[str], description: str = "encoding") -> np.ndarray:
@@ -105,7 +111,7 @@ class DenseRanker(Ranker):
 
     def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
         """Encode each distinct query and document once (or reuse `prepare`), then score every pair."""
-        prepared = getattr(self, "_prepared", None)
+        prepared = self._prepared
         if prepared is None or not (
             candidates["docno"].isin(prepared[0]).all() and candidates["qid"].isin(prepared[2]).all()
         ):
@@ -120,14 +126,13 @@ class DenseRanker(Ranker):
             scores[rows] = np.einsum("ij,ij->i", doc_emb[doc_codes[rows]], query_emb[q_codes[rows]])
         return with_ranks(candidates, scores)
 
+    def effective_options(self) -> dict[str, Any]:
+        return {**super().effective_options(), "max_length": self.max_length, "normalize": self.normalize}
+
     def describe(self) -> dict[str, Any]:
         return {
             "ranker": self.name,
-            "checkpoint": self.checkpoint,
-            "parameters": count_parameters(self.model),
-            "device": str(self.device),
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "attention": self.model.config._attn_implementation,
+            **model_facts(self.checkpoint, self.device, self.dtype, self.model),
             "pooling": self.pooling,
             "normalize": self.normalize,
             "max_length": self.max_length,

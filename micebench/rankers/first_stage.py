@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from micebench.errors import MicebenchError
 from micebench.rankers.base import Ranker, register_ranker, with_ranks
 
 
@@ -16,9 +17,6 @@ class FirstStageRanker(Ranker):
 
     name = "first-stage"
     needs_text = False
-
-    def __init__(self, **_: Any):
-        pass
 
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         raise NotImplementedError("first-stage keeps candidate scores; use rerank on a candidates frame")
@@ -33,9 +31,8 @@ class BM25Ranker(FirstStageRanker):
 
     name = "bm25"
     requires_bm25_first_stage = True
-
-    def __init__(self, k1: float = 0.9, b: float = 0.4, **_: Any):
-        self.k1, self.b = k1, b
+    #: the first stage's parameters (Pyserini's defaults), which `score` uses too
+    k1, b = 0.9, 0.4
 
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         from micebench.firststage.bm25 import BM25Index, BM25Params
@@ -43,6 +40,19 @@ class BM25Ranker(FirstStageRanker):
         index = BM25Index.build(((str(i), d) for i, d in enumerate(docs)), BM25Params(k1=self.k1, b=self.b))
         found = index.search({"q": query}, len(docs))["q"]
         return np.asarray([found.get(str(i), 0.0) for i in range(len(docs))], dtype=np.float64)
+
+    def score_frame(self, pairs: pd.DataFrame, dataset: Any = None) -> np.ndarray:
+        """BM25 scores with the corpus's statistics (the scores BM25 retrieval ranks by), not with those of each
+        query's short list alone; used when BM25 is a teacher."""
+        from micebench.firststage.bm25 import bm25_index_for
+
+        if dataset is None:
+            raise MicebenchError("bm25 scores of given pairs need their dataset (its corpus statistics)")
+        index = bm25_index_for(dataset)
+        values = np.empty(len(pairs), dtype=np.float64)
+        for rows in pairs.groupby("qid", sort=False).indices.values():
+            values[rows] = index.score_documents(pairs["query"].iat[rows[0]], pairs["docno"].take(rows).tolist())
+        return values
 
     def describe(self) -> dict[str, Any]:
         return {"ranker": self.name, "k1": self.k1, "b": self.b}

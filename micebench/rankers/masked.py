@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from micebench.models.masking import LayerMasks, schedule_masks
 from micebench.models.segments import segment_ids
 from micebench.rankers.base import register_ranker, register_ranker_pattern
-from micebench.rankers.cross_encoder import CrossEncoderRanker
+from micebench.rankers.cross_encoder import CrossEncoderOptions, CrossEncoderRanker
 from micebench.schedules import PRESET_HELP, Schedule, is_preset, parse_schedule
+
+
+@dataclass
+class MaskedOptions(CrossEncoderOptions):
+    """Options of `masked-ce`: the cross-encoder's, plus the schedule (a preset, a file or compact rules)."""
+
+    schedule: str | Schedule = "none"
 
 
 @register_ranker("masked-ce", "cross-encoder with a per-layer attention schedule (--schedule mask2, ...)")
@@ -16,13 +25,20 @@ class MaskedCrossEncoderRanker(CrossEncoderRanker):
     """Applies a schedule as additive masks on the attention logits of each layer, before the softmax."""
 
     name = "masked-ce"
+    Options = MaskedOptions
 
-    def __init__(self, schedule: str | Schedule = "none", **options: Any):
-        super().__init__(**options)
+    def __init__(self, options: MaskedOptions):
+        schedule = options.schedule
         self.schedule = schedule if isinstance(schedule, Schedule) else parse_schedule(schedule)
+        super().__init__(options)
         self.num_layers = self.model.config.num_hidden_layers
         self.schedule.validate(self.num_layers)
         self.layer_masks = LayerMasks(self.model)
+
+    @classmethod
+    def run_label(cls, spec: str, options: dict[str, Any]) -> str:
+        schedule = options.get("schedule")
+        return f"{spec}-{Path(str(schedule)).stem}" if schedule else spec
 
     def masks_for(self, batch: Any) -> list[Any]:
         """Per-layer additive masks for a tokenised batch."""
@@ -33,6 +49,9 @@ class MaskedCrossEncoderRanker(CrossEncoderRanker):
         with self.layer_masks.apply(self.masks_for(batch)):
             return self.model(**batch, **kwargs)
 
+    def effective_options(self) -> dict[str, Any]:
+        return {**super().effective_options(), "schedule": self.schedule.as_dict()}
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "schedule": self.schedule.as_dict()}
 
@@ -41,14 +60,9 @@ class MaskedCrossEncoderRanker(CrossEncoderRanker):
         return self.schedule.name
 
 
-def _preset_factory(name: str, **options: Any) -> MaskedCrossEncoderRanker:
-    if "schedule" in options:
-        options.pop("schedule")
-    return MaskedCrossEncoderRanker(schedule=name, **options)
-
-
 register_ranker_pattern(
     is_preset,
-    _preset_factory,
+    MaskedCrossEncoderRanker,
+    lambda name: {"schedule": name},
     {k: f"masked-ce with the {k} schedule: {v}" for k, v in PRESET_HELP.items() if k != "none"},
 )

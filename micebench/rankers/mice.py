@@ -3,93 +3,119 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from micebench.errors import MicebenchError
-from micebench.rankers.base import Ranker, register_ranker, register_ranker_pattern
-from micebench.rankers.batching import length_sorted_batches
+from micebench.models.batching import length_sorted_batches
+from micebench.models.hf import (
+    DEFAULT_CROSS_ENCODER,
+    logits_to_scores,
+    model_facts,
+    move_model,
+    pick_device,
+    pick_dtype,
+)
+from micebench.rankers.base import (
+    Benchmarkable,
+    ModelOptions,
+    Ranker,
+    StoreBacked,
+    Trainable,
+    register_ranker,
+    register_ranker_pattern,
+)
 from micebench.rankers.memory import oom_backoff
-from micebench.rankers.models import DEFAULT_CROSS_ENCODER, count_parameters, logits_to_scores, pick_device, pick_dtype
 
 _SHAPE = re.compile(r"^mice-l(\d+)\+(\d+)$")
-STORE_KIND = "mice"
-STORE_MODES = ("states", "kv")
+#: `mice` without a shape: the paper's headline model, MICE-l4+3
+DEFAULT_SHAPE = (4, 3)
 
 
-@register_ranker(
-    "mice", "MICE: bottom layers apart, top layers with query cross-attention (--merge-layer, --top-layers)"
-)
-class MiceRanker(Ranker):
+@dataclass
+class MiceOptions(ModelOptions):
+    """Options of `mice`; the shape (default l4+3) and attention options apply when converting a cross-encoder
+    (a MICE checkpoint carries its own). `max_length` is the document budget, `query_max_length` the query's."""
+
+    merge_layer: int | None = None
+    top_layers: int | None = None
+    batch_size: int = 128
+    precomputed: str | None = None
+    untrained: bool = False
+    top_self_attention: bool = True
+    query_attends_cls: bool = False
+    cls_attends_document: bool = False
+    random_top_layers: bool = False
+    max_length: int = 512
+    query_max_length: int | None = None
+
+
+@register_ranker("mice", "MICE (default l4+3, the paper's): bottom layers apart, top layers with query cross-attention")
+class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     """Minimal Interaction Cross-Encoder; the query's bottom layers run once per query."""
 
     name = "mice"
-    default_store_mode = "states"
+    Options = MiceOptions
+    store_kind = "mice"
+    store_modes = ("states", "kv")
+    bench_modes = ("none", "states", "kv")
 
-    def __init__(
-        self,
-        checkpoint: str | None = None,
-        merge_layer: int | None = None,
-        top_layers: int | None = None,
-        device: str = "auto",
-        batch_size: int = 128,
-        dtype: str = "fp32",
-        precomputed: str | None = None,
-        untrained: bool = False,
-        top_self_attention: bool = True,
-        query_attends_cls: bool = False,
-        cls_attends_document: bool = False,
-        random_top_layers: bool = False,
-        max_length: int = 512,
-        **_: Any,
-    ):
+    def __init__(self, options: MiceOptions):
+        super().__init__(options)
         import torch
 
         from micebench.models.mice import MiceConfig
         from micebench.models.mice_io import convert_cross_encoder, is_mice_checkpoint, load_mice
 
         self._torch = torch
+        checkpoint = options.checkpoint
         if is_mice_checkpoint(checkpoint):
             self.model, self.tokenizer = load_mice(checkpoint)
             shape = (self.model.mice.merge_layer, self.model.mice.top_layers)
-            asked = (merge_layer or shape[0], top_layers or shape[1])
+            asked = (options.merge_layer or shape[0], options.top_layers or shape[1])
             if asked != shape:
                 raise MicebenchError(
                     f"checkpoint {checkpoint!r} is mice-l{shape[0]}+{shape[1]}, not mice-l{asked[0]}+{asked[1]}"
                 )
         else:
-            if merge_layer is None or top_layers is None:
-                raise MicebenchError(
-                    "a MICE built from a cross-encoder needs --merge-layer and --top-layers (or mice-l<k>+<m>)"
-                )
             config = MiceConfig(
-                merge_layer=int(merge_layer),
-                top_layers=int(top_layers),
-                top_self_attention=top_self_attention,
-                query_attends_cls=query_attends_cls,
-                cls_attends_document=cls_attends_document,
-                random_top_layers=random_top_layers,
-                doc_max_length=max_length,
+                merge_layer=DEFAULT_SHAPE[0] if options.merge_layer is None else options.merge_layer,
+                top_layers=DEFAULT_SHAPE[1] if options.top_layers is None else options.top_layers,
+                top_self_attention=options.top_self_attention,
+                query_attends_cls=options.query_attends_cls,
+                cls_attends_document=options.cls_attends_document,
+                random_top_layers=options.random_top_layers,
+                doc_max_length=options.max_length,
             )
             self.model, self.tokenizer = convert_cross_encoder(checkpoint or DEFAULT_CROSS_ENCODER, config)
+        if options.query_max_length is not None:
+            self.model.mice.query_max_length = options.query_max_length
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions and self.model.mice.query_max_length > positions:
+            self.model.mice.query_max_length = int(positions)
         self.checkpoint = checkpoint or DEFAULT_CROSS_ENCODER
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype)
-        self.model.to(self.device, dtype=self.dtype).eval()
-        self.batch_size = int(batch_size)
-        self.untrained = untrained
-        self.store = None
-        if precomputed:
-            from micebench.store.document_store import DocumentStore, read_manifest
+        self.device = pick_device(options.device)
+        self.dtype = pick_dtype(options.dtype)
+        # stores are fingerprinted on the weights as loaded, so a bf16 run opens a store built in fp32
+        self._fingerprints = (
+            {} if self.dtype == torch.float32 else {m: self.model.fingerprint(m) for m in self.store_modes}
+        )
+        move_model(self.model, self.device, self.dtype)
+        self.batch_size = options.batch_size
+        self.untrained = options.untrained
+        self.open_store(options.precomputed)
 
-            mode = read_manifest(precomputed).get("mode")
-            if mode not in STORE_MODES:
-                raise MicebenchError(f"store {precomputed} has mode {mode!r}; MICE uses states or kv")
-            self.store = DocumentStore(
-                precomputed, STORE_KIND, self.model.fingerprint(mode), mode, self.device, self.dtype
-            )
-        self.needs_text = self.store is None
+    @classmethod
+    def run_label(cls, spec: str, options: dict[str, Any]) -> str:
+        """`mice` with a shape given as options is labelled by that shape, like `mice-l<k>+<m>`."""
+        k, m = options.get("merge_layer"), options.get("top_layers")
+        if spec == "mice" and (k is not None or m is not None):
+            return f"mice-l{DEFAULT_SHAPE[0] if k is None else k}+{DEFAULT_SHAPE[1] if m is None else m}"
+        return spec
 
     @property
     def mice(self) -> Any:
@@ -101,13 +127,33 @@ class MiceRanker(Ranker):
 
     def check_ready_for_effectiveness(self) -> None:
         if not self.mice.trained and not self.untrained:
+            label, source = self.mice.label(), self.mice.source_checkpoint
             raise MicebenchError(
-                f"{self.mice.label()} is untrained (converted from {self.mice.source_checkpoint}) and ranks poorly: "
-                "fine-tune it with `micebench train`, or pass --untrained to run it anyway"
+                f"{label} is untrained (converted from {source}) and ranks poorly: train it with `micebench train "
+                f"--model {label} --init {source} --train msmarco-passage/train --teacher ce --output "
+                f"checkpoints/{label}` and run with --checkpoint checkpoints/{label}/best (offline: `make train-demo` "
+                "trains mice-l2+2 on SciFact), or pass --untrained to run it as it is"
             )
 
+    def effective_options(self) -> dict[str, Any]:
+        """The declared options, with the shape and attention options the model really has."""
+        mice = self.mice
+        return {
+            **super().effective_options(),
+            "checkpoint": self.checkpoint,
+            "merge_layer": mice.merge_layer,
+            "top_layers": mice.top_layers,
+            "top_self_attention": mice.top_self_attention,
+            "query_attends_cls": mice.query_attends_cls,
+            "cls_attends_document": mice.cls_attends_document,
+            "random_top_layers": mice.random_top_layers,
+            "max_length": mice.doc_max_length,
+            "query_max_length": mice.query_max_length,
+        }
+
     # -- encoding -----------------------------------------------------------------------------------------------
-    def _tokenize(self, texts: list[str], max_length: int) -> Any:
+    def tokenize(self, texts: list[str], max_length: int) -> Any:
+        """`[CLS] text [SEP]` batches on the model's device (queries and documents are encoded apart)."""
         return self.tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(
             self.device
         )
@@ -116,15 +162,16 @@ class MiceRanker(Ranker):
         """Layer-k states of `[CLS] query [SEP]` and its mask (computed once per query)."""
         if not query.strip():
             raise MicebenchError("empty query text")
-        batch = self._tokenize([query], self.mice.query_max_length)
+        batch = self.tokenize([query], self.mice.query_max_length)
         return self.model.encode_bottom(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"]
 
     def encode_documents(self, texts: list[str]) -> tuple[Any, Any]:
         """Layer-k states of `[CLS] document [SEP]` for a batch, and the attention mask."""
-        batch = self._tokenize(texts, self.mice.doc_max_length)
+        batch = self.tokenize(texts, self.mice.doc_max_length)
         return self.model.encode_bottom(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"]
 
-    def _score(self, q: tuple[Any, Any], d_mask: Any, **doc: Any) -> np.ndarray:
+    def score_states(self, q: tuple[Any, Any], d_mask: Any, **doc: Any) -> np.ndarray:
+        """Host scores of one query's states against a batch of documents (`d_states=` or `d_kv=`)."""
         n = d_mask.shape[0]
         index = self._torch.zeros(n, dtype=self._torch.long, device=self.device)
         logits = self.model.score_from_states(q[0], q[1], d_mask, index, **doc).float()
@@ -137,16 +184,16 @@ class MiceRanker(Ranker):
             q = self.encode_query(query)
             for idx in length_sorted_batches(docs, self.batch_size):
                 states, mask = self.encode_documents([docs[i] for i in idx])
-                scores[idx] = self._score(q, mask, d_states=states)
+                scores[idx] = self.score_states(q, mask, d_states=states)
         return scores
 
+    # -- StoreBacked ----------------------------------------------------------------------------------------------
     @oom_backoff
     def score_stored(self, query: str, docnos: list[str]) -> np.ndarray:
         """Scores from the precomputed store: no document text, no bottom layers for documents."""
-        torch = self._torch
         rows = self.store.positions(docnos)
         scores = np.empty(len(docnos), dtype=np.float64)
-        with torch.inference_mode():
+        with self._torch.inference_mode():
             q = self.encode_query(query)
             for start in range(0, len(docnos), self.batch_size):
                 chunk = rows[start : start + self.batch_size]
@@ -162,28 +209,26 @@ class MiceRanker(Ranker):
                 (self._split(tensors[f"k{j}"], heads), self._split(tensors[f"v{j}"], heads))
                 for j in range(self.mice.top_layers)
             ]
-            return self._score(q, mask, d_kv=kv)
-        return self._score(q, mask, d_states=tensors["states"])
+            return self.score_states(q, mask, d_kv=kv)
+        return self.score_states(q, mask, d_states=tensors["states"])
 
     @staticmethod
     def _split(x: Any, heads: int) -> Any:
         b, length, dim = x.shape
         return x.view(b, length, heads, dim // heads).transpose(1, 2)
 
-    # -- document store -------------------------------------------------------------------------------------------
     def store_fields(self, mode: str) -> tuple[list[str], str]:
         """Tensors a store of this mode holds: layer-k states, or every top layer's cross keys and values."""
-        if mode not in STORE_MODES:
-            raise MicebenchError(f"unknown store mode {mode!r} for MICE (use states or kv)")
+        self.check_store_mode(mode)
         if mode == "states":
-            return ["states"], STORE_KIND
-        return [f"{kv}{j}" for j in range(self.mice.top_layers) for kv in ("k", "v")], STORE_KIND
+            return ["states"], self.store_kind
+        return [f"{kv}{j}" for j in range(self.mice.top_layers) for kv in ("k", "v")], self.store_kind
 
     def store_fingerprint(self, mode: str) -> str:
-        return self.model.fingerprint(mode)
+        return self._fingerprints.get(mode) or self.model.fingerprint(mode)
 
     def store_encode(self, texts: list[str], mode: str) -> tuple[dict[str, Any], Any]:
-        batch = self._tokenize(texts, self.mice.doc_max_length)
+        batch = self.tokenize(texts, self.mice.doc_max_length)
         return self.store_encode_ids(batch["input_ids"], batch["attention_mask"], mode)
 
     def store_encode_ids(self, input_ids: Any, mask: Any, mode: str) -> tuple[dict[str, Any], Any]:
@@ -197,39 +242,100 @@ class MiceRanker(Ranker):
             out[f"v{j}"] = v.transpose(1, 2).reshape(states.shape)
         return out, mask
 
-    def describe(self) -> dict[str, Any]:
-        from dataclasses import asdict
+    # -- Trainable ----------------------------------------------------------------------------------------------
+    def trainable_module(self) -> Any:
+        return self.model
 
-        info = {
+    def score_pairs(self, queries: list[str], docs: list[str]) -> Any:
+        """Each distinct query's bottom layers run once; its documents cross-attend to its top layers."""
+        unique = list(dict.fromkeys(queries))
+        position = {q: i for i, q in enumerate(unique)}
+        q = self.tokenize(unique, self.mice.query_max_length)
+        d = self.tokenize(docs, self.mice.doc_max_length)
+        index = self._torch.tensor([position[x] for x in queries], device=self.device)
+        logits = self.model(q["input_ids"], q["attention_mask"], d["input_ids"], d["attention_mask"], index)
+        return logits_to_scores(logits)
+
+    def save_checkpoint(self, folder: Path) -> None:
+        from micebench.models.mice_io import save_mice
+
+        self.model.mice.trained = True
+        save_mice(self.model, self.tokenizer, folder)
+
+    # -- Benchmarkable ------------------------------------------------------------------------------------------
+    def bench_call(self, query_ids: Any, doc_ids: Any, mode: str) -> Callable[[], Any]:
+        """`none` runs the documents' bottom layers in the call; `states`/`kv` read them from a packed store."""
+        from micebench.store.document_store import PackedTensors
+
+        torch = self._torch
+        q_ids, d_ids = query_ids.to(self.device), doc_ids.to(self.device)
+        q_mask, d_mask = torch.ones_like(q_ids), torch.ones_like(d_ids)
+        model = self.model
+        if mode == "none":
+
+            def call() -> Any:
+                with torch.inference_mode():
+                    qs = (model.encode_bottom(q_ids, q_mask), q_mask)
+                    return self.score_states(qs, d_mask, d_states=model.encode_bottom(d_ids, d_mask))
+
+            return call
+        with torch.inference_mode():
+            fields, _ = self.store_fields(mode)
+            tensors, mask = self.store_encode_ids(d_ids, d_mask, mode)
+            packed = {f: tensors[f][mask.bool()].to(self.dtype) for f in fields}
+        store = PackedTensors(packed, mask.sum(1).to(self.device))
+        rows = torch.arange(len(d_ids), device=self.device)
+
+        def stored_call() -> Any:
+            with torch.inference_mode():
+                qs = (model.encode_bottom(q_ids, q_mask), q_mask)
+                return self.score_rows(qs, store, mode, rows)
+
+        return stored_call
+
+    def bench_modules(self, everything: bool = False) -> list[Any]:
+        if everything:
+            return [self.model]
+        return [self.model.embeddings, *self.model.bottom, *self.model.top]
+
+    def bench_flops(self, query_len: int, doc_len: int, batch: int, mode: str) -> float:
+        from micebench.latency import flops
+
+        shape = flops.shape_of(self.model.config)
+        return flops.mice(query_len, doc_len, shape, self.mice.merge_layer, self.mice.top_layers, batch, mode)
+
+    def bench_tokenize(self, query: str, docs: list[str], mode: str) -> Callable[[], Any] | None:
+        if mode == "none":
+            return lambda: (
+                self.tokenize([query], self.mice.query_max_length),
+                self.tokenize(docs, self.mice.doc_max_length),
+            )
+        return lambda: self.tokenize([query], self.mice.query_max_length)
+
+    def bench_facts(self) -> dict[str, Any]:
+        return {"attention": "sdpa"}
+
+    def describe(self) -> dict[str, Any]:
+        return {
             "ranker": self.name,
             "checkpoint": self.checkpoint,
             "mice": asdict(self.mice),
-            "parameters": count_parameters(self.model),
-            "device": str(self.device),
-            "dtype": str(self.dtype).replace("torch.", ""),
+            **{k: v for k, v in model_facts(None, self.device, self.dtype, self.model).items() if k != "checkpoint"},
             "attention": "sdpa",
             "batch_size": self.batch_size,
             "oom_backoffs": getattr(self, "oom_backoffs", 0),
+            **self.store_facts(),
         }
-        if self.store is not None:
-            info["store"] = {
-                k: self.store.manifest[k] for k in ("mode", "dtype", "fingerprint", "num_docs", "bytes_per_doc")
-            }
-            info["store"]["path"] = str(self.store.folder)
-        return info
 
 
-def _mice_factory(name: str, **options: Any) -> MiceRanker:
-    k, m = (int(x) for x in _SHAPE.match(name).groups())
-    for key, value in (("merge_layer", k), ("top_layers", m)):
-        if options.get(key) not in (None, value):
-            raise MicebenchError(f"--{key.replace('_', '-')} {options[key]} contradicts model name {name!r}")
-        options[key] = value
-    return MiceRanker(**options)
+def _shape_options(name: str) -> dict[str, Any]:
+    k, m = (int(x) for x in _SHAPE.match(name).groups())  # type: ignore[union-attr]
+    return {"merge_layer": k, "top_layers": m}
 
 
 register_ranker_pattern(
     lambda name: bool(_SHAPE.match(name)),
-    _mice_factory,
+    MiceRanker,
+    _shape_options,
     {"mice-l<k>+<m>": "MICE with merge layer k and m top layers (e.g. mice-l4+3)"},
 )

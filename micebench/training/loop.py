@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from micebench.errors import MicebenchError
+from micebench.rankers.base import Trainable
 from micebench.training.data import TrainingSet
 from micebench.training.losses import LOSSES, bce, listwise, margin_mse
-from micebench.training.students import Student
 
 
 @dataclass
@@ -47,7 +47,7 @@ class TrainConfig:
     schedule: str | None = None
     merge_layer: int | None = None
     top_layers: int | None = None
-    max_length: int = 512
+    max_length: int | None = None  # None: the student's own default
     negatives_depth: int = 100
     negatives_per_query: int = 20
     group_size: int = 2
@@ -65,9 +65,12 @@ class TrainConfig:
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every RNG state as tensors and plain values, so `state.pt` loads with `weights_only=True` (no pickle)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos)}
+        | {"has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -75,7 +78,11 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    keys = numpy_state["keys"].numpy().astype(np.uint32)
+    np.random.set_state(
+        (numpy_state["name"], keys, numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached"])
+    )
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -87,9 +94,9 @@ def batch_indices(seed: int, step: int, size: int, population: int) -> np.ndarra
 
 
 class Trainer:
-    """Runs a TrainConfig on a training set with a student ranker."""
+    """Runs a TrainConfig on a training set with a student: any `Trainable` ranker (the module the loss calls)."""
 
-    def __init__(self, config: TrainConfig, student: Student, training: TrainingSet, validator: Any = None):
+    def __init__(self, config: TrainConfig, student: Trainable, training: TrainingSet, validator: Any = None):
         if config.loss not in LOSSES:
             raise MicebenchError(f"unknown loss {config.loss!r} (use {', '.join(LOSSES)})")
         if config.loss == "margin-mse" and any(t.teacher_pos is None for t in training.triples[:1]):
@@ -104,7 +111,7 @@ class Trainer:
             raise MicebenchError("--group-size above 2 needs --loss listwise (margin-mse and bce use triples)")
         self.config, self.student, self.training, self.validator = config, student, training, validator
         self.output = Path(config.output)
-        self.module = student.module
+        self.module = student.trainable_module()
         params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
         from transformers import get_linear_schedule_with_warmup
@@ -119,8 +126,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.best: float | None = None
-        device = getattr(student.ranker, "device", torch.device("cpu"))
-        self.autocast = config.bf16 and device.type == "cuda"
+        self.autocast = config.bf16 and torch.device(student.device).type == "cuda"
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def save_state(self) -> None:
@@ -148,7 +154,11 @@ class Trainer:
         path = self.output / "last" / "state.pt"
         if not path.is_file():
             raise MicebenchError(f"nothing to resume in {self.output} (no last/state.pt)")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a damaged, foreign or tampered file: never unpickle arbitrary objects
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise MicebenchError(f"cannot resume from {path}: {first}") from None
         if state["fingerprint"] != self.config.fingerprint():
             raise MicebenchError(f"{self.output} was trained with another configuration; --resume refuses to mix them")
         self.module.load_state_dict(state["model"])
@@ -160,7 +170,7 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------------------------------
     def _scores(self, queries: list[str], docs: list[str]) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            return self.student.scores(queries, docs).float()
+            return self.student.score_pairs(queries, docs).float()
 
     def loss_on(self, triples: list[Any], keys: Any = None) -> torch.Tensor:
         """The loss of one (micro-)batch; `keys` are the triples' indices in the training set (they seed the
@@ -223,7 +233,7 @@ class Trainer:
             raise MicebenchError(f"{self.output} already holds a training run (use --resume, or another --output)")
         self.output.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        with progress_bar(f"training {self.student.kind}", total=self.config.steps, unit="steps") as bar:
+        with progress_bar(f"training {self.student.name}", total=self.config.steps, unit="steps") as bar:
             bar.advance(self.step)
             while self.step < self.config.steps:
                 loss = self.train_step()
@@ -270,7 +280,9 @@ class Trainer:
         }
         tmp = self.output / f".best.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.student.save(tmp, meta)
+        tmp.mkdir(parents=True)
+        self.student.save_checkpoint(tmp)
+        (tmp / "micebench_training.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
         shutil.rmtree(self.output / "best", ignore_errors=True)
         os.replace(tmp, self.output / "best")
 
@@ -303,20 +315,21 @@ class Trainer:
 
 
 def make_validator(dataset: Any, top_k: int) -> Any:
-    """A function student -> nDCG@10 (RR@10 for MS MARCO dev) on the dataset's first-stage top-k."""
+    """A function student -> the dataset's validation measure (its registry says: nDCG@10, RR@10 for MS MARCO dev)
+    on its first-stage top-k."""
     from micebench.evaluation import evaluate
     from micebench.firststage.candidates import first_stage
-    from micebench.pipeline import candidates_frame, frame_to_run
+    from micebench.frames import candidates_frame, frame_to_run
 
     if not dataset.judged_queries():
         raise MicebenchError(f"validation set {dataset.name!r} has no judged queries")
     frame = candidates_frame(dataset, first_stage(dataset, "auto", top_k), with_text=True)
-    measure = "RR@10" if "msmarco" in dataset.name and "dev" in dataset.name else "nDCG@10"
+    measure = dataset.validation_measure
 
-    def validate(student: Student) -> float:
-        student.module.eval()
+    def validate(student: Any) -> float:
+        student.trainable_module().eval()
         with torch.inference_mode():
-            ranked = student.ranker.rerank(frame)
+            ranked = student.rerank(frame)
         value = evaluate(dataset.qrels(), frame_to_run(ranked), [measure], dataset.relevance_level).means[measure]
         return value if not math.isnan(value) else 0.0
 

@@ -20,25 +20,44 @@ from micebench.training.data import (
     write_teacher_scores,
 )
 from micebench.training.loop import TrainConfig, Trainer, make_validator
-from micebench.training.students import Student
 
 
-def load_student(config: TrainConfig) -> Student:
+def student_options(config: TrainConfig) -> dict[str, Any]:
+    """The student's ranker options: `--init` as its checkpoint, plus the options of `config` that were given.
+
+    The model must be Trainable and must declare every given option (else one line naming it), checked before
+    any weights load.
+    """
+    from micebench.rankers.base import Trainable, option_names, ranker_options, rankers_with, resolve_ranker
+
+    cls, _ = resolve_ranker(config.model)
+    if not issubclass(cls, Trainable):
+        trainable = ", ".join(rankers_with(Trainable))
+        raise MicebenchError(f"model {config.model!r} cannot be trained (trainable: {trainable} and their presets)")
+    options: dict[str, Any] = {
+        "checkpoint": config.init,
+        "device": config.device,
+        "max_length": config.max_length,
+        "schedule": config.schedule,
+        "merge_layer": config.merge_layer,
+        "top_layers": config.top_layers,
+        **config.extra,
+    }
+    if "untrained" in option_names(config.model):
+        options["untrained"] = True  # a student is untrained by definition
+    ranker_options(config.model, **options)
+    return options
+
+
+def load_student(config: TrainConfig) -> Any:
     """The ranker to train, initialised from `--init` (a cross-encoder/base model, or a MICE checkpoint)."""
     from micebench.rankers.base import load_ranker
 
-    options: dict[str, Any] = {"checkpoint": config.init, "device": config.device, "max_length": config.max_length}
-    if config.model == "masked-ce":
-        options["schedule"] = config.schedule or "none"
-    if config.model == "mice" or config.model.startswith("mice-l"):
-        options.update(merge_layer=config.merge_layer, top_layers=config.top_layers, untrained=True)
+    options = student_options(config)
     try:
-        ranker = load_ranker(config.model, **options)
+        return load_ranker(config.model, **options)
     except MicebenchError as err:
         raise MicebenchError(f"--init {config.init!r} does not fit a {config.model} student: {err}") from None
-    if ranker.name not in ("ce", "masked-ce", "mice", "colbert"):
-        raise MicebenchError(f"model {config.model!r} cannot be trained (ce, masked-ce, mice-l<k>+<m>, colbert)")
-    return Student(ranker)
 
 
 def _teacher_specs(spec: str) -> list[tuple[str, str | None]]:
@@ -53,31 +72,22 @@ def _teacher_specs(spec: str) -> list[tuple[str, str | None]]:
 
 
 def _teacher_scores(
-    model: str, checkpoint: str | None, pairs: pd.DataFrame, dataset: Any, device: str, max_length: int
+    model: str, checkpoint: str | None, pairs: pd.DataFrame, dataset: Any, device: str, max_length: int | None
 ) -> np.ndarray:
     """One teacher's score for every row of `pairs` (qid, query, docno, text), through the ranker's own `rerank`
     (a dense teacher encodes each distinct document once). `bm25` scores with the training corpus's statistics,
     the scores BM25 retrieval ranks by, not with those of each query's short list alone."""
-    if model == "bm25":
-        from micebench.firststage.bm25 import bm25_index_for
+    from micebench.rankers.base import load_ranker, option_names
 
-        if dataset is None:
-            raise MicebenchError("a bm25 teacher needs the training dataset (its corpus statistics)")
-        index = bm25_index_for(dataset)
-        values = np.empty(len(pairs), dtype=np.float64)
-        for rows in pairs.groupby("qid", sort=False).indices.values():
-            values[rows] = index.score_documents(pairs["query"].iat[rows[0]], pairs["docno"].take(rows).tolist())
-        return values
-    from micebench.rankers.base import load_ranker
-
-    teacher = load_ranker(model, checkpoint=checkpoint, device=device, untrained=True, max_length=max_length)
+    shared = {"checkpoint": checkpoint, "device": device, "untrained": True, "max_length": max_length}
+    takes = option_names(model)
+    teacher = load_ranker(model, **{k: v for k, v in shared.items() if k in takes})
     teacher.check_ready_for_effectiveness()
-    ranked = teacher.rerank(pairs).set_index(["qid", "docno"])["score"]
-    return ranked.reindex(pd.MultiIndex.from_frame(pairs[["qid", "docno"]])).to_numpy(dtype=np.float64)
+    return teacher.score_frame(pairs, dataset)
 
 
 def score_with_teacher(
-    training: TrainingSet, spec: str, device: str, max_length: int = 512, dataset: Any = None
+    training: TrainingSet, spec: str, device: str, max_length: int | None = None, dataset: Any = None
 ) -> TrainingSet:
     """Run a teacher once over every (query, positive) and (query, negative) pair, reading as many tokens as the
     student will (`max_length`). An ensemble (`bm25,dense`) sums its members' scores after z-normalising each

@@ -1,4 +1,4 @@
-"""Model name resolution (local path, packaged short name, hub id) and device/dtype choice."""
+"""Hugging Face plumbing shared by every ranker: model resolution, loading, device and dtype, weight facts."""
 
 from __future__ import annotations
 
@@ -134,3 +134,66 @@ def logits_to_scores(logits: Any) -> Any:
 def count_parameters(model: Any) -> int:
     """Number of parameters of a torch module."""
     return sum(p.numel() for p in model.parameters())
+
+
+def same_device(a: Any, b: Any) -> bool:
+    """Whether two devices are the same, with `cuda` meaning the current CUDA device (`cuda:0` usually)."""
+    import torch
+
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type == "cuda" and (a.index is None or b.index is None):
+        current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return a.index == b.index
+
+
+def move_model(model: Any, device: Any, dtype: Any) -> Any:
+    """`model.to(device, dtype)` in eval mode, keeping rotary `inv_freq` buffers in fp32.
+
+    Casting those buffers to bf16/fp16 shifts rotary phases (cos off by up to ~0.5 at positions >= 256), which
+    changes every ModernBERT score; they are tiny, so they stay fp32 whatever the run dtype.
+    """
+    keep = {name: buf for name, buf in model.named_buffers() if name.rsplit(".", 1)[-1].endswith("inv_freq")}
+    model.to(device, dtype=dtype)
+    for name, buf in keep.items():
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        setattr(module, attr, buf.to(device=device, dtype=buf.dtype if buf.is_floating_point() else None))
+    return model.eval()
+
+
+def load_model(loader: Any, checkpoint: str, device: Any, dtype: Any, **kwargs: Any) -> Any:
+    """A transformers model from `checkpoint`, on `device` in `dtype`, in eval mode (see `move_model`)."""
+    return move_model(load_pretrained(loader, checkpoint, **kwargs), device, dtype)
+
+
+def weight_fingerprint(header: str, *modules: Any) -> str:
+    """A short digest of `header` and every parameter and buffer of `modules`, taken in fp32 on the CPU."""
+    import hashlib
+
+    digest = hashlib.sha256(header.encode())
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def dtype_name(dtype: Any) -> str:
+    """`torch.bfloat16` -> "bfloat16" (as manifests record it)."""
+    return str(dtype).replace("torch.", "")
+
+
+def model_facts(checkpoint: str | None, device: Any, dtype: Any, *modules: Any) -> dict[str, Any]:
+    """The `describe()` fields every model-backed ranker shares: weights, size, device, dtype, attention."""
+    first = modules[0]
+    config = getattr(first, "config", None)
+    return {
+        "checkpoint": checkpoint,
+        "parameters": sum(count_parameters(m) for m in modules),
+        "device": str(device),
+        "dtype": dtype_name(dtype),
+        "attention": getattr(config, "_attn_implementation", "sdpa"),
+    }

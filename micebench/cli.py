@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -45,6 +46,15 @@ DataDirOption = Annotated[
 ]
 
 
+def use_deterministic_kernels() -> None:
+    """Deterministic torch kernels only (an op without one raises); cuBLAS needs its workspace setting first."""
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 @app.command()
 def run(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Ranker name (see `micebench models`).")] = None,
@@ -59,8 +69,8 @@ def run(
     ] = "auto",
     top_k: Annotated[int, typer.Option("--top-k", help="Candidates per query from the first stage.")] = 100,
     batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16.")] = "fp32",
+    device: Annotated[str | None, typer.Option(help="auto (default) | cpu | cuda | cuda:N | mps.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="fp32 (default) | fp16 | bf16.")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Local folder, short name or hub id of the weights.")] = None,
     schedule: Annotated[
         str | None,
@@ -87,13 +97,7 @@ def run(
     from micebench.pipeline import RunConfig, run_experiment
 
     if deterministic:
-        import os
-
-        import torch
-
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+        use_deterministic_kernels()
 
     if config_file is not None:
         _run_experiment_file(config_file, overwrite, data_dir, device)
@@ -101,21 +105,24 @@ def run(
     if model is None or dataset is None:
         raise MicebenchError("run needs --model and --dataset (or --config experiment.toml)")
 
+    given = {
+        "checkpoint": checkpoint,
+        "schedule": schedule,
+        "merge_layer": merge_layer,
+        "top_layers": top_layers,
+        "precomputed": precomputed,
+        "untrained": untrained or None,
+        "max_length": max_length,
+        "batch_size": batch_size,
+        "device": device,
+        "dtype": dtype,
+    }
     config = RunConfig(
         model=model,
         dataset=dataset,
         first_stage=first_stage,
         top_k=top_k,
-        checkpoint=checkpoint,
-        schedule=schedule,
-        merge_layer=merge_layer,
-        top_layers=top_layers,
-        precomputed=precomputed,
-        untrained=untrained,
-        max_length=max_length,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
+        options=given,
         output=output,
         seed=seed,
         data_dir=data_dir,
@@ -142,14 +149,16 @@ def run(
     )
 
 
-def _run_experiment_file(path: str, overwrite: bool, data_dir: str | None, device: str) -> None:
+def _run_experiment_file(path: str, overwrite: bool, data_dir: str | None, device: str | None) -> None:
     from micebench.data import load_dataset
     from micebench.experiments import experiment_runs, load_experiment, write_experiment_index
     from micebench.pipeline import result_folder, run_experiment
     from micebench.results import is_complete
 
     data = load_experiment(path)
-    overrides = {"overwrite": overwrite, "device": device}
+    overrides: dict[str, object] = {"overwrite": overwrite}
+    if device:
+        overrides["device"] = device
     if data_dir:
         overrides["data_dir"] = data_dir
     runs = experiment_runs(data, overrides)
@@ -162,9 +171,12 @@ def _run_experiment_file(path: str, overwrite: bool, data_dir: str | None, devic
             continue
         result = run_experiment(config)
         done += 1
+        if result is None:  # a non-zero torchrun rank: rank 0 reports
+            continue
         means = ", ".join(f"{k} {v:.4f}" for k, v in list(result.evaluation.means.items())[:2])
         out().print(f"{config.dataset} · {config.ranker_label()} · seed {config.seed}: {means}")
-    out().print(f"{done} runs done, {skipped} finished results kept (use --overwrite to redo them)")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        out().print(f"{done} runs done, {skipped} finished results kept (use --overwrite to redo them)")
 
 
 @app.command()
@@ -184,8 +196,10 @@ def report(
     ] = None,
 ) -> None:
     """Paper-style tables with significance marks, the efficiency table, figures and an HTML page."""
-    from micebench.report.build import FORMATS, build_report
+    from micebench.report.build import FORMATS, plan_reports, write_report
+    from micebench.report.collect import collect_groups
     from micebench.report.significance import CORRECTIONS, TESTS
+    from micebench.report.tables import to_rich
 
     formats = tuple(format or FORMATS)
     for f in formats:
@@ -195,24 +209,18 @@ def report(
         raise MicebenchError(f"--test is one of {', '.join(TESTS)}; --correction one of {', '.join(CORRECTIONS)}")
     if not Path(results).is_dir():
         raise MicebenchError(f"results folder not found: {results}")
-    table, collection, written = build_report(
-        results, output or Path(results) / "report", metric, baseline, test, correction, alpha, formats, std
-    )
-    best = table.best()
-    rich_table = Table(title=f"{table.metric} (x100)", caption=table.caption())
-    rich_table.add_column("ranker")
-    for c in table.columns:
-        rich_table.add_column(c, justify="right")
-    for ranker in table.rows:
-        cells = [table.cell(ranker, c, std) for c in table.columns]
-        rich_table.add_row(
-            ranker,
-            *(f"[bold]{v}[/]" if best.get(c) == ranker else v for c, v in zip(table.columns, cells, strict=True)),
-        )
-    out().print(rich_table)
-    for line in collection.skipped:
-        err().print(f"warning: {line}", markup=False)
-    out().print(f"wrote {len(written)} files to {Path(written[0]).parent if written else output}")
+    collections = collect_groups(results)
+    for collection in collections:
+        for line in collection.skipped:
+            err().print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    folder = output or Path(results) / "report"
+    for planned in plan_reports(collections, results, folder, metric, baseline, test, correction, alpha):
+        written = write_report(planned, formats, std)
+        if planned.title:
+            out().print(f"\n{planned.title}", style="bold", markup=False, highlight=False, soft_wrap=True)
+        out().print(to_rich(planned.table, std))
+        out().print(planned.table.caption(), markup=False, highlight=False)
+        out().print(f"wrote {len(written)} files to {planned.output}", markup=False, highlight=False, soft_wrap=True)
 
 
 @datasets_app.callback()
@@ -270,15 +278,37 @@ def datasets_check(name: str, data_dir: DataDirOption = None) -> None:
 
 
 @app.command()
-def models() -> None:
-    """List the registered rankers."""
-    from micebench.rankers.base import available_rankers
+def models(
+    name: Annotated[str | None, typer.Argument(help="A model name: list its options and their defaults.")] = None,
+) -> None:
+    """List the registered rankers and what each can do, or one model's options with their defaults."""
+    import dataclasses
 
-    table = Table(title="rankers")
+    from micebench.rankers.base import Benchmarkable, StoreBacked, Trainable, available_rankers, resolve_ranker
+
+    if name is not None:
+        cls, fixed = resolve_ranker(name)
+        table = Table(title=f"options of {name} (`run`, experiment files, load_ranker)")
+        table.add_column("option")
+        table.add_column("default")
+        for f in dataclasses.fields(cls.Options):
+            default = fixed.get(f.name, f.default)
+            shown = "set by the name" if f.name in fixed else repr(default)
+            table.add_row(f"--{f.name.replace('_', '-')}", f"{default!r} ({shown})" if f.name in fixed else shown)
+        out().print(table if dataclasses.fields(cls.Options) else f"{name} takes no options")
+        return
+    table = Table(title="rankers (`micebench models NAME` lists a model's options)")
     table.add_column("model")
+    table.add_column("can", no_wrap=True)
     table.add_column("description")
-    for name, description in available_rankers().items():
-        table.add_row(name, description)
+    for model, description in available_rankers().items():
+        cls, _ = resolve_ranker(model.replace("<k>", "1").replace("<m>", "1"))
+        abilities = [
+            ability
+            for ability, capability in (("train", Trainable), ("store", StoreBacked), ("latency", Benchmarkable))
+            if issubclass(cls, capability)
+        ]
+        table.add_row(model, ", ".join(abilities) or "run", description)
     out().print(table)
 
 
@@ -342,7 +372,23 @@ def precompute(
         str | None,
         typer.Option(help="MICE: states (default; layer-k states) or kv (top-layer keys/values); ColBERT: embeddings."),
     ] = None,
-    dtype: Annotated[str, typer.Option(help="Storage dtype: fp16 or fp32.")] = "fp16",
+    dtype: Annotated[
+        str, typer.Option(help="Storage dtype: fp16, fp32, bf16 or int8 (per-token quantised, about half of fp16).")
+    ] = "fp16",
+    first_stage: Annotated[
+        str | None,
+        typer.Option(
+            help="Encode only the candidates of this first stage for the judged queries (as for `run`: auto, bm25, "
+            "dataset:<name>, a run file; full = every document). Default: every document."
+        ),
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="Candidates per query with --first-stage (default 100).")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="qrels split of a local folder (default: test).")] = None,
+    extend: Annotated[
+        bool, typer.Option(help="Add the documents the store lacks to an existing store (same model, mode, dtype).")
+    ] = False,
     merge_layer: Annotated[int | None, typer.Option(help="MICE merge layer when converting on the fly.")] = None,
     top_layers: Annotated[int | None, typer.Option(help="MICE top layers when converting on the fly.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass.")] = None,
@@ -354,31 +400,32 @@ def precompute(
     chunk_docs: Annotated[int, typer.Option(help="Documents per shard (the unit of resume and of sharding).")] = 4096,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Encode every document once and store its representation (keyed by doc id) for `run --precomputed`."""
+    """Encode documents once and store their representations (keyed by doc id) for `run --precomputed`."""
     from micebench.data import load_dataset
     from micebench.rankers.base import load_ranker
     from micebench.results import slug
+    from micebench.store.precompute import check_positive, store_dtype
     from micebench.store.precompute import precompute as build
 
-    if dtype not in ("fp16", "fp32", "bf16"):
-        raise MicebenchError(f"unknown store dtype {dtype!r} (use fp16 or fp32)")
+    check_positive(chunk_docs=chunk_docs, batch_size=batch_size, limit=limit, top_k=top_k)
+    store_dtype(dtype)
+    if top_k is not None and first_stage is None:
+        raise MicebenchError("--top-k applies to --first-stage candidates (without it every document is encoded)")
+    from micebench.rankers.base import StoreBacked, ranker_options, rankers_with, resolve_ranker
     from micebench.runstate import Distributed
 
+    given = {"checkpoint": checkpoint, "merge_layer": merge_layer, "top_layers": top_layers, "batch_size": batch_size}
+    cls, _ = resolve_ranker(model)
+    if not issubclass(cls, StoreBacked):
+        stored = ", ".join(rankers_with(StoreBacked))
+        raise MicebenchError(f"model {model!r} has no document store (stores: {stored} and their shapes)")
+    ranker_options(model, **given, device=device)  # every option checked before the dataset or the model loads
+    if mode is not None and mode not in cls.store_modes:
+        raise MicebenchError(f"unknown store mode {mode!r} for {model} (use {' or '.join(cls.store_modes)})")
+    mode = mode or cls.store_modes[0]
+    ds = load_dataset(dataset, data_dir, split)
     world = Distributed.from_env(device)
-    device = world.device(device)
-    ranker = load_ranker(
-        model,
-        checkpoint=checkpoint,
-        merge_layer=merge_layer,
-        top_layers=top_layers,
-        batch_size=batch_size,
-        device=device,
-    )
-    if not hasattr(ranker, "store_fields"):
-        raise MicebenchError(f"model {model!r} has no document store (use mice, mice-l<k>+<m> or colbert)")
-    mode = mode or ranker.default_store_mode
-    ranker.store_fields(mode)
-    ds = load_dataset(dataset, data_dir)
+    ranker = load_ranker(model, **given, device=world.device(device))
     folder = (
         Path(output) if output else Path("results") / "stores" / slug(ds.name) / f"{slug(ranker.label)}-{mode}-{dtype}"
     )
@@ -396,14 +443,19 @@ def precompute(
         resume=resume,
         world=world,
         chunk_docs=chunk_docs,
+        first_stage=first_stage,
+        top_k=top_k or 100,
+        extend=extend,
+        say=out().print if world.rank == 0 else None,
     )
     if world.rank != 0:
         return
     import json
 
     manifest = json.loads((path / "manifest.json").read_text())
+    added = manifest.get("sources", [{}])[-1].get("added", manifest["num_docs"])
     out().print(
-        f"{manifest['num_docs']} documents, {manifest['num_tokens']} tokens, "
+        f"{manifest['num_docs']} documents ({added} added), {manifest['num_tokens']} tokens, "
         f"{manifest['bytes_per_doc'] / 1024:.1f} KiB "
         f"per document ({mode}, {dtype}) in {time.perf_counter() - start:.1f}s; written to {path}"
     )
@@ -434,6 +486,9 @@ def latency(
     compile: Annotated[bool, typer.Option(help="torch.compile the cross-encoder.")] = False,
     output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",
     name: Annotated[str | None, typer.Option(help="Run name (default: a timestamp).")] = None,
+    wide: Annotated[
+        bool, typer.Option(help="Also show parameters, GFLOP/doc, GFLOP/s and share of the FLOP ratio.")
+    ] = False,
 ) -> None:
     """Time rankers model-only (interleaved), with FLOPs, throughput and memory; write results/latency/<run>.*"""
     import time
@@ -461,38 +516,33 @@ def latency(
     if repeats < 1 or warmup < 0:
         raise MicebenchError("--repeats must be at least 1 and --warmup at least 0")
     rows, meta = measure(config)
-    run = name or time.strftime("%Y%m%d-%H%M%S")
+    from micebench.results import slug
+
+    run = slug(name) if name else time.strftime("%Y%m%d-%H%M%S")  # a name never leaves the latency folder
     json_path, _ = write_latency(rows, meta, Path(output) / "latency", run)
     table = Table(
-        title=f"latency · {meta['device_name']} · {dtype} · {meta['threads']} threads · batch {batch} · "
-        f"q{query_len}+d{doc_len} tokens · model only, per batch"
+        title=f"latency · {dtype} · batch {batch} · q{query_len}+d{doc_len} tokens · model only, per batch",
+        caption=f"{meta['device_name']}, {meta['threads']} threads; every column in {json_path.with_suffix('.csv')}",
     )
-    for column in (
-        "model",
-        "params",
-        "GFLOP/doc",
-        "median ms",
-        "p10-p90 ms",
-        "docs/s",
-        "GFLOP/s",
-        "vs ce",
-        "FLOP ratio",
-        "share",
-    ):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    columns = ["model", "median ms", "p10-p90 ms", "docs/s", "vs ce", "FLOP ratio"]
+    if wide:
+        columns += ["params", "GFLOP/doc", "GFLOP/s", "share"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     for row in rows:
-        table.add_row(
-            row["label"],
-            f"{row['params'] / 1e6:.1f}M",
-            f"{row['flops_per_doc'] / 1e9:.2f}",
-            f"{row['median_ms']:.1f}",
-            f"{row['p10_ms']:.1f}-{row['p90_ms']:.1f}",
-            f"{row['docs_per_s']:.0f}",
-            f"{row['achieved_gflops']:.0f}",
-            f"{row.get('speedup_vs_ce', float('nan')):.2f}x",
-            f"{row.get('flop_ratio_vs_ce', float('nan')):.1f}x",
-            f"{row.get('share_of_flop_ratio', float('nan')):.0%}",
-        )
+        cells = {
+            "model": row["label"],
+            "median ms": f"{row['median_ms']:.1f}",
+            "p10-p90 ms": f"{row['p10_ms']:.0f}-{row['p90_ms']:.0f}",
+            "docs/s": f"{row['docs_per_s']:.0f}",
+            "vs ce": f"{row.get('speedup_vs_ce', float('nan')):.1f}x",
+            "FLOP ratio": f"{row.get('flop_ratio_vs_ce', float('nan')):.1f}x",
+            "params": f"{row['params'] / 1e6:.1f}M",
+            "GFLOP/doc": f"{row['flops_per_doc'] / 1e9:.2f}",
+            "GFLOP/s": f"{row['achieved_gflops']:.0f}",
+            "share": f"{row.get('share_of_flop_ratio', float('nan')):.0%}",
+        }
+        table.add_row(*(cells[c] for c in columns))
     out().print(table)
     if include_tokenization:
         for row in rows:
@@ -524,7 +574,9 @@ def train(
     schedule: Annotated[str | None, typer.Option(help="masked-ce schedule.")] = None,
     merge_layer: Annotated[int | None, typer.Option(help="MICE merge layer k.")] = None,
     top_layers: Annotated[int | None, typer.Option(help="MICE top layers m.")] = None,
-    max_length: Annotated[int, typer.Option(help="Maximum tokens per input.")] = 512,
+    max_length: Annotated[
+        int | None, typer.Option(help="Maximum tokens per input (default: the student's own; also the teacher's).")
+    ] = None,
     split: Annotated[str, typer.Option(help="qrels split of a local training folder.")] = "train",
     negatives: Annotated[int, typer.Option(help="BM25 hard negatives per query.")] = 20,
     group_size: Annotated[
@@ -538,12 +590,17 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --output.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop cleanly with a checkpoint after M minutes.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    deterministic: Annotated[
+        bool, typer.Option(help="Deterministic torch kernels only, so --resume reproduces weights on CUDA too.")
+    ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Train a ranker by distillation (Margin-MSE from a teacher) or from labels, resumably (the paper's recipe)."""
     from micebench.training.loop import TrainConfig
     from micebench.training.run import train_models
 
+    if deterministic:
+        use_deterministic_kernels()
     config = TrainConfig(
         model=model,
         init=init,
@@ -630,24 +687,22 @@ def attention(
     from micebench.analysis.attention import segment_attention, write_attention_result
     from micebench.data import load_dataset
     from micebench.firststage.candidates import first_stage as get_candidates
-    from micebench.rankers.base import load_ranker
+    from micebench.rankers.base import load_ranker, resolve_ranker
+    from micebench.rankers.cross_encoder import CrossEncoderRanker
+    from micebench.rankers.masked import MaskedCrossEncoderRanker
     from micebench.results import environment, result_dir
 
-    if model not in ("ce", "masked-ce") and not __import__("micebench.schedules").schedules.is_preset(model):
+    cls, _ = resolve_ranker(model)
+    if not issubclass(cls, CrossEncoderRanker):
         raise MicebenchError(
             f"attention analysis needs a cross-encoder model (ce, masked-ce or a preset), not {model!r}"
         )
     if queries < 1 or docs_per_query < 1:
         raise MicebenchError("--queries and --docs-per-query must be at least 1")
     ds = load_dataset(dataset, data_dir)
-    spec = "masked-ce" if model == "ce" else model
-    ranker = load_ranker(
-        spec,
-        checkpoint=checkpoint,
-        schedule=schedule or ("none" if spec == "masked-ce" else None),
-        device=device,
-        attn_implementation="eager",
-    )
+    # a plain cross-encoder is read through masked-ce with no rule (identical scores, same hooks for attention)
+    spec = model if issubclass(cls, MaskedCrossEncoderRanker) else "masked-ce"
+    ranker = load_ranker(spec, checkpoint=checkpoint, schedule=schedule, device=device, attn_implementation="eager")
     texts = ds.judged_queries()
     chosen = sorted(texts)[:queries]
     candidates = get_candidates(ds, first_stage, docs_per_query).run

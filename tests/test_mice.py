@@ -540,3 +540,26 @@ def test_a_long_query_is_read_whole_like_the_cross_encoder_reads_it(tiny_bert_ce
     assert code == 0, err
     manifest = next((tmp_path / "out").rglob("manifest.json"))
     assert json.loads(manifest.read_text())["ranker_options"]["query_max_length"] == 512
+
+
+def test_mice_alone_is_l4_plus_3_and_its_refusal_gives_the_ways_forward(tmp_path, capsys, data_dir, minilm_path):
+    """`--model mice` needs no shape option: it is the paper's MICE-l4+3; untrained, the one-line refusal names
+    the train command, make train-demo and --untrained."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tests.test_cli import cli
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=7, num_attention_heads=4, intermediate_size=64, num_labels=1)
+    folder = tmp_path / "ce7"
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    ranker = load_ranker("mice", checkpoint=str(folder), device="cpu", untrained=True)
+    assert ranker.label == "mice-l4+3" and len(ranker.model.top) == 3
+    args = ["run", "--model", "mice", "--checkpoint", str(folder), "--dataset", str(data_dir / "adi")]
+    code, _, err = cli(capsys, *args, "--device", "cpu", "--top-k", "5", "-o", str(tmp_path / "out"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    line = " ".join(err.split())
+    assert f"micebench train --model mice-l4+3 --init {folder} --train msmarco-passage/train" in line
+    assert "make train-demo" in line and "--untrained" in line
+    assert not (tmp_path / "out" / "adi" / "mice-ce7" / "run.trec").exists()

@@ -126,6 +126,11 @@ def dataset_label(name: str) -> str:
     return path.resolve().name if path.is_dir() else name
 
 
+def short_name_of(label: str) -> ShortName | None:
+    """The registry entry a dataset label stands for: a short name, or one of its mirror folder names."""
+    return SHORT_NAMES.get(label) or next((s for s in SHORT_NAMES.values() if label in s.mirror_folders), None)
+
+
 def dataset_facts(name: str, kind: str, target: str) -> DatasetFacts:
     """The registry's facts for a dataset: by short name, by mirror folder name, or by ir_datasets id family."""
     short = SHORT_NAMES.get(name)

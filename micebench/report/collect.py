@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from micebench.data.registry import SHORT_NAMES
+from micebench.data.registry import short_name_of
 from micebench.report.discover import EXPERIMENT, ResultGroup, find_groups, find_results, unreadable_manifest
 
 #: What reading a damaged result can raise (pandas' parser and empty-data errors are ValueErrors).
@@ -38,10 +38,8 @@ def _group(dataset: str, index: dict[str, Any]) -> str:
         return "ID"
     if dataset in index.get("out_of_domain", []):
         return "OOD"
-    short = SHORT_NAMES.get(dataset)
-    if short is not None:
-        return "ID" if short.group == "in-domain" else "OOD"
-    return "ID" if "trec-dl" in dataset or "msmarco" in dataset else "OOD"
+    short = short_name_of(dataset)
+    return "ID" if short is not None and short.group == "in-domain" else "OOD"
 
 
 def _read_result(folder: Path) -> tuple[dict[str, Any], pd.DataFrame]:

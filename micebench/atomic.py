@@ -10,10 +10,47 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+from micebench.errors import EnvironmentFault
+
+
+def write_fault(target: Path | str, error: OSError) -> EnvironmentFault:
+    """One line for a write the machine refused: what was being written, why, and the path that failed."""
+    reason = error.strerror or str(error) or type(error).__name__
+    failed = f" ({error.filename})" if error.filename and str(error.filename) != str(target) else ""
+    return EnvironmentFault(f"cannot write {target}: {reason}{failed}")
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; returns the folders created, deepest first."""
+    missing = []
+    probe = folder
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        remove_empty(missing)
+        raise
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the given folders, deepest first, stopping at the first that is not empty (or already gone)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
+
 
 @contextmanager
 def atomic_folder(folder: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `folder` (an old one is swapped out first)."""
+    """Yield a temporary sibling folder; on success it replaces `folder` (an old one is swapped out first).
+
+    On any error the temporary folder is removed and an old `folder` is left as it was."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
@@ -21,7 +58,11 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
         if folder.exists():
             backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, backup)
-            os.replace(tmp, folder)
+            try:
+                os.replace(tmp, folder)
+            except BaseException:
+                os.replace(backup, folder)
+                raise
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(tmp, folder)

@@ -13,3 +13,7 @@ class DataError(MicebenchError):
 
 class UnknownNameError(MicebenchError):
     """A model, dataset or first-stage name that does not resolve."""
+
+
+class EnvironmentFault(MicebenchError):
+    """A fault of the machine rather than of the input (a read-only or full disk, ...); the CLI exits with 1."""

@@ -22,16 +22,30 @@ from micebench.errors import MicebenchError
 
 
 class ResultLock:
-    """An exclusive, non-blocking file lock next to a result folder (released when the process ends)."""
+    """An exclusive, non-blocking file lock next to a result folder (released when the process ends).
+
+    The folders it had to create for the lock are removed again on release when the run left nothing in them.
+    """
 
     def __init__(self, folder: Path, rank: int = 0):
-        folder.parent.mkdir(parents=True, exist_ok=True)
         self.path = folder.parent / f".{folder.name}.lock-rank{rank}"
         self.folder = folder
         self._handle: Any = None
+        self._created: list[Path] = []
 
     def __enter__(self) -> ResultLock:
-        self._handle = open(self.path, "w")
+        from micebench.atomic import make_folders, remove_empty, write_fault
+
+        for attempt in range(3):  # another process may remove an empty parent between mkdir and open
+            try:
+                self._created = make_folders(self.folder.parent) or self._created
+                self._handle = open(self.path, "w")
+                break
+            except OSError as error:
+                if isinstance(error, FileNotFoundError) and attempt < 2:
+                    continue
+                remove_empty(self._created)
+                raise write_fault(self.folder, error) from None
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -40,9 +54,12 @@ class ResultLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        from micebench.atomic import remove_empty
+
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
         self.path.unlink(missing_ok=True)
+        remove_empty(self._created)
 
 
 def config_hash(config: dict[str, Any]) -> str:

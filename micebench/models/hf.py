@@ -48,7 +48,8 @@ def resolve_model(name: str) -> str:
 
 
 def load_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
-    """Call a transformers `from_pretrained`, turning download/format failures into one-line errors."""
+    """Call a transformers `from_pretrained`, turning any failure into one line; for a local checkpoint the line
+    names the damaged file (a config that is not JSON, a truncated safetensors file) when there is one."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -56,9 +57,45 @@ def load_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
     source = resolve_model(name)
     try:
         return loader.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MicebenchError(f"cannot load model {name!r}: {first}") from None
+    except Exception as err:  # transformers, safetensors and tokenizers each raise their own types
+        damaged = damaged_checkpoint_file(Path(source)) if os.path.isdir(source) else None
+        text = str(err).strip()
+        raise MicebenchError(
+            f"cannot load model {name!r}: {damaged or (text.splitlines()[0] if text else type(err).__name__)}"
+        ) from None
+
+
+def damaged_checkpoint_file(folder: Path) -> str | None:
+    """The first file of a checkpoint folder that cannot be read and why ("damaged file PATH (reason)"), or None."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_bytes())
+        except json.JSONDecodeError as err:
+            return f"damaged file {path} (not valid JSON: {err.msg} at line {err.lineno} column {err.colno})"
+        except (OSError, UnicodeDecodeError) as err:
+            return f"damaged file {path} ({err})"
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            return f"damaged file {path} ({problem})"
+    return None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's framing (its header, or fewer bytes than the header describes)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if length < 0 or 8 + length > size:
+            return f"truncated: {size} bytes, shorter than its header"
+        try:
+            header = json.loads(handle.read(length))
+            end = int(max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0))
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "unreadable header"
+    expected = 8 + length + end
+    return f"truncated: {size} of {expected} bytes" if size < expected else None
 
 
 def read_sentence_transformers_config(name: str) -> dict[str, Any]:

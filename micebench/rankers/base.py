@@ -189,7 +189,9 @@ class StoreBacked(ABC):
         """Scores of stored documents for a query, without their text."""
 
     def open_store(self, folder: str | None) -> None:
-        """Open the store at `folder` (checked against this model's fingerprint and modes); None opens nothing."""
+        """Open the store at `folder` (checked against this model's fingerprint and modes); None opens nothing.
+
+        A store whose manifest or index cannot be read is one line naming it."""
         if not folder:
             self.store = None
             return
@@ -200,14 +202,18 @@ class StoreBacked(ABC):
             raise MicebenchError(
                 f"store {folder} has mode {mode!r}; {self.name} uses {' or '.join(self.store_modes)}"  # type: ignore[attr-defined]
             )
-        self.store = DocumentStore(
-            folder,
-            self.store_kind,
-            self.store_fingerprint(mode),
-            mode,
-            self.device,  # type: ignore[attr-defined]
-            self.dtype,  # type: ignore[attr-defined]
-        )
+        try:
+            self.store = DocumentStore(
+                folder,
+                self.store_kind,
+                self.store_fingerprint(mode),
+                mode,
+                self.device,  # type: ignore[attr-defined]
+                self.dtype,  # type: ignore[attr-defined]
+            )
+        except (OSError, KeyError, ValueError, TypeError, AttributeError) as error:
+            reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
+            raise MicebenchError(f"damaged document store {folder}: {reason}") from None
 
     def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
         """With a store open, score by doc id through `score_stored`; otherwise from texts."""

@@ -1,7 +1,9 @@
-"""One evaluation run in named stages: check inputs -> candidates -> ranker -> resumable scoring -> evaluation -> write.
+"""One evaluation run in named stages: check inputs -> candidates -> store -> ranker -> resumable scoring ->
+evaluation -> write.
 
-Every input is checked (model options, dataset, result folder, candidates and their texts) before the model
-loads, so a bad input costs no model load and leaves nothing behind.
+Every input is checked (model options, dataset, result folder, candidates and their texts or ids, a precomputed
+store) before the model loads, so a bad input costs no model load. A failed run leaves nothing behind but
+progress that `--resume` can continue, and the error says so.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +121,9 @@ def check_inputs(config: RunConfig) -> tuple[Dataset, Path]:
 
 
 def candidate_stage(config: RunConfig, dataset: Dataset) -> tuple[Candidates, pd.DataFrame]:
-    """First-stage candidates of the judged queries as a frame, with texts when the ranker reads them."""
+    """First-stage candidates of the judged queries as a frame, with texts when the ranker reads them.
+
+    A ranker that reads no text gets its candidate ids checked against the corpus all the same (ids only)."""
     cls, fixed = resolve_ranker(config.model)
     candidates = first_stage(dataset, config.first_stage, config.top_k)
     if cls.requires_bm25_first_stage and not candidates.is_bm25:
@@ -127,7 +132,110 @@ def candidate_stage(config: RunConfig, dataset: Dataset) -> tuple[Candidates, pd
             "(or --model first-stage to evaluate other candidates as they are)"
         )
     with_text = cls.reads_text({**config.options, **fixed})
-    return candidates, candidates_frame(dataset, candidates, with_text)
+    frame = candidates_frame(dataset, candidates, with_text)
+    if not with_text and not candidates.full_corpus:
+        absent = absent_from_corpus(dataset, set(frame["docno"]))
+        if absent:
+            raise DataError(
+                f"{len(absent)} candidate documents are not in the corpus of {dataset.name!r} "
+                f"(e.g. {absent[0]!r}): the first stage does not match this collection"
+            )
+    return candidates, frame
+
+
+#: document ids looked up per call in a corpus with random access (ir_datasets' docs_store)
+_LOOKUP_CHUNK = 100_000
+
+
+def absent_from_corpus(dataset: Dataset, docnos: set[str]) -> list[str]:
+    """The ids among `docnos` that the corpus lacks, sorted: one pass over a local corpus keeping ids only, or
+    lookups a chunk at a time where the corpus has random access."""
+    from micebench.data.local import LocalBeirDataset
+
+    if isinstance(dataset, LocalBeirDataset):
+        wanted = set(docnos)
+        for docno, _ in dataset.iter_docs():  # the whole pass, so the corpus is checked as for text rankers
+            wanted.discard(docno)
+        return sorted(wanted)
+    ordered = sorted(docnos)
+    found: set[str] = set()
+    for start in range(0, len(ordered), _LOOKUP_CHUNK):
+        found.update(dataset.doc_texts(ordered[start : start + _LOOKUP_CHUNK]))
+    return [d for d in ordered if d not in found]
+
+
+def store_stage(config: RunConfig, dataset: Dataset, frame: pd.DataFrame) -> None:
+    """A `--precomputed` store must come from this dataset's corpus and hold every candidate (before the model)."""
+    folder = config.options.get("precomputed")
+    if not folder:
+        return
+    from micebench.store.document_store import open_index, read_manifest
+
+    manifest = read_manifest(folder)
+    check_store_dataset(str(folder), manifest, dataset)
+    docnos = frame["docno"].unique().tolist()
+    try:
+        rows = open_index(Path(folder), manifest).lookup(docnos)
+    except (OSError, KeyError, ValueError) as error:
+        raise MicebenchError(f"cannot read the index of the document store {folder}: {first_line(error)}") from None
+    absent = sorted(d for d, row in zip(docnos, rows.tolist(), strict=True) if row < 0)
+    if absent:
+        raise DataError(
+            f"{len(absent)} of {len(docnos)} candidate documents are not in the store {folder} (e.g. {absent[0]!r}): "
+            "add them with `micebench precompute --extend`"
+        )
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_store_dataset(folder: str, manifest: Mapping[str, Any], dataset: Dataset) -> None:
+    """Refuse a store built on another corpus than the run's dataset (stores that record none are let through)."""
+    records = [manifest.get("dataset")] + [s.get("dataset") for s in manifest.get("sources", []) if isinstance(s, dict)]
+    records = [r for r in records if isinstance(r, dict)]
+    if not records:
+        return
+    wanted = corpus_keys(dataset.describe())
+    if any(corpus_keys(r) & wanted for r in records):
+        return
+    built = " and ".join(dict.fromkeys(repr(str(r.get("name"))) for r in records))
+    raise DataError(
+        f"store {folder} holds documents of {built}, not of {dataset.name!r}: precompute a store for {dataset.name!r}"
+    )
+
+
+def corpus_keys(record: Mapping[str, Any]) -> set[str]:
+    """What identifies the corpus (the document ids) of a dataset record (`Dataset.describe()`): its fingerprint,
+    its local folder, and for the registry's datasets and ir_datasets ids the ir_datasets corpus they share
+    (trec-dl-19, trec-dl-20 and msmarco-dev all read msmarco-passage)."""
+    from micebench.data.registry import SHORT_NAMES
+
+    keys = {f"fingerprint:{record['fingerprint']}"} if record.get("fingerprint") else set()
+    kind, _, target = str(record.get("source", "")).partition(":")
+    irds_ids: list[str] = []
+    if kind == "local":
+        local = Path(target.split("#", 1)[0])
+        keys.add(f"folder:{local}")
+        irds_ids += [s.irds_id for s in SHORT_NAMES.values() if local.name in s.mirror_folders]
+    elif kind == "ir_datasets":
+        irds_ids.append(target)
+    short = SHORT_NAMES.get(str(record.get("name")))
+    if short is not None:
+        irds_ids.append(short.irds_id)
+    return keys | {f"docs:{docs_parent(i)}" for i in irds_ids}
+
+
+def docs_parent(irds_id: str) -> str:
+    """The ir_datasets id whose corpus `irds_id` uses (itself when unknown)."""
+    try:
+        import ir_datasets
+
+        return ir_datasets.docs_parent_id(irds_id) or irds_id
+    except (ImportError, KeyError):
+        return irds_id
 
 
 def ranker_stage(config: RunConfig, device: str | None) -> Ranker:
@@ -144,6 +252,8 @@ def ranker_stage(config: RunConfig, device: str | None) -> Ranker:
 
 def score_in_chunks(ranker: Ranker, frame: pd.DataFrame, partial: Any, world: Any, chunk_queries: int) -> None:
     """Re-rank this rank's queries chunk by chunk, recording each finished chunk; skips recorded ones."""
+    from micebench.atomic import write_fault
+
     qids = sorted(frame["qid"].unique())[world.rank :: world.world]
     done = partial.done()
     todo = [q for q in qids if q not in done]
@@ -155,7 +265,10 @@ def score_in_chunks(ranker: Ranker, frame: pd.DataFrame, partial: Any, world: An
         chunk = todo[start : start + chunk_queries]
         rows = np.concatenate([groups[q] for q in chunk])
         scored = ranker.rerank(frame.iloc[np.sort(rows)].reset_index(drop=True))
-        partial.append(list(zip(scored["qid"], scored["docno"], scored["score"].astype(float), strict=True)))
+        try:
+            partial.append(list(zip(scored["qid"], scored["docno"], scored["score"].astype(float), strict=True)))
+        except OSError as error:
+            raise write_fault(partial.folder, error) from None
 
 
 def finished_run(partial: Any, frame: pd.DataFrame, candidates: Candidates, top_k: int) -> Run:
@@ -165,6 +278,49 @@ def finished_run(partial: Any, frame: pd.DataFrame, candidates: Candidates, top_
     if missing:
         raise MicebenchError(f"{len(missing)} queries have no scores after re-ranking (e.g. {sorted(missing)[0]!r})")
     return {q: dict(ranked(docs)[:top_k]) if candidates.full_corpus else docs for q, docs in scores.items()}
+
+
+def all_tied(scores: Iterable[float]) -> bool:
+    """Whether a query's scores are all the same (to a millionth of their size: identical inputs, float noise)."""
+    values = list(scores)
+    low, high = min(values), max(values)
+    return high - low <= 1e-6 * max(abs(low), abs(high))
+
+
+def check_informative(run: Run, config: RunConfig) -> None:
+    """Refuse scores that rank nothing: every query with two or more candidates scored them all the same."""
+    ranked_queries = [docs.values() for docs in run.values() if len(docs) > 1]
+    if not ranked_queries or not all(all_tied(scores) for scores in ranked_queries):
+        return
+    max_length = config.options.get("max_length")
+    if max_length is not None:
+        raise MicebenchError(
+            f"every query's candidates scored the same: is --max-length {max_length} too small to hold any "
+            "document token? (no result written)"
+        )
+    raise MicebenchError(
+        f"every query's candidates scored the same with {config.ranker_label()!r}: the scores rank nothing "
+        "(no result written)"
+    )
+
+
+def settle_failure(partial: Any, world: Any, error: BaseException) -> BaseException:
+    """After a failed run: progress with no finished query is removed; otherwise it is kept for `--resume`, and the
+    error (a one-line one, or a note on any other) says so."""
+    try:
+        done = partial.done() if partial.folder.is_dir() else set()
+    except OSError:  # unreadable progress: leave it where it is, and the error as it is
+        return error
+    if not done:
+        if world.rank == 0:  # under torchrun the others may still be writing into it
+            partial.remove()
+        return error
+    queries = f"{len(done)} scored {'query is' if len(done) == 1 else 'queries are'}"
+    hint = f"{queries} kept in {partial.folder}; rerun with --resume to continue"
+    if isinstance(error, MicebenchError):
+        return type(error)(f"{error}; {hint}")
+    error.add_note(hint)
+    return error
 
 
 def run_manifest(
@@ -197,10 +353,10 @@ def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult
     """Run one (dataset, ranker) evaluation and write its result folder; see RunConfig for the knobs.
 
     Under torchrun every rank scores its share of the queries; rank 0 merges and writes (others return None).
+    A failure removes what the run created unless some queries were scored: then `--resume` continues it.
     """
     from micebench.runstate import Distributed, PartialScores, ResultLock, config_hash
 
-    timings: dict[str, float] = {}
     started = time.perf_counter()
     dataset, folder = check_inputs(config)
     world = Distributed.from_env(config.options.get("device", "auto"))
@@ -209,32 +365,60 @@ def run_experiment(config: RunConfig, ranker: Ranker | None = None) -> RunResult
     with ResultLock(folder, world.rank):
         partial = PartialScores(folder, config_hash(asdict(config)), world.rank)
         partial.check(config.resume, config.overwrite)
-        candidates, frame = candidate_stage(config, dataset)
-        timings["first_stage_s"] = time.perf_counter() - started
-        world.barrier()
+        try:
+            return run_stages(config, ranker, dataset, folder, partial, world, started)
+        except BaseException as error:
+            settled = settle_failure(partial, world, error)
+            if settled is error:
+                raise
+            raise settled from None
 
-        t0 = time.perf_counter()
-        if ranker is None:
-            ranker = ranker_stage(config, world.device(config.options.get("device", "auto")))
-        timings["load_model_s"] = time.perf_counter() - t0
 
+def run_stages(
+    config: RunConfig, ranker: Ranker | None, dataset: Dataset, folder: Path, partial: Any, world: Any, started: float
+) -> RunResult | None:
+    """The stages of `run_experiment` once the result folder is locked and its progress checked."""
+    from micebench.atomic import write_fault
+
+    timings: dict[str, float] = {}
+    candidates, frame = candidate_stage(config, dataset)
+    store_stage(config, dataset, frame)
+    timings["first_stage_s"] = time.perf_counter() - started
+    world.barrier()
+
+    t0 = time.perf_counter()
+    if ranker is None:
+        ranker = ranker_stage(config, world.device(config.options.get("device", "auto")))
+    timings["load_model_s"] = time.perf_counter() - t0
+
+    try:
         partial.create()
-        t0 = time.perf_counter()
-        score_in_chunks(ranker, frame, partial, world, config.chunk_queries)
-        timings["rerank_s"] = time.perf_counter() - t0
-        world.barrier()
-        if world.rank != 0:
-            return None
-        run = finished_run(partial, frame, candidates, config.top_k)
+    except OSError as error:
+        raise write_fault(partial.folder, error) from None
+    t0 = time.perf_counter()
+    score_in_chunks(ranker, frame, partial, world, config.chunk_queries)
+    timings["rerank_s"] = time.perf_counter() - t0
+    world.barrier()
+    if world.rank != 0:
+        return None
+    run = finished_run(partial, frame, candidates, config.top_k)
+    try:
+        check_informative(run, config)
+    except MicebenchError:
+        partial.remove()  # nothing to resume: the same configuration gives the same scores
+        raise
 
-        t0 = time.perf_counter()
-        evaluation = evaluate(dataset.qrels(), run, config.measures, rel_level=dataset.relevance_level)
-        timings["evaluate_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.perf_counter() - started
+    t0 = time.perf_counter()
+    evaluation = evaluate(dataset.qrels(), run, config.measures, rel_level=dataset.relevance_level)
+    timings["evaluate_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - started
 
-        manifest = run_manifest(config, partial.digest, ranker, dataset, candidates, len(frame), world.world, timings)
+    manifest = run_manifest(config, partial.digest, ranker, dataset, candidates, len(frame), world.world, timings)
+    try:
         write_result(folder, run, evaluation, manifest, tag=slug_tag(config.ranker_label()), overwrite=config.overwrite)
-        partial.remove()
+    except OSError as error:
+        raise write_fault(folder, error) from None
+    partial.remove()
     return RunResult(folder, evaluation, manifest)
 
 

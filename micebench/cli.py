@@ -103,7 +103,7 @@ def run(
         use_deterministic_kernels()
 
     if config_file is not None:
-        _run_experiment_file(config_file, overwrite, data_dir, device)
+        _run_experiment_file(config_file, overwrite, data_dir, device, resume)
         return
     if model is None or dataset is None:
         raise MicebenchError("run needs --model and --dataset (or --config experiment.toml)")
@@ -152,14 +152,16 @@ def run(
     )
 
 
-def _run_experiment_file(path: str, overwrite: bool, data_dir: str | None, device: str | None) -> None:
+def _run_experiment_file(
+    path: str, overwrite: bool, data_dir: str | None, device: str | None, resume: bool = False
+) -> None:
     from micebench.data import load_dataset
     from micebench.experiments import experiment_runs, load_experiment, write_experiment_index
     from micebench.pipeline import result_folder, run_experiment
     from micebench.results import is_complete
 
     data = load_experiment(path)
-    overrides: dict[str, object] = {"overwrite": overwrite}
+    overrides: dict[str, object] = {"overwrite": overwrite, "resume": resume}
     if device:
         overrides["device"] = device
     if data_dir:

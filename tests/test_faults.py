@@ -445,3 +445,29 @@ def test_an_experiment_naming_an_unknown_model_writes_nothing(capsys, tmp_path):
     assert err.startswith(f"error: {experiment}: rankers[1]: unknown model 'no-such-model' (available: ")
     assert len(err.splitlines()) == 1
     assert not (out / "experiment.json").exists() and not out.exists()
+
+
+def test_a_damaged_mice_or_sentence_transformers_config_is_named(
+    tmp_path, tiny_bert_ce, tiny_bert_encoder, capsys, data_dir
+):
+    """Broken JSON in a MICE checkpoint or a bi-encoder's modules.json: one line naming the file, exit 2."""
+    import shutil
+
+    from micebench.errors import MicebenchError
+    from micebench.models.mice_io import save_mice
+    from micebench.rankers.base import load_ranker
+    from tests.test_cli import cli
+
+    mice = load_ranker("mice-l1+1", checkpoint=tiny_bert_ce, device="cpu", untrained=True)
+    folder = tmp_path / "mice"
+    save_mice(mice.model, mice.tokenizer, folder)
+    (folder / "config.json").write_text('{"mice": {"merge_layer": 1,')
+    adi = str(data_dir / "adi")
+    code, _, err = cli(capsys, "precompute", "--model", "mice", "--checkpoint", str(folder), "--dataset", adi)
+    assert code == 2 and f"damaged file {folder / 'config.json'} (not valid JSON" in err
+    assert len(err.strip().splitlines()) == 1
+    dense = tmp_path / "dense"
+    shutil.copytree(tiny_bert_encoder, dense)
+    (dense / "modules.json").write_text("[{")
+    with pytest.raises(MicebenchError, match="damaged file .*modules.json"):
+        load_ranker("dense", checkpoint=str(dense), device="cpu")

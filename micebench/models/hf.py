@@ -98,6 +98,18 @@ def safetensors_problem(path: Path) -> str | None:
     return f"truncated: {size} of {expected} bytes" if size < expected else None
 
 
+def read_json(path: Path) -> Any:
+    """A checkpoint's JSON file, or a one-line error naming it when it is not valid JSON."""
+    try:
+        return json.loads(path.read_bytes())
+    except json.JSONDecodeError as err:
+        raise MicebenchError(
+            f"damaged file {path} (not valid JSON: {err.msg} at line {err.lineno} column {err.colno})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise MicebenchError(f"damaged file {path} ({err})") from None
+
+
 def read_sentence_transformers_config(name: str) -> dict[str, Any]:
     """max_seq_length, pooling (cls | mean) and normalisation from a sentence-transformers folder, when present."""
     source = resolve_model(name)
@@ -106,15 +118,15 @@ def read_sentence_transformers_config(name: str) -> dict[str, Any]:
         return info
     st_config = Path(source) / "sentence_bert_config.json"
     if st_config.is_file():
-        info["max_seq_length"] = json.loads(st_config.read_text()).get("max_seq_length")
+        info["max_seq_length"] = read_json(st_config).get("max_seq_length")
     modules = Path(source) / "modules.json"
     if modules.is_file():
-        entries = json.loads(modules.read_text())
+        entries = read_json(modules)
         info["normalize"] = any(m.get("type", "").endswith("Normalize") for m in entries)
         pooling = next((m for m in entries if m.get("type", "").endswith("Pooling")), None)
         pooling_config = Path(source) / pooling.get("path", "") / "config.json" if pooling else None
         if pooling_config is not None and pooling_config.is_file():
-            modes = json.loads(pooling_config.read_text())
+            modes = read_json(pooling_config)
             info["pooling"] = "cls" if modes.get("pooling_mode_cls_token") else "mean"
     return info
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from micebench.errors import MicebenchError
-from micebench.models.hf import classifier_options, load_pretrained, resolve_model
+from micebench.models.hf import classifier_options, damaged_checkpoint_file, load_pretrained, read_json, resolve_model
 from micebench.models.mice import MiceConfig, MiceModel, build_mice
 
 
@@ -17,7 +17,7 @@ def is_mice_checkpoint(name: str | None) -> bool:
     if not name:
         return False
     config = Path(resolve_model(name)) / "config.json"
-    return config.is_file() and "mice" in json.loads(config.read_text())
+    return config.is_file() and "mice" in read_json(config)
 
 
 def convert_cross_encoder(checkpoint: str, mice: MiceConfig) -> tuple[MiceModel, Any]:
@@ -65,7 +65,8 @@ def load_mice(folder: str | Path) -> tuple[MiceModel, Any]:
     model = build_mice(skeleton, mice)
     try:
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
-    except (RuntimeError, OSError) as err:
-        raise MicebenchError(f"cannot load MICE weights from {folder}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # safetensors and torch raise several types for damaged or foreign files
+        reason = damaged_checkpoint_file(folder) or (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise MicebenchError(f"cannot load MICE weights from {folder}: {reason}") from None
     mice.random_top_layers = bool(data.get("random_top_layers", False))
     return model.eval(), AutoTokenizer.from_pretrained(str(folder))

@@ -115,6 +115,10 @@ class MiceModel(nn.Module):
         """The cross-encoder's head on the final query states (N, Lq, H) with their mask; logits (N, labels)."""
         raise NotImplementedError
 
+    def head_modules(self) -> list[nn.Module]:
+        """The modules `head` runs (kept in fp32 when the rest of the model runs in bf16 or fp16)."""
+        raise NotImplementedError
+
     def rotary(self, reference: torch.Tensor, length: int, layer: int) -> Any:
         """Rotary (cos, sin) for positions 0..length-1 in top layer `layer`; None for absolute positions."""
         return None
@@ -156,15 +160,20 @@ class MiceModel(nn.Module):
         query_index: torch.Tensor,
         d_states: torch.Tensor | None = None,
         d_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        d_padded: bool | None = None,
     ) -> torch.Tensor:
         """Scores of N (query, document) pairs: query `query_index[i]` against document i.
 
         Give either the layer-k document states (`d_states`) or each top layer's cross keys/values (`d_kv`).
         The first top layer's self-attention is computed once per query, before expanding to the pairs.
+        `d_padded` says whether any document of the batch is padded, when the caller knows it from the host; left
+        None, it is read from `d_mask` (which waits for the device).
         """
         dtype = q_states.dtype
+        if d_padded is None:
+            d_padded = not bool(d_mask.all())
         # no mask at all when no document in the batch is padded: SDPA then takes its fastest kernel
-        cross_mask = None if bool(d_mask.all()) else padding_mask(d_mask, dtype)
+        cross_mask = padding_mask(d_mask, dtype) if d_padded else None
         hidden, q_length = q_states, q_states.shape[1]
         per_query: dict[Any, tuple[Any, Any, Any]] = {}  # layer kind -> (self mask, pair self mask, rotary)
         for j, layer in enumerate(self.top):

@@ -96,6 +96,9 @@ class BertMice(MiceModel):
             hidden = call_layer(layer, hidden, mask)
         return hidden
 
+    def head_modules(self) -> list[nn.Module]:
+        return [self.pooler, self.classifier] if self._pooled_head else [self.classifier]
+
     def head(self, hidden: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
         if self._pooled_head:
             return self.classifier(self.dropout(self.pooler(hidden)))

@@ -135,6 +135,9 @@ class ModernBertMice(MiceModel):
             hidden = call_layer(layer, hidden, masks[kind], position_embeddings=rope[kind])
         return hidden
 
+    def head_modules(self) -> list[nn.Module]:
+        return [self.final_norm, self.prediction_head, self.classifier]
+
     def head(self, hidden: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.final_norm(hidden)
         if self.config.classifier_pooling == "mean":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -282,14 +283,65 @@ def encode_chunk(ranker: Any, mode: str, fields: list[str], texts: list[str]) ->
     return length.tolist(), packed
 
 
+class BackgroundWriter:
+    """Writes shards in a background thread, one at a time, while the next chunk is encoded.
+
+    At most two chunks are held: the one being written and the one being encoded (`submit` first waits for the
+    previous shard). A write's error is raised in the caller by the next `submit` or by leaving the block; when the
+    block is left on an error of its own, the shard in progress is finished first (it stays resumable) and the
+    caller's error is the one raised.
+    """
+
+    def __init__(self, writer: StoreWriter):
+        self.writer = writer
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="micebench-shard-writer")
+        self.pending: Future | None = None
+
+    def _write(self, index: int, ids: list[str], lengths: list[int], packed: dict[str, Any]) -> None:
+        """Write one shard (in the writer thread, whose grad mode is its own)."""
+        with torch.inference_mode():
+            self.writer.write_chunk(index, ids, lengths, {f: [t] for f, t in packed.items()})
+
+    def submit(self, index: int, ids: list[str], lengths: list[int], packed: dict[str, Any]) -> None:
+        """Queue chunk `index` for writing once the previous shard is written (raising that shard's error)."""
+        self.wait()
+        self.pending = self.pool.submit(self._write, index, ids, lengths, packed)
+
+    def wait(self) -> None:
+        """Block until the shard in progress is written; raise its error, if any."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
+        try:
+            if kind is None:
+                self.wait()
+            else:
+                try:
+                    self.wait()
+                except BaseException as late:  # the caller's error is the one to report
+                    log.warning("writing the last shard failed too: %s", late)
+        finally:
+            self.pool.shutdown(wait=True)
+
+
 def _encode(ranker: Any, mode: str, fields: list[str], plan: Plan, writer: StoreWriter, world: Any, size: int) -> None:
-    """Encode the plan's documents chunk by chunk (this rank's chunks not yet recorded) into shards."""
+    """Encode the plan's documents chunk by chunk (this rank's chunks not yet recorded) into shards, each shard
+    written in the background while the next chunk is encoded."""
     done = writer.done_chunks()
-    with torch.inference_mode(), progress_bar("precomputing documents", total=plan.count, unit="docs") as bar:
+    with (
+        torch.inference_mode(),
+        progress_bar("precomputing documents", total=plan.count, unit="docs") as bar,
+        BackgroundWriter(writer) as background,
+    ):
         for index, (ids, texts) in enumerate(chunked(plan.docs(), size)):
             if index % world.world == world.rank and index not in done:
                 lengths, packed = encode_chunk(ranker, mode, fields, texts)
-                writer.write_chunk(index, ids, lengths, {f: [t] for f, t in packed.items()})
+                background.submit(index, ids, lengths, packed)
             bar.advance(len(ids))
 
 

@@ -22,12 +22,19 @@ import numpy as np
 from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.models.hf import (
+    apply_tf32_choice,
     load_pretrained,
     model_facts,
     move_model,
+    pad_multiple,
+    pad_rows,
     pick_device,
     pick_dtype,
+    precision_facts,
     resolve_model,
+    scores_to_host,
+    stored_batches,
+    to_device,
     weight_fingerprint,
 )
 from micebench.rankers.base import Benchmarkable, ModelOptions, Ranker, StoreBacked, Trainable, register_ranker
@@ -111,6 +118,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         folder = _local_folder(self.checkpoint)
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype)
+        apply_tf32_choice(self.device, self.dtype)  # before any model loads: a bad value fails fast
         self.batch_size = options.batch_size
         self.tokenizer = load_pretrained(AutoTokenizer, str(folder))
         self.encoder = load_pretrained(AutoModel, str(folder), attn_implementation="sdpa")
@@ -175,21 +183,32 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         return int(tid)
 
     # -- encoding -----------------------------------------------------------------------------------------------
+    def token_lists(self, texts: list[str], marker: int, max_length: int) -> dict[str, list[list[int]]]:
+        """Unpadded ids and mask of `[CLS] marker text [SEP]` per text (the marker inserted after [CLS])."""
+        enc = self.tokenizer(texts, truncation=True, max_length=max_length - 1)
+        ids = [seq[:1] + [marker] + seq[1:] for seq in enc["input_ids"]]
+        mask = [seq[:1] + [1] + seq[1:] for seq in enc["attention_mask"]]
+        return {"input_ids": ids, "attention_mask": mask}
+
     def tokenize(self, texts: list[str], marker: int, max_length: int, pad_to_max: bool) -> tuple[Any, Any]:
         """Ids and mask of `[CLS] marker text [SEP]` (the marker inserted after [CLS]) on the model's device."""
         torch = self._torch
-        enc = self.tokenizer(
-            texts,
-            truncation=True,
-            max_length=max_length - 1,
-            return_tensors="pt",
-            padding="max_length" if pad_to_max else True,
-        )
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        column = torch.full((ids.shape[0], 1), marker, dtype=ids.dtype)
-        ids = torch.cat([ids[:, :1], column, ids[:, 1:]], dim=1)
-        mask = torch.cat([mask[:, :1], torch.ones_like(column), mask[:, 1:]], dim=1)
-        return ids.to(self.device), mask.to(self.device)
+        if pad_to_max:
+            enc = self.tokenizer(
+                texts, truncation=True, max_length=max_length - 1, return_tensors="pt", padding="max_length"
+            )
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            column = torch.full((ids.shape[0], 1), marker, dtype=ids.dtype)
+            ids = torch.cat([ids[:, :1], column, ids[:, 1:]], dim=1)
+            mask = torch.cat([mask[:, :1], torch.ones_like(column), mask[:, 1:]], dim=1)
+            return ids.to(self.device), mask.to(self.device)
+        batch = self.host_batch(self.token_lists(texts, marker, max_length), range(len(texts)))
+        return batch["input_ids"], batch["attention_mask"]
+
+    def host_batch(self, lists: dict[str, list[list[int]]], rows: Any) -> dict[str, Any]:
+        """Rows of `token_lists` output, padded (to a multiple of 8 on CUDA) and moved to the model's device."""
+        batch = pad_rows(self.tokenizer, lists, rows, pad_multiple(self.device), self.doc_length)
+        return to_device(batch, self.device)
 
     def embed(self, ids: Any, mask: Any) -> Any:
         """Projected, L2-normalised token embeddings (B, L, dim)."""
@@ -204,11 +223,14 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         ids = ids.masked_fill(ids == self.tokenizer.pad_token_id, self.tokenizer.mask_token_id)
         return self.embed(ids, mask)[0]
 
-    def encode_documents(self, texts: list[str]) -> tuple[Any, Any]:
-        """(B, L, dim) embeddings and the MaxSim mask (padding and punctuation excluded)."""
-        ids, mask = self.tokenize(texts, self.d_marker, self.doc_length, pad_to_max=False)
+    def embed_documents(self, ids: Any, mask: Any) -> tuple[Any, Any]:
+        """(B, L, dim) embeddings of tokenised documents and the MaxSim mask (padding and punctuation excluded)."""
         keep = mask.bool() & ~self._torch.isin(ids, self.skiplist)
         return self.embed(ids, mask), keep.long()
+
+    def encode_documents(self, texts: list[str]) -> tuple[Any, Any]:
+        """(B, L, dim) embeddings and the MaxSim mask (padding and punctuation excluded)."""
+        return self.embed_documents(*self.tokenize(texts, self.d_marker, self.doc_length, pad_to_max=False))
 
     @staticmethod
     def host_scores(q: Any, docs: Any, keep: Any) -> np.ndarray:
@@ -217,25 +239,32 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
 
     @oom_backoff
     def score(self, query: str, docs: list[str]) -> np.ndarray:
-        scores = np.empty(len(docs), dtype=np.float64)
+        """Documents tokenised once, encoded in length-sorted batches; the scores reach the host in one copy."""
+        parts, batches = [], []
         with self._torch.inference_mode():
             q = self.encode_query(query)
+            lists = self.token_lists(docs, self.d_marker, self.doc_length) if docs else {}
             for idx in length_sorted_batches(docs, self.batch_size):
-                emb, keep = self.encode_documents([docs[i] for i in idx])
-                scores[idx] = self.host_scores(q, emb, keep)
-        return scores
+                batch = self.host_batch(lists, idx)
+                emb, keep = self.embed_documents(batch["input_ids"], batch["attention_mask"])
+                parts.append(maxsim(q, emb, keep))
+                batches.append(idx)
+            return scores_to_host(parts, batches, len(docs))
 
     @oom_backoff
     def score_stored(self, query: str, docnos: list[str]) -> np.ndarray:
-        """MaxSim against stored document embeddings (no document text needed)."""
-        scores = np.empty(len(docnos), dtype=np.float64)
+        """MaxSim against stored document embeddings (no document text needed). On a GPU, batches take documents
+        longest first (little padding); on the CPU in the order given (scores as they always were)."""
+        positions = self.store.positions(docnos)
+        lengths = self.store.index.rows["length"][positions.numpy()]
+        parts, batches = [], []
         with self._torch.inference_mode():
             q = self.encode_query(query)
-            positions = self.store.positions(docnos)
-            for start in range(0, len(docnos), self.batch_size):
-                tensors, keep = self.store.gather(positions[start : start + self.batch_size])
-                scores[start : start + len(keep)] = self.host_scores(q, tensors["embeddings"], keep)
-        return scores
+            for idx in stored_batches(lengths, self.batch_size, self.device.type != "cpu"):
+                tensors, keep = self.store.gather(positions[self._torch.from_numpy(idx)])
+                parts.append(maxsim(q, tensors["embeddings"], keep))
+                batches.append(idx)
+            return scores_to_host(parts, batches, len(docnos))
 
     def effective_options(self) -> dict[str, Any]:
         """The declared options, with the lengths and projection size the checkpoint really has."""
@@ -328,6 +357,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         return {
             "ranker": self.name,
             **model_facts(self.checkpoint, self.device, self.dtype, self.encoder, self.projection),
+            **precision_facts(self.device, self.dtype),
             "format": self.format,
             "dim": self.projection.out_features,
             "query_length": self.query_length,

@@ -13,13 +13,22 @@ from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.models.hf import (
     DEFAULT_CROSS_ENCODER,
+    apply_tf32_choice,
+    classifier_head,
     classifier_options,
+    keep_fp32,
     load_model,
     load_pretrained,
     logits_to_scores,
     model_facts,
+    modules_dtype,
+    pad_multiple,
+    pad_rows,
     pick_device,
     pick_dtype,
+    precision_facts,
+    scores_to_host,
+    to_device,
 )
 from micebench.rankers.base import Benchmarkable, ModelOptions, Ranker, Trainable, register_ranker
 from micebench.rankers.memory import oom_backoff
@@ -50,6 +59,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
         self.checkpoint = options.checkpoint
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype)
+        apply_tf32_choice(self.device, self.dtype)  # before any model loads: a bad value fails fast
         self.batch_size = options.batch_size
         self.max_length = options.max_length
         extra = classifier_options(self.checkpoint)
@@ -62,6 +72,8 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
             attn_implementation=options.attn_implementation,
             **extra,
         )
+        if self.dtype != torch.float32:  # scores from an fp32 head: bf16 logits would tie
+            keep_fp32(*classifier_head(self.model))
         self._torch = torch
 
     def tokenize_pairs(self, queries: list[str], docs: list[str]) -> Any:
@@ -79,17 +91,30 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
         """Model output for a tokenised batch (kwargs such as output_attentions go to the model)."""
         return self.model(**batch, **kwargs)
 
+    def encode_pairs(self, query: str, docs: list[str]) -> Any:
+        """Unpadded token lists of every `[CLS] q [SEP] d [SEP]` pair, truncated as `tokenize_pairs` truncates."""
+        return self.tokenizer([query] * len(docs), docs, truncation="longest_first", max_length=self.max_length)
+
+    def host_batch(self, encoded: Any, rows: Any) -> dict[str, Any]:
+        """Rows of `encode_pairs` output as a padded host batch (to a multiple of 8 on CUDA)."""
+        return pad_rows(self.tokenizer, encoded, rows, pad_multiple(self.device), self.max_length)
+
+    def score_batch(self, batch: dict[str, Any]) -> Any:
+        """Scores of a padded host batch, left on the device (fp32)."""
+        return logits_to_scores(self.forward(to_device(batch, self.device)).logits.float())
+
     @oom_backoff
     def score(self, query: str, docs: list[str]) -> np.ndarray:
+        """Pairs tokenised once, scored in length-sorted batches; the scores reach the host in one copy."""
         if not query.strip():
             raise MicebenchError("empty query text")
-        scores = np.empty(len(docs), dtype=np.float64)
+        parts, batches = [], []
         with self._torch.inference_mode():
+            encoded = self.encode_pairs(query, docs) if docs else None
             for idx in length_sorted_batches(docs, self.batch_size):
-                batch = self.tokenize_pairs([query] * len(idx), [docs[i] for i in idx])
-                logits = self.forward(batch).logits.float()
-                scores[idx] = logits_to_scores(logits).cpu().numpy()
-        return scores
+                parts.append(self.score_batch(self.host_batch(encoded, idx)))
+                batches.append(idx)
+            return scores_to_host(parts, batches, len(docs))
 
     # -- Trainable --------------------------------------------------------------------------------------------
     def trainable_module(self) -> Any:
@@ -144,6 +169,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
         return {
             "ranker": self.name,
             **model_facts(self.checkpoint, self.device, self.dtype, self.model),
+            **precision_facts(self.device, self.dtype, modules_dtype(*classifier_head(self.model))),
             "max_length": self.max_length,
             "batch_size": self.batch_size,
             "oom_backoffs": getattr(self, "oom_backoffs", 0),

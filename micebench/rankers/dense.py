@@ -11,11 +11,13 @@ import pandas as pd
 from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.models.hf import (
+    apply_tf32_choice,
     load_model,
     load_pretrained,
     model_facts,
     pick_device,
     pick_dtype,
+    precision_facts,
     read_sentence_transformers_config,
 )
 from micebench.progress import progress_bar
@@ -52,6 +54,7 @@ class DenseRanker(Ranker):
         self.checkpoint = options.checkpoint
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype)
+        apply_tf32_choice(self.device, self.dtype)  # before any model loads: a bad value fails fast
         self.batch_size = options.batch_size
         self.max_length = int(options.max_length or st_config.get("max_seq_length") or 512)
         self.normalize = st_config.get("normalize", True) if options.normalize is None else options.normalize
@@ -133,6 +136,7 @@ class DenseRanker(Ranker):
         return {
             "ranker": self.name,
             **model_facts(self.checkpoint, self.device, self.dtype, self.model),
+            **precision_facts(self.device, self.dtype, self._torch.float32),  # pooling and normalisation in fp32
             "pooling": self.pooling,
             "normalize": self.normalize,
             "max_length": self.max_length,

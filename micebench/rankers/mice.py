@@ -14,11 +14,20 @@ from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.models.hf import (
     DEFAULT_CROSS_ENCODER,
+    apply_tf32_choice,
+    keep_fp32,
     logits_to_scores,
     model_facts,
+    modules_dtype,
     move_model,
+    pad_multiple,
+    pad_rows,
     pick_device,
     pick_dtype,
+    precision_facts,
+    scores_to_host,
+    stored_batches,
+    to_device,
 )
 from micebench.rankers.base import (
     Benchmarkable,
@@ -100,11 +109,14 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         self.checkpoint = checkpoint or DEFAULT_CROSS_ENCODER
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype)
+        apply_tf32_choice(self.device, self.dtype)
         # stores are fingerprinted on the weights as loaded, so a bf16 run opens a store built in fp32
         self._fingerprints = (
             {} if self.dtype == torch.float32 else {m: self.model.fingerprint(m) for m in self.store_modes}
         )
         move_model(self.model, self.device, self.dtype)
+        if self.dtype != torch.float32:  # scores from an fp32 head: bf16 logits would tie
+            keep_fp32(*self.model.head_modules())
         self.batch_size = options.batch_size
         self.untrained = options.untrained
         self.open_store(options.precomputed)
@@ -170,38 +182,54 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         batch = self.tokenize(texts, self.mice.doc_max_length)
         return self.model.encode_bottom(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"]
 
+    def device_scores(self, q: tuple[Any, Any], d_mask: Any, d_padded: bool | None = None, **doc: Any) -> Any:
+        """Scores of one query's states against a batch of documents (`d_states=` or `d_kv=`), left on the device;
+        `d_padded` as `score_from_states` takes it."""
+        index = self._torch.zeros(d_mask.shape[0], dtype=self._torch.long, device=self.device)
+        logits = self.model.score_from_states(q[0], q[1], d_mask, index, d_padded=d_padded, **doc).float()
+        return logits_to_scores(logits)
+
     def score_states(self, q: tuple[Any, Any], d_mask: Any, **doc: Any) -> np.ndarray:
         """Host scores of one query's states against a batch of documents (`d_states=` or `d_kv=`)."""
-        n = d_mask.shape[0]
-        index = self._torch.zeros(n, dtype=self._torch.long, device=self.device)
-        logits = self.model.score_from_states(q[0], q[1], d_mask, index, **doc).float()
-        return logits_to_scores(logits).cpu().numpy()
+        return self.device_scores(q, d_mask, **doc).cpu().numpy()
 
     @oom_backoff
     def score(self, query: str, docs: list[str]) -> np.ndarray:
-        scores = np.empty(len(docs), dtype=np.float64)
+        """Documents tokenised once, encoded in length-sorted batches; the scores reach the host in one copy."""
+        parts, batches = [], []
+        budget = self.mice.doc_max_length
         with self._torch.inference_mode():
             q = self.encode_query(query)
+            encoded = self.tokenizer(docs, truncation=True, max_length=budget) if docs else None
             for idx in length_sorted_batches(docs, self.batch_size):
-                states, mask = self.encode_documents([docs[i] for i in idx])
-                scores[idx] = self.score_states(q, mask, d_states=states)
-        return scores
+                batch = pad_rows(self.tokenizer, encoded, idx, pad_multiple(self.device), budget)
+                padded = not bool(batch["attention_mask"].all())  # known on the host: nothing waits for the device
+                batch = to_device(batch, self.device)
+                states = self.model.encode_bottom(batch["input_ids"], batch["attention_mask"])
+                parts.append(self.device_scores(q, batch["attention_mask"], padded, d_states=states))
+                batches.append(idx)
+            return scores_to_host(parts, batches, len(docs))
 
     # -- StoreBacked ----------------------------------------------------------------------------------------------
     @oom_backoff
     def score_stored(self, query: str, docnos: list[str]) -> np.ndarray:
-        """Scores from the precomputed store: no document text, no bottom layers for documents."""
+        """Scores from the precomputed store: no document text, no bottom layers for documents. On a GPU, batches
+        take documents longest first (little padding); on the CPU in the order given (scores as they always were)."""
         rows = self.store.positions(docnos)
-        scores = np.empty(len(docnos), dtype=np.float64)
+        lengths = self.store.index.rows["length"][rows.numpy()]
+        mode = self.store.manifest["mode"]
+        parts, batches = [], []
         with self._torch.inference_mode():
             q = self.encode_query(query)
-            for start in range(0, len(docnos), self.batch_size):
-                chunk = rows[start : start + self.batch_size]
-                scores[start : start + len(chunk)] = self.score_rows(q, self.store, self.store.manifest["mode"], chunk)
-        return scores
+            for idx in stored_batches(lengths, self.batch_size, self.device.type != "cpu"):
+                padded = bool(lengths[idx].min() != lengths[idx].max())
+                parts.append(self.rows_scores(q, self.store, mode, rows[self._torch.from_numpy(idx)], padded))
+                batches.append(idx)
+            return scores_to_host(parts, batches, len(docnos))
 
-    def score_rows(self, q: tuple[Any, Any], store: Any, mode: str, rows: Any) -> np.ndarray:
-        """Score one query's states against store rows: one padded gather, then the top layers."""
+    def rows_scores(self, q: tuple[Any, Any], store: Any, mode: str, rows: Any, padded: bool | None = None) -> Any:
+        """Scores of one query's states against store rows, left on the device: one padded gather, then the top
+        layers (`padded`: whether the rows differ in length, None to read it from the gathered mask)."""
         tensors, mask = store.gather(rows)
         if mode == "kv":
             heads = self.model.top[0].num_heads
@@ -209,8 +237,12 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
                 (self._split(tensors[f"k{j}"], heads), self._split(tensors[f"v{j}"], heads))
                 for j in range(self.mice.top_layers)
             ]
-            return self.score_states(q, mask, d_kv=kv)
-        return self.score_states(q, mask, d_states=tensors["states"])
+            return self.device_scores(q, mask, padded, d_kv=kv)
+        return self.device_scores(q, mask, padded, d_states=tensors["states"])
+
+    def score_rows(self, q: tuple[Any, Any], store: Any, mode: str, rows: Any) -> np.ndarray:
+        """Host scores of one query's states against store rows (see `rows_scores`)."""
+        return self.rows_scores(q, store, mode, rows).cpu().numpy()
 
     @staticmethod
     def _split(x: Any, heads: int) -> Any:
@@ -321,6 +353,7 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
             "checkpoint": self.checkpoint,
             "mice": asdict(self.mice),
             **{k: v for k, v in model_facts(None, self.device, self.dtype, self.model).items() if k != "checkpoint"},
+            **precision_facts(self.device, self.dtype, modules_dtype(*self.model.head_modules())),
             "attention": "sdpa",
             "batch_size": self.batch_size,
             "oom_backoffs": getattr(self, "oom_backoffs", 0),

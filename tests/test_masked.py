@@ -171,9 +171,13 @@ def test_masked_runs_in_the_pipeline(capsys, tmp_path, data_dir, tiny_bert_ce):
     manifest = json.loads((tmp_path / "adi" / "m2" / "manifest.json").read_text())
     assert manifest["ranker"]["schedule"]["name"] == "mask2" and manifest["config"]["options"]["schedule"] == "mask2"
     assert manifest["ranker_options"]["schedule"]["name"] == "mask2"
-    code, _, err = cli(capsys, "run", "--model", "mask3-l1", *args)
+    code, _, err = cli(capsys, "run", "--model", "prettr-l1", *args)
     assert code == 0, err
-    assert (tmp_path / "adi" / "mask3-l1-tiny-bert-ce0" / "run.trec").is_file()
+    assert (tmp_path / "adi" / "prettr-l1-tiny-bert-ce0" / "run.trec").is_file()
+    # on 2 layers, mask3-l1 keeps cls from ever depending on the document: its scores rank nothing, so no result
+    code, _, err = cli(capsys, "run", "--model", "mask3-l1", *args)
+    assert code == 2 and "every query's candidates scored the same" in err
+    assert not (tmp_path / "adi" / "mask3-l1-tiny-bert-ce0").exists()
     code, _, err = cli(capsys, "run", "--model", "ce", "--schedule", "mask2", *args)
     assert code == 2 and "option --schedule does not apply to model 'ce'" in err
     code, _, err = cli(capsys, "run", "--model", "masked-ce", "--schedule", "query>title", *args)

@@ -516,7 +516,7 @@ def test_full_corpus_from_the_store(capsys, tmp_path, tiny4_bert):
     np.testing.assert_allclose([got[f"d{i}"] for i in range(len(DOCS))], expected, atol=1e-5)
 
 
-def test_a_long_query_is_read_whole_like_the_cross_encoder_reads_it(tiny_bert_ce, capsys, tmp_path):
+def test_a_long_query_is_read_whole_like_the_cross_encoder_reads_it(tiny_bert_ce, tiny4_bert, capsys, tmp_path):
     """MICE's query budget is the cross-encoder's (the model's maximum), not 64 tokens: a 100-word query keeps
     every token, end to end through `run`; `--query-max-length` still caps it."""
     from tests.conftest import write_beir
@@ -535,7 +535,8 @@ def test_a_long_query_is_read_whole_like_the_cross_encoder_reads_it(tiny_bert_ce
 
     corpus = [{"_id": f"d{i}", "title": "", "text": text} for i, text in enumerate(docs)]
     folder = write_beir(tmp_path / "long", corpus, [{"_id": "q1", "text": query}], [("q1", "d0", 1)])
-    run = ["run", "--model", "mice-l1+1", "--checkpoint", tiny_bert_ce, "--untrained", "--dataset", str(folder)]
+    # two top layers: with one, cls (not updated by cross-attention) never sees the document
+    run = ["run", "--model", "mice-l1+2", "--checkpoint", tiny4_bert, "--untrained", "--dataset", str(folder)]
     code, _, err = cli(capsys, *run, "--first-stage", "full", "--device", "cpu", "-o", str(tmp_path / "out"))
     assert code == 0, err
     manifest = next((tmp_path / "out").rglob("manifest.json"))

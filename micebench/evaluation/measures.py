@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import numpy as np
 
 from micebench.data.trec import Qrels, Run
 from micebench.errors import DataError
@@ -45,20 +49,36 @@ class Evaluation:
 def evaluate(qrels: Qrels, run: Run, measures: Sequence[str] = DEFAULT_MEASURES, rel_level: int = 1) -> Evaluation:
     """Evaluate the judged queries of `qrels`; judged queries missing from the run score 0 (trec_eval -c)."""
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "micebench", "numba"))
-    from ranx import Qrels as RanxQrels
-    from ranx import Run as RanxRun
-    from ranx import evaluate as ranx_evaluate
+    from ranx.meta.evaluate import extract_metric_and_params
+    from ranx.metrics import metric_switch
 
     if not qrels:
         raise DataError("no judged queries to evaluate")
-    run = {qid: docs for qid, docs in run.items() if docs and qid in qrels}
-    if not run:
+    if not any(docs and qid in qrels for qid, docs in run.items()):
         raise DataError("the run shares no query id with the qrels")
     names = {m: to_ranx(m, rel_level) for m in measures}
-    ranx_qrels = RanxQrels({q: dict(d) for q, d in qrels.items()})
-    ranx_run = RanxRun({q: dict(d) for q, d in run.items()})
-    ranx_run = ranx_run.make_comparable(ranx_qrels)
-    ranx_evaluate(ranx_qrels, ranx_run, list(names.values()), make_comparable=False)
-    means = {m: float(ranx_run.mean_scores[r]) for m, r in names.items()}
-    per_query = {m: {q: float(v) for q, v in ranx_run.scores[r].items()} for m, r in names.items()}
-    return Evaluation(means, per_query, rel_level, len(ranx_qrels))
+    qids = sorted(qrels)
+    # what ranx.evaluate computes from Qrels and a comparable Run: qrels sorted once, a run twice (on creation and
+    # in make_comparable); each measure's kernel called as ranx.evaluate calls it
+    judged, ranking = ranx_rows(qrels, qids, passes=1), ranx_rows(run, qids, passes=2)
+    scores = {}
+    for name in dict.fromkeys(names.values()):
+        measure, cutoff, level = extract_metric_and_params(name)
+        scores[name] = metric_switch(measure)(judged, ranking, cutoff, level)
+    means = {m: float(np.mean(scores[r])) for m, r in names.items()}
+    per_query = {m: dict(zip(qids, scores[r].tolist(), strict=True)) for m, r in names.items()}
+    return Evaluation(means, per_query, rel_level, len(qids))
+
+
+def ranx_rows(table: Mapping[str, Mapping[str, float]], qids: list[str], passes: int) -> Any:
+    """ranx's input for `qids` (absent ones empty): per query, (hash of doc id, value) rows in ranx's order."""
+    from micebench.evaluation.kernels import ranked_rows
+
+    docs = [table.get(qid) or {} for qid in qids]
+    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    np.cumsum([len(d) for d in docs], out=offsets[1:])
+    count = int(offsets[-1])
+    rows = np.empty((count, 2), dtype=np.float64)
+    rows[:, 0] = np.fromiter(map(hash, chain.from_iterable(docs)), dtype=np.float64, count=count)  # as ranx does
+    rows[:, 1] = np.fromiter(chain.from_iterable(d.values() for d in docs), dtype=np.float64, count=count)
+    return ranked_rows(rows, offsets, passes)

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from micebench.data.trec import Run, format_run
+from micebench.data.trec import Run, query_lines
 from micebench.errors import MicebenchError
 from micebench.evaluation.measures import Evaluation
 
@@ -104,7 +104,8 @@ def write_result(
 
     with atomic_folder(folder) as tmp:
         with open(tmp / "run.trec", "w", encoding="utf-8") as handle:
-            handle.writelines(format_run(run, tag))
+            for qid in sorted(run):  # the lines of format_run, one write per query
+                handle.write("".join(query_lines(qid, run[qid], tag)))
         (tmp / "metrics.json").write_text(json.dumps(evaluation.as_dict(), indent=2) + "\n")
         measures = list(evaluation.per_query)
         qids = sorted(next(iter(evaluation.per_query.values()), {}))

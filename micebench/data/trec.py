@@ -175,20 +175,33 @@ def read_run(path: str | Path, sink: Sink = refuse_or_warn) -> Run:
     run: Run = {}
     for lineno, line in read_lines(path, sink):
         parts = line.split()
+        if len(parts) == 6:  # the common case in one go; anything else below, as the rules say
+            try:
+                int(parts[3])
+                score = float(parts[4])
+            except ValueError:
+                score = math.nan
+            if math.isfinite(score):
+                docs = run.get(parts[0])
+                if docs is None:
+                    docs = run[parts[0]] = {}
+                if parts[2] not in docs:
+                    docs[parts[2]] = score
+                    continue
         if not parts:
             continue
         problem = _run_line_problem(parts)
         if problem:
             sink(Problem("run.malformed", f"{path}:{lineno}: {problem}", path))
             continue
-        qid, _, docno, _rank, score, _tag = parts
+        qid, _, docno, _rank, score_text, _tag = parts
         docs = run.setdefault(qid, {})
         if docno in docs:
             first = first_line(path, lineno, _run_line_matches(qid, docno))
             message = f"{path}:{lineno}: document {docno!r} listed twice for query {qid!r} (first on line {first})"
             sink(Problem("run.duplicate", message, path))
             continue
-        docs[docno] = float(score)
+        docs[docno] = float(score_text)
     if not run:
         sink(Problem("run.none", f"{path}: run file is empty (no candidates)", path))
     return run
@@ -220,8 +233,12 @@ def ranked(docs: Mapping[str, float]) -> list[tuple[str, float]]:
 def format_run(run: Mapping[str, Mapping[str, float]], tag: str) -> Iterable[str]:
     """Yield TREC run lines: queries in id order, 1-based ranks, ties broken by doc id."""
     for qid in sorted(run):
-        for rank, (docno, score) in enumerate(ranked(run[qid]), start=1):
-            yield f"{qid} Q0 {docno} {rank} {score:.6f} {tag}\n"
+        yield from query_lines(qid, run[qid], tag)
+
+
+def query_lines(qid: str, docs: Mapping[str, float], tag: str) -> list[str]:
+    """The TREC run lines of one query: 1-based ranks, ties broken by doc id."""
+    return [f"{qid} Q0 {docno} {rank} {score:.6f} {tag}\n" for rank, (docno, score) in enumerate(ranked(docs), 1)]
 
 
 class Judgements:

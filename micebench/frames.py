@@ -6,6 +6,7 @@ Used by `run`, by the trainer's validator and by the benchmarks, so it lives apa
 from __future__ import annotations
 
 import logging
+from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -28,30 +29,49 @@ def check_queries(queries: dict[str, str]) -> None:
 def candidates_frame(dataset: Dataset, candidates: Candidates, with_text: bool) -> pd.DataFrame:
     """The frame (qid, query, docno, text, score) for the candidates; texts only when `with_text`."""
     queries = dataset.judged_queries()
-    docnos = {d for docs in candidates.run.values() for d in docs}
-    qrels_docs = {d for docs in dataset.qrels().values() for d in docs}
-    texts = dataset.doc_texts(docnos | qrels_docs) if with_text else {}
-    if with_text:
-        missing = sorted(docnos - texts.keys())
-        if missing:
-            raise DataError(
-                f"{len(missing)} candidate documents are not in the corpus of {dataset.name!r} "
-                f"(e.g. {missing[0]!r}): the first stage does not match this collection"
-            )
-        unjudged_text = len(qrels_docs - texts.keys())
-        if unjudged_text:
-            log.warning("%d judged documents of %s are absent from the corpus", unjudged_text, dataset.name)
-        empty = sum(1 for d in docnos if not texts[d].strip())
-        if empty:
-            log.warning("%d candidate documents have empty text", empty)
-    rows = [(qid, docno, score) for qid in sorted(candidates.run) for docno, score in candidates.run[qid].items()]
-    if not rows:
+    texts = candidate_texts(dataset, candidates.run) if with_text else {}
+    frame = pairs_frame(candidates.run)
+    frame.insert(1, "query", frame["qid"].map(queries))
+    frame.insert(3, "text", frame["docno"].map(texts) if with_text else "")
+    return frame
+
+
+def candidate_texts(dataset: Dataset, run: Run) -> dict[str, str]:
+    """Texts of every candidate and judged document; refuses candidates absent from the corpus."""
+    docnos = set().union(*run.values())
+    qrels_docs = set().union(*dataset.qrels().values())
+    texts = dataset.doc_texts(docnos | qrels_docs)
+    missing = sorted(docnos - texts.keys())
+    if missing:
+        raise DataError(
+            f"{len(missing)} candidate documents are not in the corpus of {dataset.name!r} "
+            f"(e.g. {missing[0]!r}): the first stage does not match this collection"
+        )
+    unjudged_text = len(qrels_docs - texts.keys())
+    if unjudged_text:
+        log.warning("%d judged documents of %s are absent from the corpus", unjudged_text, dataset.name)
+    empty = sum(1 for d in docnos if not texts[d].strip())
+    if empty:
+        log.warning("%d candidate documents have empty text", empty)
+    return texts
+
+
+def pairs_frame(run: Run) -> pd.DataFrame:
+    """(qid, docno, score) rows of a run: queries in id order, each query's documents in the run's order."""
+    qids = sorted(run)
+    lengths = [len(run[qid]) for qid in qids]
+    count = sum(lengths)
+    if not count:
         raise DataError("the first stage returned no candidates for any judged query")
-    frame = pd.DataFrame(rows, columns=["qid", "docno", "score"], dtype=object)
-    frame["score"] = frame["score"].astype(np.float64)
-    frame["query"] = frame["qid"].map(queries)
-    frame["text"] = frame["docno"].map(texts) if with_text else ""
-    return frame[["qid", "query", "docno", "text", "score"]]
+    docnos = np.empty(count, dtype=object)
+    docnos[:] = list(chain.from_iterable(run[qid] for qid in qids))
+    return pd.DataFrame(
+        {
+            "qid": pd.Series(np.repeat(np.array(qids, dtype=object), lengths), dtype=object),
+            "docno": pd.Series(docnos, dtype=object),
+            "score": np.fromiter(chain.from_iterable(run[qid].values() for qid in qids), np.float64, count),
+        }
+    )
 
 
 def frame_to_run(frame: pd.DataFrame, top_k: int | None = None) -> Run:

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
+import math
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +82,10 @@ class PartialScores:
         self.digest = digest
         self.rank = rank
         self._handle: Any = None
+        #: the chunks this process appended, as columns, while reading them back would give the same scores (else
+        #: None, and the file is read), and the size of this rank's file before them
+        self._kept: list[Chunk] | None = None
+        self._start = 0
 
     def check(self, resume: bool, overwrite: bool) -> None:
         """Before any model work: refuse a resume with another configuration, or clobbering without leave."""
@@ -108,47 +117,154 @@ class PartialScores:
 
     def load(self) -> Run:
         """Every score recorded so far, by any rank."""
-        run: Run = {}
-        for path in sorted(self.folder.glob("scores-rank*.tsv")):
-            with open(path, encoding="utf-8") as handle:
-                for line in handle:
-                    parts = line.rstrip("\n").split("\t")
-                    if len(parts) != 3:  # a line cut by a crash: its query chunk is redone
-                        continue
-                    run.setdefault(parts[0], {})[parts[1]] = float(parts[2])
-        return run
+        return self._read()[0]
 
     def done(self) -> set[str]:
         """Queries whose chunk was completely written (a trailing END marker per chunk)."""
-        finished: set[str] = set()
-        for path in sorted(self.folder.glob("scores-rank*.tsv")):
-            pending: set[str] = set()
-            with open(path, encoding="utf-8") as handle:
-                for line in handle:
-                    if line.startswith("#END"):
-                        finished |= pending
-                        pending = set()
-                    elif line.count("\t") == 2 and line.endswith("\n"):
-                        pending.add(line.split("\t", 1)[0])
-        return finished
+        return self._read()[1]
 
     def append(self, rows: list[tuple[str, str, float]]) -> None:
-        """Record one finished chunk durably."""
+        """Record one finished chunk durably (and keep it in memory, so that it need not be read back)."""
         if self._handle is None:
-            self._handle = open(self.folder / f"scores-rank{self.rank}.tsv", "a", encoding="utf-8")
-        self._handle.write("".join(f"{q}\t{d}\t{s!r}\n" for q, d, s in rows) + "#END\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+            path = self.folder / f"scores-rank{self.rank}.tsv"
+            self._handle = open(path, "a", encoding="utf-8")
+            self._start = os.fstat(self._handle.fileno()).st_size
+            self._kept = [] if self._start == 0 or _ends_with_marker(path) else None
+        text = "".join([f"{q}\t{d}\t{s!r}\n" for q, d, s in rows])
+        try:
+            self._handle.write(text + "#END\n")
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except BaseException:
+            self._kept = None  # the file holds what was written of the chunk: read it, not memory
+            raise
+        if self._kept is not None:
+            chunk = kept_chunk(rows, text)
+            if chunk is None:
+                self._kept = None
+            else:
+                self._kept.append(chunk)
 
     def finished_run(self) -> Run:
-        """Scores of completed chunks only."""
-        done = self.done()
-        return {q: docs for q, docs in self.load().items() if q in done}
+        """Scores of completed chunks only (each file is read once, this process's chunks not at all).
+
+        The chunks kept in memory are let go (the run holds their scores); later reads read the file."""
+        run, done = self._read()
+        self._kept = None
+        return {q: docs for q, docs in run.items() if q in done}
+
+    def _read(self) -> tuple[Run, set[str]]:
+        """The scores recorded by every rank, in file order (a later score of a pair replaces the earlier one),
+        and the queries of completely written chunks."""
+        run: Run = {}
+        done: set[str] = set()
+        own = self.folder / f"scores-rank{self.rank}.tsv"
+        for path in sorted(self.folder.glob("scores-rank*.tsv")):
+            if path == own and self._kept is not None:
+                with open(path, "rb") as handle:
+                    before = io.BytesIO(handle.read(self._start))
+                scores, finished = scores_of(io.TextIOWrapper(before, encoding="utf-8"))
+                merge_scores(run, scores)
+                for chunk in self._kept:
+                    assign_rows(run, chunk.qids, chunk.docnos, chunk.scores)
+                    finished |= chunk.queries
+            else:
+                scores, finished = read_scores(path)
+                merge_scores(run, scores)
+            done |= finished
+        return run, done
 
     def remove(self) -> None:
         if self._handle is not None:
             self._handle.close()
+        self._handle, self._kept = None, None
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One appended chunk as columns, and its distinct queries."""
+
+    qids: tuple[str, ...]
+    docnos: tuple[str, ...]
+    scores: tuple[float, ...]
+    queries: frozenset[str]
+
+
+def kept_chunk(rows: list[tuple[str, str, float]], text: str) -> Chunk | None:
+    """`rows` as a Chunk when reading their `text` back gives exactly them: string ids without a tab, CR or
+    newline, no query id that reads as an END marker, float scores that are not NaN; None otherwise."""
+    if text.count("\t") != 2 * len(rows) or text.count("\n") != len(rows) or "\r" in text:
+        return None
+    # by column (not zip(*rows), whose per-row iterators would outlive young garbage collections and make the
+    # collector sweep the whole heap again and again)
+    qids, docnos, scores = (tuple(map(itemgetter(i), rows)) for i in range(3))
+    queries = frozenset(qids)
+    if any(type(q) is not str or q.startswith("#END") for q in queries):
+        return None
+    if any(t is not str for t in set(map(type, docnos))) or any(t is not float for t in set(map(type, scores))):
+        return None
+    if any(map(math.isnan, scores)):
+        return None
+    return Chunk(qids, docnos, scores, queries)
+
+
+def _ends_with_marker(path: Path) -> bool:
+    """Whether a progress file ends with a complete END marker (its last chunk finished)."""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.fstat(handle.fileno()).st_size - 5))
+        return handle.read() == b"#END\n"
+
+
+def assign_rows(run: Run, qids: Sequence[str], docnos: Sequence[str], scores: Sequence[float]) -> None:
+    """`run[qid][docno] = score` row by row, done a block of one query's rows at a time."""
+    start = 0
+    for qid, block in groupby(qids):
+        end = start + len(list(block))
+        pairs = zip(docnos[start:end], scores[start:end], strict=True)
+        if qid in run:
+            run[qid].update(pairs)
+        else:
+            run[qid] = dict(pairs)
+        start = end
+
+
+def merge_scores(run: Run, scores: Run) -> None:
+    """Add a later file's scores to `run` (as if its lines followed those already read)."""
+    for qid, docs in scores.items():
+        if qid in run:
+            run[qid].update(docs)
+        else:
+            run[qid] = docs
+
+
+def read_scores(path: Path) -> tuple[Run, set[str]]:
+    """One rank's progress file: its scores and the queries of its completely written chunks."""
+    with open(path, encoding="utf-8") as handle:
+        return scores_of(handle)
+
+
+def scores_of(lines: Iterable[str]) -> tuple[Run, set[str]]:
+    """The scores and finished queries of a progress file's lines: a line without 3 fields is skipped, an END
+    marker completes the queries of the lines since the previous one (whole lines only)."""
+    run: Run = {}
+    done: set[str] = set()
+    pending: set[str] = set()
+    for line in lines:
+        if line.startswith("#END"):
+            done |= pending
+            pending = set()
+        elif line.count("\t") == 2 and line.endswith("\n"):
+            pending.add(line.split("\t", 1)[0])
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) != 3:  # a line cut by a crash: its query chunk is redone
+            continue
+        try:
+            score = float(parts[2])
+        except ValueError:  # cut right after a tab
+            continue
+        run.setdefault(parts[0], {})[parts[1]] = score
+    return run, done
 
 
 #: how long a collective (a barrier) may wait for the slowest rank; after `--resume` the ranks' remaining work

@@ -13,7 +13,7 @@ export IR_DATASETS_HOME ?= $(CURDIR)/.cache/ir_datasets
 export TOKENIZERS_PARALLELISM ?= false
 DEMO_RESULTS ?= results/demo
 
-.PHONY: install test test-fast demo lint bench train-demo clean
+.PHONY: install test test-fast demo lint bench bench-scale train-demo clean
 
 $(BIN)/micebench: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ demo: install
 # Speed goals (MiniLM-L12 shape, 512-token documents, batch 128): measured ratios vs analytic FLOP ratios.
 bench: install
 	$(BIN)/python benchmarks/latency_ratios.py
+
+# Paper-scale pipeline without a model: a synthetic MS MARCO-shaped collection (1M documents, 7,000 queries x 1000
+# candidates) written under a temporary folder and deleted after; times each stage of `run`, with peak RSS.
+bench-scale: install
+	$(BIN)/python benchmarks/pipeline_scale.py $(ARGS)
 
 # Offline training recipe on SciFact (< 60 min on 2 CPU cores); `make train-demo ARGS=--full` on a GPU.
 train-demo: install

@@ -103,6 +103,8 @@ def run(
         use_deterministic_kernels()
 
     if config_file is not None:
+        if model is not None or dataset is not None:
+            raise MicebenchError("--config runs the file's rankers and datasets: drop --model and --dataset")
         _run_experiment_file(config_file, overwrite, data_dir, device, resume)
         return
     if model is None or dataset is None:
@@ -156,11 +158,12 @@ def _run_experiment_file(
     path: str, overwrite: bool, data_dir: str | None, device: str | None, resume: bool = False
 ) -> None:
     from micebench.data import load_dataset
-    from micebench.experiments import experiment_runs, load_experiment, write_experiment_index
+    from micebench.experiments import check_datasets, experiment_runs, load_experiment, write_experiment_index
     from micebench.pipeline import result_folder, run_experiment
     from micebench.results import is_complete
 
     data = load_experiment(path)
+    check_datasets(data, data_dir)
     overrides: dict[str, object] = {"overwrite": overwrite, "resume": resume}
     if device:
         overrides["device"] = device
@@ -329,6 +332,10 @@ def results(
     if not rows:
         raise MicebenchError(f"no finished results under {folder}")
     measures = measure or list(rows[0]["measures"])
+    known = {m for row in rows for m in row["measures"]}
+    unknown = [m for m in measures if m not in known]
+    if unknown:
+        raise MicebenchError(f"no result under {folder} has {unknown[0]!r} (measures: {', '.join(sorted(known))})")
     table = Table(title=f"results in {folder}")
     table.add_column("dataset")
     table.add_column("ranker")

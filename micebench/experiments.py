@@ -41,6 +41,8 @@ from micebench.rankers.base import option_names, ranker_options
 
 _RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"options"}
 _RANKER_ONLY = {"backbone"}
+#: top-level keys that are the file's own structure
+_FILE_KEYS = {"datasets", "rankers", "seeds"}
 
 
 def load_experiment(path: str | Path) -> dict[str, Any]:
@@ -72,7 +74,21 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         names.append(ranker.get("name") or ranker["model"])
     if len(set(names)) != len(names):
         raise MicebenchError(f"{path}: two rankers share a name; give each a distinct 'name'")
+    options = {name for ranker in rankers for name in option_names(ranker["model"])}
+    unknown = sorted(set(data) - _RUN_FIELDS - _FILE_KEYS - options)
+    if unknown:
+        raise MicebenchError(f"{path}: unknown top-level key(s) {unknown} (run fields, seeds, or the rankers' options)")
     return data
+
+
+def check_datasets(data: dict[str, Any], data_dir: str | Path | None = None) -> None:
+    """Every dataset name of the file resolves (a folder, the mirror or ir_datasets), before anything runs."""
+    from micebench.data.registry import data_dir as resolve_data_dir
+    from micebench.data.registry import where
+
+    root = resolve_data_dir(data_dir or data.get("data_dir"))
+    for name in [*data["datasets"].get("in_domain", []), *data["datasets"].get("out_of_domain", [])]:
+        where(name, root)
 
 
 def _options_of(ranker: dict[str, Any], data: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict:

@@ -60,4 +60,8 @@ def first_stage(dataset: Dataset, spec: str, top_k: int) -> Candidates:
         if not judged & set(run):
             raise DataError(f"run file {spec}: none of its query ids matches a judged query of {dataset.name!r}")
         return Candidates(_top(run, judged, top_k), f"run:{path.resolve()}", is_bm25=False)
+    if path.is_dir():
+        raise DataError(f"first stage {spec!r} is a folder, not a TREC run file")
+    if "/" in spec or path.suffix in (".trec", ".run", ".txt", ".tsv", ".gz"):
+        raise DataError(f"run file not found: {spec}")
     raise UnknownNameError(f"unknown first stage {spec!r}: expected {FIRST_STAGE_HELP}")

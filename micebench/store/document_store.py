@@ -125,6 +125,8 @@ class StoreWriter:
         self.base: dict[str, Any] | None = None
         if extend and overwrite:
             raise MicebenchError("--extend adds documents to a store and --overwrite rebuilds it: use one of them")
+        if self.folder.exists() and not self.folder.is_dir():
+            raise MicebenchError(f"store path {self.folder} is a file, not a store folder: choose another --output")
         if self.folder.exists():
             if extend:
                 self.base = read_manifest(self.folder)

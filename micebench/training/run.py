@@ -169,6 +169,9 @@ def train_models(
     from micebench.data import load_dataset
     from micebench.pipeline import seed_everything
 
+    student_options(config)  # the model can be trained and takes every option given, before any other check
+    if config.steps < 1 or config.batch_size < 1 or config.grad_accumulation < 1:
+        raise MicebenchError("--steps, --batch-size and gradient accumulation must be at least 1")
     if config.loss == "margin-mse" and not (config.teacher or config.teacher_scores):
         raise MicebenchError("margin-mse needs --teacher (a ranker spec) or --teacher-scores (a TSV file)")
     validator = None

@@ -141,3 +141,14 @@ def test_precomputed_embeddings_equal_on_the_fly(tmp_path, tiny_bert_encoder):
     np.testing.assert_allclose(got[["d0", "d1", "d2"]].to_numpy(), ranker.score(QUERY, DOCS), atol=1e-5, rtol=0)
     with pytest.raises(MicebenchError, match="has mode .embeddings.; mice uses states or kv"):
         load_ranker("mice-l1+1", checkpoint=tiny_bert_encoder, device="cpu", precomputed=str(store))
+
+
+def test_training_scores_equal_ranking_scores(tiny_bert_encoder):
+    """`score_pairs` (queries embedded in one batch, the loss's path) gives the scores `score` ranks by."""
+    ranker = load_ranker("colbert", checkpoint=tiny_bert_encoder, device="cpu", batch_size=2)
+    docs = ["goldfish grow in a tank", "wireless radio networks", "a tank of water"]
+    queries = ["goldfish tank", "wifi radio", "goldfish tank"]
+    with torch.inference_mode():
+        pairs = ranker.score_pairs(queries, docs).double().numpy()
+    expected = [ranker.score(q, [d])[0] for q, d in zip(queries, docs, strict=True)]
+    np.testing.assert_allclose(pairs, expected, rtol=1e-5, atol=1e-5)

@@ -217,11 +217,16 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
 
     def encode_query(self, query: str) -> Any:
         """(query_length, dim) embeddings; [MASK] padding is embedded (not attended to) and used in MaxSim."""
-        if not query.strip():
+        return self.encode_queries([query])[0]
+
+    def encode_queries(self, queries: list[str]) -> Any:
+        """(N, query_length, dim) embeddings of several queries in one forward pass (queries are padded to the same
+        fixed length, so batching them changes nothing)."""
+        if any(not query.strip() for query in queries):
             raise MicebenchError("empty query text")
-        ids, mask = self.tokenize([query], self.q_marker, self.query_length, pad_to_max=True)
+        ids, mask = self.tokenize(queries, self.q_marker, self.query_length, pad_to_max=True)
         ids = ids.masked_fill(ids == self.tokenizer.pad_token_id, self.tokenizer.mask_token_id)
-        return self.embed(ids, mask)[0]
+        return self.embed(ids, mask)
 
     def embed_documents(self, ids: Any, mask: Any) -> tuple[Any, Any]:
         """(B, L, dim) embeddings of tokenised documents and the MaxSim mask (padding and punctuation excluded)."""
@@ -297,8 +302,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     def score_pairs(self, queries: list[str], docs: list[str]) -> Any:
         """Each pair's query embeddings against its document, through the same `maxsim` as ranking."""
         emb, keep = self.encode_documents(docs)
-        q = self._torch.stack([self.encode_query(query) for query in queries])
-        return maxsim(q, emb, keep)
+        return maxsim(self.encode_queries(queries), emb, keep)
 
     def save_checkpoint(self, folder: Path) -> None:
         """A ColBERTv2-layout folder: the encoder, `linear.weight` beside it, and the lengths in artifact.metadata."""

@@ -37,7 +37,7 @@ from typing import Any
 
 from micebench.errors import MicebenchError
 from micebench.pipeline import RunConfig
-from micebench.rankers.base import option_names, ranker_options
+from micebench.rankers.base import declared_options, option_names, ranker_options
 
 _RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"options"}
 _RANKER_ONLY = {"backbone"}
@@ -94,8 +94,8 @@ def check_datasets(data: dict[str, Any], data_dir: str | Path | None = None) -> 
 def _options_of(ranker: dict[str, Any], data: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict:
     """A ranker entry's model options: its own keys that are not run fields, plus the top-level (and command
     line) options its model declares."""
-    takes = set(option_names(ranker["model"]))
-    shared = {k: v for k, v in {**data, **(overrides or {})}.items() if k in takes and k not in _RUN_FIELDS}
+    top_level = {k: v for k, v in {**data, **(overrides or {})}.items() if k not in _RUN_FIELDS}
+    shared = declared_options(ranker["model"], **top_level)
     own = {k: v for k, v in ranker.items() if k not in _RUN_FIELDS | _RANKER_ONLY}
     return {**shared, **own}
 

@@ -133,15 +133,11 @@ def short_name_of(label: str) -> ShortName | None:
 
 def dataset_facts(name: str, kind: str, target: str) -> DatasetFacts:
     """The registry's facts for a dataset: by short name, by mirror folder name, or by ir_datasets id family."""
-    short = SHORT_NAMES.get(name)
-    if short is not None:
-        return short.facts
-    for entry in SHORT_NAMES.values():
-        if kind == "local" and Path(target).name in entry.mirror_folders:
-            return entry.facts
-        if kind == "ir_datasets" and any(target.startswith(prefix) for prefix in (entry.irds_id, *entry.irds_family)):
-            return entry.facts
-    return DatasetFacts()
+    short = short_name_of(name) or (short_name_of(Path(target).name) if kind == "local" else None)
+    if short is None and kind == "ir_datasets":
+        prefixes = ((s, (s.irds_id, *s.irds_family)) for s in SHORT_NAMES.values())
+        short = next((s for s, family in prefixes if target.startswith(family)), None)
+    return short.facts if short is not None else DatasetFacts()
 
 
 def load_dataset(name: str, data_dir_path: str | Path | None = None, split: str | None = None) -> Dataset:

@@ -156,7 +156,7 @@ class LatencyBench:
     # -- models -------------------------------------------------------------------------------------------------
     def build(self, spec: str) -> BenchModel:
         """Load the ranker of `spec` on the bench's weights and prepare its timed call on synthetic tokens."""
-        from micebench.rankers.base import load_ranker, option_names
+        from micebench.rankers.base import declared_options, load_ranker
 
         name, mode = parse_model(spec, self.config.precompute)
         torch.manual_seed(self.config.seed)
@@ -167,8 +167,7 @@ class LatencyBench:
             "batch_size": self.config.batch,
             "untrained": True,
         }
-        takes = option_names(name)
-        ranker = load_ranker(name, **{k: v for k, v in given.items() if k in takes})
+        ranker = load_ranker(name, **declared_options(name, **given))
         b, lq, ld = self.config.batch, self.config.query_len, self.config.doc_len
         query_ids = synthetic_ids(ranker.tokenizer, 1, lq, self.gen)
         doc_ids = synthetic_ids(ranker.tokenizer, b, ld, self.gen)

@@ -382,6 +382,13 @@ def option_names(spec: str) -> list[str]:
     return [f.name for f in dataclasses.fields(cls.Options)]
 
 
+def declared_options(spec: str, **settings: Any) -> dict[str, Any]:
+    """The subset of `settings` that `spec` declares: for callers that pass shared settings (device, dtype,
+    checkpoint...) to rankers of several kinds."""
+    takes = set(option_names(spec))
+    return {k: v for k, v in settings.items() if k in takes}
+
+
 def accepts_option(spec: str, option: str) -> bool:
     """Whether `spec` declares `option` (callers that pass shared settings to several rankers ask first)."""
     return option in option_names(spec)

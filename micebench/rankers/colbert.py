@@ -142,7 +142,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
             sorted({self._token_id(c) for c in string.punctuation} - {self.tokenizer.unk_token_id}), dtype=torch.long
         )
         # stores are fingerprinted on the weights as loaded, so a bf16 run opens a store built in fp32
-        self._fingerprint = None if self.dtype == torch.float32 else self._weights_fingerprint()
+        self._fingerprint = self._weights_fingerprint() if options.precomputed and self.dtype != torch.float32 else None
         move_model(self.encoder, self.device, self.dtype)
         move_model(self.projection, self.device, self.dtype)
         self.skiplist = self.skiplist.to(self.device)

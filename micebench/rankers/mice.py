@@ -111,9 +111,13 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         self.dtype = pick_dtype(options.dtype)
         apply_tf32_choice(self.device, self.dtype)
         # stores are fingerprinted on the weights as loaded, so a bf16 run opens a store built in fp32
-        self._fingerprints = (
-            {} if self.dtype == torch.float32 else {m: self.model.fingerprint(m) for m in self.store_modes}
-        )
+        self._fingerprints = {}
+        if options.precomputed and self.dtype != torch.float32:
+            from micebench.store.document_store import read_manifest
+
+            mode = read_manifest(options.precomputed).get("mode")
+            if mode in self.store_modes:
+                self._fingerprints[mode] = self.model.fingerprint(mode)
         move_model(self.model, self.device, self.dtype)
         if self.dtype != torch.float32:  # scores from an fp32 head: bf16 logits would tie
             keep_fp32(*self.model.head_modules())

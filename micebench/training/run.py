@@ -77,11 +77,10 @@ def _teacher_scores(
     """One teacher's score for every row of `pairs` (qid, query, docno, text), through the ranker's own `rerank`
     (a dense teacher encodes each distinct document once). `bm25` scores with the training corpus's statistics,
     the scores BM25 retrieval ranks by, not with those of each query's short list alone."""
-    from micebench.rankers.base import load_ranker, option_names
+    from micebench.rankers.base import declared_options, load_ranker
 
     shared = {"checkpoint": checkpoint, "device": device, "untrained": True, "max_length": max_length}
-    takes = option_names(model)
-    teacher = load_ranker(model, **{k: v for k, v in shared.items() if k in takes})
+    teacher = load_ranker(model, **declared_options(model, **shared))
     teacher.check_ready_for_effectiveness()
     return teacher.score_frame(pairs, dataset)
 

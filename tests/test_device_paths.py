@@ -480,8 +480,8 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     ]
     for row in rows:
         assert row["finite"] and row["pairs"] == 48 and 1 <= row["distinct_scores"] <= 48
-        if row["dtype"] == "fp32":
-            assert row["max_abs_diff"] == 0.0 and row["distinct_scores"] == 48
+        if row["dtype"] == "fp32":  # the reference itself (on a CPU-only run): only its distinctness can fail
+            assert row["distinct_scores"] == 48
         else:
             assert 0.0 < row["max_abs_diff"] < 0.5
 

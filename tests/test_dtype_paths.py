@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,7 +32,8 @@ def test_a_bf16_run_opens_a_store_built_in_fp32(tmp_path, tiny_bert_ce, tiny_ber
     assert bf16.store is not None and bf16.dtype == torch.bfloat16
     assert bf16.store_fingerprint(builder.default_store_mode) == builder.store_fingerprint(builder.default_store_mode)
     scores = bf16.score_stored("goldfish tank", ["d0", "d1", "d2"])
-    assert scores.shape == (3,)
+    reference = builder.score("goldfish tank", DOCS)  # fp32, from the texts
+    np.testing.assert_allclose(scores, reference, atol=0.05 * max(1.0, float(np.abs(reference).max())))
 
 
 def test_rotary_buffers_stay_fp32_in_a_bf16_model(tiny_modernbert_ce):
@@ -79,5 +81,4 @@ def test_every_timed_call_ends_on_the_host(tiny_bert_ce):
     bench = LatencyBench(LatencyConfig(**{**config.__dict__, "device": "cpu", "checkpoint": tiny_bert_ce}))
     for spec in config.models:
         result = bench.build(spec).call()
-        values = torch.as_tensor(result)
-        assert values.device.type == "cpu" and values.shape == (2,), spec
+        assert isinstance(result, np.ndarray) and result.shape == (2,), spec  # a device tensor would fail here

@@ -144,7 +144,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
 
         def call() -> Any:
             with torch.inference_mode():
-                return logits_to_scores(self.forward(batch).logits.float()).cpu()
+                return logits_to_scores(self.forward(batch).logits.float()).cpu().numpy()
 
         return call
 

@@ -15,9 +15,10 @@ Then it times, each in a fresh process so that its peak RSS (getrusage of that c
 
 Per stage (wall seconds, and the process's peak RSS in GB so far): checking inputs (dataset, qrels, queries),
 reading candidates (`first_stage`: the run file and the top-k cut), building the frame (`candidates_frame`, with
-the corpus pass when texts are read), candidate ids checked against the corpus (`absent_from_corpus`: a pass over
-the corpus for rankers that read no text), scoring (the chunked re-ranking with its durable progress records),
-merging the progress records into the run, the informative-scores check, evaluation (ranx) and writing the result
+the corpus pass when texts are read), candidate ids checked against the corpus (`check_candidates_in_corpus`: a
+pass over the corpus's ids for rankers that read no text), scoring (the chunked re-ranking with its durable
+progress records, or the whole frame at once for rankers that record none: `first-stage`), merging the progress
+records into the run, the informative-scores check, evaluation (ranx) and writing the result
 folder. `total` is the child's wall time from start to exit (imports, model loading, manifest and exit included),
 `CPU time` its user+system seconds (on a busy machine the two differ). The numba cache (NUMBA_CACHE_DIR) is warmed
 by a small evaluation before the timed runs. `--collection DIR` times an existing BEIR-layout folder instead
@@ -42,13 +43,15 @@ from typing import Any
 
 import numpy as np
 
-#: functions of micebench.pipeline timed as stages (those a version of the pipeline lacks are left out)
+#: functions of micebench.pipeline timed as stages, by label (those a version of the pipeline lacks are left out)
 STAGES = {
     "check_inputs": "checking inputs",
     "first_stage": "reading candidates",
     "candidates_frame": "building the frame",
     "absent_from_corpus": "candidate ids checked",
+    "check_candidates_in_corpus": "candidate ids checked",
     "score_in_chunks": "scoring",
+    "score_at_once": "scoring",
     "finished_run": "merging scores",
     "check_informative": "informative check",
     "evaluate": "evaluation",
@@ -166,7 +169,7 @@ def register_text_ranker() -> None:
     """Register `scale-text-length`: reads every candidate's text and scores it by its length."""
     import pandas as pd
 
-    from micebench.rankers.base import Ranker, register_ranker, with_ranks
+    from micebench.rankers.base import Ranker, register_ranker
 
     @register_ranker(TEXT_MODEL, "benchmark only: score = length of the document text")
     class TextLengthRanker(Ranker):
@@ -177,8 +180,8 @@ def register_text_ranker() -> None:
         def score(self, query: str, docs: list[str]) -> np.ndarray:
             return np.array([len(d) for d in docs], dtype=np.float64)
 
-        def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
-            return with_ranks(candidates, candidates["text"].str.len().to_numpy(dtype=np.float64))
+        def score_candidates(self, candidates: pd.DataFrame) -> np.ndarray:
+            return candidates["text"].str.len().to_numpy(dtype=np.float64)
 
 
 def child(model: str, dataset: str, output: str, report: str) -> None:
@@ -189,7 +192,7 @@ def child(model: str, dataset: str, output: str, report: str) -> None:
     record: dict[str, Any] = {}
     for name in STAGES:
         if hasattr(pipeline, name):
-            setattr(pipeline, name, timed(name, getattr(pipeline, name), record))
+            setattr(pipeline, name, timed(STAGES[name], getattr(pipeline, name), record))
     if model == TEXT_MODEL:
         register_text_ranker()
     argv = ["run", "--model", model, "--dataset", dataset, "--top-k", "1000", "--output", output, "--overwrite"]
@@ -228,8 +231,8 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     """Seconds per stage and peak RSS of each timed run."""
     models = list(results)
     print(f"{'stage':<22}" + "".join(f"{m:>22}" for m in models))
-    for key, label in STAGES.items():
-        cells = [results[m]["stages"].get(key) for m in models]
+    for label in dict.fromkeys(STAGES.values()):  # functions of different versions may share a stage
+        cells = [results[m]["stages"].get(label) for m in models]
         print(
             f"{label:<22}"
             + "".join(f"{c['s']:>9.1f} s {c['peak_rss_gb']:>5.2f} GB" if c else f"{'-':>22}" for c in cells)

@@ -134,34 +134,18 @@ def candidate_stage(config: RunConfig, dataset: Dataset) -> tuple[Candidates, pd
     with_text = cls.reads_text({**config.options, **fixed})
     frame = candidates_frame(dataset, candidates, with_text)
     if not with_text and not candidates.full_corpus:
-        absent = absent_from_corpus(dataset, set(frame["docno"]))
-        if absent:
-            raise DataError(
-                f"{len(absent)} candidate documents are not in the corpus of {dataset.name!r} "
-                f"(e.g. {absent[0]!r}): the first stage does not match this collection"
-            )
+        check_candidates_in_corpus(dataset, frame)
     return candidates, frame
 
 
-#: document ids looked up per call in a corpus with random access (ir_datasets' docs_store)
-_LOOKUP_CHUNK = 100_000
-
-
-def absent_from_corpus(dataset: Dataset, docnos: set[str]) -> list[str]:
-    """The ids among `docnos` that the corpus lacks, sorted: one pass over a local corpus keeping ids only, or
-    lookups a chunk at a time where the corpus has random access."""
-    from micebench.data.local import LocalBeirDataset
-
-    if isinstance(dataset, LocalBeirDataset):
-        wanted = set(docnos)
-        for docno, _ in dataset.iter_docs():  # the whole pass, so the corpus is checked as for text rankers
-            wanted.discard(docno)
-        return sorted(wanted)
-    ordered = sorted(docnos)
-    found: set[str] = set()
-    for start in range(0, len(ordered), _LOOKUP_CHUNK):
-        found.update(dataset.doc_texts(ordered[start : start + _LOOKUP_CHUNK]))
-    return [d for d in ordered if d not in found]
+def check_candidates_in_corpus(dataset: Dataset, frame: pd.DataFrame) -> None:
+    """Refuse candidates that the corpus lacks (ids only; rankers that read texts are refused as they read them)."""
+    absent = dataset.absent_docs(frame["docno"].unique())
+    if absent:
+        raise DataError(
+            f"{len(absent)} candidate documents are not in the corpus of {dataset.name!r} "
+            f"(e.g. {absent[0]!r}): the first stage does not match this collection"
+        )
 
 
 def store_stage(config: RunConfig, dataset: Dataset, frame: pd.DataFrame) -> None:
@@ -264,16 +248,26 @@ def score_in_chunks(ranker: Ranker, frame: pd.DataFrame, partial: Any, world: An
     for start in range(0, len(todo), chunk_queries):
         chunk = todo[start : start + chunk_queries]
         rows = np.concatenate([groups[q] for q in chunk])
-        scored = ranker.rerank(frame.iloc[np.sort(rows)].reset_index(drop=True))
+        part = frame.iloc[np.sort(rows)].reset_index(drop=True)
+        scores = ranker.score_candidates(part).tolist()
         try:
-            partial.append(list(zip(scored["qid"], scored["docno"], scored["score"].astype(float), strict=True)))
+            partial.append(list(zip(part["qid"], part["docno"], scores, strict=True)))
         except OSError as error:
             raise write_fault(partial.folder, error) from None
 
 
-def finished_run(partial: Any, frame: pd.DataFrame, candidates: Candidates, top_k: int) -> Run:
-    """The merged scores of every rank as a run (a full-corpus first stage keeps the best `top_k`)."""
-    scores = partial.finished_run()
+def score_at_once(ranker: Ranker, frame: pd.DataFrame) -> Run:
+    """The whole frame scored in one call, as a run, without progress records (for rankers that record none)."""
+    from micebench.runstate import assign_rows
+
+    ranker.prepare(frame)
+    scores: Run = {}
+    assign_rows(scores, frame["qid"].tolist(), frame["docno"].tolist(), ranker.score_candidates(frame).tolist())
+    return scores
+
+
+def finished_run(scores: Run, frame: pd.DataFrame, candidates: Candidates, top_k: int) -> Run:
+    """The scores of every query as a run (a full-corpus first stage keeps the best `top_k`)."""
     missing = set(frame["qid"].unique()) - scores.keys()
     if missing:
         raise MicebenchError(f"{len(missing)} queries have no scores after re-ranking (e.g. {sorted(missing)[0]!r})")
@@ -391,17 +385,22 @@ def run_stages(
         ranker = ranker_stage(config, world.device(config.options.get("device", "auto")))
     timings["load_model_s"] = time.perf_counter() - t0
 
-    try:
-        partial.create()
-    except OSError as error:
-        raise write_fault(partial.folder, error) from None
     t0 = time.perf_counter()
-    score_in_chunks(ranker, frame, partial, world, config.chunk_queries)
+    if ranker.records_progress:
+        try:
+            partial.create()
+        except OSError as error:
+            raise write_fault(partial.folder, error) from None
+        score_in_chunks(ranker, frame, partial, world, config.chunk_queries)
+        world.barrier()
+        scores = partial.finished_run() if world.rank == 0 else None
+    else:
+        scores = score_at_once(ranker, frame) if world.rank == 0 else None
+        world.barrier()
     timings["rerank_s"] = time.perf_counter() - t0
-    world.barrier()
-    if world.rank != 0:
+    if scores is None:
         return None
-    run = finished_run(partial, frame, candidates, config.top_k)
+    run = finished_run(scores, frame, candidates, config.top_k)
     try:
         check_informative(run, config)
     except MicebenchError:

@@ -81,6 +81,39 @@ def test_duplicate_document_ids_are_refused(tmp_path):
         list(load_dataset(str(folder)).iter_docs())
 
 
+def test_corpus_ids_without_parsing_texts_match_the_parsed_corpus(data_dir, tmp_path):
+    """The ids-only pass gives every id a full JSON parse gives: on each mirrored corpus, and on lines whose id is
+    not the first field, has escapes or is a number, with blank lines between."""
+    from micebench.data.local import iter_corpus, iter_corpus_ids
+
+    for corpus in sorted(data_dir.glob("*/corpus.jsonl.gz")):
+        assert list(iter_corpus_ids(corpus)) == [docno for docno, _ in iter_corpus(corpus)], corpus
+    lines = [
+        '{"_id": "d1", "text": "a \\"quoted\\" text"}',
+        '{"title": "t", "_id": "d2", "text": "b"}',
+        '  {"_id" : "d\\"3" , "text": "c"}',
+        "",
+        '{"_id": 4, "text": "d"}',
+        '{"_id":"d\\u00e95"}',
+        '{"_id": "d6", "_id_note": "x"}',
+    ]
+    (tmp_path / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    ids = list(iter_corpus_ids(tmp_path / "corpus.jsonl"))
+    assert ids == [docno for docno, _ in iter_corpus(tmp_path / "corpus.jsonl")]
+    assert ids == ["d1", "d2", 'd"3', "4", "d\u00e95", "d6"]
+
+
+def test_candidate_ids_are_checked_without_texts_and_duplicates_refused(tmp_path):
+    docs = [{"_id": "d1", "text": "a"}, {"_id": "d2", "text": "b"}]
+    folder = write_beir(tmp_path / "c", docs, [{"_id": "q", "text": "a"}], [("q", "d1", 1)])
+    dataset = load_dataset(str(folder))
+    assert dataset.absent_docs(["d2", "x9", "d1", "x1", "x9"]) == ["x1", "x9"]
+    with open(folder / "corpus.jsonl", "a") as handle:
+        handle.write('{"_id": "d1", "text": "again"}\n')
+    with pytest.raises(DataError, match=r"corpus.jsonl:3: duplicate document id 'd1' \(first on line 1\)"):
+        dataset.absent_docs(["d1"])
+
+
 def test_ir_datasets_adapter_matches_the_local_folder(data_dir, tmp_path):
     """Register the dummy collection with ir_datasets (from local TSV files) and compare both loaders."""
     import ir_datasets

@@ -182,10 +182,18 @@ def _disk_full_in(marker: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(io, "open", full_open)
 
 
+def _records_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BM25 runs record progress as model rankers' runs do (a cheap stand-in for them; by itself it records none)."""
+    from micebench.rankers.first_stage import FirstStageRanker
+
+    monkeypatch.setattr(FirstStageRanker, "records_progress", True)
+
+
 def test_full_disk_while_writing_the_result(capsys, tmp_path, monkeypatch):
     folder = _collection(tmp_path / "small")
     out = tmp_path / "out"
     args = ["run", "--model", "bm25", "--dataset", str(folder), "-o", str(out)]
+    _records_progress(monkeypatch)
     with monkeypatch.context() as patch:
         _disk_full_in(".bm25.tmp-", patch)
         code, _, err = cli(capsys, *args)
@@ -202,6 +210,20 @@ def test_full_disk_while_writing_the_result(capsys, tmp_path, monkeypatch):
                                          "bm25/run.trec"]  # fmt: skip
 
 
+def test_full_disk_while_writing_a_run_without_progress_leaves_nothing(capsys, tmp_path, monkeypatch):
+    folder = _collection(tmp_path / "small")
+    out = tmp_path / "out"
+    args = ["run", "--model", "bm25", "--dataset", str(folder), "-o", str(out)]
+    with monkeypatch.context() as patch:
+        _disk_full_in(".bm25.tmp-", patch)
+        code, _, err = cli(capsys, *args)
+    assert code == 1
+    assert err == f"error: cannot write {out}/small/bm25: No space left on device\n"
+    assert _leftovers(out / "small") == []
+    code, _, err = cli(capsys, *args)
+    assert code == 0, err
+
+
 # -- failed runs leave nothing but what --resume continues ------------------------------------------------------------
 
 
@@ -216,7 +238,7 @@ def test_a_failure_before_any_score_leaves_nothing_and_the_rerun_needs_no_overwr
         raise RuntimeError("scoring failed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(FirstStageRanker, "rerank", broken)
+        patch.setattr(FirstStageRanker, "score_candidates", broken)
         with pytest.raises(RuntimeError, match="scoring failed"):
             cli(capsys, *args)
     assert not out.exists()
@@ -230,6 +252,7 @@ def test_a_failure_after_some_chunks_keeps_them_for_resume(capsys, tmp_path, mon
     folder = _collection(tmp_path / "small")
     out = tmp_path / "out"
     args = ["run", "--model", "bm25", "--dataset", str(folder), "-o", str(out), "--chunk-queries", "1"]
+    _records_progress(monkeypatch)
     append = PartialScores.append
     calls = []
 
@@ -403,7 +426,7 @@ def test_ctrl_c_names_the_command_that_resumes(capsys, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(FirstStageRanker, "rerank", interrupted)
+        patch.setattr(FirstStageRanker, "score_candidates", interrupted)
         code, _, err = cli(capsys, *args)
     assert code == 130
     assert err == f"interrupted; to continue: micebench run --model bm25 --dataset {folder} -o {out} --resume\n"

@@ -30,6 +30,10 @@ def chunked(docs: Iterable[tuple[str, str]], size: int) -> Iterator[tuple[list[s
         yield ids, texts
 
 
+#: document ids looked up per call by `Dataset.absent_docs` where the corpus has random access
+LOOKUP_CHUNK = 100_000
+
+
 class Dataset(ABC):
     """A test collection: queries, judgements for one split, a streamable corpus, optional candidates."""
 
@@ -53,6 +57,16 @@ class Dataset(ABC):
     @abstractmethod
     def doc_texts(self, docnos: Iterable[str]) -> dict[str, str]:
         """Texts of the given documents only; ids absent from the corpus are left out."""
+
+    def absent_docs(self, docnos: Iterable[str]) -> list[str]:
+        """The ids among `docnos` that the corpus lacks, sorted (ids only: texts are neither kept nor checked).
+
+        This default looks them up `LOOKUP_CHUNK` at a time (random access, as ir_datasets' docs_store has)."""
+        ordered = sorted(set(docnos))
+        found: set[str] = set()
+        for start in range(0, len(ordered), LOOKUP_CHUNK):
+            found.update(self.doc_texts(ordered[start : start + LOOKUP_CHUNK]))
+        return [d for d in ordered if d not in found]
 
     def candidate_names(self) -> list[str]:
         """Names of the first-stage runs that ship with the dataset (e.g. ``bm25``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
@@ -18,7 +19,12 @@ _verified_corpora: set[tuple[str, int, int]] = set()
 
 def iter_jsonl(path: Path, kind: str, sink: Sink = refuse_or_warn) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-empty JSONL line; bad lines go to `sink` as `<kind>.malformed`."""
-    for lineno, line in read_lines(path, sink):
+    return iter_jsonl_lines(read_lines(path, sink), path, kind, sink)
+
+
+def iter_jsonl_lines(lines: Iterable[tuple[int, str]], path: Path, kind: str, sink: Sink) -> Iterator[tuple[int, dict]]:
+    """`iter_jsonl` over given (line number, text) pairs of `path`."""
+    for lineno, line in lines:
         if not line.strip():
             continue
         try:
@@ -42,18 +48,25 @@ def _first_line_with_id(path: Path, kind: str, rid: str, before: int) -> int:
     return 0
 
 
+def first_sight(path: Path, seen: set[str], docno: str, lineno: int, sink: Sink) -> bool:
+    """Add a document id to `seen`; a repeat goes to `sink` naming both lines (and False is returned)."""
+    if docno in seen:
+        first = _first_line_with_id(path, "document", docno, lineno)
+        message = f"{path}:{lineno}: duplicate document id {docno!r} (first on line {first})"
+        sink(Problem("document.duplicate", message, path))
+        return False
+    seen.add(docno)
+    return True
+
+
 def iter_corpus(path: Path, sink: Sink = refuse_or_warn) -> Iterator[tuple[str, str]]:
     """Stream (docno, text) of a corpus file; a duplicate id is refused naming both lines, empty texts are counted."""
     seen: set[str] = set()
     empty, first_empty = 0, ""
     for lineno, record in iter_jsonl(path, "document", sink):
         docno = str(record["_id"])
-        if docno in seen:
-            first = _first_line_with_id(path, "document", docno, lineno)
-            message = f"{path}:{lineno}: duplicate document id {docno!r} (first on line {first})"
-            sink(Problem("document.duplicate", message, path))
+        if not first_sight(path, seen, docno, lineno, sink):
             continue
-        seen.add(docno)
         text = join_title(record.get("title"), record.get("text"))
         if not text.strip():
             empty += 1
@@ -62,6 +75,33 @@ def iter_corpus(path: Path, sink: Sink = refuse_or_warn) -> Iterator[tuple[str, 
     if empty:
         message = f"{path}: documents with empty text: {empty} (first: {first_empty})"
         sink(Problem("document.empty-text", message, path, empty))
+    if not seen:
+        sink(Problem("document.none", f"{path}: no documents", path))
+
+
+#: a JSONL record whose first field is a string `_id` without escapes: its id is read without parsing the line
+_LEADING_ID = re.compile(r'\s*\{\s*"_id"\s*:\s*"([^"\\]*)"\s*[,}]')
+
+
+def iter_corpus_ids(path: Path, sink: Sink = refuse_or_warn) -> Iterator[str]:
+    """Stream the document ids of a corpus file, duplicates refused as by `iter_corpus`, texts not parsed.
+
+    A line that starts with its `_id` gives the id directly (BEIR's files all do); other lines are parsed whole.
+    About twice as fast as `iter_corpus` where only ids matter (checking a first stage's candidates)."""
+    seen: set[str] = set()
+    for lineno, line in read_lines(path, sink):
+        found = _LEADING_ID.match(line)
+        if found is not None:
+            docno = found.group(1)
+        elif not line.strip():
+            continue
+        else:
+            record = next((r for _, r in iter_jsonl_lines([(lineno, line)], path, "document", sink)), None)
+            if record is None:
+                continue
+            docno = str(record["_id"])
+        if first_sight(path, seen, docno, lineno, sink):
+            yield docno
     if not seen:
         sink(Problem("document.none", f"{path}: no documents", path))
 
@@ -135,6 +175,13 @@ class LocalBeirDataset(Dataset):
                 if verified and len(found) == len(wanted):
                     break
         return found
+
+    def absent_docs(self, docnos: Iterable[str]) -> list[str]:
+        """The ids among `docnos` that the corpus lacks, sorted: one pass over the corpus's ids."""
+        wanted = set(docnos)
+        for docno in iter_corpus_ids(self.corpus_path):
+            wanted.discard(docno)
+        return sorted(wanted)
 
     def _corpus_key(self) -> tuple[str, int, int]:
         """Identifies the corpus file's current content cheaply (path, size, modification time; zeros if unreadable)."""

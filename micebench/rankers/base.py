@@ -1,7 +1,8 @@
 """The ranker contract, its optional capabilities, declared options, and the registry of model names.
 
-Every ranker scores (`score`, `rerank`) and describes itself. What a ranker can do beyond that is declared by
-the capability classes it inherits, and the commands work through them only:
+Every ranker scores (`score`; `score_candidates` for a whole frame, which `rerank` ranks by) and describes itself.
+What a ranker can do beyond that is declared by the capability classes it inherits, and the commands work through
+them only:
 
 - `Trainable`: differentiable scoring of (query, document) batches and saving as a checkpoint folder (`train`);
 - `StoreBacked`: encoding documents into a document store and scoring from it (`precompute`, `run --precomputed`);
@@ -61,6 +62,9 @@ class Ranker(ABC):
     needs_text: bool = True
     #: whether the ranker is the BM25 first stage itself (then the candidates must come from BM25)
     requires_bm25_first_stage: ClassVar[bool] = False
+    #: whether `run` records durable per-chunk progress that `--resume` continues; False where scoring again costs
+    #: less than recording (rankers that only reuse the first stage's scores)
+    records_progress: ClassVar[bool] = True
 
     def __init__(self, options: RankerOptions | None = None):
         self.options = options if options is not None else self.Options()
@@ -81,28 +85,33 @@ class Ranker(ABC):
 
     def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
         """Re-score a candidates frame (qid, query, docno, text); returns it with score and rank."""
-        texts = candidates["text"]
-        return self.rerank_by_query(candidates, lambda query, rows: self.score(query, texts.take(rows).tolist()))
+        return with_ranks(candidates, self.score_candidates(candidates))
 
-    def rerank_by_query(
+    def score_candidates(self, candidates: pd.DataFrame) -> np.ndarray:
+        """One score per row of a candidates frame, in row order (what `rerank` ranks by and `run` records).
+
+        Rankers override this, not `rerank`; the default scores each query's texts with `score`."""
+        texts = candidates["text"]
+        return self.scores_by_query(candidates, lambda query, rows: self.score(query, texts.take(rows).tolist()))
+
+    def scores_by_query(
         self, candidates: pd.DataFrame, score_group: Callable[[str, np.ndarray], np.ndarray], note: str = ""
-    ) -> pd.DataFrame:
-        """Score each query's rows with `score_group(query, row_positions)`, with a progress bar."""
+    ) -> np.ndarray:
+        """Score each query's rows with `score_group(query, row_positions)`, with a progress bar; row order."""
         scores = np.empty(len(candidates), dtype=np.float64)
         groups = candidates.groupby("qid", sort=False).indices
         with progress_bar(f"re-ranking ({self.name}{note})", total=len(groups), unit="queries") as bar:
             for rows in groups.values():
                 scores[rows] = score_group(candidates["query"].iat[rows[0]], rows)
                 bar.advance(1)
-        return with_ranks(candidates, scores)
+        return checked_scores(scores, len(candidates))
 
     def score_frame(self, pairs: pd.DataFrame, dataset: Any = None) -> np.ndarray:
         """Scores for the rows of a pairs frame (qid, query, docno, text), in row order (a teacher's scores).
 
         `dataset` is the collection the pairs come from, for rankers that need more than the pairs (BM25's
         corpus statistics)."""
-        ranked = self.rerank(pairs).set_index(["qid", "docno"])["score"]
-        return ranked.reindex(pd.MultiIndex.from_frame(pairs[["qid", "docno"]])).to_numpy(dtype=np.float64)
+        return self.score_candidates(pairs)
 
     def prepare(self, candidates: pd.DataFrame) -> None:  # noqa: B027 - optional hook, no-op by default
         """Whole-frame work done once before a run is scored in chunks (e.g. encoding every document once)."""
@@ -215,12 +224,12 @@ class StoreBacked(ABC):
             reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
             raise MicebenchError(f"damaged document store {folder}: {reason}") from None
 
-    def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
+    def score_candidates(self, candidates: pd.DataFrame) -> np.ndarray:
         """With a store open, score by doc id through `score_stored`; otherwise from texts."""
         if self.store is None:
-            return super().rerank(candidates)  # type: ignore[misc]
+            return super().score_candidates(candidates)  # type: ignore[misc]
         docnos = candidates["docno"]
-        return self.rerank_by_query(  # type: ignore[attr-defined]
+        return self.scores_by_query(  # type: ignore[attr-defined]
             candidates, lambda query, rows: self.score_stored(query, docnos.take(rows).tolist()), ", stored"
         )
 
@@ -277,12 +286,19 @@ class Benchmarkable(ABC):
         return {}
 
 
-def with_ranks(candidates: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
-    """Attach scores and 1-based ranks (descending score, ties broken by docno)."""
-    if len(scores) != len(candidates):
-        raise MicebenchError(f"ranker returned {len(scores)} scores for {len(candidates)} documents")
+def checked_scores(scores: np.ndarray, rows: int) -> np.ndarray:
+    """`scores` as float64 when there is one finite score per row; one line naming the fault otherwise."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (rows,):
+        raise MicebenchError(f"ranker returned {scores.size} scores for {rows} documents")
     if not np.all(np.isfinite(scores)):
         raise MicebenchError("ranker produced non-finite scores (NaN or inf)")
+    return scores
+
+
+def with_ranks(candidates: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
+    """Attach scores and 1-based ranks (descending score, ties broken by docno)."""
+    scores = checked_scores(scores, len(candidates))
     out = candidates.drop(columns=[c for c in ("score", "rank") if c in candidates]).assign(score=scores)
     out = out.sort_values(["qid", "score", "docno"], ascending=[True, False, True], kind="stable")
     out["rank"] = out.groupby("qid", sort=False).cumcount() + 1

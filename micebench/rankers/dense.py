@@ -21,7 +21,7 @@ from micebench.models.hf import (
     read_sentence_transformers_config,
 )
 from micebench.progress import progress_bar
-from micebench.rankers.base import ModelOptions, Ranker, register_ranker, with_ranks
+from micebench.rankers.base import ModelOptions, Ranker, checked_scores, register_ranker
 from micebench.rankers.memory import oom_backoff
 
 DEFAULT_DENSE = "minilm-l6"
@@ -112,7 +112,7 @@ class DenseRanker(Ranker):
             self.encode(queries["query"].tolist(), "encoding queries"),
         )
 
-    def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
+    def score_candidates(self, candidates: pd.DataFrame) -> np.ndarray:
         """Encode each distinct query and document once (or reuse `prepare`), then score every pair."""
         prepared = self._prepared
         if prepared is None or not (
@@ -127,7 +127,7 @@ class DenseRanker(Ranker):
         for start in range(0, len(candidates), _PAIR_CHUNK):  # bounded memory for "full" first stages
             rows = slice(start, start + _PAIR_CHUNK)
             scores[rows] = np.einsum("ij,ij->i", doc_emb[doc_codes[rows]], query_emb[q_codes[rows]])
-        return with_ranks(candidates, scores)
+        return checked_scores(scores, len(candidates))
 
     def effective_options(self) -> dict[str, Any]:
         return {**super().effective_options(), "max_length": self.max_length, "normalize": self.normalize}

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from micebench.errors import MicebenchError
-from micebench.rankers.base import Ranker, register_ranker, with_ranks
+from micebench.rankers.base import Ranker, checked_scores, register_ranker
 
 
 @register_ranker("first-stage", "no re-ranking: evaluates the first-stage candidates as they are")
@@ -17,12 +17,13 @@ class FirstStageRanker(Ranker):
 
     name = "first-stage"
     needs_text = False
+    records_progress = False
 
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         raise NotImplementedError("first-stage keeps candidate scores; use rerank on a candidates frame")
 
-    def rerank(self, candidates: pd.DataFrame) -> pd.DataFrame:
-        return with_ranks(candidates, candidates["score"].to_numpy(dtype=np.float64))
+    def score_candidates(self, candidates: pd.DataFrame) -> np.ndarray:
+        return checked_scores(candidates["score"].to_numpy(dtype=np.float64), len(candidates))
 
 
 @register_ranker("bm25", "BM25 first stage (bm25s, k1=0.9 b=0.4) without re-ranking")

@@ -3,8 +3,8 @@
 #   1. fine-tune a cross-encoder from the packaged all-MiniLM-L6-v2 on SciFact train qrels, BM25 hard negatives,
 #      with Margin-MSE from an ensemble teacher: BM25 + the zero-shot dense model (per-query z-scores summed);
 #   2. distil MICE-l2+2 from it with Margin-MSE (teacher = that cross-encoder), initialised from it;
-#   3. re-rank the SciFact test BM25 top-k with both (MICE from its precomputed store), next to BM25 and the
-#      zero-shot dense model, and print the table.
+#   3. re-rank the SciFact test BM25 top-k with both (MICE from its precomputed store, fp16 and int8), next to BM25
+#      and the zero-shot dense model, and print the table.
 # Usage: bash benchmarks/train_demo.sh [--full]   (needs the local mirror: MICEBENCH_DATA or ../shared/data)
 set -euo pipefail
 MB=${MICEBENCH:-.venv/bin/micebench}
@@ -38,6 +38,11 @@ step "3d precompute mice store" $MB precompute --model mice --checkpoint "$OUT/m
 step "3e mice-l2+2 (distilled, stored)" $MB run --model mice --checkpoint "$OUT/mice-l2+2/best" \
   --precomputed "$OUT/mice-l2+2-store" --name mice-l2+2-distilled --dataset scifact --top-k $TOPK -o "$RES" \
   --overwrite --device $DEVICE
+step "3f precompute mice store (int8)" $MB precompute --model mice --checkpoint "$OUT/mice-l2+2/best" \
+  --dataset scifact --mode states --dtype int8 -o "$OUT/mice-l2+2-store-int8" --overwrite --device $DEVICE
+step "3g mice-l2+2 (distilled, int8 store)" $MB run --model mice --checkpoint "$OUT/mice-l2+2/best" \
+  --precomputed "$OUT/mice-l2+2-store-int8" --name mice-l2+2-distilled-int8 --dataset scifact --top-k $TOPK \
+  -o "$RES" --overwrite --device $DEVICE
 $MB report --results "$RES" --baseline ce-finetuned --format md --format csv
 echo "re-ranked the SciFact test BM25 top-$TOPK; wall-clock seconds per step:"
 column -t -s $'\t' "$times"

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,6 +25,8 @@ from typing import Any
 
 from micebench.data.trec import Run
 from micebench.errors import MicebenchError
+
+log = logging.getLogger("micebench")
 
 
 class ResultLock:
@@ -105,6 +108,8 @@ class PartialScores:
                 raise MicebenchError(
                     f"an unfinished run exists for {self.result} (use --resume to continue it or --overwrite)"
                 )
+        elif resume and self.rank == 0:
+            log.warning("--resume: no unfinished run of %s to continue; starting from the beginning", self.result)
 
     def create(self) -> None:
         """Make the progress folder (right before the first score is recorded)."""

@@ -158,11 +158,12 @@ def test_partial_progress_ignores_a_chunk_cut_by_a_crash(tmp_path):
     assert partial.done() == {"q1"} and partial.finished_run() == {"q1": {"d1": 0.5, "d2": 0.25}}
 
 
-def test_resume_without_progress_runs_normally(capsys, tmp_path, data_dir):
+def test_resume_without_progress_runs_normally_and_says_so(capsys, caplog, tmp_path, data_dir):
     code, _, err = cli(
         capsys, "run", "--model", "bm25", "--dataset", str(data_dir / "adi"), "-o", str(tmp_path), "--resume"
     )
     assert code == 0, err
+    assert f"--resume: no unfinished run of {tmp_path / 'adi' / 'bm25'} to continue" in caplog.text
 
 
 def test_oom_halves_the_batch_and_records_it(tiny_bert_ce):

@@ -432,19 +432,50 @@ def test_the_same_rule_set_in_separate_layers_shares_its_mask(tiny_bert_ce):
     assert masks[0] is masks[2] and masks[0] is not masks[1]
 
 
+SEGMENTS = ("cls", "query", "sep1", "document", "sep2")
+#: (from, to) segment pairs blocked, written out from the rules table of the paper (cumulative)
+MASK0 = (
+    {(s, "cls") for s in SEGMENTS if s != "cls"}
+    | {("document", "sep1"), ("query", "sep2")}
+    | {(sep, s) for sep in ("sep1", "sep2") for s in SEGMENTS if s != sep}
+)
+MASK2 = MASK0 | {("cls", "document"), ("cls", "sep2")} | {("document", "query")}
+QUERY_SIDE, DOC_SIDE = ("cls", "query", "sep1"), ("document", "sep2")
+PRETTR = {(a, b) for a in QUERY_SIDE for b in DOC_SIDE} | {(b, a) for a in QUERY_SIDE for b in DOC_SIDE}
+#: blocked pairs per layer (two layers) of each schedule
+BLOCKED = {
+    "none": [set(), set()],
+    "mask0": [MASK0, MASK0],
+    "mask2": [MASK2, MASK2],
+    "mask3-l1": [MASK2 | {("query", "document")}, MASK2],
+    "prettr-l2": [PRETTR, PRETTR],
+}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("name", ["none", "mask0", "mask2", "mask3-l1", "prettr-l2"])
-def test_masks_equal_a_table_lookup(tiny_bert_ce, name, dtype):
-    from micebench.models.masking import blocked_table, schedule_masks
+@pytest.mark.parametrize("name", list(BLOCKED))
+def test_masks_block_what_the_paper_lists(tiny_bert_ce, name, dtype):
+    """Token by token: a pair is blocked when the paper's rules block its segments, or when the key is padding."""
+    from micebench.models.masking import schedule_masks
     from micebench.models.segments import segment_ids
     from micebench.schedules import parse_schedule
 
     ranker = load_ranker("ce", checkpoint=tiny_bert_ce, device="cpu")
     batch = ranker.tokenize_pairs([QUERY] * len(DOCS), DOCS)
-    seg = segment_ids(batch["input_ids"], batch["attention_mask"], ranker.tokenizer.sep_token_id)
-    schedule = parse_schedule(name)
-    for layer, mask in enumerate(schedule_masks(schedule, seg, 2, dtype)):
-        blocked = blocked_table(schedule, layer)[seg.unsqueeze(2), seg.unsqueeze(1)]
+    assert not batch["attention_mask"].all()  # some padding to check
+    ids, real = batch["input_ids"].tolist(), batch["attention_mask"].tolist()
+    sep = ranker.tokenizer.sep_token_id
+    names = []  # each token's segment, by hand: [CLS] q.. [SEP] d.. [SEP] pad..
+    for row, keep in zip(ids, real, strict=True):
+        seps = [i for i, (t, k) in enumerate(zip(row, keep, strict=True)) if t == sep and k]
+        cuts = [(0, "cls"), (seps[0] - 1, "query"), (seps[0], "sep1"), (seps[-1] - 1, "document"), (seps[-1], "sep2")]
+        names.append([next((n for last, n in cuts if i <= last), "pad") for i in range(len(row))])
+    seg = segment_ids(batch["input_ids"], batch["attention_mask"], sep)
+    for layer, mask in enumerate(schedule_masks(parse_schedule(name), seg, 2, dtype)):
+        rules = BLOCKED[name][layer]
+        blocked = torch.tensor(
+            [[[b == "pad" or (a != "pad" and (a, b) in rules) for b in row] for a in row] for row in names]
+        )
         expected = torch.zeros(blocked.shape, dtype=dtype).masked_fill_(blocked, torch.finfo(dtype).min)
         assert mask.dtype == dtype and torch.equal(mask, expected.unsqueeze(1))
 

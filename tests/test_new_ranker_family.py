@@ -76,10 +76,11 @@ class ToyBiEncoder(StoreBacked, Trainable, Benchmarkable, Ranker):
         vectors = self.encode(texts)
         return {"vector": vectors}, torch.ones(vectors.shape[:2], dtype=torch.long)
 
-    def score_stored(self, query: str, docnos: list[str]) -> np.ndarray:
-        with torch.inference_mode():
-            tensors, _ = self.store.gather(self.store.positions(docnos))
-            return (tensors["vector"][:, 0].float() @ self.encode([query])[0, 0]).double().numpy()
+    def encode_stored_query(self, query: str) -> Any:
+        return self.encode([query])[0, 0]
+
+    def score_gathered(self, query: Any, tensors: dict[str, Any], mask: Any, padded: bool) -> Any:
+        return tensors["vector"][:, 0].float() @ query
 
     # Trainable
     def trainable_module(self) -> Any:

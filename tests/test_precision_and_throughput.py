@@ -12,6 +12,7 @@ import torch
 
 from micebench import load_ranker
 from micebench.errors import MicebenchError
+from micebench.models import hf
 from micebench.models.batching import length_sorted_batches
 from micebench.models.hf import (
     TF32_ENV,
@@ -294,8 +295,8 @@ def test_length_sorted_store_batches_map_back_to_the_input_order(stores, monkeyp
     monkeypatch.setattr(ranker.store, "gather", recording)
     in_order = ranker.score_stored(QUERY, docnos)
     unsorted_cells, cells[:] = sum(cells), []
-    monkeypatch.setattr(
-        RANKER_MODULES[model], "stored_batches", lambda lengths, size, by_length: stored_batches(lengths, size, True)
+    monkeypatch.setattr(  # StoreBacked.score_stored batches as on a GPU
+        hf, "stored_batches", lambda lengths, size, by_length: stored_batches(lengths, size, True)
     )
     by_length = ranker.score_stored(QUERY, docnos)
     assert sum(cells) < unsorted_cells  # less padding

@@ -26,6 +26,7 @@ import pandas as pd
 
 from micebench.errors import MicebenchError, UnknownNameError
 from micebench.progress import progress_bar
+from micebench.rankers.memory import oom_backoff
 
 #: Columns of a candidates frame (PyTerrier's names); `score` is the first-stage score on input.
 CANDIDATE_COLUMNS = ("qid", "query", "docno", "text", "score")
@@ -161,6 +162,7 @@ class StoreBacked(ABC):
     #: the opened store (`options.precomputed`), or None to score from texts
     store: Any = None
     batch_size: int
+    device: Any
 
     @property
     def default_store_mode(self) -> str:
@@ -194,8 +196,35 @@ class StoreBacked(ABC):
         """Padded (B, L, dim) tensors per field for a batch of documents, and the (B, L) mask of stored tokens."""
 
     @abstractmethod
+    def encode_stored_query(self, query: str) -> Any:
+        """What `score_gathered` needs of a query, computed once per query (e.g. its states or embeddings)."""
+
+    @abstractmethod
+    def score_gathered(self, query: Any, tensors: dict[str, Any], mask: Any, padded: bool) -> Any:
+        """Scores (a 1-d tensor, left on the device) of one batch gathered from the store: (B, L, dim) tensors per
+        field and their (B, L) mask; `padded` says whether the batch's documents differ in length."""
+
+    @oom_backoff
     def score_stored(self, query: str, docnos: list[str]) -> np.ndarray:
-        """Scores of stored documents for a query, without their text."""
+        """Scores of stored documents for a query, without their text: the query is encoded once, then documents
+        are gathered `batch_size` at a time and scored by `score_gathered`, with one host copy at the end. On a
+        GPU, batches take documents longest first (little padding); on the CPU in the order given. On CUDA out of
+        memory the batch is halved and the call repeated."""
+        import torch
+
+        from micebench.models.hf import scores_to_host, stored_batches
+
+        positions = self.store.positions(docnos)
+        lengths = self.store.token_lengths(positions)
+        parts, batches = [], []
+        with torch.inference_mode():
+            query_side = self.encode_stored_query(query)
+            for idx in stored_batches(lengths, self.batch_size, self.device.type != "cpu"):
+                tensors, mask = self.store.gather(positions[torch.from_numpy(idx)])
+                padded = bool(lengths[idx].min() != lengths[idx].max())
+                parts.append(self.score_gathered(query_side, tensors, mask, padded))
+                batches.append(idx)
+        return scores_to_host(parts, batches, len(docnos))
 
     def open_store(self, folder: str | None) -> None:
         """Open the store at `folder` (checked against this model's fingerprint and modes); None opens nothing.

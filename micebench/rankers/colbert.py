@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,6 @@ from micebench.models.hf import (
     precision_facts,
     resolve_model,
     scores_to_host,
-    stored_batches,
     to_device,
     weight_fingerprint,
 )
@@ -205,6 +204,18 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         batch = self.host_batch(self.token_lists(texts, marker, max_length), range(len(texts)))
         return batch["input_ids"], batch["attention_mask"]
 
+    def doc_batches(self, docs: list[str]) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """(positions, padded batch on the device) of `[CLS] [D] doc [SEP]`, tokenised once up front, in
+        length-sorted batches."""
+        lists = self.token_lists(docs, self.d_marker, self.doc_length) if docs else {}
+        for idx in length_sorted_batches(docs, self.batch_size):
+            yield idx, self.host_batch(lists, idx)
+
+    def query_tokens(self, queries: list[str]) -> tuple[Any, Any]:
+        """Ids (padding replaced by [MASK], ColBERT's query augmentation) and mask of `[CLS] [Q] query [SEP]`."""
+        ids, mask = self.tokenize(queries, self.q_marker, self.query_length, pad_to_max=True)
+        return ids.masked_fill(ids == self.tokenizer.pad_token_id, self.tokenizer.mask_token_id), mask
+
     def host_batch(self, lists: dict[str, list[list[int]]], rows: Any) -> dict[str, Any]:
         """Rows of `token_lists` output, padded (to a multiple of 8 on CUDA) and moved to the model's device."""
         batch = pad_rows(self.tokenizer, lists, rows, pad_multiple(self.device), self.doc_length)
@@ -224,9 +235,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         fixed length, so batching them changes nothing)."""
         if any(not query.strip() for query in queries):
             raise MicebenchError("empty query text")
-        ids, mask = self.tokenize(queries, self.q_marker, self.query_length, pad_to_max=True)
-        ids = ids.masked_fill(ids == self.tokenizer.pad_token_id, self.tokenizer.mask_token_id)
-        return self.embed(ids, mask)
+        return self.embed(*self.query_tokens(queries))
 
     def embed_documents(self, ids: Any, mask: Any) -> tuple[Any, Any]:
         """(B, L, dim) embeddings of tokenised documents and the MaxSim mask (padding and punctuation excluded)."""
@@ -248,28 +257,11 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         parts, batches = [], []
         with self._torch.inference_mode():
             q = self.encode_query(query)
-            lists = self.token_lists(docs, self.d_marker, self.doc_length) if docs else {}
-            for idx in length_sorted_batches(docs, self.batch_size):
-                batch = self.host_batch(lists, idx)
+            for idx, batch in self.doc_batches(docs):
                 emb, keep = self.embed_documents(batch["input_ids"], batch["attention_mask"])
                 parts.append(maxsim(q, emb, keep))
                 batches.append(idx)
             return scores_to_host(parts, batches, len(docs))
-
-    @oom_backoff
-    def score_stored(self, query: str, docnos: list[str]) -> np.ndarray:
-        """MaxSim against stored document embeddings (no document text needed). On a GPU, batches take documents
-        longest first (little padding); on the CPU in the order given (scores as they always were)."""
-        positions = self.store.positions(docnos)
-        lengths = self.store.index.rows["length"][positions.numpy()]
-        parts, batches = [], []
-        with self._torch.inference_mode():
-            q = self.encode_query(query)
-            for idx in stored_batches(lengths, self.batch_size, self.device.type != "cpu"):
-                tensors, keep = self.store.gather(positions[self._torch.from_numpy(idx)])
-                parts.append(maxsim(q, tensors["embeddings"], keep))
-                batches.append(idx)
-            return scores_to_host(parts, batches, len(docnos))
 
     def effective_options(self) -> dict[str, Any]:
         """The declared options, with the lengths and projection size the checkpoint really has."""
@@ -295,6 +287,13 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         emb, keep = self.encode_documents(texts)
         return {"embeddings": emb}, keep
 
+    def encode_stored_query(self, query: str) -> Any:
+        return self.encode_query(query)
+
+    def score_gathered(self, query: Any, tensors: dict[str, Any], mask: Any, padded: bool) -> Any:
+        """MaxSim against stored document embeddings."""
+        return maxsim(query, tensors["embeddings"], mask)
+
     # -- Trainable ----------------------------------------------------------------------------------------------
     def trainable_module(self) -> Any:
         return self._torch.nn.ModuleDict({"encoder": self.encoder, "projection": self.projection})
@@ -318,6 +317,11 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         )
 
     # -- Benchmarkable ------------------------------------------------------------------------------------------
+    def bench_tokenize(self, query: str, docs: list[str], mode: str) -> Callable[[], Any] | None:
+        if mode == "none":
+            return lambda: (self.query_tokens([query]), list(self.doc_batches(docs)))
+        return lambda: self.query_tokens([query])
+
     def bench_call(self, query_ids: Any, doc_ids: Any, mode: str) -> Callable[[], Any]:
         """`none` encodes the documents in the call; `precomputed` gathers their embeddings from a packed store."""
         from micebench.store.document_store import PackedTensors

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,11 +110,17 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
             raise MicebenchError("empty query text")
         parts, batches = [], []
         with self._torch.inference_mode():
-            encoded = self.encode_pairs(query, docs) if docs else None
-            for idx in length_sorted_batches(docs, self.batch_size):
-                parts.append(self.score_batch(self.host_batch(encoded, idx)))
+            for idx, batch in self.host_batches(query, docs):
+                parts.append(self.score_batch(batch))
                 batches.append(idx)
             return scores_to_host(parts, batches, len(docs))
+
+    def host_batches(self, query: str, docs: list[str]) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """(positions, padded host batch) of the pairs, tokenised once up front, in length-sorted batches: all
+        the tokenisation `score` does."""
+        encoded = self.encode_pairs(query, docs) if docs else None
+        for idx in length_sorted_batches(docs, self.batch_size):
+            yield idx, self.host_batch(encoded, idx)
 
     # -- Trainable --------------------------------------------------------------------------------------------
     def trainable_module(self) -> Any:
@@ -157,7 +163,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
         return flops.cross_encoder(query_len, doc_len, flops.shape_of(self.model.config))
 
     def bench_tokenize(self, query: str, docs: list[str], mode: str) -> Callable[[], Any] | None:
-        return lambda: self.tokenize_pairs([query] * len(docs), docs)
+        return lambda: list(self.host_batches(query, docs))
 
     def bench_facts(self) -> dict[str, Any]:
         facts = {"attention": self.model.config._attn_implementation}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ from micebench.models.hf import (
     pick_dtype,
     precision_facts,
     scores_to_host,
-    stored_batches,
     to_device,
 )
 from micebench.rankers.base import (
@@ -201,12 +200,9 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         """Documents tokenised once, encoded in length-sorted batches; the scores reach the host in one copy."""
         parts, batches = [], []
-        budget = self.mice.doc_max_length
         with self._torch.inference_mode():
             q = self.encode_query(query)
-            encoded = self.tokenizer(docs, truncation=True, max_length=budget) if docs else None
-            for idx in length_sorted_batches(docs, self.batch_size):
-                batch = pad_rows(self.tokenizer, encoded, idx, pad_multiple(self.device), budget)
+            for idx, batch in self.doc_batches(docs):
                 padded = not bool(batch["attention_mask"].all())  # known on the host: nothing waits for the device
                 batch = to_device(batch, self.device)
                 states = self.model.encode_bottom(batch["input_ids"], batch["attention_mask"])
@@ -214,39 +210,28 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
                 batches.append(idx)
             return scores_to_host(parts, batches, len(docs))
 
-    # -- StoreBacked ----------------------------------------------------------------------------------------------
-    @oom_backoff
-    def score_stored(self, query: str, docnos: list[str]) -> np.ndarray:
-        """Scores from the precomputed store: no document text, no bottom layers for documents. On a GPU, batches
-        take documents longest first (little padding); on the CPU in the order given (scores as they always were)."""
-        rows = self.store.positions(docnos)
-        lengths = self.store.index.rows["length"][rows.numpy()]
-        mode = self.store.manifest["mode"]
-        parts, batches = [], []
-        with self._torch.inference_mode():
-            q = self.encode_query(query)
-            for idx in stored_batches(lengths, self.batch_size, self.device.type != "cpu"):
-                padded = bool(lengths[idx].min() != lengths[idx].max())
-                parts.append(self.rows_scores(q, self.store, mode, rows[self._torch.from_numpy(idx)], padded))
-                batches.append(idx)
-            return scores_to_host(parts, batches, len(docnos))
+    def doc_batches(self, docs: list[str]) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """(positions, padded host batch) of `[CLS] doc [SEP]`, tokenised once up front, in length-sorted batches."""
+        budget = self.mice.doc_max_length
+        encoded = self.tokenizer(docs, truncation=True, max_length=budget) if docs else None
+        for idx in length_sorted_batches(docs, self.batch_size):
+            yield idx, pad_rows(self.tokenizer, encoded, idx, pad_multiple(self.device), budget)
 
-    def rows_scores(self, q: tuple[Any, Any], store: Any, mode: str, rows: Any, padded: bool | None = None) -> Any:
-        """Scores of one query's states against store rows, left on the device: one padded gather, then the top
-        layers (`padded`: whether the rows differ in length, None to read it from the gathered mask)."""
-        tensors, mask = store.gather(rows)
-        if mode == "kv":
+    # -- StoreBacked ----------------------------------------------------------------------------------------------
+    def encode_stored_query(self, query: str) -> tuple[Any, Any]:
+        return self.encode_query(query)
+
+    def score_gathered(self, query: Any, tensors: dict[str, Any], mask: Any, padded: bool | None) -> Any:
+        """The top layers over gathered layer-k states, or over every top layer's stored keys and values
+        (`padded`: whether the rows differ in length, None to read it from the mask); scores left on the device."""
+        if "states" not in tensors:
             heads = self.model.top[0].num_heads
             kv = [
                 (self._split(tensors[f"k{j}"], heads), self._split(tensors[f"v{j}"], heads))
                 for j in range(self.mice.top_layers)
             ]
-            return self.device_scores(q, mask, padded, d_kv=kv)
-        return self.device_scores(q, mask, padded, d_states=tensors["states"])
-
-    def score_rows(self, q: tuple[Any, Any], store: Any, mode: str, rows: Any) -> np.ndarray:
-        """Host scores of one query's states against store rows (see `rows_scores`)."""
-        return self.rows_scores(q, store, mode, rows).cpu().numpy()
+            return self.device_scores(query, mask, padded, d_kv=kv)
+        return self.device_scores(query, mask, padded, d_states=tensors["states"])
 
     @staticmethod
     def _split(x: Any, heads: int) -> Any:
@@ -325,7 +310,8 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         def stored_call() -> Any:
             with torch.inference_mode():
                 qs = (model.encode_bottom(q_ids, q_mask), q_mask)
-                return self.score_rows(qs, store, mode, rows)
+                tensors, mask = store.gather(rows)
+                return self.score_gathered(qs, tensors, mask, None).cpu().numpy()
 
         return stored_call
 
@@ -342,10 +328,7 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
 
     def bench_tokenize(self, query: str, docs: list[str], mode: str) -> Callable[[], Any] | None:
         if mode == "none":
-            return lambda: (
-                self.tokenize([query], self.mice.query_max_length),
-                self.tokenize(docs, self.mice.doc_max_length),
-            )
+            return lambda: (self.tokenize([query], self.mice.query_max_length), list(self.doc_batches(docs)))
         return lambda: self.tokenize([query], self.mice.query_max_length)
 
     def bench_facts(self) -> dict[str, Any]:

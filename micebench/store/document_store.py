@@ -444,6 +444,10 @@ class DocumentStore:
         rows = self.index.lookup(docnos)
         return [d for d, r in zip(docnos, rows.tolist(), strict=True) if r < 0]
 
+    def token_lengths(self, positions: torch.Tensor) -> np.ndarray:
+        """Stored tokens of each document at store rows `positions` (what a gather of them pads to)."""
+        return self.index.rows["length"][positions.numpy()].astype(np.int64)
+
     def positions(self, docnos: Sequence[str]) -> torch.Tensor:
         """Store rows of `docnos` (a CPU LongTensor for `gather`); a one-line error for an absent document."""
         rows = self.index.lookup(docnos)

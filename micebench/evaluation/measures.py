@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -49,8 +50,12 @@ class Evaluation:
 def evaluate(qrels: Qrels, run: Run, measures: Sequence[str] = DEFAULT_MEASURES, rel_level: int = 1) -> Evaluation:
     """Evaluate the judged queries of `qrels`; judged queries missing from the run score 0 (trec_eval -c)."""
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "micebench", "numba"))
+    from numba.core.errors import NumbaTypeSafetyWarning
     from ranx.meta.evaluate import extract_metric_and_params
     from ranx.metrics import metric_switch
+
+    # ranx's nDCG kernel casts numba's loop index when it is compiled (ranx.evaluate does the same): harmless
+    warnings.filterwarnings("ignore", "unsafe cast from uint64 to int64", NumbaTypeSafetyWarning)
 
     if not qrels:
         raise DataError("no judged queries to evaluate")

@@ -148,3 +148,26 @@ def write_beir(folder: Path, corpus: list[dict], queries: list[dict], qrels: lis
     lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{r}" for q, d, r in qrels]
     (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def register_irds_tsv(
+    folder: Path, name: str, docs: dict[str, str], queries: dict[str, str], qrels: list[tuple[str, str, int]]
+) -> str:
+    """Register a small collection with ir_datasets from TSV files written under `folder`; returns its id."""
+    import ir_datasets
+    from ir_datasets.formats import TrecQrels, TsvDocs, TsvQueries
+    from ir_datasets.util import LocalDownload
+
+    (folder / "docs.tsv").write_text("".join(f"{d}\t{text}\n" for d, text in docs.items()))
+    (folder / "queries.tsv").write_text("".join(f"{q}\t{text}\n" for q, text in queries.items()))
+    (folder / "qrels.txt").write_text("".join(f"{q} 0 {d} {r}\n" for q, d, r in qrels))
+    dataset_id = f"micebench-test/{name}-{folder.name}"
+    ir_datasets.registry.register(
+        dataset_id,
+        ir_datasets.Dataset(
+            TsvDocs(LocalDownload(folder / "docs.tsv")),
+            TsvQueries(LocalDownload(folder / "queries.tsv")),
+            TrecQrels(LocalDownload(folder / "qrels.txt"), {0: "not relevant", 1: "relevant"}),
+        ),
+    )
+    return dataset_id

@@ -9,7 +9,7 @@ import pytest
 
 from micebench.data import load_dataset, where
 from micebench.errors import DataError, UnknownNameError
-from tests.conftest import write_beir
+from tests.conftest import register_irds_tsv, write_beir
 
 
 def _read_dummy(data_dir):
@@ -116,26 +116,13 @@ def test_candidate_ids_are_checked_without_texts_and_duplicates_refused(tmp_path
 
 def test_ir_datasets_adapter_matches_the_local_folder(data_dir, tmp_path):
     """Register the dummy collection with ir_datasets (from local TSV files) and compare both loaders."""
-    import ir_datasets
-    from ir_datasets.formats import TrecQrels, TsvDocs, TsvQueries
-    from ir_datasets.util import LocalDownload
-
     from micebench.data.irds import IrDatasetsDataset
 
     corpus, queries = _read_dummy(data_dir)
-    (tmp_path / "docs.tsv").write_text("".join(f"{d['_id']}\t{d['text']}\n" for d in corpus))
-    (tmp_path / "queries.tsv").write_text("".join(f"{q['_id']}\t{q['text']}\n" for q in queries))
     qrels_lines = (data_dir / "irds-dummy" / "qrels" / "test.tsv").read_text().splitlines()[1:]
-    (tmp_path / "qrels.txt").write_text("".join(f"{q} 0 {d} {r}\n" for q, d, r in (x.split("\t") for x in qrels_lines)))
-    dataset_id = f"micebench-test/dummy-{tmp_path.name}"
-    ir_datasets.registry.register(
-        dataset_id,
-        ir_datasets.Dataset(
-            TsvDocs(LocalDownload(tmp_path / "docs.tsv")),
-            TsvQueries(LocalDownload(tmp_path / "queries.tsv")),
-            TrecQrels(LocalDownload(tmp_path / "qrels.txt"), {0: "not relevant", 1: "relevant"}),
-        ),
-    )
+    qrels = [tuple(line.split("\t")) for line in qrels_lines]
+    docs = {d["_id"]: d["text"] for d in corpus}
+    dataset_id = register_irds_tsv(tmp_path, "dummy", docs, {q["_id"]: q["text"] for q in queries}, qrels)
     irds = load_dataset(dataset_id)
     assert isinstance(irds, IrDatasetsDataset)
     local = load_dataset(str(data_dir / "irds-dummy"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_beir
+from tests.conftest import register_irds_tsv, write_beir
 from tests.test_cli import cli
 
 TEXTS = [
@@ -227,18 +227,22 @@ def test_full_disk_while_writing_a_run_without_progress_leaves_nothing(capsys, t
 # -- failed runs leave nothing but what --resume continues ------------------------------------------------------------
 
 
-def test_a_failure_before_any_score_leaves_nothing_and_the_rerun_needs_no_overwrite(capsys, tmp_path, monkeypatch):
+def _scoring_raises(patch: pytest.MonkeyPatch, error: BaseException) -> None:
+    """BM25 runs whose scoring raises `error`."""
     from micebench.rankers.first_stage import FirstStageRanker
 
+    def raising(self: object, candidates: object) -> object:
+        raise error
+
+    patch.setattr(FirstStageRanker, "score_candidates", raising)
+
+
+def test_a_failure_before_any_score_leaves_nothing_and_the_rerun_needs_no_overwrite(capsys, tmp_path, monkeypatch):
     folder = _collection(tmp_path / "small")
     out = tmp_path / "out"
     args = ["run", "--model", "bm25", "--dataset", str(folder), "-o", str(out)]
-
-    def broken(self: object, candidates: object) -> object:
-        raise RuntimeError("scoring failed")
-
     with monkeypatch.context() as patch:
-        patch.setattr(FirstStageRanker, "score_candidates", broken)
+        _scoring_raises(patch, RuntimeError("scoring failed"))
         with pytest.raises(RuntimeError, match="scoring failed"):
             cli(capsys, *args)
     assert not out.exists()
@@ -380,22 +384,9 @@ def test_candidates_absent_from_the_corpus_without_reading_texts(capsys, tmp_pat
 
 def test_candidates_absent_from_an_ir_datasets_corpus_are_looked_up(capsys, tmp_path):
     """The same check by lookups (docs_store) for a corpus with random access, here an ir_datasets id."""
-    import ir_datasets
-    from ir_datasets.formats import TrecQrels, TsvDocs, TsvQueries
-    from ir_datasets.util import LocalDownload
-
-    (tmp_path / "docs.tsv").write_text("".join(f"d{i}\t{text}\n" for i, text in enumerate(TEXTS)))
-    (tmp_path / "queries.tsv").write_text("".join(f"{q}\t{text}\n" for q, text in QUERIES.items()))
-    (tmp_path / "qrels.txt").write_text("q1 0 d0 1\nq2 0 d1 1\nq3 0 d2 1\n")
-    dataset_id = f"micebench-test/faults-{tmp_path.name}"
-    ir_datasets.registry.register(
-        dataset_id,
-        ir_datasets.Dataset(
-            TsvDocs(LocalDownload(tmp_path / "docs.tsv")),
-            TsvQueries(LocalDownload(tmp_path / "queries.tsv")),
-            TrecQrels(LocalDownload(tmp_path / "qrels.txt"), {0: "not relevant", 1: "relevant"}),
-        ),
-    )
+    docs = {f"d{i}": text for i, text in enumerate(TEXTS)}
+    qrels = [("q1", "d0", 1), ("q2", "d1", 1), ("q3", "d2", 1)]
+    dataset_id = register_irds_tsv(tmp_path, "faults", docs, QUERIES, qrels)
     run = tmp_path / "run.trec"
     run.write_text("q1 Q0 d0 1 2.0 x\nq1 Q0 d4 2 1.0 x\nq2 Q0 gone7 1 2.0 x\nq2 Q0 d1 2 1.0 x\n")
     out = tmp_path / "out"
@@ -416,17 +407,11 @@ def test_candidates_absent_from_an_ir_datasets_corpus_are_looked_up(capsys, tmp_
 
 
 def test_ctrl_c_names_the_command_that_resumes(capsys, tmp_path, monkeypatch):
-    from micebench.rankers.first_stage import FirstStageRanker
-
     folder = _collection(tmp_path / "small")
     out = tmp_path / "out"
     args = ["run", "--model", "bm25", "--dataset", str(folder), "-o", str(out)]
-
-    def interrupted(self: object, candidates: object) -> object:
-        raise KeyboardInterrupt
-
     with monkeypatch.context() as patch:
-        patch.setattr(FirstStageRanker, "score_candidates", interrupted)
+        _scoring_raises(patch, KeyboardInterrupt())
         code, _, err = cli(capsys, *args)
     assert code == 130
     assert err == f"interrupted; to continue: micebench run --model bm25 --dataset {folder} -o {out} --resume\n"
@@ -434,7 +419,10 @@ def test_ctrl_c_names_the_command_that_resumes(capsys, tmp_path, monkeypatch):
 
     import micebench.rankers.base
 
-    monkeypatch.setattr(micebench.rankers.base, "load_ranker", lambda *a, **k: interrupted(None, None))
+    def interrupted(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(micebench.rankers.base, "load_ranker", interrupted)
     code, _, err = cli(capsys, "precompute", "--model", "colbert", "--dataset", str(folder), "-o", str(out))
     assert code == 130
     assert (

@@ -195,9 +195,10 @@ class StoreBacked(ABC):
     def store_encode(self, texts: list[str], mode: str) -> tuple[dict[str, Any], Any]:
         """Padded (B, L, dim) tensors per field for a batch of documents, and the (B, L) mask of stored tokens."""
 
-    @abstractmethod
     def encode_stored_query(self, query: str) -> Any:
-        """What `score_gathered` needs of a query, computed once per query (e.g. its states or embeddings)."""
+        """What `score_gathered` needs of a query, computed once per query (by default the ranker's own
+        `encode_query`: MICE's layer-k states, ColBERT's embeddings)."""
+        return self.encode_query(query)  # type: ignore[attr-defined]
 
     @abstractmethod
     def score_gathered(self, query: Any, tensors: dict[str, Any], mask: Any, padded: bool) -> Any:

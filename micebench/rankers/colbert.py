@@ -31,6 +31,7 @@ from micebench.models.hf import (
     pick_device,
     pick_dtype,
     precision_facts,
+    read_json,
     resolve_model,
     scores_to_host,
     to_device,
@@ -150,13 +151,13 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     def _read_projection(self, folder: Path) -> tuple[str, Any, tuple[str, str]]:
         modules = folder / "modules.json"
         if modules.is_file():  # PyLate / sentence-transformers layout
-            entries = json.loads(modules.read_text())
+            entries = read_json(modules)
             dense = next((m for m in entries if m.get("type", "").endswith("Dense")), None)
             if dense is not None:
                 state = _read_tensor_file(folder / dense["path"], ("model.safetensors", "pytorch_model.bin"))
                 weight = state.get("linear.weight")
                 config = folder / "config_sentence_transformers.json"
-                st = json.loads(config.read_text()) if config.is_file() else {}
+                st = read_json(config) if config.is_file() else {}
                 self.query_length = st.get("query_length", self.query_length)
                 self.doc_length = st.get("document_length", self.doc_length)
                 return "pylate", weight, (st.get("query_prefix", "[Q] "), st.get("document_prefix", "[D] "))
@@ -164,7 +165,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         weight = state.get("linear.weight")
         metadata = folder / "artifact.metadata"
         if metadata.is_file():
-            meta = json.loads(metadata.read_text())
+            meta = read_json(metadata)
             self.query_length = meta.get("query_maxlen", self.query_length)
             self.doc_length = meta.get("doc_maxlen", self.doc_length)
         return ("colbertv2" if weight is not None else "bert"), weight, ("[unused0]", "[unused1]")
@@ -286,9 +287,6 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     def store_encode(self, texts: list[str], mode: str) -> tuple[dict[str, Any], Any]:
         emb, keep = self.encode_documents(texts)
         return {"embeddings": emb}, keep
-
-    def encode_stored_query(self, query: str) -> Any:
-        return self.encode_query(query)
 
     def score_gathered(self, query: Any, tensors: dict[str, Any], mask: Any, padded: bool) -> Any:
         """MaxSim against stored document embeddings."""

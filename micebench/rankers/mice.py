@@ -180,11 +180,6 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         batch = self.tokenize([query], self.mice.query_max_length)
         return self.model.encode_bottom(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"]
 
-    def encode_documents(self, texts: list[str]) -> tuple[Any, Any]:
-        """Layer-k states of `[CLS] document [SEP]` for a batch, and the attention mask."""
-        batch = self.tokenize(texts, self.mice.doc_max_length)
-        return self.model.encode_bottom(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"]
-
     def device_scores(self, q: tuple[Any, Any], d_mask: Any, d_padded: bool | None = None, **doc: Any) -> Any:
         """Scores of one query's states against a batch of documents (`d_states=` or `d_kv=`), left on the device;
         `d_padded` as `score_from_states` takes it."""
@@ -218,9 +213,6 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
             yield idx, pad_rows(self.tokenizer, encoded, idx, pad_multiple(self.device), budget)
 
     # -- StoreBacked ----------------------------------------------------------------------------------------------
-    def encode_stored_query(self, query: str) -> tuple[Any, Any]:
-        return self.encode_query(query)
-
     def score_gathered(self, query: Any, tensors: dict[str, Any], mask: Any, padded: bool | None) -> Any:
         """The top layers over gathered layer-k states, or over every top layer's stored keys and values
         (`padded`: whether the rows differ in length, None to read it from the mask); scores left on the device."""

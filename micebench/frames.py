@@ -41,12 +41,7 @@ def candidate_texts(dataset: Dataset, run: Run) -> dict[str, str]:
     docnos = set().union(*run.values())
     qrels_docs = set().union(*dataset.qrels().values())
     texts = dataset.doc_texts(docnos | qrels_docs)
-    missing = sorted(docnos - texts.keys())
-    if missing:
-        raise DataError(
-            f"{len(missing)} candidate documents are not in the corpus of {dataset.name!r} "
-            f"(e.g. {missing[0]!r}): the first stage does not match this collection"
-        )
+    refuse_absent_candidates(dataset, sorted(docnos - texts.keys()))
     unjudged_text = len(qrels_docs - texts.keys())
     if unjudged_text:
         log.warning("%d judged documents of %s are absent from the corpus", unjudged_text, dataset.name)
@@ -54,6 +49,15 @@ def candidate_texts(dataset: Dataset, run: Run) -> dict[str, str]:
     if empty:
         log.warning("%d candidate documents have empty text", empty)
     return texts
+
+
+def refuse_absent_candidates(dataset: Dataset, absent: list[str]) -> None:
+    """One line naming how many candidates (and the first of them) the dataset's corpus lacks, if any."""
+    if absent:
+        raise DataError(
+            f"{len(absent)} candidate documents are not in the corpus of {dataset.name!r} "
+            f"(e.g. {absent[0]!r}): the first stage does not match this collection"
+        )
 
 
 def pairs_frame(run: Run) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from micebench.data.trec import Run, ranked
 from micebench.errors import DataError, MicebenchError
 from micebench.evaluation import DEFAULT_MEASURES, Evaluation, evaluate
 from micebench.firststage.candidates import Candidates, first_stage
-from micebench.frames import candidates_frame, check_queries
+from micebench.frames import candidates_frame, check_queries, refuse_absent_candidates
 from micebench.rankers.base import Ranker, ranker_options, resolve_ranker
 from micebench.results import environment, is_complete, result_dir, write_result
 
@@ -133,19 +133,14 @@ def candidate_stage(config: RunConfig, dataset: Dataset) -> tuple[Candidates, pd
         )
     with_text = cls.reads_text({**config.options, **fixed})
     frame = candidates_frame(dataset, candidates, with_text)
-    if not with_text and not candidates.full_corpus:
+    if not with_text and not candidates.from_corpus:
         check_candidates_in_corpus(dataset, frame)
     return candidates, frame
 
 
 def check_candidates_in_corpus(dataset: Dataset, frame: pd.DataFrame) -> None:
     """Refuse candidates that the corpus lacks (ids only; rankers that read texts are refused as they read them)."""
-    absent = dataset.absent_docs(frame["docno"].unique())
-    if absent:
-        raise DataError(
-            f"{len(absent)} candidate documents are not in the corpus of {dataset.name!r} "
-            f"(e.g. {absent[0]!r}): the first stage does not match this collection"
-        )
+    refuse_absent_candidates(dataset, dataset.absent_docs(frame["docno"].unique()))
 
 
 def store_stage(config: RunConfig, dataset: Dataset, frame: pd.DataFrame) -> None:

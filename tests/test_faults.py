@@ -369,7 +369,13 @@ def test_a_trec_dl_19_store_serves_trec_dl_19_and_not_cisi(capsys, tmp_path, dat
 
 
 @pytest.mark.parametrize("model", ["first-stage", "bm25"])
-def test_candidates_absent_from_the_corpus_without_reading_texts(capsys, tmp_path, model):
+def test_candidates_absent_from_the_corpus_without_reading_texts(capsys, tmp_path, monkeypatch, model):
+    from micebench.data import local
+
+    def no_texts(*args: object, **kwargs: object) -> object:
+        raise AssertionError("texts read")
+
+    monkeypatch.setattr(local, "iter_corpus", no_texts)  # ids only: no document text is parsed
     shipped = {**SHIPPED, "q2": ["d1", "zz9", "d3"]}
     folder = _collection(tmp_path / "small", shipped)
     out = tmp_path / "out"
@@ -380,6 +386,21 @@ def test_candidates_absent_from_the_corpus_without_reading_texts(capsys, tmp_pat
         "the first stage does not match this collection\n"
     )
     assert not out.exists()
+
+
+def test_candidates_drawn_from_the_corpus_itself_are_not_checked_again(capsys, tmp_path, monkeypatch):
+    from micebench.data.local import LocalBeirDataset
+
+    def no_pass(self: object, docnos: object) -> list[str]:
+        raise AssertionError("a corpus pass")
+
+    monkeypatch.setattr(LocalBeirDataset, "absent_docs", no_pass)
+    folder = _collection(tmp_path / "small")
+    args = ["run", "--model", "bm25", "--dataset", str(folder), "-o", str(tmp_path / "out"), "--first-stage"]
+    code, _, err = cli(capsys, *args, "bm25")  # retrieved from this corpus's own BM25 index
+    assert code == 0, err
+    with pytest.raises(AssertionError, match="a corpus pass"):  # a shipped run is checked
+        cli(capsys, *args, "dataset:bm25", "--overwrite")
 
 
 def test_candidates_absent_from_an_ir_datasets_corpus_are_looked_up(capsys, tmp_path):
@@ -461,13 +482,10 @@ def test_an_experiment_naming_an_unknown_model_writes_nothing(capsys, tmp_path):
 def test_a_damaged_mice_or_sentence_transformers_config_is_named(
     tmp_path, tiny_bert_ce, tiny_bert_encoder, capsys, data_dir
 ):
-    """Broken JSON in a MICE checkpoint or a bi-encoder's modules.json: one line naming the file, exit 2."""
-    import shutil
-
+    """Broken JSON in a MICE checkpoint or a bi-encoder's (or ColBERT's) modules.json: one line naming the file."""
     from micebench.errors import MicebenchError
     from micebench.models.mice_io import save_mice
     from micebench.rankers.base import load_ranker
-    from tests.test_cli import cli
 
     mice = load_ranker("mice-l1+1", checkpoint=tiny_bert_ce, device="cpu", untrained=True)
     folder = tmp_path / "mice"
@@ -482,3 +500,5 @@ def test_a_damaged_mice_or_sentence_transformers_config_is_named(
     (dense / "modules.json").write_text("[{")
     with pytest.raises(MicebenchError, match="damaged file .*modules.json"):
         load_ranker("dense", checkpoint=str(dense), device="cpu")
+    with pytest.raises(MicebenchError, match="damaged file .*modules.json"):  # PyLate layout
+        load_ranker("colbert", checkpoint=str(dense), device="cpu")

@@ -23,6 +23,8 @@ class Candidates:
     source: str
     is_bm25: bool
     full_corpus: bool = False
+    #: drawn from this dataset's own corpus (its BM25 index, or every document), so no id needs checking against it
+    from_corpus: bool = False
 
 
 def _top(run: Run, qids: set[str], k: int) -> Run:
@@ -49,11 +51,13 @@ def first_stage(dataset: Dataset, spec: str, top_k: int) -> Candidates:
 
         queries = dataset.judged_queries()
         index = bm25_index_for(dataset)
-        return Candidates(index.search(queries, top_k), "bm25s(k1=0.9,b=0.4,lucene,porter)", is_bm25=True)
+        return Candidates(
+            index.search(queries, top_k), "bm25s(k1=0.9,b=0.4,lucene,porter)", is_bm25=True, from_corpus=True
+        )
     if spec == "full":
         docnos = [docno for docno, _ in dataset.iter_docs()]
         run = {qid: dict.fromkeys(docnos, 0.0) for qid in sorted(judged)}
-        return Candidates(run, "full", is_bm25=False, full_corpus=True)
+        return Candidates(run, "full", is_bm25=False, full_corpus=True, from_corpus=True)
     path = Path(spec).expanduser()
     if path.is_file():
         run = read_run(path)

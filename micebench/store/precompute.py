@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from micebench.data.base import Dataset, chunked
-from micebench.errors import DataError, MicebenchError
+from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.progress import progress_bar
 from micebench.store.document_store import StoreWriter, open_index
@@ -106,6 +106,7 @@ def candidate_ids(run: dict[str, dict[str, float]]) -> list[str]:
 def candidates_plan(dataset: Dataset, spec: str, top_k: int, limit: int | None, present: DocIndex | None) -> Plan:
     """The top-`top_k` candidates of first stage `spec` for the judged queries, minus those in `present`."""
     from micebench.firststage.candidates import first_stage
+    from micebench.frames import refuse_absent_candidates
 
     candidates = first_stage(dataset, spec, top_k)
     if candidates.full_corpus:
@@ -116,12 +117,7 @@ def candidates_plan(dataset: Dataset, spec: str, top_k: int, limit: int | None, 
     if present is not None:
         ids = [d for d, r in zip(ids, present.lookup(ids).tolist(), strict=True) if r < 0]
     texts = dataset.doc_texts(ids) if ids else {}
-    missing = [d for d in ids if d not in texts]
-    if missing:
-        raise DataError(
-            f"{len(missing)} candidate documents are not in the corpus of {dataset.name!r} "
-            f"(e.g. {missing[0]!r}): the first stage does not match this collection"
-        )
+    refuse_absent_candidates(dataset, [d for d in ids if d not in texts])
     step = max(1, len(ids) // _SAMPLE)
     record = {
         "documents": "candidates",

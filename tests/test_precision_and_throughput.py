@@ -12,8 +12,8 @@ import torch
 
 from micebench import load_ranker
 from micebench.errors import MicebenchError
-from micebench.models import hf
-from micebench.models.batching import length_sorted_batches
+from micebench.models import batching
+from micebench.models.batching import length_sorted_batches, stored_batches
 from micebench.models.hf import (
     TF32_ENV,
     apply_tf32_choice,
@@ -22,7 +22,6 @@ from micebench.models.hf import (
     matmul_precision,
     pad_multiple,
     pad_rows,
-    stored_batches,
 )
 from micebench.rankers import colbert, cross_encoder, mice
 from tests.conftest import write_beir
@@ -296,7 +295,7 @@ def test_length_sorted_store_batches_map_back_to_the_input_order(stores, monkeyp
     in_order = ranker.score_stored(QUERY, docnos)
     unsorted_cells, cells[:] = sum(cells), []
     monkeypatch.setattr(  # StoreBacked.score_stored batches as on a GPU
-        hf, "stored_batches", lambda lengths, size, by_length: stored_batches(lengths, size, True)
+        batching, "stored_batches", lambda lengths, size, by_length: stored_batches(lengths, size, True)
     )
     by_length = ranker.score_stored(QUERY, docnos)
     assert sum(cells) < unsorted_cells  # less padding

@@ -414,14 +414,3 @@ def scores_to_host(parts: list[Any], batches: list[Any], count: int) -> Any:
     if parts:
         scores[np.concatenate(batches)] = torch.cat(parts).cpu().numpy()
     return scores
-
-
-def stored_batches(lengths: Any, batch_size: int, by_length: bool) -> Any:
-    """Index arrays covering stored documents of the given token lengths, `batch_size` at a time: longest first when
-    `by_length` (so that each batch pads little), else in input order."""
-    import numpy as np
-
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable") if by_length else np.arange(len(lengths))
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]

@@ -213,14 +213,15 @@ class StoreBacked(ABC):
         memory the batch is halved and the call repeated."""
         import torch
 
-        from micebench.models.hf import scores_to_host, stored_batches
+        from micebench.models import batching
+        from micebench.models.hf import scores_to_host
 
         positions = self.store.positions(docnos)
         lengths = self.store.token_lengths(positions)
         parts, batches = [], []
         with torch.inference_mode():
             query_side = self.encode_stored_query(query)
-            for idx in stored_batches(lengths, self.batch_size, self.device.type != "cpu"):
+            for idx in batching.stored_batches(lengths, self.batch_size, self.device.type != "cpu"):
                 tensors, mask = self.store.gather(positions[torch.from_numpy(idx)])
                 padded = bool(lengths[idx].min() != lengths[idx].max())
                 parts.append(self.score_gathered(query_side, tensors, mask, padded))

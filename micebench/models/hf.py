@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -404,13 +405,15 @@ def to_device(tensors: dict[str, Any], device: Any) -> dict[str, Any]:
     return {k: v.pin_memory().to(device, non_blocking=True) for k, v in tensors.items()}
 
 
-def scores_to_host(parts: list[Any], batches: list[Any], count: int) -> Any:
-    """Per-batch device scores of `count` documents (batch i holds positions `batches[i]`), copied to the host in
-    one transfer and put back in input order, as a float64 numpy array."""
+def scores_to_host(batches: Iterable[tuple[Any, Any]], count: int) -> Any:
+    """(positions, device scores) of each batch of `count` documents, copied to the host in one transfer and put
+    back in input order, as a float64 numpy array (the batches are scored as they are drawn: draw them inside
+    the caller's inference mode)."""
     import numpy as np
     import torch
 
+    drawn = list(batches)
     scores = np.empty(count, dtype=np.float64)
-    if parts:
-        scores[np.concatenate(batches)] = torch.cat(parts).cpu().numpy()
+    if drawn:
+        scores[np.concatenate([idx for idx, _ in drawn])] = torch.cat([part for _, part in drawn]).cpu().numpy()
     return scores

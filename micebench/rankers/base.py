@@ -218,15 +218,15 @@ class StoreBacked(ABC):
 
         positions = self.store.positions(docnos)
         lengths = self.store.token_lengths(positions)
-        parts, batches = [], []
+
+        def gathered(query_side: Any, idx: np.ndarray) -> Any:
+            tensors, mask = self.store.gather(positions[torch.from_numpy(idx)])
+            return self.score_gathered(query_side, tensors, mask, bool(lengths[idx].min() != lengths[idx].max()))
+
         with torch.inference_mode():
             query_side = self.encode_stored_query(query)
-            for idx in batching.stored_batches(lengths, self.batch_size, self.device.type != "cpu"):
-                tensors, mask = self.store.gather(positions[torch.from_numpy(idx)])
-                padded = bool(lengths[idx].min() != lengths[idx].max())
-                parts.append(self.score_gathered(query_side, tensors, mask, padded))
-                batches.append(idx)
-        return scores_to_host(parts, batches, len(docnos))
+            batches = batching.stored_batches(lengths, self.batch_size, self.device.type != "cpu")
+            return scores_to_host(((idx, gathered(query_side, idx)) for idx in batches), len(docnos))
 
     def open_store(self, folder: str | None) -> None:
         """Open the store at `folder` (checked against this model's fingerprint and modes); None opens nothing.

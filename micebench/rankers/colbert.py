@@ -255,14 +255,13 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     @oom_backoff
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         """Documents tokenised once, encoded in length-sorted batches; the scores reach the host in one copy."""
-        parts, batches = [], []
         with self._torch.inference_mode():
             q = self.encode_query(query)
-            for idx, batch in self.doc_batches(docs):
-                emb, keep = self.embed_documents(batch["input_ids"], batch["attention_mask"])
-                parts.append(maxsim(q, emb, keep))
-                batches.append(idx)
-            return scores_to_host(parts, batches, len(docs))
+            batches = self.doc_batches(docs)
+            return scores_to_host(
+                ((i, maxsim(q, *self.embed_documents(b["input_ids"], b["attention_mask"]))) for i, b in batches),
+                len(docs),
+            )
 
     def effective_options(self) -> dict[str, Any]:
         """The declared options, with the lengths and projection size the checkpoint really has."""

@@ -108,12 +108,8 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
         """Pairs tokenised once, scored in length-sorted batches; the scores reach the host in one copy."""
         if not query.strip():
             raise MicebenchError("empty query text")
-        parts, batches = [], []
         with self._torch.inference_mode():
-            for idx, batch in self.host_batches(query, docs):
-                parts.append(self.score_batch(batch))
-                batches.append(idx)
-            return scores_to_host(parts, batches, len(docs))
+            return scores_to_host(((i, self.score_batch(b)) for i, b in self.host_batches(query, docs)), len(docs))
 
     def host_batches(self, query: str, docs: list[str]) -> Iterator[tuple[Any, dict[str, Any]]]:
         """(positions, padded host batch) of the pairs, tokenised once up front, in length-sorted batches: all

@@ -194,16 +194,16 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     @oom_backoff
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         """Documents tokenised once, encoded in length-sorted batches; the scores reach the host in one copy."""
-        parts, batches = [], []
         with self._torch.inference_mode():
             q = self.encode_query(query)
-            for idx, batch in self.doc_batches(docs):
-                padded = not bool(batch["attention_mask"].all())  # known on the host: nothing waits for the device
-                batch = to_device(batch, self.device)
-                states = self.model.encode_bottom(batch["input_ids"], batch["attention_mask"])
-                parts.append(self.device_scores(q, batch["attention_mask"], padded, d_states=states))
-                batches.append(idx)
-            return scores_to_host(parts, batches, len(docs))
+            return scores_to_host(((i, self.text_batch_scores(q, b)) for i, b in self.doc_batches(docs)), len(docs))
+
+    def text_batch_scores(self, q: tuple[Any, Any], batch: dict[str, Any]) -> Any:
+        """Scores (on the device) of one padded host batch of documents: their bottom layers, then the top ones."""
+        padded = not bool(batch["attention_mask"].all())  # known on the host: nothing waits for the device
+        batch = to_device(batch, self.device)
+        states = self.model.encode_bottom(batch["input_ids"], batch["attention_mask"])
+        return self.device_scores(q, batch["attention_mask"], padded, d_states=states)
 
     def doc_batches(self, docs: list[str]) -> Iterator[tuple[Any, dict[str, Any]]]:
         """(positions, padded host batch) of `[CLS] doc [SEP]`, tokenised once up front, in length-sorted batches."""

@@ -1,0 +1,426 @@
+"""The MICE paper's comparison (Table 1, efficiency table, Pareto figures) in two sizes from one script.
+
+Every family is trained by one recipe from the same initial weights, evaluated in-domain and out-of-domain by
+re-ranking the BM25 top-k, timed, and reported by `micebench report`. Every number comes from a `micebench`
+command; this script only sequences them, skips a step whose result exists (so a rerun resumes), and records the
+wall time of each step in `<results>/step-times.tsv`.
+
+    python benchmarks/paper_mini.py                      # offline miniature: 2 CPU cores, the local mirror
+    python benchmarks/paper_mini.py --families all       # + mask1, mask3-l2, prettr-l2, mice-l2+4
+    python benchmarks/paper_mini.py --seed-noise         # + CE and MICE on two more seeds (in-domain spread)
+    python benchmarks/paper_mini.py --teacher-gap        # + MICE recipe variants (in-domain only)
+    python benchmarks/paper_mini.py --full --dry-run     # the paper's recipe, options and data names checked only
+
+Miniature (offline): the teacher is the fine-tuned cross-encoder of `make train-demo` (all-MiniLM-L6-v2 trained on
+SciFact train by Margin-MSE from BM25 + the zero-shot dense model); every student starts from all-MiniLM-L6-v2 and
+is distilled from that teacher by Margin-MSE on the same triples (one teacher-score file), with the same steps,
+batch, learning-rate schedule and seed. In-domain: SciFact test; out-of-domain: every other judged collection of
+the mirror. `--full`: MiniLM-L12, MS MARCO train with the BERT-cat ensemble teacher-score file, l4+3 and l4+8,
+the paper's optimiser settings, 5 seeds, BM25 top-1000 over MS MARCO dev, TREC DL 2019/2020 and the 13 BEIR sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Family:
+    """One student family: the `train --model` name, extra train flags and how `run` evaluates it."""
+
+    name: str
+    train_model: str
+    train_flags: tuple[str, ...] = ()
+    run_model: str = ""
+    store_model: str = ""  # `precompute --model` for families scored from a store ("" = from the texts)
+    store_mode: str = ""
+
+
+def families(size: str, chosen: str) -> list[Family]:
+    """The students of one size; `chosen` is "default", "all" or a comma list of family names."""
+    k = 2 if size == "mini" else 4
+    tops = (2, 4) if size == "mini" else (3, 8)  # mini: l2+2 (layers dropped) and l2+4 (none dropped of 6)
+    every = [
+        Family("ce", "ce", run_model="ce"),
+        Family("mask1", "masked-ce", ("--schedule", "mask1"), run_model="mask1"),
+        Family("mask2", "masked-ce", ("--schedule", "mask2"), run_model="mask2"),
+        Family(f"mask3-l{k}", "masked-ce", ("--schedule", f"mask3-l{k}"), run_model=f"mask3-l{k}"),
+        Family(f"prettr-l{k}", "masked-ce", ("--schedule", f"prettr-l{k}"), run_model=f"prettr-l{k}"),
+        Family(f"mice-l{k}+{tops[0]}", f"mice-l{k}+{tops[0]}", run_model="mice", store_model="mice", store_mode="states"),
+        Family(f"mice-l{k}+{tops[1]}", f"mice-l{k}+{tops[1]}", run_model="mice", store_model="mice", store_mode="states"),
+        Family("colbert", "colbert", run_model="colbert", store_model="colbert", store_mode="embeddings"),
+    ]
+    by_name = {f.name: f for f in every}
+    if chosen == "all":
+        return every
+    if chosen == "default":
+        names = ["ce", "mask2", f"mice-l{k}+{tops[0]}", "colbert"]
+        if size == "full":
+            names = ["ce", "mask1", "mask2", f"mask3-l{k}", f"mice-l{k}+{tops[0]}", f"mice-l{k}+{tops[1]}", "colbert",
+                     f"prettr-l{k}"]
+    else:
+        names = [n.strip() for n in chosen.split(",") if n.strip()]
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        sys.exit(f"paper_mini: unknown famil{'y' if len(unknown) == 1 else 'ies'} {unknown} (choose from {list(by_name)})")
+    return [by_name[n] for n in names]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that differs between the two sizes."""
+
+    base: str
+    train: str
+    split: str | None
+    steps: int
+    batch: int
+    lr: str
+    warmup: int
+    max_length: int
+    negatives: int
+    seeds: int
+    top_k: int
+    in_domain: list[str]
+    out_of_domain: list[str]
+    teacher_scores: str | None = None  # a published teacher-score file (--full) instead of a trained teacher
+    validate: str | None = None
+    every: int = 200
+    extra_seeds: int = 0
+
+
+def recipe(size: str, teacher_file: str) -> Recipe:
+    if size == "full":
+        return Recipe(
+            base="microsoft/MiniLM-L12-H384-uncased", train="msmarco-passage/train", split=None, steps=125_000,
+            batch=32, lr="7e-6", warmup=5000, max_length=512, negatives=20, seeds=5, top_k=1000,
+            in_domain=["msmarco-dev", "trec-dl-19", "trec-dl-20"],
+            out_of_domain=["arguana", "climate-fever", "dbpedia", "fever", "fiqa", "hotpotqa", "nfcorpus", "nq",
+                           "quora", "scidocs", "scifact", "touche", "trec-covid"],
+            teacher_scores=teacher_file, validate="beir/nfcorpus/dev", every=5000,
+        )
+    return Recipe(
+        base="minilm-l6", train="scifact", split="train", steps=400, batch=8, lr="1e-4", warmup=50, max_length=256,
+        negatives=20, seeds=1, top_k=100, in_domain=["scifact"],
+        out_of_domain=["trec-dl-19", "trec-dl-20", "noveleval-2306", "cisi", "cacm", "medline-classic", "npl", "adi"],
+    )
+
+
+@dataclass
+class Step:
+    """One micebench command; skipped when `done` exists (a result, a checkpoint or a store)."""
+
+    name: str
+    argv: list[str]
+    done: Path | None = None
+    resume_flag: Path | None = None  # when this exists and `done` does not, add --resume
+
+    def command(self) -> list[str]:
+        argv = list(self.argv)
+        if self.resume_flag is not None and self.resume_flag.exists():
+            argv.append("--resume")
+        return argv
+
+
+@dataclass
+class Plan:
+    steps: list[Step] = field(default_factory=list)
+    configs: dict[Path, str] = field(default_factory=dict)  # experiment files written before the steps run
+
+    def add(self, name: str, argv: list[str], done: Path | None = None, resume_flag: Path | None = None) -> None:
+        self.steps.append(Step(name, argv, done, resume_flag))
+
+
+def toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+def experiment_toml(
+    output: Path, r: Recipe, rankers: list[dict[str, object]], in_domain: list[str], out_of_domain: list[str],
+    seeds: list[int],
+) -> str:
+    """An experiment file for `micebench run --config` (datasets grouped in/out of domain, one entry per ranker)."""
+    lines = [
+        "# Written by benchmarks/paper_mini.py: the comparison's evaluation (micebench run --config FILE).",
+        f'output = "{output}"', 'first_stage = "auto"', f"top_k = {r.top_k}", f"seeds = {seeds}", "",
+        "[datasets]", f"in_domain = {toml_list(in_domain)}", f"out_of_domain = {toml_list(out_of_domain)}",
+    ]
+    for ranker in rankers:
+        lines += ["", "[[rankers]]"]
+        for key, value in ranker.items():
+            lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    size = "full" if args.full else "mini"
+    r = recipe(size, args.teacher_file)
+    mb = [args.micebench]
+    ck, res = Path(args.checkpoints), Path(args.results)
+    plan = Plan()
+    common = ["--loss", "margin-mse", "--steps", str(r.steps), "--batch-size", str(r.batch), "--lr", r.lr,
+              "--warmup", str(r.warmup), "--negatives", str(r.negatives), "--every", str(r.every), "--device",
+              args.device]
+    data = ["--train", r.train] + (["--split", r.split] if r.split else [])
+    if r.validate:
+        common += ["--validate", r.validate]
+
+    def best(folder: Path, seeds: int) -> Path:
+        return folder / ("seed-12" if seeds > 1 else "") / "best"
+
+    # 1. the teacher (mini: the train demo's fine-tuned cross-encoder; full: a published teacher-score file)
+    teacher_ck = ck / "teacher"
+    if r.teacher_scores is None:
+        plan.add(
+            "teacher: train ce from bm25+dense (600 steps)",
+            mb + ["train", "--model", "ce", "--init", r.base, *data, "--teacher", "bm25,dense", "--loss", "margin-mse",
+                  "--steps", "600", "--batch-size", str(r.batch), "--lr", "1e-4", "--warmup", "50", "--max-length",
+                  str(r.max_length), "--negatives", str(r.negatives), "--every", "200", "--device", args.device,
+                  "--seed", "12", "-o", str(teacher_ck)],
+            done=teacher_ck / "best", resume_flag=teacher_ck / "last",
+        )
+    # 2. students: same triples (the first student writes the teacher-score file, the others read it)
+    scores_file = r.teacher_scores or str(ck / "students" / "ce" / "teacher_scores.tsv")
+    students = families(size, args.families)
+    if r.teacher_scores is None and students[0].name != "ce":
+        students = sorted(students, key=lambda f: f.name != "ce")
+    for i, fam in enumerate(students):
+        out = ck / "students" / fam.name
+        if r.teacher_scores is None and i == 0:
+            teacher = ["--teacher", f"ce:{teacher_ck / 'best'}"]
+            if fam.name != "ce":
+                sys.exit("paper_mini: the miniature's first student must be ce (it writes the teacher scores)")
+        else:
+            teacher = ["--teacher-scores", scores_file]
+        length = [] if fam.train_model == "colbert" else ["--max-length", str(r.max_length)]
+        plan.add(
+            f"student {fam.name}: train from {r.base} ({r.steps} steps)",
+            mb + ["train", "--model", fam.train_model, *fam.train_flags, "--init", r.base, *data, *teacher, *common,
+                  *length, "--seed", "12", "--seeds", str(r.seeds), "-o", str(out)],
+            done=best(out, r.seeds), resume_flag=None if r.seeds > 1 else out / "last",
+        )
+    # 3. candidate-only stores for the families scored from a store
+    datasets = r.in_domain + r.out_of_domain
+    seeds = list(range(12, 12 + r.seeds))
+    for fam in (f for f in students if f.store_model):
+        for seed in seeds:
+            checkpoint = ck / "students" / fam.name / (f"seed-{seed}" if r.seeds > 1 else "") / "best"
+            for dataset in datasets:
+                store = ck / "stores" / fam.name / (f"seed-{seed}" if r.seeds > 1 else "") / dataset
+                plan.add(
+                    f"store {fam.name} {dataset}" + (f" seed {seed}" if r.seeds > 1 else ""),
+                    mb + ["precompute", "--model", fam.store_model, "--checkpoint", str(checkpoint), "--dataset",
+                          dataset, "--first-stage", "auto", "--top-k", str(r.top_k), "--mode", fam.store_mode,
+                          "--dtype", "fp16", "--device", args.device, "-o", str(store)],
+                    done=store / "manifest.json",
+                )
+    # 4. evaluation: one experiment file, every ranker x dataset through `micebench run --config`
+    seed_part = "seed-{seed}/" if r.seeds > 1 else ""
+    rankers: list[dict[str, object]] = [{"name": "bm25", "model": "bm25", "backbone": "reference"}]
+    if r.teacher_scores is None:
+        rankers.append({"name": "teacher-ce", "model": "ce", "checkpoint": str(teacher_ck / "best"),
+                        "max_length": r.max_length, "backbone": "reference"})
+    for fam in students:
+        entry: dict[str, object] = {
+            "name": fam.name, "model": fam.run_model,
+            "checkpoint": str(ck / "students" / fam.name) + "/" + seed_part + "best", "backbone": "trained",
+        }
+        if fam.store_model:
+            entry["precomputed"] = str(ck / "stores" / fam.name) + "/" + seed_part + "{dataset}"
+        if fam.train_model != "colbert":
+            entry["max_length"] = r.max_length
+        rankers.append(entry)
+    config = res / f"paper-{size}.toml"
+    plan.configs[config] = experiment_toml(res, r, rankers, r.in_domain, r.out_of_domain, seeds)
+    plan.add("evaluate: micebench run --config", mb + ["run", "--config", str(config)])
+    # 5. efficiency: model-only timing at batch 64 (the report reads <results>/latency/)
+    timed = ["ce"] + [f.name if not f.store_model else
+                      (f"{f.name}:states" if f.store_model == "mice" else "colbert:precomputed")
+                      for f in students if f.name != "ce"]
+    arch = "minilm-l6" if size == "mini" else "minilm-l12"
+    plan.add(
+        "latency: model-only, batch 64",
+        mb + ["latency", "--models", ",".join(timed), "--arch", arch, "--batch", "64", "--doc-len",
+              str(min(r.max_length, 512)), "--device", args.device, "-o", str(res), "--name", "paper-" + size],
+        done=res / "latency" / f"paper-{size}.json",
+    )
+    # 6. optional: seed noise (CE and the first MICE on two more seeds, in-domain) and the teacher-gap variants
+    if args.seed_noise and size == "mini":
+        noise_res = res.parent / (res.name + "-seed-noise")
+        mice = next(f for f in families(size, "all") if f.name.startswith("mice"))
+        noise_rankers: list[dict[str, object]] = []
+        for fam in (families(size, "ce")[0], mice):
+            out = ck / "seed-noise" / fam.name
+            length = ["--max-length", str(r.max_length)]
+            plan.add(
+                f"seed noise {fam.name}: seeds 13, 14",
+                mb + ["train", "--model", fam.train_model, *fam.train_flags, "--init", r.base, *data,
+                      "--teacher-scores", scores_file, *common, *length, "--seed", "13", "--seeds", "2", "-o",
+                      str(out)],
+                done=out / "seed-14" / "best",
+            )
+            for seed in (12, 13, 14):
+                where = ck / "students" / fam.name if seed == 12 else out / f"seed-{seed}"
+                entry: dict[str, object] = {"name": f"{fam.name}-seed-{seed}", "model": fam.run_model,
+                         "checkpoint": str(where / "best"), "max_length": r.max_length, "backbone": fam.name}
+                noise_rankers.append(entry)
+        noise_config = res / "seed-noise.toml"
+        plan.configs[noise_config] = experiment_toml(noise_res, r, noise_rankers, r.in_domain, [], [0])
+        plan.add("seed noise: evaluate in-domain", mb + ["run", "--config", str(noise_config)])
+    if args.teacher_gap and size == "mini":
+        gap_res = res.parent / (res.name + "-teacher-gap")
+        mice = next(f for f in families(size, "all") if f.name.startswith("mice"))
+        variants = {
+            # name: (init, lr, warm-up, steps); the table's recipe is ("base", 1e-4, 50, 400)
+            "lr3e-5-warmup100": (r.base, "3e-5", 100, r.steps),
+            "init-teacher": (str(teacher_ck / "best"), r.lr, r.warmup, r.steps),
+            "steps-1000": (r.base, r.lr, r.warmup, 1000),
+            "init-teacher-steps-1000": (str(teacher_ck / "best"), r.lr, r.warmup, 1000),
+        }
+        gap_rankers: list[dict[str, object]] = [
+            {"name": "teacher-ce", "model": "ce", "checkpoint": str(teacher_ck / "best"), "max_length": r.max_length},
+            {"name": "ce-student", "model": "ce", "checkpoint": str(ck / "students" / "ce" / "best"),
+             "max_length": r.max_length},
+            {"name": f"{mice.name}-recipe", "model": "mice", "checkpoint": str(ck / "students" / mice.name / "best"),
+             "max_length": r.max_length},
+        ]
+        for variant, (init, lr, warmup, steps) in variants.items():
+            out = ck / "teacher-gap" / variant
+            flags = ["--loss", "margin-mse", "--steps", str(steps), "--batch-size", str(r.batch), "--lr", lr,
+                     "--warmup", str(warmup), "--negatives", str(r.negatives), "--every", str(r.every), "--device",
+                     args.device, "--max-length", str(r.max_length)]
+            plan.add(
+                f"teacher gap {mice.name} {variant}",
+                mb + ["train", "--model", mice.train_model, "--init", init, *data, "--teacher-scores", scores_file,
+                      *flags, "--seed", "12", "-o", str(out)],
+                done=out / "best", resume_flag=out / "last",
+            )
+            gap_rankers.append({"name": f"{mice.name}-{variant}", "model": "mice", "checkpoint": str(out / "best"),
+                                "max_length": r.max_length})
+        gap_config = res / "teacher-gap.toml"
+        plan.configs[gap_config] = experiment_toml(gap_res, r, gap_rankers, r.in_domain, [], [0])
+        plan.add("teacher gap: evaluate in-domain", mb + ["run", "--config", str(gap_config)])
+    # 7. the report: tables, Pareto figures and report.html from the results folder
+    plan.add("report", mb + ["report", "--results", str(res), "--baseline", "ce"])
+    for extra in ("seed-noise", "teacher-gap"):
+        if getattr(args, extra.replace("-", "_")) and size == "mini":
+            folder = res.parent / f"{res.name}-{extra}"
+            plan.add(f"report {extra}", mb + ["report", "--results", str(folder), "--std"])
+    return plan
+
+
+def dry_run(plan: Plan) -> int:
+    """Parse every command with micebench's own CLI (options and their types) and check every dataset name and
+    experiment file without loading any weights or data."""
+    import typer
+
+    from micebench.cli import app
+    from micebench.data.registry import data_dir, where
+    from micebench.errors import MicebenchError
+    from micebench.experiments import load_experiment
+    from micebench.rankers.base import ranker_options, resolve_ranker
+
+    command = typer.main.get_command(app)
+    problems = []
+    root = data_dir(None)
+    for step in plan.steps:
+        argv = step.command()[1:]
+        sub = command.commands[argv[0]]  # type: ignore[attr-defined]
+        try:
+            ctx = sub.make_context(argv[0], argv[1:], resilient_parsing=False)
+        except Exception as err:  # click's usage errors
+            problems.append(f"{step.name}: {err}")
+            continue
+        params = ctx.params
+        try:
+            for key in ("dataset", "train_source", "validate"):
+                if params.get(key):
+                    where(params[key], root)
+            if argv[0] == "train":
+                resolve_ranker(params["model"])
+                options = {k: params[k] for k in ("schedule", "max_length") if params.get(k) is not None}
+                ranker_options(params["model"], checkpoint=params["init"], **options)
+            elif argv[0] == "precompute":
+                resolve_ranker(params["model"])
+        except MicebenchError as err:
+            problems.append(f"{step.name}: {err}")
+    for path, text in plan.configs.items():
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / path.name
+            file.write_text(text)
+            try:
+                data = load_experiment(file)
+                for name in [*data["datasets"].get("in_domain", []), *data["datasets"].get("out_of_domain", [])]:
+                    where(name, root)
+            except MicebenchError as err:
+                problems.append(f"{path.name}: {err}")
+    for step in plan.steps:
+        print("$ " + shlex.join(step.command()))
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    print(f"dry run: {len(plan.steps)} commands, {len(plan.configs)} experiment files, {len(problems)} problems")
+    return 1 if problems else 0
+
+
+def execute(plan: Plan, times_file: Path) -> int:
+    times_file.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in plan.configs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    total = time.perf_counter()
+    for step in plan.steps:
+        if step.done is not None and step.done.exists():
+            print(f"== {step.name}: done already ({step.done})", flush=True)
+            continue
+        argv = step.command()
+        print(f"== {step.name}\n$ {shlex.join(argv)}", flush=True)
+        start = time.perf_counter()
+        code = subprocess.call(argv)
+        seconds = time.perf_counter() - start
+        with open(times_file, "a") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{step.name}\t{seconds:.0f}\t{code}\n")
+        if code != 0:
+            print(f"paper_mini: step failed (exit {code}): {step.name}; rerun to resume", file=sys.stderr)
+            return code
+    print(f"all steps done in {time.perf_counter() - total:.0f} s; step times in {times_file}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--full", action="store_true", help="the paper's recipe (GPU and internet)")
+    parser.add_argument("--dry-run", action="store_true", help="check every command and data name; run nothing")
+    parser.add_argument("--families", default=os.environ.get("FAMILIES") or "default",
+                        help="default | all | comma list (FAMILIES=all)")
+    parser.add_argument("--seed-noise", action="store_true", help="train CE and MICE on two more seeds")
+    parser.add_argument("--teacher-gap", action="store_true", help="train and evaluate MICE recipe variants")
+    parser.add_argument("--checkpoints", default=None, help="default checkpoints/paper-mini (or paper-full)")
+    parser.add_argument("--results", default=None, help="default results/paper-mini (or paper-full)")
+    parser.add_argument("--device", default=os.environ.get("DEVICE", "auto"))
+    parser.add_argument("--teacher-file", default="data/bert_cat_ensemble_msmarcopassage_train_scores_ids.tsv",
+                        help="--full: Hofstaetter et al.'s ensemble teacher scores (pos neg qid pos_id neg_id)")
+    parser.add_argument("--micebench", default=os.environ.get("MICEBENCH", str(Path(sys.executable).parent /
+                                                                               "micebench")))
+    args = parser.parse_args(argv)
+    size = "paper-full" if args.full else "paper-mini"
+    args.checkpoints = args.checkpoints or f"checkpoints/{size}"
+    args.results = args.results or f"results/{size}"
+    plan = build_plan(args)
+    if args.dry_run:
+        return dry_run(plan)
+    return execute(plan, Path(args.results) / "step-times.tsv")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,7 +13,7 @@ export IR_DATASETS_HOME ?= $(CURDIR)/.cache/ir_datasets
 export TOKENIZERS_PARALLELISM ?= false
 DEMO_RESULTS ?= results/demo
 
-.PHONY: install test test-fast demo lint bench bench-scale train-demo clean
+.PHONY: install test test-fast demo lint bench bench-scale train-demo paper-mini clean
 
 $(BIN)/micebench: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ bench-scale: install
 # Offline training recipe on SciFact (< 60 min on 2 CPU cores); `make train-demo ARGS=--full` on a GPU.
 train-demo: install
 	bash benchmarks/train_demo.sh $(ARGS)
+
+# The paper's comparison (Table 1, efficiency table, Pareto figures): every family trained by one recipe, in- and
+# out-of-domain. Offline on 2 CPU cores by default (resumable: rerun to continue); FAMILIES=all adds mask1, mask3-l2,
+# prettr-l2 and mice-l2+4; ARGS=--full runs the paper's own recipe (GPU, internet); ARGS="--full --dry-run" checks it.
+paper-mini: install
+	$(BIN)/python benchmarks/paper_mini.py --families $(or $(FAMILIES),default) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -55,8 +55,12 @@ def families(size: str, chosen: str) -> list[Family]:
         Family("mask2", "masked-ce", ("--schedule", "mask2"), run_model="mask2"),
         Family(f"mask3-l{k}", "masked-ce", ("--schedule", f"mask3-l{k}"), run_model=f"mask3-l{k}"),
         Family(f"prettr-l{k}", "masked-ce", ("--schedule", f"prettr-l{k}"), run_model=f"prettr-l{k}"),
-        Family(f"mice-l{k}+{tops[0]}", f"mice-l{k}+{tops[0]}", run_model="mice", store_model="mice", store_mode="states"),
-        Family(f"mice-l{k}+{tops[1]}", f"mice-l{k}+{tops[1]}", run_model="mice", store_model="mice", store_mode="states"),
+        Family(
+            f"mice-l{k}+{tops[0]}", f"mice-l{k}+{tops[0]}", run_model="mice", store_model="mice", store_mode="states"
+        ),
+        Family(
+            f"mice-l{k}+{tops[1]}", f"mice-l{k}+{tops[1]}", run_model="mice", store_model="mice", store_mode="states"
+        ),
         Family("colbert", "colbert", run_model="colbert", store_model="colbert", store_mode="embeddings"),
     ]
     by_name = {f.name: f for f in every}
@@ -65,13 +69,23 @@ def families(size: str, chosen: str) -> list[Family]:
     if chosen == "default":
         names = ["ce", "mask2", f"mice-l{k}+{tops[0]}", "colbert"]
         if size == "full":
-            names = ["ce", "mask1", "mask2", f"mask3-l{k}", f"mice-l{k}+{tops[0]}", f"mice-l{k}+{tops[1]}", "colbert",
-                     f"prettr-l{k}"]
+            names = [
+                "ce",
+                "mask1",
+                "mask2",
+                f"mask3-l{k}",
+                f"mice-l{k}+{tops[0]}",
+                f"mice-l{k}+{tops[1]}",
+                "colbert",
+                f"prettr-l{k}",
+            ]
     else:
         names = [n.strip() for n in chosen.split(",") if n.strip()]
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        sys.exit(f"paper_mini: unknown famil{'y' if len(unknown) == 1 else 'ies'} {unknown} (choose from {list(by_name)})")
+        sys.exit(
+            f"paper_mini: unknown famil{'y' if len(unknown) == 1 else 'ies'} {unknown} (choose from {list(by_name)})"
+        )
     return [by_name[n] for n in names]
 
 
@@ -101,16 +115,50 @@ class Recipe:
 def recipe(size: str, teacher_file: str) -> Recipe:
     if size == "full":
         return Recipe(
-            base="microsoft/MiniLM-L12-H384-uncased", train="msmarco-passage/train", split=None, steps=125_000,
-            batch=32, lr="7e-6", warmup=5000, max_length=512, negatives=20, seeds=5, top_k=1000,
+            base="microsoft/MiniLM-L12-H384-uncased",
+            train="msmarco-passage/train",
+            split=None,
+            steps=125_000,
+            batch=32,
+            lr="7e-6",
+            warmup=5000,
+            max_length=512,
+            negatives=20,
+            seeds=5,
+            top_k=1000,
             in_domain=["msmarco-dev", "trec-dl-19", "trec-dl-20"],
-            out_of_domain=["arguana", "climate-fever", "dbpedia", "fever", "fiqa", "hotpotqa", "nfcorpus", "nq",
-                           "quora", "scidocs", "scifact", "touche", "trec-covid"],
-            teacher_scores=teacher_file, validate="beir/nfcorpus/dev", every=5000,
+            out_of_domain=[
+                "arguana",
+                "climate-fever",
+                "dbpedia",
+                "fever",
+                "fiqa",
+                "hotpotqa",
+                "nfcorpus",
+                "nq",
+                "quora",
+                "scidocs",
+                "scifact",
+                "touche",
+                "trec-covid",
+            ],
+            teacher_scores=teacher_file,
+            validate="beir/nfcorpus/dev",
+            every=5000,
         )
     return Recipe(
-        base="minilm-l6", train="scifact", split="train", steps=400, batch=8, lr="1e-4", warmup=50, max_length=256,
-        negatives=20, seeds=1, top_k=100, in_domain=["scifact"],
+        base="minilm-l6",
+        train="scifact",
+        split="train",
+        steps=400,
+        batch=8,
+        lr="1e-4",
+        warmup=50,
+        max_length=256,
+        negatives=20,
+        seeds=1,
+        top_k=100,
+        in_domain=["scifact"],
         out_of_domain=["trec-dl-19", "trec-dl-20", "noveleval-2306", "cisi", "cacm", "medline-classic", "npl", "adi"],
     )
 
@@ -145,14 +193,24 @@ def toml_list(items: list[str]) -> str:
 
 
 def experiment_toml(
-    output: Path, r: Recipe, rankers: list[dict[str, object]], in_domain: list[str], out_of_domain: list[str],
+    output: Path,
+    r: Recipe,
+    rankers: list[dict[str, object]],
+    in_domain: list[str],
+    out_of_domain: list[str],
     seeds: list[int],
 ) -> str:
     """An experiment file for `micebench run --config` (datasets grouped in/out of domain, one entry per ranker)."""
     lines = [
         "# Written by benchmarks/paper_mini.py: the comparison's evaluation (micebench run --config FILE).",
-        f'output = "{output}"', 'first_stage = "auto"', f"top_k = {r.top_k}", f"seeds = {seeds}", "",
-        "[datasets]", f"in_domain = {toml_list(in_domain)}", f"out_of_domain = {toml_list(out_of_domain)}",
+        f'output = "{output}"',
+        'first_stage = "auto"',
+        f"top_k = {r.top_k}",
+        f"seeds = {seeds}",
+        "",
+        "[datasets]",
+        f"in_domain = {toml_list(in_domain)}",
+        f"out_of_domain = {toml_list(out_of_domain)}",
     ]
     for ranker in rankers:
         lines += ["", "[[rankers]]"]
@@ -167,9 +225,24 @@ def build_plan(args: argparse.Namespace) -> Plan:
     mb = [args.micebench]
     ck, res = Path(args.checkpoints), Path(args.results)
     plan = Plan()
-    common = ["--loss", "margin-mse", "--steps", str(r.steps), "--batch-size", str(r.batch), "--lr", r.lr,
-              "--warmup", str(r.warmup), "--negatives", str(r.negatives), "--every", str(r.every), "--device",
-              args.device]
+    common = [
+        "--loss",
+        "margin-mse",
+        "--steps",
+        str(r.steps),
+        "--batch-size",
+        str(r.batch),
+        "--lr",
+        r.lr,
+        "--warmup",
+        str(r.warmup),
+        "--negatives",
+        str(r.negatives),
+        "--every",
+        str(r.every),
+        "--device",
+        args.device,
+    ]
     data = ["--train", r.train] + (["--split", r.split] if r.split else [])
     if r.validate:
         common += ["--validate", r.validate]
@@ -182,11 +255,41 @@ def build_plan(args: argparse.Namespace) -> Plan:
     if r.teacher_scores is None:
         plan.add(
             "teacher: train ce from bm25+dense (600 steps)",
-            mb + ["train", "--model", "ce", "--init", r.base, *data, "--teacher", "bm25,dense", "--loss", "margin-mse",
-                  "--steps", "600", "--batch-size", str(r.batch), "--lr", "1e-4", "--warmup", "50", "--max-length",
-                  str(r.max_length), "--negatives", str(r.negatives), "--every", "200", "--device", args.device,
-                  "--seed", "12", "-o", str(teacher_ck)],
-            done=teacher_ck / "best", resume_flag=teacher_ck / "last",
+            mb
+            + [
+                "train",
+                "--model",
+                "ce",
+                "--init",
+                r.base,
+                *data,
+                "--teacher",
+                "bm25,dense",
+                "--loss",
+                "margin-mse",
+                "--steps",
+                "600",
+                "--batch-size",
+                str(r.batch),
+                "--lr",
+                "1e-4",
+                "--warmup",
+                "50",
+                "--max-length",
+                str(r.max_length),
+                "--negatives",
+                str(r.negatives),
+                "--every",
+                "200",
+                "--device",
+                args.device,
+                "--seed",
+                "12",
+                "-o",
+                str(teacher_ck),
+            ],
+            done=teacher_ck / "best",
+            resume_flag=teacher_ck / "last",
         )
     # 2. students: same triples (the first student writes the teacher-score file, the others read it)
     scores_file = r.teacher_scores or str(ck / "students" / "ce" / "teacher_scores.tsv")
@@ -204,9 +307,27 @@ def build_plan(args: argparse.Namespace) -> Plan:
         length = [] if fam.train_model == "colbert" else ["--max-length", str(r.max_length)]
         plan.add(
             f"student {fam.name}: train from {r.base} ({r.steps} steps)",
-            mb + ["train", "--model", fam.train_model, *fam.train_flags, "--init", r.base, *data, *teacher, *common,
-                  *length, "--seed", "12", "--seeds", str(r.seeds), "-o", str(out)],
-            done=best(out, r.seeds), resume_flag=None if r.seeds > 1 else out / "last",
+            mb
+            + [
+                "train",
+                "--model",
+                fam.train_model,
+                *fam.train_flags,
+                "--init",
+                r.base,
+                *data,
+                *teacher,
+                *common,
+                *length,
+                "--seed",
+                "12",
+                "--seeds",
+                str(r.seeds),
+                "-o",
+                str(out),
+            ],
+            done=best(out, r.seeds),
+            resume_flag=None if r.seeds > 1 else out / "last",
         )
     # 3. candidate-only stores for the families scored from a store
     datasets = r.in_domain + r.out_of_domain
@@ -218,39 +339,91 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 store = ck / "stores" / fam.name / (f"seed-{seed}" if r.seeds > 1 else "") / dataset
                 plan.add(
                     f"store {fam.name} {dataset}" + (f" seed {seed}" if r.seeds > 1 else ""),
-                    mb + ["precompute", "--model", fam.store_model, "--checkpoint", str(checkpoint), "--dataset",
-                          dataset, "--first-stage", "auto", "--top-k", str(r.top_k), "--mode", fam.store_mode,
-                          "--dtype", "fp16", "--device", args.device, "-o", str(store)],
+                    mb
+                    + [
+                        "precompute",
+                        "--model",
+                        fam.store_model,
+                        "--checkpoint",
+                        str(checkpoint),
+                        "--dataset",
+                        dataset,
+                        "--first-stage",
+                        "auto",
+                        "--top-k",
+                        str(r.top_k),
+                        "--mode",
+                        fam.store_mode,
+                        "--dtype",
+                        "fp16",
+                        "--device",
+                        args.device,
+                        "-o",
+                        str(store),
+                    ],
                     done=store / "manifest.json",
                 )
     # 4. evaluation: one experiment file, every ranker x dataset through `micebench run --config`
     seed_part = "seed-{seed}/" if r.seeds > 1 else ""
     rankers: list[dict[str, object]] = [{"name": "bm25", "model": "bm25", "backbone": "reference"}]
     if r.teacher_scores is None:
-        rankers.append({"name": "teacher-ce", "model": "ce", "checkpoint": str(teacher_ck / "best"),
-                        "max_length": r.max_length, "backbone": "reference"})
+        rankers.append(
+            {
+                "name": "teacher-ce",
+                "model": "ce",
+                "checkpoint": str(teacher_ck / "best"),
+                "max_length": r.max_length,
+                "backbone": "reference",
+            }
+        )
     for fam in students:
         entry: dict[str, object] = {
-            "name": fam.name, "model": fam.run_model,
-            "checkpoint": str(ck / "students" / fam.name) + "/" + seed_part + "best", "backbone": "trained",
+            "name": fam.name,
+            "model": fam.run_model,
+            "checkpoint": str(ck / "students" / fam.name) + "/" + seed_part + "best",
+            "backbone": "trained",
         }
         if fam.store_model:
             entry["precomputed"] = str(ck / "stores" / fam.name) + "/" + seed_part + "{dataset}"
         if fam.train_model != "colbert":
             entry["max_length"] = r.max_length
         rankers.append(entry)
+        if fam.store_model:  # the same model re-ranking from the texts: its time per query without the store
+            texts = {k: v for k, v in entry.items() if k != "precomputed"}
+            rankers.append({**texts, "name": f"{fam.name}-texts"})
     config = res / f"paper-{size}.toml"
     plan.configs[config] = experiment_toml(res, r, rankers, r.in_domain, r.out_of_domain, seeds)
     plan.add("evaluate: micebench run --config", mb + ["run", "--config", str(config)])
     # 5. efficiency: model-only timing at batch 64 (the report reads <results>/latency/)
-    timed = ["ce"] + [f.name if not f.store_model else
-                      (f"{f.name}:states" if f.store_model == "mice" else "colbert:precomputed")
-                      for f in students if f.name != "ce"]
+    timed = ["ce"]
+    for f in students:
+        if f.store_model == "mice":
+            timed += [f"{f.name}:states", f"{f.name}:none"]
+        elif f.store_model == "colbert":
+            timed += ["colbert:precomputed", "colbert"]
+        elif f.name != "ce":
+            timed.append(f.name)
     arch = "minilm-l6" if size == "mini" else "minilm-l12"
     plan.add(
         "latency: model-only, batch 64",
-        mb + ["latency", "--models", ",".join(timed), "--arch", arch, "--batch", "64", "--doc-len",
-              str(min(r.max_length, 512)), "--device", args.device, "-o", str(res), "--name", "paper-" + size],
+        mb
+        + [
+            "latency",
+            "--models",
+            ",".join(timed),
+            "--arch",
+            arch,
+            "--batch",
+            "64",
+            "--doc-len",
+            str(min(r.max_length, 512)),
+            "--device",
+            args.device,
+            "-o",
+            str(res),
+            "--name",
+            "paper-" + size,
+        ],
         done=res / "latency" / f"paper-{size}.json",
     )
     # 6. optional: seed noise (CE and the first MICE on two more seeds, in-domain) and the teacher-gap variants
@@ -263,15 +436,37 @@ def build_plan(args: argparse.Namespace) -> Plan:
             length = ["--max-length", str(r.max_length)]
             plan.add(
                 f"seed noise {fam.name}: seeds 13, 14",
-                mb + ["train", "--model", fam.train_model, *fam.train_flags, "--init", r.base, *data,
-                      "--teacher-scores", scores_file, *common, *length, "--seed", "13", "--seeds", "2", "-o",
-                      str(out)],
+                mb
+                + [
+                    "train",
+                    "--model",
+                    fam.train_model,
+                    *fam.train_flags,
+                    "--init",
+                    r.base,
+                    *data,
+                    "--teacher-scores",
+                    scores_file,
+                    *common,
+                    *length,
+                    "--seed",
+                    "13",
+                    "--seeds",
+                    "2",
+                    "-o",
+                    str(out),
+                ],
                 done=out / "seed-14" / "best",
             )
             for seed in (12, 13, 14):
                 where = ck / "students" / fam.name if seed == 12 else out / f"seed-{seed}"
-                entry: dict[str, object] = {"name": f"{fam.name}-seed-{seed}", "model": fam.run_model,
-                         "checkpoint": str(where / "best"), "max_length": r.max_length, "backbone": fam.name}
+                entry: dict[str, object] = {
+                    "name": f"{fam.name}-seed-{seed}",
+                    "model": fam.run_model,
+                    "checkpoint": str(where / "best"),
+                    "max_length": r.max_length,
+                    "backbone": fam.name,
+                }
                 noise_rankers.append(entry)
         noise_config = res / "seed-noise.toml"
         plan.configs[noise_config] = experiment_toml(noise_res, r, noise_rankers, r.in_domain, [], [0])
@@ -288,24 +483,70 @@ def build_plan(args: argparse.Namespace) -> Plan:
         }
         gap_rankers: list[dict[str, object]] = [
             {"name": "teacher-ce", "model": "ce", "checkpoint": str(teacher_ck / "best"), "max_length": r.max_length},
-            {"name": "ce-student", "model": "ce", "checkpoint": str(ck / "students" / "ce" / "best"),
-             "max_length": r.max_length},
-            {"name": f"{mice.name}-recipe", "model": "mice", "checkpoint": str(ck / "students" / mice.name / "best"),
-             "max_length": r.max_length},
+            {
+                "name": "ce-student",
+                "model": "ce",
+                "checkpoint": str(ck / "students" / "ce" / "best"),
+                "max_length": r.max_length,
+            },
+            {
+                "name": f"{mice.name}-recipe",
+                "model": "mice",
+                "checkpoint": str(ck / "students" / mice.name / "best"),
+                "max_length": r.max_length,
+            },
         ]
         for variant, (init, lr, warmup, steps) in variants.items():
             out = ck / "teacher-gap" / variant
-            flags = ["--loss", "margin-mse", "--steps", str(steps), "--batch-size", str(r.batch), "--lr", lr,
-                     "--warmup", str(warmup), "--negatives", str(r.negatives), "--every", str(r.every), "--device",
-                     args.device, "--max-length", str(r.max_length)]
+            flags = [
+                "--loss",
+                "margin-mse",
+                "--steps",
+                str(steps),
+                "--batch-size",
+                str(r.batch),
+                "--lr",
+                lr,
+                "--warmup",
+                str(warmup),
+                "--negatives",
+                str(r.negatives),
+                "--every",
+                str(r.every),
+                "--device",
+                args.device,
+                "--max-length",
+                str(r.max_length),
+            ]
             plan.add(
                 f"teacher gap {mice.name} {variant}",
-                mb + ["train", "--model", mice.train_model, "--init", init, *data, "--teacher-scores", scores_file,
-                      *flags, "--seed", "12", "-o", str(out)],
-                done=out / "best", resume_flag=out / "last",
+                mb
+                + [
+                    "train",
+                    "--model",
+                    mice.train_model,
+                    "--init",
+                    init,
+                    *data,
+                    "--teacher-scores",
+                    scores_file,
+                    *flags,
+                    "--seed",
+                    "12",
+                    "-o",
+                    str(out),
+                ],
+                done=out / "best",
+                resume_flag=out / "last",
             )
-            gap_rankers.append({"name": f"{mice.name}-{variant}", "model": "mice", "checkpoint": str(out / "best"),
-                                "max_length": r.max_length})
+            gap_rankers.append(
+                {
+                    "name": f"{mice.name}-{variant}",
+                    "model": "mice",
+                    "checkpoint": str(out / "best"),
+                    "max_length": r.max_length,
+                }
+            )
         gap_config = res / "teacher-gap.toml"
         plan.configs[gap_config] = experiment_toml(gap_res, r, gap_rankers, r.in_domain, [], [0])
         plan.add("teacher gap: evaluate in-domain", mb + ["run", "--config", str(gap_config)])
@@ -351,6 +592,11 @@ def dry_run(plan: Plan) -> int:
                 ranker_options(params["model"], checkpoint=params["init"], **options)
             elif argv[0] == "precompute":
                 resolve_ranker(params["model"])
+            elif argv[0] == "latency":
+                from micebench.latency.runner import parse_model
+
+                for spec in params["models"].split(","):
+                    parse_model(spec, params["precompute"])
         except MicebenchError as err:
             problems.append(f"{step.name}: {err}")
     for path, text in plan.configs.items():
@@ -397,25 +643,35 @@ def execute(plan: Plan, times_file: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="the paper's recipe (GPU and internet)")
     parser.add_argument("--dry-run", action="store_true", help="check every command and data name; run nothing")
-    parser.add_argument("--families", default=os.environ.get("FAMILIES") or "default",
-                        help="default | all | comma list (FAMILIES=all)")
+    parser.add_argument(
+        "--families", default=os.environ.get("FAMILIES") or "default", help="default | all | comma list (FAMILIES=all)"
+    )
     parser.add_argument("--seed-noise", action="store_true", help="train CE and MICE on two more seeds")
     parser.add_argument("--teacher-gap", action="store_true", help="train and evaluate MICE recipe variants")
     parser.add_argument("--checkpoints", default=None, help="default checkpoints/paper-mini (or paper-full)")
     parser.add_argument("--results", default=None, help="default results/paper-mini (or paper-full)")
     parser.add_argument("--device", default=os.environ.get("DEVICE", "auto"))
-    parser.add_argument("--teacher-file", default="data/bert_cat_ensemble_msmarcopassage_train_scores_ids.tsv",
-                        help="--full: Hofstaetter et al.'s ensemble teacher scores (pos neg qid pos_id neg_id)")
-    parser.add_argument("--micebench", default=os.environ.get("MICEBENCH", str(Path(sys.executable).parent /
-                                                                               "micebench")))
+    parser.add_argument(
+        "--teacher-file",
+        default="data/bert_cat_ensemble_msmarcopassage_train_scores_ids.tsv",
+        help="--full: Hofstaetter et al.'s ensemble teacher scores (pos neg qid pos_id neg_id)",
+    )
+    parser.add_argument(
+        "--micebench", default=os.environ.get("MICEBENCH", str(Path(sys.executable).parent / "micebench"))
+    )
     args = parser.parse_args(argv)
     size = "paper-full" if args.full else "paper-mini"
     args.checkpoints = args.checkpoints or f"checkpoints/{size}"
     args.results = args.results or f"results/{size}"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     plan = build_plan(args)
     if args.dry_run:
         return dry_run(plan)

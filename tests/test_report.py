@@ -552,3 +552,89 @@ def test_load_results_finds_results_at_any_depth_and_skips_corrupt_ones(two_grou
     (two_groups / "demo" / "scifact" / "dense" / "metrics.json").write_text("{")
     assert [r["ranker"] for r in load_results(two_groups)] == ["bm25", "bm25", "ce"]
     assert f"skipped {two_groups / 'demo' / 'scifact' / 'dense'}: JSONDecodeError" in caplog.text
+
+
+def test_efficiency_table_joins_runs_stores_and_latency_per_ranker(tmp_path):
+    """Each ranker row takes its parameters and time per query from its runs, bytes per document from the store
+    its runs read, and GFLOPs/docs/s/memory from the latency row of its family in the same mode (store or texts)."""
+    root = tmp_path / "results" / "exp"
+    (root).mkdir(parents=True)
+    index = {"in_domain": ["scifact"], "out_of_domain": ["cisi"], "rankers": {}}
+    (root / "experiment.json").write_text(json.dumps(index))
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "manifest.json").write_text(json.dumps({"bytes_per_doc": 2048.0 * 3}))
+    specs = {  # ranker: (model, shape, store, re-ranking seconds on scifact and on cisi, parameters)
+        "bm25": ("bm25", None, None, (0.0, 0.0), None),
+        "ce": ("ce", None, None, (3.0, 1.0), 22_700_000),
+        "mice-l2+2": ("mice", (2, 2), str(store), (0.3, 0.1), 18_000_000),
+        "mice-texts": ("mice", (2, 2), None, (1.2, 0.6), 18_000_000),
+    }
+    for ranker, (model, shape, precomputed, seconds, params) in specs.items():
+        for dataset, rerank_s, values in (("scifact", seconds[0], BM25_Q), ("cisi", seconds[1], BM25_Q[::-1])):
+            folder = _write(root, dataset, ranker, values, rerank_s=rerank_s, model=model)
+            manifest = json.loads((folder / "manifest.json").read_text())
+            manifest["config"]["options"] = {"precomputed": precomputed}
+            manifest["ranker"] = {"ranker": model, "parameters": params}
+            if shape:
+                manifest["ranker"]["mice"] = {"merge_layer": shape[0], "top_layers": shape[1]}
+            (folder / "manifest.json").write_text(json.dumps(manifest))
+    (root / "latency").mkdir()
+    rows = [
+        {
+            "label": "ce",
+            "precompute": "none",
+            "batch": 64,
+            "flops_per_doc": 4e9,
+            "docs_per_s": 100.0,
+            "peak_memory_mb": 900.0,
+        },
+        {
+            "label": "mice-l2+2:states",
+            "precompute": "states",
+            "batch": 64,
+            "flops_per_doc": 5e8,
+            "docs_per_s": 800.0,
+            "peak_memory_mb": 300.0,
+        },
+        {
+            "label": "mice-l2+2:none",
+            "precompute": "none",
+            "batch": 64,
+            "flops_per_doc": 2e9,
+            "docs_per_s": 250.0,
+            "peak_memory_mb": 700.0,
+        },
+        {
+            "label": "mice-l2+2:states",
+            "precompute": "states",
+            "batch": 8,
+            "flops_per_doc": 5e8,
+            "docs_per_s": 1.0,
+            "peak_memory_mb": 1.0,
+        },
+    ]
+    meta = {"device_name": "cpu", "dtype": "fp32", "threads": 2}
+    (root / "latency" / "run.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    build_reports(root, tmp_path / "rep", baseline="ce", formats=("md", "csv"))
+    with open(tmp_path / "rep" / "efficiency.csv") as handle:
+        table = {row["ranker"]: row for row in csv.DictReader(handle)}
+    n = len(BM25_Q)
+    assert table["ce"] == {
+        "ranker": "ce",
+        "family": "ce",
+        "params (M)": "22.7",
+        "GFLOP/doc": "4.0",
+        "docs/s (model only)": "100.0",
+        "ms/query (end to end)": str(round(1e3 * (3.0 + 1.0) / 2 / n, 1)),
+        "store KiB/doc": "",
+        "peak memory (MB)": "900.0",
+    }
+    assert table["mice-l2+2"]["family"] == "mice-l2+2 (store)"
+    assert table["mice-l2+2"]["docs/s (model only)"] == "800.0"  # the batch-64 row, not the batch-8 one
+    assert table["mice-l2+2"]["store KiB/doc"] == "6.0"
+    assert table["mice-texts"]["family"] == "mice-l2+2"
+    assert table["mice-texts"]["GFLOP/doc"] == "2.0"
+    assert table["bm25"]["GFLOP/doc"] == ""
+    names = {p.name for p in (tmp_path / "rep").iterdir()}
+    assert {"pareto.png", "pareto_flops.png", "latency.csv"} <= names

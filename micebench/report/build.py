@@ -10,11 +10,13 @@ from pathlib import Path
 from micebench.atomic import atomic_write_text
 from micebench.errors import MicebenchError
 from micebench.report.collect import Collection, collect_groups
+from micebench.report.efficiency import efficiency_caption, ranker_efficiency
 from micebench.report.plots import dataset_bars, efficiency_frame_to_md, mice_sweeps, pareto_plot
 from micebench.report.tables import (
     EffectivenessTable,
     effectiveness_table,
     efficiency_table,
+    md_escape,
     to_csv,
     to_html,
     to_latex,
@@ -45,9 +47,13 @@ def html_page(
         for p in figures
         if p.suffix == ".png"
     )
+    per_ranker = ranker_efficiency(collection, table.rows)
+    eff_html = per_ranker.to_html(index=False, na_rep="–", classes="efficiency") + (
+        f"<p>{html.escape(efficiency_caption(collection))}</p>"
+    )
     eff = efficiency_table(collection)
-    eff_html = (
-        eff.to_html(index=False, na_rep="–", classes="efficiency") if not eff.empty else "<p>No latency results.</p>"
+    eff_html += "<h3>Latency measurements</h3>" + (
+        eff.to_html(index=False, na_rep="–", classes="latency") if not eff.empty else "<p>No latency results.</p>"
     )
     skipped = "".join(f"<li>{html.escape(s)}</li>" for s in collection.skipped)
     style = (
@@ -107,11 +113,16 @@ def write_report(report: Report, formats: tuple[str, ...] = FORMATS, show_std: b
     ]
     written = list(figures)
     efficiency = efficiency_table(collection)
+    per_ranker = ranker_efficiency(collection, table.rows)
     if "md" in formats:
         text = (
             "## Effectiveness\n\n"
             + to_markdown(table, show_std)
             + "\n## Efficiency\n\n"
+            + efficiency_frame_to_md(per_ranker)
+            + "\n"
+            + md_escape(efficiency_caption(collection))
+            + "\n\n## Latency measurements\n\n"
             + efficiency_frame_to_md(efficiency)
         )
         written.append(atomic_write_text(output / "table.md", text))
@@ -119,8 +130,10 @@ def write_report(report: Report, formats: tuple[str, ...] = FORMATS, show_std: b
         written.append(atomic_write_text(output / "table.tex", to_latex(table, show_std)))
     if "csv" in formats:
         written.append(atomic_write_text(output / "table.csv", to_csv(table)))
+        if not per_ranker.empty:
+            written.append(atomic_write_text(output / "efficiency.csv", per_ranker.to_csv(index=False)))
         if not efficiency.empty:
-            written.append(atomic_write_text(output / "efficiency.csv", efficiency.to_csv(index=False)))
+            written.append(atomic_write_text(output / "latency.csv", efficiency.to_csv(index=False)))
     if "html" in formats:
         page = html_page(table, collection, figures, show_std, report.title)
         written.append(atomic_write_text(output / "report.html", page))

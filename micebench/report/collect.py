@@ -81,6 +81,7 @@ def _run_row(folder: Path, manifest: dict[str, Any], queries: int, index: dict[s
         "top_layers": mice.get("top_layers"),
         "params": info.get("parameters"),
         "rerank_ms_per_query": 1e3 * float(manifest.get("timings", {}).get("rerank_s", 0.0)) / max(queries, 1),
+        "store": (manifest.get("config", {}).get("options") or {}).get("precomputed"),
         "folder": str(folder),
     }
 

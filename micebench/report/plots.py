@@ -51,20 +51,60 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def pareto_plot(table: EffectivenessTable, collection: Collection, folder: Path) -> list[Path]:
-    """Mean effectiveness over the datasets every plotted ranker has, vs re-ranking time per query (log)."""
+    """Two Pareto figures: effectiveness (the OOD average when the table has one, else the mean over the datasets
+    every plotted ranker has) against re-ranking time per query and against GFLOPs per document (log scales)."""
+    from micebench.report.efficiency import ranker_efficiency
+
     datasets = [c for c in table.columns if not c.endswith(" avg")]
-    complete = [r for r in table.rows if table.mean.loc[r, datasets].notna().all()]
+    if "OOD avg" in table.columns and table.mean["OOD avg"].notna().sum() >= 1:
+        complete = [r for r in table.rows if pd.notna(table.mean.loc[r, "OOD avg"])]
+        values = {r: 100 * float(table.mean.loc[r, "OOD avg"]) for r in complete}
+        y_label = f"OOD avg {table.metric} (x100)"
+    else:
+        complete = [r for r in table.rows if table.mean.loc[r, datasets].notna().all()]
+        values = {r: 100 * float(table.mean.loc[r, datasets].mean()) for r in complete}
+        y_label = f"mean {table.metric} (x100) over {len(datasets)} datasets"
     if not complete:
         return []
     runs = collection.runs[collection.runs["dataset"].isin(datasets)]
     latency = runs.groupby("ranker")["rerank_ms_per_query"].mean()
     floor = 0.1
-    points = [
-        (max(float(latency.get(r, 0.0)), floor), 100 * float(table.mean.loc[r, datasets].mean())) for r in complete
+    by_time = [(r, max(float(latency.get(r, 0.0)), floor), values[r]) for r in complete]
+    written = _pareto_figure(
+        by_time,
+        f"re-ranking time per query (ms, log scale; first-stage-only rankers at {floor} ms)",
+        y_label,
+        "Effectiveness vs latency",
+        folder,
+        "pareto",
+    )
+    costs = ranker_efficiency(collection, complete).set_index("ranker")["GFLOP/doc"]
+    models = dict(zip(collection.runs["ranker"], collection.runs["model"], strict=False))
+    flop_floor = 1e-3
+    by_flops = [
+        (r, flop_floor if models.get(r) in ("bm25", "first-stage") else float(costs.get(r, np.nan)), values[r])
+        for r in complete
     ]
+    by_flops = [p for p in by_flops if not np.isnan(p[1])]
+    if len(by_flops) >= 2:
+        written += _pareto_figure(
+            by_flops,
+            f"GFLOPs per document (log scale, `micebench latency`; first-stage-only rankers at {flop_floor})",
+            y_label,
+            "Effectiveness vs compute",
+            folder,
+            "pareto_flops",
+        )
+    return written
+
+
+def _pareto_figure(
+    points: list[tuple[str, float, float]], x_label: str, y_label: str, title: str, folder: Path, name: str
+) -> list[Path]:
+    """One scatter of (ranker, cost, effectiveness) with its Pareto front, saved as PNG and SVG."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, (ranker, (x, y)) in enumerate(zip(complete, points, strict=True)):
+    for i, (ranker, x, y) in enumerate(points):
         ax.scatter(
             [x],
             [y],
@@ -76,10 +116,10 @@ def pareto_plot(table: EffectivenessTable, collection: Collection, folder: Path)
             zorder=3,
         )
         ax.annotate(_label(ranker), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    front = pareto_front(points)
+    front = pareto_front([(x, y) for _, x, y in points])
     ax.step(
-        [points[i][0] for i in front],
         [points[i][1] for i in front],
+        [points[i][2] for i in front],
         where="post",
         color="0.4",
         linestyle="--",
@@ -88,12 +128,12 @@ def pareto_plot(table: EffectivenessTable, collection: Collection, folder: Path)
         zorder=2,
     )
     ax.set_xscale("log")
-    ax.set_xlabel(f"re-ranking time per query (ms, log scale; first-stage-only rankers at {floor} ms)")
-    ax.set_ylabel(f"mean {table.metric} (x100) over {len(datasets)} datasets")
-    ax.set_title("Effectiveness vs latency")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title)
     ax.grid(True, which="both", color="0.9", linewidth=0.6)
     ax.legend(fontsize=7, loc="best", frameon=True, framealpha=0.9)
-    return _save(fig, folder, "pareto")
+    return _save(fig, folder, name)
 
 
 def dataset_bars(table: EffectivenessTable, folder: Path) -> list[Path]:

@@ -1,0 +1,107 @@
+"""`benchmarks/paper_mini.py`: the comparison's plan in both sizes, checked offline without running anything."""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "paper_mini.py"
+
+
+@pytest.fixture(scope="module")
+def paper_mini():
+    spec = importlib.util.spec_from_file_location("paper_mini", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["paper_mini"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _plan(paper_mini, *argv: str):
+    args = ["--checkpoints", "ck", "--results", "res", "--micebench", "micebench", "--teacher-file", "teacher.tsv"]
+    return paper_mini.build_plan(paper_mini.parse_args([*args, *argv]))
+
+
+def _option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_full_dry_run_checks_every_command_offline(paper_mini, capsys):
+    assert paper_mini.main(["--full", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1].endswith("0 problems")
+
+
+def test_full_plan_is_the_papers_recipe(paper_mini):
+    plan = _plan(paper_mini, "--full")
+    trains = [s.argv for s in plan.steps if s.argv[1] == "train"]
+    assert {_option(a, "--model") for a in trains} >= {"ce", "masked-ce", "mice-l4+3", "mice-l4+8", "colbert"}
+    for argv in trains:
+        assert _option(argv, "--init") == "microsoft/MiniLM-L12-H384-uncased"
+        assert _option(argv, "--train") == "msmarco-passage/train"
+        assert _option(argv, "--teacher-scores") == "teacher.tsv"
+        assert (_option(argv, "--lr"), _option(argv, "--batch-size"), _option(argv, "--warmup")) == (
+            "7e-6",
+            "32",
+            "5000",
+        )
+        assert (_option(argv, "--steps"), _option(argv, "--seeds")) == ("125000", "5")
+    (config,) = plan.configs.values()
+    data = tomllib.loads(config)
+    assert data["top_k"] == 1000 and data["seeds"] == [12, 13, 14, 15, 16]
+    assert data["datasets"]["in_domain"] == ["msmarco-dev", "trec-dl-19", "trec-dl-20"]
+    assert len(data["datasets"]["out_of_domain"]) == 13
+
+
+def test_mini_students_share_one_recipe_and_one_teacher_score_file(paper_mini):
+    plan = _plan(paper_mini, "--families", "all")
+    trains = [s.argv for s in plan.steps if s.argv[1] == "train"]
+    teacher, students = trains[0], trains[1:]
+    assert _option(teacher, "--teacher") == "bm25,dense"
+    assert [_option(a, "--model") for a in students] == [
+        "ce",
+        "masked-ce",
+        "masked-ce",
+        "masked-ce",
+        "masked-ce",
+        "mice-l2+2",
+        "mice-l2+4",
+        "colbert",
+    ]
+    recipe = {"--init", "--loss", "--steps", "--batch-size", "--lr", "--warmup", "--negatives", "--seed"}
+    assert len({tuple(_option(a, k) for k in sorted(recipe)) for a in students}) == 1
+    assert _option(students[0], "--teacher") == "ce:" + str(Path("ck") / "teacher" / "best")
+    assert {_option(a, "--teacher-scores") for a in students[1:]} == {str(Path("ck/students/ce/teacher_scores.tsv"))}
+    (config,) = plan.configs.values()
+    data = tomllib.loads(config)
+    assert data["datasets"]["in_domain"] == ["scifact"]
+    assert set(data["datasets"]["out_of_domain"]) == {
+        "trec-dl-19",
+        "trec-dl-20",
+        "noveleval-2306",
+        "cisi",
+        "cacm",
+        "medline-classic",
+        "npl",
+        "adi",
+    }
+    stored = {r["name"]: r.get("precomputed") for r in data["rankers"]}
+    assert stored["mice-l2+2"] == "ck/stores/mice-l2+2/{dataset}" and stored["mice-l2+2-texts"] is None
+    assert all(shlex.join(s.argv) for s in plan.steps)
+
+
+def test_a_finished_step_is_skipped(paper_mini, tmp_path, capsys):
+    plan = paper_mini.Plan()
+    done = tmp_path / "done"
+    done.mkdir()
+    plan.add("finished", ["false"], done=done)
+    plan.add("runs", [sys.executable, "-c", "print('ran')"])
+    assert paper_mini.execute(plan, tmp_path / "times.tsv") == 0
+    out = capsys.readouterr().out
+    assert "finished: done already" in out
+    assert (tmp_path / "times.tsv").read_text().count("\n") == 1

@@ -1,0 +1,88 @@
+"""MkDocs hooks: the option and command-line reference pages are generated from the code at build time, so they
+cannot go stale (every ranker's `Options` dataclass; every command's parameters from the Typer app)."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from typing import Any
+
+from mkdocs.structure.files import File, Files
+
+
+def _cell(text: object) -> str:
+    return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
+
+
+def options_page() -> str:
+    """One table per registered ranker: option, default, help (name families show what the name fixes)."""
+    from micebench.rankers.base import available_rankers, resolve_ranker
+
+    lines = [
+        "# Ranker options",
+        "",
+        "Generated from each ranker's `Options` dataclass when the site is built. Every option is a flag of "
+        "`micebench run` (and of `train` and `latency` where the model is trained or timed), a key of an "
+        "experiment file's `[[rankers]]` entry and a keyword of `micebench.load_ranker`. `micebench models NAME` "
+        "prints the same table.",
+        "",
+    ]
+    for model, description in available_rankers().items():
+        cls, fixed = resolve_ranker(model.replace("<k>", "1").replace("<m>", "1"))
+        lines += [f"## `{model}`", "", _cell(description), ""]
+        fields = dataclasses.fields(cls.Options) if getattr(cls, "Options", None) else ()
+        if not fields:
+            lines += ["Takes no options.", ""]
+            continue
+        lines += ["| option | default | meaning |", "|---|---|---|"]
+        for f in fields:
+            default: Any = "set by the name" if f.name in fixed else repr(f.default)
+            meaning = f.metadata.get("help", "") if f.metadata else ""
+            lines.append(f"| `--{f.name.replace('_', '-')}` | `{_cell(default)}` | {_cell(meaning)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cli_page() -> str:
+    """Every command of `micebench` with its options, types, defaults and help, from the Typer app."""
+    import click
+    import typer
+
+    from micebench.cli import app
+
+    root = typer.main.get_command(app)
+    lines = [
+        "# Command line",
+        "",
+        "Generated from the `micebench` command when the site is built; `micebench COMMAND --help` shows the same.",
+        "",
+    ]
+
+    def walk(command: click.Command, path: list[str]) -> None:
+        if isinstance(command, click.Group):
+            for name in sorted(command.commands):
+                walk(command.commands[name], [*path, name])
+            if path:
+                return
+        if not path:
+            return
+        lines.extend([f"## `micebench {' '.join(path)}`", "", _cell((command.help or "").strip()), ""])
+        params = [p for p in command.params if p.name != "help"]
+        if params:
+            lines += ["| option | type | default | help |", "|---|---|---|---|"]
+        for p in params:
+            names = ", ".join(f"`{o}`" for o in (p.opts if isinstance(p, click.Option) else [p.name or ""]))
+            default = "" if p.default is None or callable(p.default) else f"`{_cell(p.default)}`"
+            kind = _cell(p.type.name if hasattr(p.type, "name") else p.type)
+            help_text = _cell(getattr(p, "help", "") or "")
+            lines.append(f"| {names} | {kind} | {default} | {help_text} |")
+        lines.append("")
+
+    walk(root, [])
+    return "\n".join(lines)
+
+
+def on_files(files: Files, config: Any) -> Files:
+    for path, text in (("reference/options.md", options_page()), ("reference/cli.md", cli_page())):
+        files.append(File.generated(config, path, content=text))
+    return files

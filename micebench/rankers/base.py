@@ -120,6 +120,12 @@ class Ranker(ABC):
     def check_ready_for_effectiveness(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise when the ranker should not be evaluated as is (e.g. an untrained MICE)."""
 
+    @classmethod
+    def check_before_load(cls, options: RankerOptions) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Raise, before any weights are fetched, when an effectiveness run with these options is certain to be
+        refused after loading (e.g. a MICE converted on the fly, hence untrained)."""
+        return None
+
     def effective_options(self) -> dict[str, Any]:
         """The options that took effect, defaults included (what manifests record)."""
         return dataclasses.asdict(self.options)

@@ -32,6 +32,7 @@ from micebench.rankers.base import (
     Benchmarkable,
     ModelOptions,
     Ranker,
+    RankerOptions,
     StoreBacked,
     Trainable,
     register_ranker,
@@ -42,6 +43,16 @@ from micebench.rankers.memory import oom_backoff
 _SHAPE = re.compile(r"^mice-l(\d+)\+(\d+)$")
 #: `mice` without a shape: the paper's headline model, MICE-l4+3
 DEFAULT_SHAPE = (4, 3)
+
+
+def untrained_error(label: str, source: str | None) -> MicebenchError:
+    """The refusal of an untrained MICE for an effectiveness run, with the commands that train it."""
+    return MicebenchError(
+        f"{label} is untrained (converted from {source}) and ranks poorly: train it with `micebench train "
+        f"--model {label} --init {source} --train msmarco-passage/train --teacher ce --output "
+        f"checkpoints/{label}` and run with --checkpoint checkpoints/{label}/best (offline: `make train-demo` "
+        "trains mice-l2+2 on SciFact), or pass --untrained to run it as it is"
+    )
 
 
 @dataclass
@@ -142,13 +153,20 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
 
     def check_ready_for_effectiveness(self) -> None:
         if not self.mice.trained and not self.untrained:
-            label, source = self.mice.label(), self.mice.source_checkpoint
-            raise MicebenchError(
-                f"{label} is untrained (converted from {source}) and ranks poorly: train it with `micebench train "
-                f"--model {label} --init {source} --train msmarco-passage/train --teacher ce --output "
-                f"checkpoints/{label}` and run with --checkpoint checkpoints/{label}/best (offline: `make train-demo` "
-                "trains mice-l2+2 on SciFact), or pass --untrained to run it as it is"
+            raise untrained_error(self.mice.label(), self.mice.source_checkpoint)
+
+    @classmethod
+    def check_before_load(cls, options: RankerOptions) -> None:
+        """A MICE converted on the fly is untrained for certain: refuse it before any weights are fetched."""
+        from micebench.models.mice_io import is_mice_checkpoint
+
+        assert isinstance(options, MiceOptions)
+        if not options.untrained and not is_mice_checkpoint(options.checkpoint):
+            shape = (
+                DEFAULT_SHAPE[0] if options.merge_layer is None else options.merge_layer,
+                DEFAULT_SHAPE[1] if options.top_layers is None else options.top_layers,
             )
+            raise untrained_error(f"mice-l{shape[0]}+{shape[1]}", options.checkpoint or DEFAULT_CROSS_ENCODER)
 
     def effective_options(self) -> dict[str, Any]:
         """The declared options, with the shape and attention options the model really has."""

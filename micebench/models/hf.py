@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from micebench.errors import MicebenchError
+
+log = logging.getLogger("micebench")
 
 #: the paper's MiniLM cross-encoder (Hugging Face hub)
 DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L12-v2"
@@ -179,6 +182,26 @@ def logits_to_scores(logits: Any) -> Any:
     if logits.shape[-1] == 2:
         return logits[:, 1] - logits[:, 0]
     raise MicebenchError(f"classifier has {logits.shape[-1]} labels; a ranker needs 1 or 2")
+
+
+def position_limit(config: Any) -> int | None:
+    """The most tokens a model reads: its position table (less RoBERTa's padding offset), None when unbounded."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
+        return None
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):  # positions start after pad
+        positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    return positions
+
+
+def capped_length(requested: int, config: Any, flag: str = "--max-length") -> int:
+    """`requested` tokens, capped to the model's position limit with a one-line note (a longer input would fail
+    inside the model on the first long document); runs within the limit are unchanged."""
+    limit = position_limit(config)
+    if limit is not None and requested > limit:
+        log.warning("%s %d is beyond the model's %d positions: capped to %d", flag, requested, limit, limit)
+        return limit
+    return requested
 
 
 def count_parameters(model: Any) -> int:

@@ -23,6 +23,7 @@ from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.models.hf import (
     apply_tf32_choice,
+    capped_length,
     load_pretrained,
     model_facts,
     move_model,
@@ -125,6 +126,8 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         hidden = self.encoder.config.hidden_size
         self.query_length, self.doc_length = options.query_length, options.doc_length
         self.format, weight, markers = self._read_projection(folder)
+        self.query_length = capped_length(self.query_length, self.encoder.config, "--query-length")
+        self.doc_length = capped_length(self.doc_length, self.encoder.config, "--doc-length")
         if weight is None:
             generator = torch.Generator().manual_seed(0)
             weight = torch.randn(options.dim, hidden, generator=generator) * self.encoder.config.initializer_range

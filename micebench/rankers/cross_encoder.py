@@ -14,6 +14,7 @@ from micebench.models.batching import length_sorted_batches
 from micebench.models.hf import (
     DEFAULT_CROSS_ENCODER,
     apply_tf32_choice,
+    capped_length,
     classifier_head,
     classifier_options,
     keep_fp32,
@@ -74,6 +75,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
         )
         if self.dtype != torch.float32:  # scores from an fp32 head: bf16 logits would tie
             keep_fp32(*classifier_head(self.model))
+        self.max_length = options.max_length = capped_length(options.max_length, self.model.config)
         self._torch = torch
 
     def tokenize_pairs(self, queries: list[str], docs: list[str]) -> Any:

@@ -12,6 +12,7 @@ from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.models.hf import (
     apply_tf32_choice,
+    capped_length,
     load_model,
     load_pretrained,
     model_facts,
@@ -61,6 +62,7 @@ class DenseRanker(Ranker):
         self.pooling = st_config.get("pooling", "mean")
         self.tokenizer = load_pretrained(AutoTokenizer, self.checkpoint)
         self.model = load_model(AutoModel, self.checkpoint, self.device, self.dtype, attn_implementation="sdpa")
+        self.max_length = capped_length(self.max_length, self.model.config)
         self._torch = torch
         #: (doc ids, their embeddings, query ids, theirs) of the frame given to `prepare`
         self._prepared: tuple[Any, ...] | None = None

@@ -15,6 +15,7 @@ from micebench.models.batching import length_sorted_batches
 from micebench.models.hf import (
     DEFAULT_CROSS_ENCODER,
     apply_tf32_choice,
+    capped_length,
     keep_fp32,
     logits_to_scores,
     model_facts,
@@ -24,6 +25,7 @@ from micebench.models.hf import (
     pad_rows,
     pick_device,
     pick_dtype,
+    position_limit,
     precision_facts,
     scores_to_host,
     to_device,
@@ -111,11 +113,13 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
                 doc_max_length=options.max_length,
             )
             self.model, self.tokenizer = convert_cross_encoder(checkpoint or DEFAULT_CROSS_ENCODER, config)
+        mice = self.model.mice
         if options.query_max_length is not None:
-            self.model.mice.query_max_length = options.query_max_length
-        positions = getattr(self.model.config, "max_position_embeddings", None)
-        if positions and self.model.mice.query_max_length > positions:
-            self.model.mice.query_max_length = int(positions)
+            mice.query_max_length = capped_length(options.query_max_length, self.model.config, "--query-max-length")
+        limit = position_limit(self.model.config)
+        if limit is not None:  # the defaults (512) are the model's own budget, capped without a note
+            mice.query_max_length = min(mice.query_max_length, limit)
+        mice.doc_max_length = capped_length(mice.doc_max_length, self.model.config)
         self.checkpoint = checkpoint or DEFAULT_CROSS_ENCODER
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype)

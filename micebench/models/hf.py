@@ -116,22 +116,25 @@ def read_json(path: Path) -> Any:
 
 def read_sentence_transformers_config(name: str) -> dict[str, Any]:
     """max_seq_length, pooling (cls | mean) and normalisation from a sentence-transformers folder, when present."""
+    from micebench.models.checkpoints import config_field, json_list_of_objects, json_object
+
     source = resolve_model(name)
     info: dict[str, Any] = {}
     if not os.path.isdir(source):
         return info
     st_config = Path(source) / "sentence_bert_config.json"
     if st_config.is_file():
-        info["max_seq_length"] = read_json(st_config).get("max_seq_length")
+        info["max_seq_length"] = config_field(json_object(st_config), st_config, "max_seq_length", int, least=1)
     modules = Path(source) / "modules.json"
     if modules.is_file():
-        entries = read_json(modules)
+        entries = json_list_of_objects(modules)
         info["normalize"] = any(m.get("type", "").endswith("Normalize") for m in entries)
         pooling = next((m for m in entries if m.get("type", "").endswith("Pooling")), None)
         pooling_config = Path(source) / pooling.get("path", "") / "config.json" if pooling else None
         if pooling_config is not None and pooling_config.is_file():
-            modes = read_json(pooling_config)
-            info["pooling"] = "cls" if modes.get("pooling_mode_cls_token") else "mean"
+            modes = json_object(pooling_config)
+            cls_token = config_field(modes, pooling_config, "pooling_mode_cls_token", bool, default=False)
+            info["pooling"] = "cls" if cls_token else "mean"
     return info
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
+from micebench.models.checkpoints import check_family
 from micebench.models.hf import (
     DEFAULT_CROSS_ENCODER,
     apply_tf32_choice,
@@ -57,6 +58,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        check_family(options.checkpoint, self.name)  # a MICE or ColBERT checkpoint would lose weights silently
         self.checkpoint = options.checkpoint
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype)

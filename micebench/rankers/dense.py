@@ -10,6 +10,7 @@ import pandas as pd
 
 from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
+from micebench.models.checkpoints import check_family
 from micebench.models.hf import (
     apply_tf32_choice,
     capped_length,
@@ -51,6 +52,7 @@ class DenseRanker(Ranker):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        check_family(options.checkpoint, self.name)  # a MICE or ColBERT checkpoint would lose weights silently
         st_config = read_sentence_transformers_config(options.checkpoint)
         self.checkpoint = options.checkpoint
         self.device = pick_device(options.device)

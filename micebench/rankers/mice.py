@@ -12,6 +12,7 @@ import numpy as np
 
 from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
+from micebench.models.checkpoints import check_family
 from micebench.models.hf import (
     DEFAULT_CROSS_ENCODER,
     apply_tf32_choice,
@@ -94,6 +95,7 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
 
         self._torch = torch
         checkpoint = options.checkpoint
+        check_family(checkpoint, self.name, own="mice")
         if is_mice_checkpoint(checkpoint):
             self.model, self.tokenizer = load_mice(checkpoint)
             shape = (self.model.mice.merge_layer, self.model.mice.top_layers)

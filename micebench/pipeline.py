@@ -135,17 +135,21 @@ def candidate_stage(config: RunConfig, dataset: Dataset) -> tuple[Candidates, pd
     with_text = cls.reads_text({**config.options, **fixed})
     frame = candidates_frame(dataset, candidates, with_text)
     if not with_text:
-        check_ids_in_corpus(dataset, frame, candidates_too=not candidates.from_corpus)
+        check_ids_in_corpus(dataset, frame, candidates)
     return candidates, frame
 
 
-def check_ids_in_corpus(dataset: Dataset, frame: pd.DataFrame, candidates_too: bool = True) -> None:
-    """For rankers that read ids only (rankers that read texts are checked as they read them), in one pass: refuse
-    candidates that the corpus lacks, and warn with their count about judged documents it lacks."""
-    candidates = set(frame["docno"].unique()) if candidates_too else set()
+def check_ids_in_corpus(dataset: Dataset, frame: pd.DataFrame, candidates: Candidates) -> None:
+    """For rankers that read ids only (rankers that read texts are checked as they read them): refuse candidates
+    that the corpus lacks, and warn with their count about judged documents it lacks; one pass over the corpus's
+    ids at most, none when the first stage read every id already."""
     judged = set().union(*dataset.qrels().values())
-    absent = set(dataset.absent_docs(candidates | judged))
-    refuse_absent_candidates(dataset, sorted(absent & candidates))
+    if candidates.corpus_ids is not None:  # drawn from this corpus: only the judged ids need checking
+        warn_absent_judged(dataset, len(judged - candidates.corpus_ids))
+        return
+    wanted = set(frame["docno"].unique())
+    absent = set(dataset.absent_docs(wanted | judged))
+    refuse_absent_candidates(dataset, sorted(absent & wanted))
     warn_absent_judged(dataset, len(absent & judged))
 
 

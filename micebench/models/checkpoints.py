@@ -44,12 +44,15 @@ def _safetensors_keys(path: Path) -> set[str]:
 
 def checkpoint_family(folder: Path) -> str | None:
     """`mice` (config.json carries "mice"), `colbert` (a PyLate or ColBERTv2 layout), or None (a plain model)."""
-    config = folder / "config.json"
-    if config.is_file() and isinstance(data := read_json(config), dict) and "mice" in data:
+    config, modules = folder / "config.json", folder / "modules.json"
+    try:  # a file that is not JSON is named by the loader, as ever
+        data = read_json(config) if config.is_file() else None
+        entries = read_json(modules) if modules.is_file() else None
+    except MicebenchError:
+        return None
+    if isinstance(data, dict) and "mice" in data:
         return "mice"
-    modules = folder / "modules.json"
-    if modules.is_file():
-        entries = read_json(modules)
+    if entries is not None:
         types = [str(m.get("type", "")) for m in entries if isinstance(m, dict)] if isinstance(entries, list) else []
         if any(t.startswith("pylate") for t in types):
             return "colbert"

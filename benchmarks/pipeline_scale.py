@@ -15,7 +15,7 @@ Then it times, each in a fresh process so that its peak RSS (getrusage of that c
 
 Per stage (wall seconds, and the process's peak RSS in GB so far): checking inputs (dataset, qrels, queries),
 reading candidates (`first_stage`: the run file and the top-k cut), building the frame (`candidates_frame`, with
-the corpus pass when texts are read), candidate ids checked against the corpus (`check_candidates_in_corpus`: a
+the corpus pass when texts are read), candidate ids checked against the corpus (`check_ids_in_corpus`: a
 pass over the corpus's ids for rankers that read no text), scoring (the chunked re-ranking with its durable
 progress records, or the whole frame at once for rankers that record none: `first-stage`), merging the progress
 records into the run, the informative-scores check, evaluation (ranx) and writing the result
@@ -49,7 +49,7 @@ STAGES = {
     "first_stage": "reading candidates",
     "candidates_frame": "building the frame",
     "absent_from_corpus": "candidate ids checked",
-    "check_candidates_in_corpus": "candidate ids checked",
+    "check_ids_in_corpus": "candidate ids checked",
     "score_in_chunks": "scoring",
     "score_at_once": "scoring",
     "finished_run": "merging scores",

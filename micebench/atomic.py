@@ -20,6 +20,21 @@ def write_fault(target: Path | str, error: OSError) -> EnvironmentFault:
     return EnvironmentFault(f"cannot write {target}: {reason}{failed}")
 
 
+def umask_mode() -> int:
+    """The mode a new folder gets under the process umask (what `mkdir` gives; `mkdtemp` gives 0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+def remove_path(path: Path) -> None:
+    """Remove a folder tree, or a symlink itself (never what it points to); missing is fine."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def make_folders(folder: Path) -> list[Path]:
     """Create `folder` and its missing parents; returns the folders created, deepest first."""
     missing = []
@@ -53,9 +68,10 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
     On any error the temporary folder is removed and an old `folder` is left as it was."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    os.chmod(tmp, umask_mode())  # readable by colleagues as the umask allows, like any folder `mkdir` makes
     try:
         yield tmp
-        if folder.exists():
+        if folder.exists() or folder.is_symlink():
             backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, backup)
             try:
@@ -63,7 +79,7 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
             except BaseException:
                 os.replace(backup, folder)
                 raise
-            shutil.rmtree(backup, ignore_errors=True)
+            remove_path(backup)  # a symlinked result: the link goes, its target is left alone
         else:
             os.replace(tmp, folder)
     finally:

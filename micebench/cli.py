@@ -215,6 +215,8 @@ def report(
             raise MicebenchError(f"unknown format {f!r} (use {', '.join(FORMATS)})")
     if test not in TESTS or correction not in CORRECTIONS:
         raise MicebenchError(f"--test is one of {', '.join(TESTS)}; --correction one of {', '.join(CORRECTIONS)}")
+    if not 0 < alpha < 1:  # a level of 1 or more marks every difference significant
+        raise MicebenchError(f"--alpha must be between 0 and 1, exclusive (got {alpha})")
     if not Path(results).is_dir():
         raise MicebenchError(f"results folder not found: {results}")
     collections = collect_groups(results)
@@ -580,7 +582,9 @@ def train(
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 125_000,
     batch_size: Annotated[int, typer.Option(help="Triples per step.")] = 32,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (weight decay 0).")] = 7e-6,
-    warmup: Annotated[int, typer.Option(help="Linear warm-up steps, then linear decay.")] = 5000,
+    warmup: Annotated[
+        int | None, typer.Option(help="Linear warm-up steps, then linear decay (default 5000, at most --steps).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="First seed.")] = 12,
     seeds: Annotated[int, typer.Option(help="Models to train (seed, seed+1, ...).")] = 1,
     schedule: Annotated[str | None, typer.Option(help="masked-ce schedule.")] = None,
@@ -621,7 +625,7 @@ def train(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
-        warmup=warmup,
+        warmup=5000 if warmup is None else warmup,
         seed=seed,
         grad_accumulation=grad_accumulation,
         teacher=teacher,
@@ -641,7 +645,15 @@ def train(
     import time
 
     start = time.perf_counter()
-    folders = train_models(config, seeds=seeds, resume=resume, max_minutes=max_minutes, data_dir=data_dir, split=split)
+    folders = train_models(
+        config,
+        seeds=seeds,
+        resume=resume,
+        max_minutes=max_minutes,
+        data_dir=data_dir,
+        split=split,
+        warmup_given=warmup is not None,
+    )
     for folder in folders:
         out().print(f"checkpoint: {folder}")
     out().print(f"training took {time.perf_counter() - start:.0f}s; curves in {Path(output)}/curves.csv|png")

@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from micebench.errors import MicebenchError
+from micebench.fieldtypes import field_types, type_problem
 from micebench.pipeline import RunConfig
 from micebench.rankers.base import declared_options, option_names, ranker_options
 
 _RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"options"}
+_RUN_TYPES = {k: v for k, v in field_types(RunConfig).items() if k in _RUN_FIELDS}
 _RANKER_ONLY = {"backbone"}
 #: top-level keys that are the file's own structure
 _FILE_KEYS = {"datasets", "rankers", "seeds"}
@@ -54,19 +56,30 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise MicebenchError(f"{path}: invalid TOML ({err})") from None
+    check_run_fields(data, path, "")
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or any(isinstance(x, bool) or not isinstance(x, int) for x in seeds):
+        raise MicebenchError(f"{path}: seeds must be a non-empty list of whole numbers (got {seeds!r})")
     datasets = data.get("datasets")
     if not isinstance(datasets, dict) or not any(datasets.values()):
         raise MicebenchError(f"{path}: needs a [datasets] table with in_domain and/or out_of_domain lists")
     unknown_groups = set(datasets) - {"in_domain", "out_of_domain"}
     if unknown_groups:
         raise MicebenchError(f"{path}: unknown dataset group(s) {sorted(unknown_groups)} (in_domain, out_of_domain)")
+    for group, names_ in datasets.items():
+        if not isinstance(names_, list) or not all(isinstance(n, str) for n in names_):
+            raise MicebenchError(f"{path}: datasets.{group} must be a list of dataset names (got {names_!r})")
     rankers = data.get("rankers")
-    if not isinstance(rankers, list) or not rankers:
+    if not isinstance(rankers, list) or not rankers or not all(isinstance(r, dict) for r in rankers):
         raise MicebenchError(f"{path}: needs at least one [[rankers]] entry")
     names = []
     for i, ranker in enumerate(rankers):
-        if "model" not in ranker:
-            raise MicebenchError(f"{path}: rankers[{i}] has no 'model'")
+        if not isinstance(ranker.get("model"), str):
+            raise MicebenchError(f"{path}: rankers[{i}] has no 'model' (a model name)")
+        check_run_fields(ranker, path, f"rankers[{i}].")
+        for key in ("name", "backbone"):
+            if key in ranker and not isinstance(ranker[key], str):
+                raise MicebenchError(f"{path}: rankers[{i}].{key} must be str (got {ranker[key]!r})")
         try:  # the model exists and takes every option given, before anything runs or is written
             ranker_options(ranker["model"], **_options_of(ranker, data))
         except MicebenchError as err:
@@ -79,6 +92,23 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise MicebenchError(f"{path}: unknown top-level key(s) {unknown} (run fields, seeds, or the rankers' options)")
     return data
+
+
+#: run fields that count something, with their least value
+_AT_LEAST_ONE = ("top_k", "chunk_queries")
+
+
+def check_run_fields(table: dict[str, Any], path: Path, where: str) -> None:
+    """The run fields of a table (top level or a ranker entry) typed as RunConfig types them, counts at least 1:
+    one line naming the key and the file, before anything is written."""
+    for key, annotation in _RUN_TYPES.items():
+        if key not in table:
+            continue
+        problem = type_problem(table[key], annotation)
+        if problem is None and key in _AT_LEAST_ONE and table[key] < 1:
+            problem = f"must be at least 1 (got {table[key]!r})"
+        if problem:
+            raise MicebenchError(f"{path}: {where}{key} {problem}")
 
 
 def check_datasets(data: dict[str, Any], data_dir: str | Path | None = None) -> None:

@@ -42,13 +42,17 @@ def candidate_texts(dataset: Dataset, run: Run) -> dict[str, str]:
     qrels_docs = set().union(*dataset.qrels().values())
     texts = dataset.doc_texts(docnos | qrels_docs)
     refuse_absent_candidates(dataset, sorted(docnos - texts.keys()))
-    unjudged_text = len(qrels_docs - texts.keys())
-    if unjudged_text:
-        log.warning("%d judged documents of %s are absent from the corpus", unjudged_text, dataset.name)
+    warn_absent_judged(dataset, len(qrels_docs - texts.keys()))
     empty = sum(1 for d in docnos if not texts[d].strip())
     if empty:
         log.warning("%d candidate documents have empty text", empty)
     return texts
+
+
+def warn_absent_judged(dataset: Dataset, count: int) -> None:
+    """The README's warning, with their count, for judged documents that the corpus lacks (TREC DL has some)."""
+    if count:
+        log.warning("%d judged documents of %s are absent from the corpus", count, dataset.name)
 
 
 def refuse_absent_candidates(dataset: Dataset, absent: list[str]) -> None:

@@ -24,7 +24,7 @@ from micebench.data.trec import Run, ranked
 from micebench.errors import DataError, MicebenchError
 from micebench.evaluation import DEFAULT_MEASURES, Evaluation, evaluate
 from micebench.firststage.candidates import Candidates, first_stage
-from micebench.frames import candidates_frame, check_queries, refuse_absent_candidates
+from micebench.frames import candidates_frame, check_queries, refuse_absent_candidates, warn_absent_judged
 from micebench.rankers.base import Ranker, ranker_options, resolve_ranker
 from micebench.results import environment, is_complete, result_dir, write_result
 
@@ -103,7 +103,8 @@ def result_folder(config: RunConfig, dataset_name: str) -> Path:
 
 def check_inputs(config: RunConfig) -> tuple[Dataset, Path]:
     """Model name and options, sizes, dataset, queries and the result folder: all before any model work."""
-    ranker_options(config.model, **config.options)
+    cls, _ = resolve_ranker(config.model)
+    cls.check_before_load(ranker_options(config.model, **config.options))
     if config.top_k < 1:
         raise MicebenchError(f"--top-k must be at least 1 (got {config.top_k})")
     if config.chunk_queries < 1:
@@ -133,14 +134,23 @@ def candidate_stage(config: RunConfig, dataset: Dataset) -> tuple[Candidates, pd
         )
     with_text = cls.reads_text({**config.options, **fixed})
     frame = candidates_frame(dataset, candidates, with_text)
-    if not with_text and not candidates.from_corpus:
-        check_candidates_in_corpus(dataset, frame)
+    if not with_text:
+        check_ids_in_corpus(dataset, frame, candidates)
     return candidates, frame
 
 
-def check_candidates_in_corpus(dataset: Dataset, frame: pd.DataFrame) -> None:
-    """Refuse candidates that the corpus lacks (ids only; rankers that read texts are refused as they read them)."""
-    refuse_absent_candidates(dataset, dataset.absent_docs(frame["docno"].unique()))
+def check_ids_in_corpus(dataset: Dataset, frame: pd.DataFrame, candidates: Candidates) -> None:
+    """For rankers that read ids only (rankers that read texts are checked as they read them): refuse candidates
+    that the corpus lacks, and warn with their count about judged documents it lacks; one pass over the corpus's
+    ids at most, none when the first stage read every id already."""
+    judged = set().union(*dataset.qrels().values())
+    if candidates.corpus_ids is not None:  # drawn from this corpus: only the judged ids need checking
+        warn_absent_judged(dataset, len(judged - candidates.corpus_ids))
+        return
+    wanted = set(frame["docno"].unique())
+    absent = set(dataset.absent_docs(wanted | judged))
+    refuse_absent_candidates(dataset, sorted(absent & wanted))
+    warn_absent_judged(dataset, len(absent & judged))
 
 
 def store_stage(config: RunConfig, dataset: Dataset, frame: pd.DataFrame) -> None:

@@ -152,3 +152,144 @@ def test_training_scores_equal_ranking_scores(tiny_bert_encoder):
         pairs = ranker.score_pairs(queries, docs).double().numpy()
     expected = [ranker.score(q, [d])[0] for q, d in zip(queries, docs, strict=True)]
     np.testing.assert_allclose(pairs, expected, rtol=1e-5, atol=1e-5)
+
+
+def _pylate_folder(tmp_path, encoder, settings=None, dense_config=None, bias=None):
+    """A PyLate-layout copy of the tiny encoder (its [Q]/[D] tokens added) whose config sets `settings`."""
+    import shutil
+
+    from safetensors.torch import save_file
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = tmp_path / "pylate"
+    shutil.copytree(encoder, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.add_tokens(["[Q] ", "[D] "])
+    tok.save_pretrained(folder)
+    model = AutoModel.from_pretrained(folder)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(folder)
+    (folder / "1_Dense").mkdir()
+    weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(6))
+    tensors = {"linear.weight": weight} | ({"linear.bias": bias} if bias is not None else {})
+    save_file(tensors, str(folder / "1_Dense" / "model.safetensors"))
+    if dense_config is not None:
+        (folder / "1_Dense" / "config.json").write_text(json.dumps(dense_config))
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    base = {"query_prefix": "[Q] ", "document_prefix": "[D] ", "query_length": 24, "document_length": 100}
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({**base, **(settings or {})}))
+    return folder, weight
+
+
+def _pylate_reference(
+    folder, weight, q_marker, d_marker, *, expansion=True, attend=False, skip=None, bias=None, act=None
+):
+    """PyLate's scoring written out: queries padded with [MASK] to 24 tokens when expanding (attended to only with
+    attend_to_expansion_tokens; without expansion no padding), Dense = activation(x W^T + b), L2 norm, documents
+    without the skiplist tokens (each word converted as one token; default: punctuation), MaxSim sum."""
+    import string
+
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+
+    def embed(text, marker, length, query_side):
+        ids = tok(text, truncation=True, max_length=length - 1)["input_ids"]
+        ids = ids[:1] + [marker] + ids[1:]
+        attn = [1] * len(ids)
+        if query_side and expansion:
+            pad = length - len(ids)
+            ids, attn = ids + [tok.mask_token_id] * pad, attn + [1 if attend else 0] * pad
+        with torch.no_grad():
+            h = model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([attn])).last_hidden_state[0]
+            projected = h @ weight.T + (bias if bias is not None else 0)
+            projected = act(projected) if act is not None else projected
+        return torch.nn.functional.normalize(projected, dim=-1), ids
+
+    q, _ = embed(QUERY, q_marker, 24, True)
+    skipped = {tok.convert_tokens_to_ids(w) for w in (skip if skip is not None else string.punctuation)}
+    out = []
+    for doc in DOCS:
+        d, ids = embed(doc, d_marker, 100, False)
+        keep = torch.tensor([i not in skipped for i in ids])
+        out.append(torch.einsum("qd,ld->ql", q, d[keep]).max(-1).values.sum().item())
+    return np.array(out)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected_kw"),
+    [
+        ({"attend_to_expansion_tokens": True}, {"attend": True}),
+        ({"do_query_expansion": False}, {"expansion": False}),
+        ({"do_query_expansion": False, "attend_to_expansion_tokens": True}, {"expansion": False}),
+        ({"skiplist_words": ["grow", "!", "of"]}, {"skip": ["grow", "!", "of"]}),
+    ],
+)
+def test_pylate_settings_are_honoured(tmp_path, tiny_bert_encoder, settings, expected_kw):
+    folder, weight = _pylate_folder(tmp_path, tiny_bert_encoder, settings)
+    ranker = load_ranker("colbert", checkpoint=str(folder), device="cpu")
+    expected = _pylate_reference(str(folder), weight, ranker.q_marker, ranker.d_marker, **expected_kw)
+    np.testing.assert_allclose(ranker.score(QUERY, DOCS), expected, atol=1e-5, rtol=0)
+    default = _pylate_reference(str(folder), weight, ranker.q_marker, ranker.d_marker)
+    assert np.abs(expected - default).max() > 1e-3  # the setting really changes the scores
+
+
+def test_pylate_dense_bias_and_activation_are_honoured(tmp_path, tiny_bert_encoder):
+    bias = torch.randn(16, generator=torch.Generator().manual_seed(7))
+    dense = {
+        "in_features": 32,
+        "out_features": 16,
+        "bias": True,
+        "activation_function": "torch.nn.modules.activation.Tanh",
+    }
+    folder, weight = _pylate_folder(tmp_path, tiny_bert_encoder, dense_config=dense, bias=bias)
+    ranker = load_ranker("colbert", checkpoint=str(folder), device="cpu")
+    expected = _pylate_reference(str(folder), weight, ranker.q_marker, ranker.d_marker, bias=bias, act=torch.tanh)
+    np.testing.assert_allclose(ranker.score(QUERY, DOCS), expected, atol=1e-5, rtol=0)
+
+
+def test_pylate_query_expansion_off_scores_a_batch_of_queries_as_one_at_a_time(tmp_path, tiny_bert_encoder):
+    """Without expansion, the padding of a batch of queries (training) adds nothing to MaxSim."""
+    folder, _ = _pylate_folder(tmp_path, tiny_bert_encoder, {"do_query_expansion": False})
+    ranker = load_ranker("colbert", checkpoint=str(folder), device="cpu")
+    queries = [QUERY, "wifi"]
+    with torch.no_grad():
+        batched = ranker.score_pairs(queries, [DOCS[0], DOCS[1]]).numpy()
+    alone = [ranker.score(q, [d])[0] for q, d in zip(queries, DOCS[:2], strict=True)]
+    np.testing.assert_allclose(batched, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("dense", "message"),
+    [
+        ({"activation_function": "torch.nn.modules.activation.Softmax"}, "unsupported Dense activation_function"),
+        ({"use_residual": True}, "sets Dense use_residual, which colbert does not support"),
+    ],
+)
+def test_pylate_dense_settings_colbert_cannot_honour_are_refused(
+    capsys, tmp_path, tiny_bert_encoder, data_dir, dense, message
+):
+    from tests.test_cli import cli
+
+    folder, _ = _pylate_folder(tmp_path, tiny_bert_encoder, dense_config=dense)
+    args = ["run", "--model", "colbert", "--checkpoint", str(folder), "--dataset", str(data_dir / "adi")]
+    code, _, err = cli(capsys, *args, "--device", "cpu", "-o", str(tmp_path / "o"))
+    assert code == 2 and message in " ".join(err.split()) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_a_second_pylate_dense_module_is_refused(capsys, tmp_path, tiny_bert_encoder, data_dir):
+    from tests.test_cli import cli
+
+    folder, _ = _pylate_folder(tmp_path, tiny_bert_encoder)
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.append({"idx": 2, "name": "2", "path": "1_Dense", "type": "pylate.models.Dense.Dense"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    args = ["run", "--model", "colbert", "--checkpoint", str(folder), "--dataset", str(data_dir / "adi")]
+    code, _, err = cli(capsys, *args, "--device", "cpu", "-o", str(tmp_path / "o"))
+    assert code == 2 and "has 2 Dense modules; colbert reads only one" in " ".join(err.split()), err

@@ -25,6 +25,8 @@ class Candidates:
     full_corpus: bool = False
     #: drawn from this dataset's own corpus (its BM25 index, or every document), so no id needs checking against it
     from_corpus: bool = False
+    #: every id of the corpus, when the first stage read them all (judged ids are checked without another pass)
+    corpus_ids: frozenset[str] | None = None
 
 
 def _top(run: Run, qids: set[str], k: int) -> Run:
@@ -52,12 +54,16 @@ def first_stage(dataset: Dataset, spec: str, top_k: int) -> Candidates:
         queries = dataset.judged_queries()
         index = bm25_index_for(dataset)
         return Candidates(
-            index.search(queries, top_k), "bm25s(k1=0.9,b=0.4,lucene,porter)", is_bm25=True, from_corpus=True
+            index.search(queries, top_k),
+            "bm25s(k1=0.9,b=0.4,lucene,porter)",
+            is_bm25=True,
+            from_corpus=True,
+            corpus_ids=frozenset(map(str, index.docnos)),
         )
     if spec == "full":
         docnos = [docno for docno, _ in dataset.iter_docs()]
         run = {qid: dict.fromkeys(docnos, 0.0) for qid in sorted(judged)}
-        return Candidates(run, "full", is_bm25=False, full_corpus=True, from_corpus=True)
+        return Candidates(run, "full", is_bm25=False, full_corpus=True, from_corpus=True, corpus_ids=frozenset(docnos))
     path = Path(spec).expanduser()
     if path.is_file():
         run = read_run(path)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from micebench.errors import MicebenchError
+
+log = logging.getLogger("micebench")
 
 #: the paper's MiniLM cross-encoder (Hugging Face hub)
 DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L12-v2"
@@ -113,22 +116,25 @@ def read_json(path: Path) -> Any:
 
 def read_sentence_transformers_config(name: str) -> dict[str, Any]:
     """max_seq_length, pooling (cls | mean) and normalisation from a sentence-transformers folder, when present."""
+    from micebench.models.checkpoints import config_field, json_list_of_objects, json_object
+
     source = resolve_model(name)
     info: dict[str, Any] = {}
     if not os.path.isdir(source):
         return info
     st_config = Path(source) / "sentence_bert_config.json"
     if st_config.is_file():
-        info["max_seq_length"] = read_json(st_config).get("max_seq_length")
+        info["max_seq_length"] = config_field(json_object(st_config), st_config, "max_seq_length", int, least=1)
     modules = Path(source) / "modules.json"
     if modules.is_file():
-        entries = read_json(modules)
+        entries = json_list_of_objects(modules)
         info["normalize"] = any(m.get("type", "").endswith("Normalize") for m in entries)
         pooling = next((m for m in entries if m.get("type", "").endswith("Pooling")), None)
         pooling_config = Path(source) / pooling.get("path", "") / "config.json" if pooling else None
         if pooling_config is not None and pooling_config.is_file():
-            modes = read_json(pooling_config)
-            info["pooling"] = "cls" if modes.get("pooling_mode_cls_token") else "mean"
+            modes = json_object(pooling_config)
+            cls_token = config_field(modes, pooling_config, "pooling_mode_cls_token", bool, default=False)
+            info["pooling"] = "cls" if cls_token else "mean"
     return info
 
 
@@ -179,6 +185,26 @@ def logits_to_scores(logits: Any) -> Any:
     if logits.shape[-1] == 2:
         return logits[:, 1] - logits[:, 0]
     raise MicebenchError(f"classifier has {logits.shape[-1]} labels; a ranker needs 1 or 2")
+
+
+def position_limit(config: Any) -> int | None:
+    """The most tokens a model reads: its position table (less RoBERTa's padding offset), None when unbounded."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
+        return None
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):  # positions start after pad
+        positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    return positions
+
+
+def capped_length(requested: int, config: Any, flag: str = "--max-length") -> int:
+    """`requested` tokens, capped to the model's position limit with a one-line note (a longer input would fail
+    inside the model on the first long document); runs within the limit are unchanged."""
+    limit = position_limit(config)
+    if limit is not None and requested > limit:
+        log.warning("%s %d is beyond the model's %d positions: capped to %d", flag, requested, limit, limit)
+        return limit
+    return requested
 
 
 def count_parameters(model: Any) -> int:

@@ -57,8 +57,12 @@ def load_mice(folder: str | Path) -> tuple[MiceModel, Any]:
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from micebench.models.checkpoints import check_mice_config, check_tokenizer_files
+
     folder = Path(resolve_model(str(folder)))
-    config = AutoConfig.from_pretrained(str(folder))
+    check_mice_config(folder)
+    check_tokenizer_files(folder)
+    config = load_pretrained(AutoConfig, str(folder))
     data = config.mice if isinstance(config.mice, dict) else dict(config.mice)
     mice = MiceConfig.from_dict({**data, "random_top_layers": False})
     skeleton = AutoModelForSequenceClassification.from_config(config)
@@ -69,4 +73,4 @@ def load_mice(folder: str | Path) -> tuple[MiceModel, Any]:
         reason = damaged_checkpoint_file(folder) or (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise MicebenchError(f"cannot load MICE weights from {folder}: {reason}") from None
     mice.random_top_layers = bool(data.get("random_top_layers", False))
-    return model.eval(), AutoTokenizer.from_pretrained(str(folder))
+    return model.eval(), load_pretrained(AutoTokenizer, str(folder))

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from micebench.errors import MicebenchError, UnknownNameError
+from micebench.fieldtypes import field_types, type_problem
 from micebench.progress import progress_bar
 from micebench.rankers.memory import oom_backoff
 
@@ -119,6 +120,12 @@ class Ranker(ABC):
 
     def check_ready_for_effectiveness(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise when the ranker should not be evaluated as is (e.g. an untrained MICE)."""
+
+    @classmethod
+    def check_before_load(cls, options: RankerOptions) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Raise, before any weights are fetched, when an effectiveness run with these options is certain to be
+        refused after loading (e.g. a MICE converted on the fly, hence untrained)."""
+        return None
 
     def effective_options(self) -> dict[str, Any]:
         """The options that took effect, defaults included (what manifests record)."""
@@ -454,6 +461,11 @@ def ranker_options(spec: str, **given: Any) -> RankerOptions:
             takes = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(declared)) or "no options"
             flag = f"--{key.replace('_', '-')}"
             raise MicebenchError(f"option {flag} does not apply to model {spec!r} (it takes {takes})")
+    types = field_types(cls.Options)
+    for key, value in given.items():
+        problem = type_problem(value, types[key])
+        if problem:
+            raise MicebenchError(f"--{key.replace('_', '-')} {problem}")
     for key, value in fixed.items():
         if key in given and given[key] != value:
             raise MicebenchError(f"--{key.replace('_', '-')} {given[key]} contradicts model name {spec!r}")

@@ -21,8 +21,10 @@ import numpy as np
 
 from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
+from micebench.models.checkpoints import check_family, config_field, damaged, json_list_of_objects, json_object
 from micebench.models.hf import (
     apply_tf32_choice,
+    capped_length,
     load_pretrained,
     model_facts,
     move_model,
@@ -31,7 +33,6 @@ from micebench.models.hf import (
     pick_device,
     pick_dtype,
     precision_facts,
-    read_json,
     resolve_model,
     scores_to_host,
     to_device,
@@ -41,6 +42,10 @@ from micebench.rankers.base import Benchmarkable, ModelOptions, Ranker, StoreBac
 from micebench.rankers.memory import oom_backoff
 
 STORE_MODE = "embeddings"
+#: PyLate's query and document prefixes (config_sentence_transformers.json keys) and their defaults
+PYLATE_PREFIXES = {"query_prefix": "[Q] ", "document_prefix": "[D] "}
+#: activations of a PyLate Dense module that colbert applies (torch.nn classes without arguments)
+DENSE_ACTIVATIONS = ("Identity", "Tanh", "ReLU", "GELU", "Sigmoid", "SiLU")
 
 
 def _read_tensor_file(folder: Path, names: tuple[str, ...]) -> dict[str, Any]:
@@ -116,6 +121,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         self._torch = torch
         self.checkpoint = options.checkpoint
         folder = _local_folder(self.checkpoint)
+        check_family(str(folder), self.name, own="colbert")
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype)
         apply_tf32_choice(self.device, self.dtype)  # before any model loads: a bad value fails fast
@@ -124,7 +130,13 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         self.encoder = load_pretrained(AutoModel, str(folder), attn_implementation="sdpa")
         hidden = self.encoder.config.hidden_size
         self.query_length, self.doc_length = options.query_length, options.doc_length
+        # PyLate's settings, at PyLate's defaults unless the checkpoint sets them
+        self.query_expansion, self.attend_to_expansion = True, False
+        self.skiplist_words: list[str] | None = None
+        self._bias, self._activation = None, "Identity"
         self.format, weight, markers = self._read_projection(folder)
+        self.query_length = capped_length(self.query_length, self.encoder.config, "--query-length")
+        self.doc_length = capped_length(self.doc_length, self.encoder.config, "--doc-length")
         if weight is None:
             generator = torch.Generator().manual_seed(0)
             weight = torch.randn(options.dim, hidden, generator=generator) * self.encoder.config.initializer_range
@@ -135,12 +147,17 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
             self.tokenizer.add_tokens([m for m in markers if self._missing(m)])
             if len(self.tokenizer) > self.encoder.get_input_embeddings().num_embeddings:
                 self.encoder.resize_token_embeddings(len(self.tokenizer))
-        self.projection = torch.nn.Linear(hidden, weight.shape[0], bias=False)
+        self.projection = torch.nn.Linear(hidden, weight.shape[0], bias=self._bias is not None)
         self.projection.weight.data.copy_(weight)
+        if self._bias is not None:
+            self.projection.bias.data.copy_(self._bias)
+        self.activation = getattr(torch.nn, self._activation)()
         self.q_marker, self.d_marker = (self._token_id(m) for m in markers)
-        self.skiplist = torch.tensor(
-            sorted({self._token_id(c) for c in string.punctuation} - {self.tokenizer.unk_token_id}), dtype=torch.long
-        )
+        if self.skiplist_words is None:
+            skipped = {self._token_id(c) for c in string.punctuation} - {self.tokenizer.unk_token_id}
+        else:  # as PyLate converts them: each word as one token (an unknown word skips [UNK])
+            skipped = {self.tokenizer.convert_tokens_to_ids(w) for w in self.skiplist_words} - {None}
+        self.skiplist = torch.tensor(sorted(skipped), dtype=torch.long)
         # stores are fingerprinted on the weights as loaded, so a bf16 run opens a store built in fp32
         self._fingerprint = self._weights_fingerprint() if options.precomputed and self.dtype != torch.float32 else None
         move_model(self.encoder, self.device, self.dtype)
@@ -149,26 +166,58 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         self.open_store(options.precomputed)
 
     def _read_projection(self, folder: Path) -> tuple[str, Any, tuple[str, str]]:
+        """The projection weight (its bias and activation set on self), lengths and markers of the checkpoint,
+        with PyLate's query and skiplist settings honoured as PyLate applies them."""
         modules = folder / "modules.json"
         if modules.is_file():  # PyLate / sentence-transformers layout
-            entries = read_json(modules)
-            dense = next((m for m in entries if m.get("type", "").endswith("Dense")), None)
-            if dense is not None:
-                state = _read_tensor_file(folder / dense["path"], ("model.safetensors", "pytorch_model.bin"))
-                weight = state.get("linear.weight")
+            denses = [m for m in json_list_of_objects(modules) if m.get("type", "").endswith("Dense")]
+            if len(denses) > 1:
+                raise MicebenchError(f"checkpoint {folder} has {len(denses)} Dense modules; colbert reads only one")
+            if denses:
+                dense_folder = folder / denses[0].get("path", "")
+                self._read_dense_config(dense_folder / "config.json")
+                state = _read_tensor_file(dense_folder, ("model.safetensors", "pytorch_model.bin"))
+                self._bias = state.get("linear.bias")
                 config = folder / "config_sentence_transformers.json"
-                st = read_json(config) if config.is_file() else {}
-                self.query_length = st.get("query_length", self.query_length)
-                self.doc_length = st.get("document_length", self.doc_length)
-                return "pylate", weight, (st.get("query_prefix", "[Q] "), st.get("document_prefix", "[D] "))
+                st = json_object(config) if config.is_file() else {}
+                self.query_length = config_field(st, config, "query_length", int, self.query_length, least=2)
+                self.doc_length = config_field(st, config, "document_length", int, self.doc_length, least=2)
+                self.query_expansion = config_field(st, config, "do_query_expansion", bool, True)
+                attend = config_field(st, config, "attend_to_expansion_tokens", bool, False)
+                self.attend_to_expansion = attend and self.query_expansion  # PyLate: no expansion, nothing to attend
+                words = config_field(st, config, "skiplist_words", list)
+                if words is not None and not all(isinstance(w, str) for w in words):
+                    raise damaged(config, "skiplist_words", "must be a list of strings")
+                self.skiplist_words = words
+                markers = tuple(config_field(st, config, key, str, default) for key, default in PYLATE_PREFIXES.items())
+                return "pylate", state.get("linear.weight"), markers  # type: ignore[return-value]
         state = _read_tensor_file(folder, ("model.safetensors", "pytorch_model.bin"))
         weight = state.get("linear.weight")
+        self._bias = state.get("linear.bias")
         metadata = folder / "artifact.metadata"
         if metadata.is_file():
-            meta = read_json(metadata)
-            self.query_length = meta.get("query_maxlen", self.query_length)
-            self.doc_length = meta.get("doc_maxlen", self.doc_length)
+            meta = json_object(metadata)
+            self.query_length = config_field(meta, metadata, "query_maxlen", int, self.query_length, least=2)
+            self.doc_length = config_field(meta, metadata, "doc_maxlen", int, self.doc_length, least=2)
         return ("colbertv2" if weight is not None else "bert"), weight, ("[unused0]", "[unused1]")
+
+    def _read_dense_config(self, path: Path) -> None:
+        """A PyLate Dense module's activation (Identity and the common torch ones) and residual (refused)."""
+        if not path.is_file():
+            return
+        config = json_object(path)
+        name = config_field(config, path, "activation_function", str, "torch.nn.modules.linear.Identity")
+        short = name.rsplit(".", 1)[-1]
+        if short not in DENSE_ACTIVATIONS:
+            raise MicebenchError(
+                f"checkpoint {path.parent.parent} sets an unsupported Dense activation_function {name!r} "
+                f"(colbert honours {', '.join(DENSE_ACTIVATIONS)})"
+            )
+        self._activation = short
+        if config_field(config, path, "use_residual", bool, False):
+            raise MicebenchError(
+                f"checkpoint {path.parent.parent} sets Dense use_residual, which colbert does not support"
+            )
 
     def _missing(self, token: str) -> bool:
         tid = self.tokenizer.convert_tokens_to_ids(token)
@@ -213,8 +262,13 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
             yield idx, self.host_batch(lists, idx)
 
     def query_tokens(self, queries: list[str]) -> tuple[Any, Any]:
-        """Ids (padding replaced by [MASK], ColBERT's query augmentation) and mask of `[CLS] [Q] query [SEP]`."""
+        """Ids (padding replaced by [MASK], ColBERT's query augmentation) and mask of `[CLS] [Q] query [SEP]`;
+        a PyLate checkpoint may attend to the [MASK] tokens, or turn the augmentation off (no [MASK] padding)."""
+        if not self.query_expansion:
+            return self.tokenize(queries, self.q_marker, self.query_length, pad_to_max=False)
         ids, mask = self.tokenize(queries, self.q_marker, self.query_length, pad_to_max=True)
+        if self.attend_to_expansion:
+            mask = self._torch.ones_like(mask)
         return ids.masked_fill(ids == self.tokenizer.pad_token_id, self.tokenizer.mask_token_id), mask
 
     def host_batch(self, lists: dict[str, list[list[int]]], rows: Any) -> dict[str, Any]:
@@ -225,7 +279,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     def embed(self, ids: Any, mask: Any) -> Any:
         """Projected, L2-normalised token embeddings (B, L, dim)."""
         hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        return self._torch.nn.functional.normalize(self.projection(hidden), p=2, dim=-1)
+        return self._torch.nn.functional.normalize(self.activation(self.projection(hidden)), p=2, dim=-1)
 
     def encode_query(self, query: str) -> Any:
         """(query_length, dim) embeddings; [MASK] padding is embedded (not attended to) and used in MaxSim."""
@@ -236,7 +290,10 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         fixed length, so batching them changes nothing)."""
         if any(not query.strip() for query in queries):
             raise MicebenchError("empty query text")
-        return self.embed(*self.query_tokens(queries))
+        ids, mask = self.query_tokens(queries)
+        if not self.query_expansion:  # padding of a batch of queries: zero vectors add nothing to MaxSim
+            return self.embed(ids, mask) * mask[..., None]
+        return self.embed(ids, mask)
 
     def embed_documents(self, ids: Any, mask: Any) -> tuple[Any, Any]:
         """(B, L, dim) embeddings of tokenised documents and the MaxSim mask (padding and punctuation excluded)."""
@@ -278,7 +335,10 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         return ["embeddings"], self.store_kind
 
     def _weights_fingerprint(self) -> str:
-        return weight_fingerprint(f"colbert|{self.doc_length}|{self.d_marker}", self.encoder, self.projection)
+        header = f"colbert|{self.doc_length}|{self.d_marker}"
+        if self._activation != "Identity" or self.skiplist_words is not None:  # documents they change
+            header += f"|{self._activation}|{self.skiplist.tolist()}"
+        return weight_fingerprint(header, self.encoder, self.projection)
 
     def store_fingerprint(self, mode: str) -> str:
         return self._fingerprint or self._weights_fingerprint()
@@ -307,7 +367,11 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         self.encoder.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         state = {k: v.contiguous() for k, v in self.encoder.state_dict().items()}
+        if self._activation != "Identity":
+            raise MicebenchError(f"a colbert with a {self._activation} projection cannot be saved as ColBERTv2")
         state["linear.weight"] = self.projection.weight.detach().contiguous()
+        if self.projection.bias is not None:
+            state["linear.bias"] = self.projection.bias.detach().contiguous()
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         (folder / "artifact.metadata").write_text(
             json.dumps({"query_maxlen": self.query_length, "doc_maxlen": self.doc_length})

@@ -11,9 +11,11 @@ import numpy as np
 
 from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
+from micebench.models.checkpoints import check_family
 from micebench.models.hf import (
     DEFAULT_CROSS_ENCODER,
     apply_tf32_choice,
+    capped_length,
     classifier_head,
     classifier_options,
     keep_fp32,
@@ -56,6 +58,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        check_family(options.checkpoint, self.name)  # a MICE or ColBERT checkpoint would lose weights silently
         self.checkpoint = options.checkpoint
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype)
@@ -74,6 +77,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
         )
         if self.dtype != torch.float32:  # scores from an fp32 head: bf16 logits would tie
             keep_fp32(*classifier_head(self.model))
+        self.max_length = options.max_length = capped_length(options.max_length, self.model.config)
         self._torch = torch
 
     def tokenize_pairs(self, queries: list[str], docs: list[str]) -> Any:

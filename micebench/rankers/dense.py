@@ -10,8 +10,10 @@ import pandas as pd
 
 from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
+from micebench.models.checkpoints import check_family
 from micebench.models.hf import (
     apply_tf32_choice,
+    capped_length,
     load_model,
     load_pretrained,
     model_facts,
@@ -50,6 +52,7 @@ class DenseRanker(Ranker):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        check_family(options.checkpoint, self.name)  # a MICE or ColBERT checkpoint would lose weights silently
         st_config = read_sentence_transformers_config(options.checkpoint)
         self.checkpoint = options.checkpoint
         self.device = pick_device(options.device)
@@ -61,6 +64,7 @@ class DenseRanker(Ranker):
         self.pooling = st_config.get("pooling", "mean")
         self.tokenizer = load_pretrained(AutoTokenizer, self.checkpoint)
         self.model = load_model(AutoModel, self.checkpoint, self.device, self.dtype, attn_implementation="sdpa")
+        self.max_length = capped_length(self.max_length, self.model.config)
         self._torch = torch
         #: (doc ids, their embeddings, query ids, theirs) of the frame given to `prepare`
         self._prepared: tuple[Any, ...] | None = None

@@ -12,9 +12,11 @@ import numpy as np
 
 from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
+from micebench.models.checkpoints import check_family
 from micebench.models.hf import (
     DEFAULT_CROSS_ENCODER,
     apply_tf32_choice,
+    capped_length,
     keep_fp32,
     logits_to_scores,
     model_facts,
@@ -24,6 +26,7 @@ from micebench.models.hf import (
     pad_rows,
     pick_device,
     pick_dtype,
+    position_limit,
     precision_facts,
     scores_to_host,
     to_device,
@@ -32,6 +35,7 @@ from micebench.rankers.base import (
     Benchmarkable,
     ModelOptions,
     Ranker,
+    RankerOptions,
     StoreBacked,
     Trainable,
     register_ranker,
@@ -42,6 +46,16 @@ from micebench.rankers.memory import oom_backoff
 _SHAPE = re.compile(r"^mice-l(\d+)\+(\d+)$")
 #: `mice` without a shape: the paper's headline model, MICE-l4+3
 DEFAULT_SHAPE = (4, 3)
+
+
+def untrained_error(label: str, source: str | None) -> MicebenchError:
+    """The refusal of an untrained MICE for an effectiveness run, with the commands that train it."""
+    return MicebenchError(
+        f"{label} is untrained (converted from {source}) and ranks poorly: train it with `micebench train "
+        f"--model {label} --init {source} --train msmarco-passage/train --teacher ce --output "
+        f"checkpoints/{label}` and run with --checkpoint checkpoints/{label}/best (offline: `make train-demo` "
+        "trains mice-l2+2 on SciFact), or pass --untrained to run it as it is"
+    )
 
 
 @dataclass
@@ -81,6 +95,7 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
 
         self._torch = torch
         checkpoint = options.checkpoint
+        check_family(checkpoint, self.name, own="mice")
         if is_mice_checkpoint(checkpoint):
             self.model, self.tokenizer = load_mice(checkpoint)
             shape = (self.model.mice.merge_layer, self.model.mice.top_layers)
@@ -100,11 +115,13 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
                 doc_max_length=options.max_length,
             )
             self.model, self.tokenizer = convert_cross_encoder(checkpoint or DEFAULT_CROSS_ENCODER, config)
+        mice = self.model.mice
         if options.query_max_length is not None:
-            self.model.mice.query_max_length = options.query_max_length
-        positions = getattr(self.model.config, "max_position_embeddings", None)
-        if positions and self.model.mice.query_max_length > positions:
-            self.model.mice.query_max_length = int(positions)
+            mice.query_max_length = capped_length(options.query_max_length, self.model.config, "--query-max-length")
+        limit = position_limit(self.model.config)
+        if limit is not None:  # the defaults (512) are the model's own budget, capped without a note
+            mice.query_max_length = min(mice.query_max_length, limit)
+        mice.doc_max_length = capped_length(mice.doc_max_length, self.model.config)
         self.checkpoint = checkpoint or DEFAULT_CROSS_ENCODER
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype)
@@ -142,13 +159,20 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
 
     def check_ready_for_effectiveness(self) -> None:
         if not self.mice.trained and not self.untrained:
-            label, source = self.mice.label(), self.mice.source_checkpoint
-            raise MicebenchError(
-                f"{label} is untrained (converted from {source}) and ranks poorly: train it with `micebench train "
-                f"--model {label} --init {source} --train msmarco-passage/train --teacher ce --output "
-                f"checkpoints/{label}` and run with --checkpoint checkpoints/{label}/best (offline: `make train-demo` "
-                "trains mice-l2+2 on SciFact), or pass --untrained to run it as it is"
+            raise untrained_error(self.mice.label(), self.mice.source_checkpoint)
+
+    @classmethod
+    def check_before_load(cls, options: RankerOptions) -> None:
+        """A MICE converted on the fly is untrained for certain: refuse it before any weights are fetched."""
+        from micebench.models.mice_io import is_mice_checkpoint
+
+        assert isinstance(options, MiceOptions)
+        if not options.untrained and not is_mice_checkpoint(options.checkpoint):
+            shape = (
+                DEFAULT_SHAPE[0] if options.merge_layer is None else options.merge_layer,
+                DEFAULT_SHAPE[1] if options.top_layers is None else options.top_layers,
             )
+            raise untrained_error(f"mice-l{shape[0]}+{shape[1]}", options.checkpoint or DEFAULT_CROSS_ENCODER)
 
     def effective_options(self) -> dict[str, Any]:
         """The declared options, with the shape and attention options the model really has."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from dataclasses import dataclass, field
@@ -192,7 +193,9 @@ def _header(table: EffectivenessTable) -> list[str]:
 
 
 def md_escape(text: str) -> str:
-    """Text safe in a Markdown table cell: backslash and `|` escaped, line breaks written as `<br>`."""
+    """Text safe in a Markdown table cell: HTML escaped (as the HTML report escapes it), backslash and `|`
+    escaped, line breaks written as `<br>`."""
+    text = html.escape(text, quote=False)
     return re.sub(r"\r\n|\r|\n", "<br>", text.replace("\\", "\\\\").replace("|", "\\|"))
 
 
@@ -279,7 +282,6 @@ def to_csv(table: EffectivenessTable) -> str:
 
 
 def to_html(table: EffectivenessTable, show_std: bool = False) -> str:
-    import html
 
     best = table.best()
     head = "".join(f"<th>{html.escape(h)}</th>" for h in _header(table))

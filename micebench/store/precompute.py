@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from micebench.atomic import write_fault
 from micebench.data.base import Dataset, chunked
-from micebench.errors import MicebenchError
+from micebench.errors import EnvironmentFault, MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.progress import progress_bar
 from micebench.store.document_store import StoreWriter, open_index
@@ -345,13 +346,15 @@ def _failed(writer: StoreWriter, error: BaseException) -> BaseException:
     """The error to raise after a failed precompute: the partial store is kept (and named) only if resumable."""
     writer.discard()
     if not writer.partial.is_dir():
-        if isinstance(error, OSError):
-            return MicebenchError(f"cannot write the store {writer.folder}: {error}")
+        if isinstance(error, OSError):  # a machine fault (full or read-only disk): exit 1, as for `run`
+            return write_fault(writer.folder, error)
         return error
     shards = len(writer.done_chunks())
     hint = f"{shards} finished shards are kept in {writer.partial}; rerun with --resume to continue"
-    if isinstance(error, (MicebenchError, OSError)):
-        return MicebenchError(f"{error}; {hint}")
+    if isinstance(error, OSError):
+        return EnvironmentFault(f"{write_fault(writer.folder, error)}; {hint}")
+    if isinstance(error, MicebenchError):
+        return type(error)(f"{error}; {hint}")
     if isinstance(error, KeyboardInterrupt):
         log.warning(hint)
     else:

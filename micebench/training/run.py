@@ -156,6 +156,37 @@ def build_training_set(config: TrainConfig, data_dir: str | None, split: str | N
     return training
 
 
+def check_training_numbers(
+    config: TrainConfig, seeds: int = 1, max_minutes: float | None = None, warmup_given: bool = False
+) -> None:
+    """Every numeric training option in its range, in one line naming the option, before any data or model work
+    (a negative learning rate would otherwise fail inside torch's optimiser after the model has loaded).
+
+    A warm-up longer than the run is refused when given; the default (5000) is capped to --steps, as ever."""
+    import math
+
+    whole = {
+        "--steps": (config.steps, 1),
+        "--batch-size": (config.batch_size, 1),
+        "--grad-accumulation": (config.grad_accumulation, 1),
+        "--seeds": (seeds, 1),
+        "--warmup": (config.warmup, 0),
+        "--negatives": (config.negatives_per_query, 1),
+        "--group-size": (config.group_size, 2),
+        "--validate-top-k": (config.validate_top_k, 1),
+        "--every": (config.every, 1),
+    }
+    for flag, (value, least) in whole.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise MicebenchError(f"{flag} must be a whole number of at least {least} (got {value!r})")
+    if warmup_given and config.warmup > config.steps:
+        raise MicebenchError(f"--warmup {config.warmup} is longer than --steps {config.steps}")
+    if not (isinstance(config.lr, int | float) and math.isfinite(config.lr) and config.lr > 0):
+        raise MicebenchError(f"--lr must be a finite number above 0 (got {config.lr!r})")
+    if max_minutes is not None and not (math.isfinite(max_minutes) and max_minutes > 0):
+        raise MicebenchError(f"--max-minutes must be a finite number above 0 (got {max_minutes!r})")
+
+
 def train_models(
     config: TrainConfig,
     seeds: int = 1,
@@ -163,14 +194,14 @@ def train_models(
     max_minutes: float | None = None,
     data_dir: str | None = None,
     split: str | None = None,
+    warmup_given: bool = False,
 ) -> list[Path]:
     """Train one model per seed (seed, seed+1, ...); with several seeds each goes to `<output>/seed-<s>/`."""
     from micebench.data import load_dataset
     from micebench.pipeline import seed_everything
 
     student_options(config)  # the model can be trained and takes every option given, before any other check
-    if config.steps < 1 or config.batch_size < 1 or config.grad_accumulation < 1:
-        raise MicebenchError("--steps, --batch-size and gradient accumulation must be at least 1")
+    check_training_numbers(config, seeds, max_minutes, warmup_given)
     if config.loss == "margin-mse" and not (config.teacher or config.teacher_scores):
         raise MicebenchError("margin-mse needs --teacher (a ranker spec) or --teacher-scores (a TSV file)")
     validator = None

@@ -1,0 +1,160 @@
+"""Checkpoint folders checked before any weights load: the family they belong to, their tokenizer files, and the
+type and range of every field micebench reads from their config files ("damaged checkpoint config" otherwise)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from micebench.errors import DataError, MicebenchError
+from micebench.models.hf import read_json, resolve_model
+
+#: files any one of which gives a tokenizer (fast tokenizers, WordPiece, BPE, SentencePiece)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+#: the model names of each family, for the refusal of a checkpoint of another family
+FAMILY_MODELS = {"mice": "--model mice", "colbert": "--model colbert"}
+
+
+def local_folder(name: str | None) -> Path | None:
+    """The checkpoint's local folder, or None for a hub id (checked by the hub's own loader)."""
+    if not name:
+        return None
+    source = Path(resolve_model(name))
+    return source if source.is_dir() else None
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    """Refuse a checkpoint folder with no tokenizer (transformers would fall back to a 5-token vocabulary, where
+    every word is [UNK], and the run would give a nonsense score)."""
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise DataError(f"checkpoint {folder} has no tokenizer: none of {', '.join(TOKENIZER_FILES)} is there")
+
+
+def _safetensors_keys(path: Path) -> set[str]:
+    """Tensor names in a safetensors file's header (nothing when it cannot be read: loading names that)."""
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            return set(json.loads(handle.read(length))) - {"__metadata__"}
+    except (OSError, ValueError):
+        return set()
+
+
+def checkpoint_family(folder: Path) -> str | None:
+    """`mice` (config.json carries "mice"), `colbert` (a PyLate or ColBERTv2 layout), or None (a plain model)."""
+    config, modules = folder / "config.json", folder / "modules.json"
+    try:  # a file that is not JSON is named by the loader, as ever
+        data = read_json(config) if config.is_file() else None
+        entries = read_json(modules) if modules.is_file() else None
+    except MicebenchError:
+        return None
+    if isinstance(data, dict) and "mice" in data:
+        return "mice"
+    if entries is not None:
+        types = [str(m.get("type", "")) for m in entries if isinstance(m, dict)] if isinstance(entries, list) else []
+        if any(t.startswith("pylate") for t in types):
+            return "colbert"
+    if (folder / "artifact.metadata").is_file() or "linear.weight" in _safetensors_keys(folder / "model.safetensors"):
+        return "colbert"
+    return None
+
+
+def check_family(checkpoint: str | None, model: str, own: str | None = None) -> Path | None:
+    """Refuse a checkpoint of another family than `model`'s (`own`: the family it may also read; a plain model
+    is read by every family), naming the family it is; returns the local folder, tokenizer checked."""
+    folder = local_folder(checkpoint)
+    if folder is None:
+        return None
+    family = checkpoint_family(folder)
+    if family is not None and family != own:
+        raise DataError(
+            f"checkpoint {checkpoint} is a {family} checkpoint, not one for --model {model} "
+            f"(load it with {FAMILY_MODELS[family]})"
+        )
+    check_tokenizer_files(folder)
+    return folder
+
+
+# -- fields of checkpoint configs -----------------------------------------------------------------------------
+
+
+def damaged(path: Path, field: str, problem: str) -> MicebenchError:
+    """The one-line error of a config field of the wrong type or out of range."""
+    return DataError(f"damaged checkpoint config: {path}: {field} {problem}")
+
+
+def config_field(
+    data: Mapping[str, Any],
+    path: Path,
+    field: str,
+    kind: type | tuple[type, ...],
+    default: Any = None,
+    required: bool = False,
+    least: int | None = None,
+    name: str | None = None,
+) -> Any:
+    """`data[field]` checked for its type (bool is not a number) and lower bound; `default` when absent (`name`:
+    how the error names the field, when not `field`)."""
+    label = name or field
+    if field not in data or data[field] is None:
+        if required:
+            raise damaged(path, label, "is missing")
+        return default
+    value = data[field]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        names = " or ".join("whole number" if k is int else k.__name__ for k in kinds)
+        raise damaged(path, label, f"must be a {names} (got {value!r})")
+    if least is not None and value < least:
+        raise damaged(path, label, f"must be at least {least} (got {value!r})")
+    return value
+
+
+def json_object(path: Path) -> dict[str, Any]:
+    """A config file that must hold a JSON object."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise damaged(path, "(top level)", f"must be a JSON object (got {type(data).__name__})")
+    return data
+
+
+def json_list_of_objects(path: Path) -> list[dict[str, Any]]:
+    """A config file that must hold a list of JSON objects (modules.json)."""
+    data = read_json(path)
+    if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
+        raise damaged(path, "(top level)", "must be a list of objects")
+    for i, entry in enumerate(data):
+        for key in ("type", "path"):
+            if key in entry and not isinstance(entry[key], str):
+                raise damaged(path, f"[{i}].{key}", f"must be a str (got {entry[key]!r})")
+    return data
+
+
+#: the "mice" entry of a MICE checkpoint's config.json: type, lower bound, required
+MICE_FIELDS: dict[str, tuple[type | tuple[type, ...], int | None, bool]] = {
+    "merge_layer": (int, 1, True),
+    "top_layers": (int, 1, True),
+    "top_self_attention": (bool, None, False),
+    "query_attends_cls": (bool, None, False),
+    "cls_attends_document": (bool, None, False),
+    "random_top_layers": (bool, None, False),
+    "query_max_length": (int, 1, False),
+    "doc_max_length": (int, 1, False),
+    "trained": (bool, None, False),
+    "source_num_layers": (int, 1, False),
+    "source_checkpoint": (str, None, False),
+}
+
+
+def check_mice_config(folder: Path) -> dict[str, Any]:
+    """The "mice" entry of a MICE checkpoint's config.json, every field typed and ranged."""
+    path = folder / "config.json"
+    data = json_object(path).get("mice")
+    if not isinstance(data, dict):
+        raise damaged(path, "mice", f"must be an object (got {data!r})")
+    for field, (kind, least, required) in MICE_FIELDS.items():
+        config_field(data, path, field, kind, required=required, least=least, name=f"mice.{field}")
+    config_field(json_object(path), path, "num_hidden_layers", int, least=1)
+    return data

@@ -13,7 +13,7 @@ export IR_DATASETS_HOME ?= $(CURDIR)/.cache/ir_datasets
 export TOKENIZERS_PARALLELISM ?= false
 DEMO_RESULTS ?= results/demo
 
-.PHONY: install test test-fast demo lint bench bench-scale train-demo paper-mini clean
+.PHONY: install test test-fast docs demo lint bench bench-scale train-demo paper-mini clean
 
 $(BIN)/micebench: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The documentation site (docs/, mkdocs.yml): fails on a broken link, a missing API object or a warning.
+docs: install
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 lint: install
 	$(BIN)/ruff check micebench tests benchmarks

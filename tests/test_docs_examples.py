@@ -2,7 +2,8 @@
 
 A shell block is preceded by a marker comment: `<!-- example: runnable -->` (run here, offline, on the local
 mirror and the packaged model), `<!-- example: runnable slow -->` (the same, marked slow), or
-`<!-- example: network -->` / `<!-- example: gpu -->` (needs what its name says; not run). A page's runnable
+`<!-- example: network -->` / `<!-- example: gpu -->` (needs what its name says; not run), or
+`<!-- example: setup -->` (README's `make demo` / `make test`, which install; CI runs `make test` itself). A page's runnable
 blocks run in order, in one fresh temporary folder, so a later block may use what an earlier one wrote.
 """
 
@@ -22,7 +23,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S)
 MARKER = re.compile(r"<!--\s*example:\s*(?P<kind>[\w ]+?)\s*-->\s*$")
 SHELL = {"bash", "sh", "shell", "console"}
-KINDS = {"runnable", "runnable slow", "network", "gpu"}
+KINDS = {"runnable", "runnable slow", "network", "gpu", "setup"}
 
 
 def shell_blocks(page: Path) -> list[tuple[str, str, int]]:
@@ -72,8 +73,8 @@ def test_runnable_examples_run_offline(page: Path, tmp_path: Path, data_dir: Pat
         "IR_DATASETS_HOME": str(tmp_path / ".irds"),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
-        "MICEBENCH_SOURCE": str(ROOT),  # examples that read files of the project (benchmarks/*.toml)
     }
+    (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks")  # examples that run the project's scripts
     done = subprocess.run(
         ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False
     )

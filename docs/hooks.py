@@ -45,7 +45,6 @@ def options_page() -> str:
 
 def cli_page() -> str:
     """Every command of `micebench` with its options, types, defaults and help, from the Typer app."""
-    import click
     import typer
 
     from micebench.cli import app
@@ -58,8 +57,8 @@ def cli_page() -> str:
         "",
     ]
 
-    def walk(command: click.Command, path: list[str]) -> None:
-        if isinstance(command, click.Group):
+    def walk(command: Any, path: list[str]) -> None:
+        if hasattr(command, "commands"):  # a group (typer's own click-compatible classes)
             for name in sorted(command.commands):
                 walk(command.commands[name], [*path, name])
             if path:
@@ -69,13 +68,12 @@ def cli_page() -> str:
         lines.extend([f"## `micebench {' '.join(path)}`", "", _cell((command.help or "").strip()), ""])
         params = [p for p in command.params if p.name != "help"]
         if params:
-            lines += ["| option | type | default | help |", "|---|---|---|---|"]
+            lines.extend(["| option | default | help |", "|---|---|---|"])
         for p in params:
-            names = ", ".join(f"`{o}`" for o in (p.opts if isinstance(p, click.Option) else [p.name or ""]))
+            names = ", ".join(f"`{o}`" for o in (getattr(p, "opts", None) or [p.name or ""]))
             default = "" if p.default is None or callable(p.default) else f"`{_cell(p.default)}`"
-            kind = _cell(p.type.name if hasattr(p.type, "name") else p.type)
             help_text = _cell(getattr(p, "help", "") or "")
-            lines.append(f"| {names} | {kind} | {default} | {help_text} |")
+            lines.append(f"| {names} | {default} | {help_text} |")
         lines.append("")
 
     walk(root, [])

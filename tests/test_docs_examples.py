@@ -3,8 +3,8 @@
 A shell block is preceded by a marker comment: `<!-- example: runnable -->` (run here, offline, on the local
 mirror and the packaged model), `<!-- example: runnable slow -->` (the same, marked slow), or
 `<!-- example: network -->` / `<!-- example: gpu -->` (needs what its name says; not run), or
-`<!-- example: setup -->` (README's `make demo` / `make test`, which install; CI runs `make test` itself). A page's runnable
-blocks run in order, in one fresh temporary folder, so a later block may use what an earlier one wrote.
+`<!-- example: setup -->` (README's `make demo` / `make test`, which install; CI runs `make test` itself). A page's
+runnable blocks run in order, in one fresh temporary folder, so a later block may use what an earlier one wrote.
 """
 
 from __future__ import annotations
@@ -62,9 +62,8 @@ def _runnable_pages() -> list:
 
 @pytest.mark.parametrize("page", _runnable_pages())
 def test_runnable_examples_run_offline(page: Path, tmp_path: Path, data_dir: Path):
-    script = "set -euo pipefail\n" + "\n".join(
-        f"echo '--- {page.name}:{line}'\n{body}" for kind, body, line in shell_blocks(page) if kind.startswith("runnable")
-    )
+    runnable = [(body, line) for kind, body, line in shell_blocks(page) if kind.startswith("runnable")]
+    script = "set -euo pipefail\n" + "\n".join(f"echo '--- {page.name}:{line}'\n{body}" for body, line in runnable)
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",

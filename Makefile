@@ -12,6 +12,8 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 export IR_DATASETS_HOME ?= $(CURDIR)/.cache/ir_datasets
 export TOKENIZERS_PARALLELISM ?= false
 DEMO_RESULTS ?= results/demo
+# The tests cover the optional NanoBEIR and PyTerrier parts too (they skip where an extra is absent).
+EXTRAS ?= dev,nanobeir,pyterrier
 
 .PHONY: install test test-fast demo lint bench bench-scale train-demo clean
 
@@ -19,7 +21,7 @@ $(BIN)/micebench: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(BIN)/micebench
 
 install: $(BIN)/micebench

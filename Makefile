@@ -12,6 +12,8 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 export IR_DATASETS_HOME ?= $(CURDIR)/.cache/ir_datasets
 export TOKENIZERS_PARALLELISM ?= false
 DEMO_RESULTS ?= results/demo
+# The tests cover the optional NanoBEIR and PyTerrier parts too (they skip where an extra is absent).
+EXTRAS ?= dev,nanobeir,pyterrier
 
 .PHONY: install test test-fast docs demo lint bench bench-scale train-demo paper-mini clean
 
@@ -19,7 +21,7 @@ $(BIN)/micebench: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(BIN)/micebench
 
 install: $(BIN)/micebench
@@ -32,7 +34,7 @@ test-fast: install
 
 # The documentation site (docs/, mkdocs.yml): fails on a broken link, a missing API object or a warning.
 docs: install
-	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS),docs]"
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 lint: install

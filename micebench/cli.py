@@ -8,7 +8,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from micebench.errors import EnvironmentFault, MicebenchError
+
+if TYPE_CHECKING:
+    from micebench.pipeline import RunConfig, RunResult
 
 app = typer.Typer(
     name="micebench",
@@ -137,6 +140,11 @@ def run(
         resume=resume,
         chunk_queries=chunk_queries,
     )
+    from micebench.suites import is_suite
+
+    if is_suite(dataset):
+        _run_suite(config)
+        return
     result = run_experiment(config)
     if result is None:  # a non-zero torchrun rank: rank 0 reports
         return
@@ -152,6 +160,23 @@ def run(
         f"({result.manifest['first_stage']['source']}); re-ranking {timing['rerank_s']:.1f}s; "
         f"written to {result.folder}"
     )
+
+
+def _run_suite(config: RunConfig) -> None:
+    """`run --dataset nanobeir`: each member's first measures as it finishes, then where `report` adds the mean."""
+    from micebench.results import slug
+    from micebench.suites import run_suite
+
+    def announce(run: RunConfig, result: RunResult | None) -> None:
+        if result is None:
+            out().print(f"{run.dataset}: finished result kept (use --overwrite to redo it)", markup=False)
+            return
+        means = ", ".join(f"{k} {v:.4f}" for k, v in list(result.evaluation.means.items())[:2])
+        out().print(f"{run.dataset} · {run.ranker_label()}: {means}", markup=False)
+
+    results = run_suite(config, announce)
+    folder = Path(config.output) / slug(config.dataset)
+    out().print(f"{len(results)} runs done; `micebench report --results {folder}` adds the mean", markup=False)
 
 
 def _run_experiment_file(

@@ -22,7 +22,7 @@ import pandas as pd
 from micebench.data import Dataset, load_dataset
 from micebench.data.trec import Run, ranked
 from micebench.errors import DataError, MicebenchError
-from micebench.evaluation import DEFAULT_MEASURES, Evaluation, evaluate
+from micebench.evaluation import DEFAULT_MEASURES, Evaluation
 from micebench.firststage.candidates import Candidates, first_stage
 from micebench.frames import candidates_frame, check_queries, refuse_absent_candidates, warn_absent_judged
 from micebench.rankers.base import Ranker, ranker_options, resolve_ranker
@@ -413,7 +413,7 @@ def run_stages(
         raise
 
     t0 = time.perf_counter()
-    evaluation = evaluate(dataset.qrels(), run, config.measures, rel_level=dataset.relevance_level)
+    evaluation = dataset.evaluate(run, config.measures)
     timings["evaluate_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from micebench.data.facts import DatasetFacts
 from micebench.data.trec import Qrels, Run
+
+if TYPE_CHECKING:
+    from micebench.evaluation.measures import Evaluation
 
 
 def join_title(title: str | None, text: str | None) -> str:
@@ -75,6 +79,17 @@ class Dataset(ABC):
     def candidates(self, name: str) -> Run:
         """A shipped first-stage run by name."""
         raise KeyError(name)
+
+    def rerank_set(self, run: Run) -> Run:
+        """The candidates a collection's protocol re-ranks, given the first stage's top-k (the run itself; NanoBEIR's
+        evaluator protocol adds the judged positives)."""
+        return run
+
+    def evaluate(self, run: Run, measures: Sequence[str]) -> Evaluation:
+        """Evaluate a run on this collection's judgements (ranx; a protocol may compute a measure its own way)."""
+        from micebench.evaluation.measures import evaluate
+
+        return evaluate(self.qrels(), run, measures, rel_level=self.relevance_level)
 
     def fingerprint(self) -> str:
         """A string that changes when the corpus changes; keys on-disk caches such as BM25 indexes."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from micebench.data.base import Dataset
 from micebench.data.facts import DatasetFacts
 from micebench.data.local import LocalBeirDataset, is_beir_folder
+from micebench.data.nanobeir import NANO_SETS, NanoBeirDataset, nano_set
 from micebench.errors import DataError, UnknownNameError
 
 DATA_DIR_ENV = "MICEBENCH_DATA"
@@ -101,6 +102,9 @@ def where(name: str, data_dir_path: Path | None = None) -> tuple[str, str]:
         return "local", str(path.resolve())
     if _looks_like_path(name):
         raise DataError(f"dataset folder not found: {name}")
+    nano = nano_set(name)
+    if nano is not None:
+        return "huggingface", nano[0].hub_id
     short = SHORT_NAMES.get(name)
     if data_dir_path is not None:
         for folder in short.mirror_folders if short else (name,):
@@ -116,7 +120,7 @@ def where(name: str, data_dir_path: Path | None = None) -> tuple[str, str]:
     known = ", ".join(SHORT_NAMES)
     raise UnknownNameError(
         f"unknown dataset {name!r}: not a folder, not in the data directory, not an ir_datasets id "
-        f"(short names: {known})"
+        f"(short names: {known}; NanoBEIR: nano-<set>[@evaluator] for {', '.join(NANO_SETS)})"
     )
 
 
@@ -144,6 +148,11 @@ def load_dataset(name: str, data_dir_path: str | Path | None = None, split: str 
     """Resolve a dataset name (path, short name, mirror folder or ir_datasets id) and open it with its facts."""
     kind, target = where(name, data_dir(data_dir_path))
     label = dataset_label(name)
+    nano = nano_set(name) if kind == "huggingface" else None
+    if nano is not None:
+        if split is not None:
+            raise DataError("--split applies to local folders; NanoBEIR sets have one split")
+        return NanoBeirDataset(*nano, name=label)
     if kind == "local":
         dataset: Dataset = LocalBeirDataset(target, split=split, name=label)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -36,14 +36,18 @@ class Evaluation:
     per_query: dict[str, dict[str, float]]  # measure -> qid -> value
     rel_level: int
     num_queries: int
+    #: measures computed otherwise than by ranx, and by what (a collection's protocol, e.g. NanoBEIR's evaluator)
+    sources: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
+        extra = {"computed_otherwise": self.sources} if self.sources else {}
         return {
             "measures": self.means,
             "num_queries": self.num_queries,
             "binary_relevance_level": self.rel_level,
             "ndcg_gain": "linear (trec_eval)",
             "evaluator": "ranx",
+            **extra,
         }
 
 

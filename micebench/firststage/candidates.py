@@ -34,7 +34,15 @@ def _top(run: Run, qids: set[str], k: int) -> Run:
 
 
 def first_stage(dataset: Dataset, spec: str, top_k: int) -> Candidates:
-    """Candidates for the judged queries of `dataset` according to `spec` (see FIRST_STAGE_HELP)."""
+    """Candidates for the judged queries of `dataset` according to `spec` (see FIRST_STAGE_HELP), completed as the
+    collection's protocol says (`Dataset.rerank_set`)."""
+    candidates = _first_stage(dataset, spec, top_k)
+    if not candidates.full_corpus:
+        candidates.run = dataset.rerank_set(candidates.run)
+    return candidates
+
+
+def _first_stage(dataset: Dataset, spec: str, top_k: int) -> Candidates:
     if top_k < 1:
         raise DataError(f"--top-k must be at least 1 (got {top_k})")
     judged = set(dataset.judged_queries())

@@ -29,6 +29,7 @@ class Collection:
     groups: dict[str, str]  # dataset -> "ID" | "OOD"
     skipped: list[str] = field(default_factory=list)
     experiment_rankers: list[str] = field(default_factory=list)  # experiment.json's rankers, in its order
+    group_names: dict[str, str] = field(default_factory=dict)  # "OOD" -> "nanobeir (rerank)": its mean column's name
     folder: Path | None = None  # the group folder the results were read from
     slug: str = ""  # the group's report folder name
 
@@ -161,7 +162,9 @@ def collect_folders(
     runs_frame = pd.DataFrame(runs)
     groups = {d: _group(d, index) for d in runs_frame.get("dataset", pd.Series(dtype=str)).unique()}
     latency_rows = _read_latency(latency, skipped)
-    return Collection(perquery, runs_frame, latency_rows, groups, skipped, list(index.get("rankers", {})))
+    names = index.get("group_names")
+    names = {str(k): str(v) for k, v in names.items()} if isinstance(names, dict) else {}
+    return Collection(perquery, runs_frame, latency_rows, groups, skipped, list(index.get("rankers", {})), names)
 
 
 def collect_group(group: ResultGroup, root: str | Path) -> Collection:

@@ -138,7 +138,8 @@ def effectiveness_table(
     )
     seeds = per_seed.groupby("ranker").apply(lambda s: s.index.get_level_values("seed").nunique()).to_dict()
     columns = list(datasets)
-    for group, label in (("ID", "ID avg"), ("OOD", "OOD avg")):
+    for group in ("ID", "OOD"):
+        label = f"{collection.group_names.get(group, group)} avg"
         members = [d for d in datasets if groups.get(d) == group]
         if members:
             mean[label] = mean[members].mean(axis=1, skipna=False)

@@ -283,8 +283,25 @@ class Trainer:
         tmp.mkdir(parents=True)
         self.student.save_checkpoint(tmp)
         (tmp / "micebench_training.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        self.write_card(tmp, self.step, value, [*self.history, {"step": self.step, "validation": value}])
         shutil.rmtree(self.output / "best", ignore_errors=True)
         os.replace(tmp, self.output / "best")
+
+    def write_card(self, folder: Path, step: int, value: float | None, history: list[dict[str, Any]]) -> None:
+        """The checkpoint's model card (README.md): recipe, validation curve up to now, how to load it."""
+        from micebench.training.model_card import CardFacts, write_model_card
+
+        facts = CardFacts(
+            family=self.student.name,  # type: ignore[attr-defined]
+            step=step,
+            value=value,
+            measure=getattr(self.validator, "measure", "nDCG@10"),
+            validation=self.config.validate,
+            history=history,
+            training_set=self.training.source,
+            triples=len(self.training.triples),
+        )
+        write_model_card(folder, asdict(self.config), facts, self.output.resolve().name)
 
     def write_curves(self) -> None:
         """curves.csv and curves.png (loss, learning rate, validation) in the output folder."""
@@ -292,6 +309,10 @@ class Trainer:
 
         if not self.history:
             return
+        best = self.output / "best" / "micebench_training.json"
+        if best.is_file():  # the best checkpoint's card gets the whole validation curve
+            meta = json.loads(best.read_text(encoding="utf-8"))
+            self.write_card(best.parent, meta["step"], meta["validation"], self.history)
         frame = pd.DataFrame(self.history)
         frame.to_csv(self.output / "curves.csv", index=False)
         import matplotlib
@@ -317,7 +338,6 @@ class Trainer:
 def make_validator(dataset: Any, top_k: int) -> Any:
     """A function student -> the dataset's validation measure (its registry says: nDCG@10, RR@10 for MS MARCO dev)
     on its first-stage top-k."""
-    from micebench.evaluation import evaluate
     from micebench.firststage.candidates import first_stage
     from micebench.frames import candidates_frame, frame_to_run
 
@@ -330,7 +350,8 @@ def make_validator(dataset: Any, top_k: int) -> Any:
         student.trainable_module().eval()
         with torch.inference_mode():
             ranked = student.rerank(frame)
-        value = evaluate(dataset.qrels(), frame_to_run(ranked), [measure], dataset.relevance_level).means[measure]
+        value = dataset.evaluate(frame_to_run(ranked), [measure]).means[measure]
         return value if not math.isnan(value) else 0.0
 
+    validate.measure = measure  # type: ignore[attr-defined]  # named in the model card
     return validate

@@ -134,7 +134,9 @@ class LatencyBench:
         self.load = LoadMeter(os.cpu_count() or 1, self.threads)
 
     def _random_checkpoint(self, arch: str) -> str:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        """A random encoder of `arch` with the packaged tokenizer, in a temporary folder; saved without a classifier
+        head (the cross-encoders give themselves a fresh one) so that no timed model leaves weights unused."""
+        from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         from micebench.models.hf import resolve_model
@@ -144,7 +146,7 @@ class LatencyBench:
         config = architecture_config(arch)
         torch.manual_seed(self.config.seed)
         self._tmp = tempfile.TemporaryDirectory(prefix="micebench-latency-")
-        AutoModelForSequenceClassification.from_config(config).save_pretrained(self._tmp.name)
+        AutoModel.from_config(config).save_pretrained(self._tmp.name)
         AutoTokenizer.from_pretrained(resolve_model("minilm-l6")).save_pretrained(self._tmp.name)
         return self._tmp.name
 

@@ -523,6 +523,9 @@ def latency(
     ] = False,
     docs_per_query: Annotated[int, typer.Option(help="Candidates per query for the per-query latency.")] = 1000,
     compile: Annotated[bool, typer.Option(help="torch.compile the cross-encoder.")] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (1 to the logical cores; default: torch's, every core).")
+    ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",
     name: Annotated[str | None, typer.Option(help="Run name (default: a timestamp).")] = None,
     wide: Annotated[
@@ -532,6 +535,7 @@ def latency(
     """Time rankers model-only (interleaved), with FLOPs, throughput and memory; write results/latency/<run>.*"""
     import time
 
+    from micebench.latency.load import busy_warning
     from micebench.latency.runner import LatencyConfig, measure, write_latency
 
     if paper_setup:
@@ -551,6 +555,7 @@ def latency(
         include_tokenization=include_tokenization,
         docs_per_query=docs_per_query,
         compile=compile,
+        threads=threads,
     )
     if repeats < 1 or warmup < 0:
         raise MicebenchError("--repeats must be at least 1 and --warmup at least 0")
@@ -583,6 +588,8 @@ def latency(
         }
         table.add_row(*(cells[c] for c in columns))
     out().print(table)
+    if meta["load"]["busy"]:
+        out().print(f"[yellow]warning:[/] {busy_warning(meta['load'])}")
     if include_tokenization:
         for row in rows:
             if "tokenize_ms" in row:

@@ -407,3 +407,70 @@ def test_overwrite_of_a_symlinked_result_leaves_no_backup_and_follows_the_umask(
     mask = os.umask(0)
     os.umask(mask)
     assert (out / "adi" / "bm25").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+# -- checkpoint weights the model leaves unused ----------------------------------------------------------------
+
+
+def _add_tensor(folder: Path, name: str, metadata: dict[str, str] | None = None) -> None:
+    """Write `name` (a small tensor) into the folder's model.safetensors, with `metadata` in its header."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = str(folder / "model.safetensors")
+    with safe_open(path, "pt") as handle:
+        kept = handle.metadata() or {}
+    save_file({**load_file(path), name: torch.ones(3)}, path, metadata={**kept, **(metadata or {})})
+
+
+@pytest.mark.parametrize(
+    ("model", "marker", "loaded_as"),
+    [("ce", "micebench_training.json", "BertForSequenceClassification"), ("colbert", "metadata", "BertModel")],
+)
+def test_an_unused_weight_in_a_checkpoint_micebench_wrote_is_refused(
+    capsys, tmp_path, data_dir, tiny_bert_ce, tiny_colbertv2, model, marker, loaded_as
+):
+    """`train` leaves micebench_training.json beside the weights; convert and ColBERT saves mark model.safetensors.
+    ColBERT's own linear.weight is read apart, so only the injected tensor is unused."""
+    folder = _copy(tiny_bert_ce if model == "ce" else tiny_colbertv2, tmp_path / "ck")
+    if marker == "micebench_training.json":
+        (folder / marker).write_text("{}")
+    _add_tensor(folder, "extra.weight", {"micebench": model} if marker == "metadata" else None)
+    code, _, err = _run(capsys, tmp_path, data_dir, model, str(folder))
+    _refused(code, err, "was written by micebench (", tmp_path / "o")
+    assert f"but 1 of its weights are unused by {loaded_as}: extra.weight" in " ".join(err.split())
+
+
+@pytest.mark.parametrize(
+    ("model", "written_by_micebench", "extra", "message"),
+    [
+        ("ce", False, "extra.weight", "has 1 weight(s) the model does not use (e.g. extra.weight)"),
+        # a cross-encoder micebench trained, read as an encoder: its classifier is not the encoder's, so a warning
+        ("dense", True, None, "has 2 weight(s) the model does not use (e.g. classifier.bias)"),
+    ],
+)
+def test_unused_weights_of_a_foreign_or_reused_checkpoint_are_a_warning(
+    capsys, caplog, tmp_path, data_dir, tiny_bert_ce, model, written_by_micebench, extra, message
+):
+    folder = _copy(tiny_bert_ce, tmp_path / "ck")
+    if written_by_micebench:
+        (folder / "micebench_training.json").write_text("{}")
+    if extra:
+        _add_tensor(folder, extra)
+    code, _, err = _run(capsys, tmp_path, data_dir, model, str(folder))
+    assert code == 0, err
+    assert f"checkpoint {folder} {message}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("loader", "options"), [("AutoModelForSequenceClassification", {"num_labels": 1}), ("AutoModel", {})]
+)
+def test_the_packaged_minilm_leaves_no_weight_unused(caplog, loader, options):
+    """What ce and masked-ce (a classifier), dense and colbert (an encoder) load the packaged MiniLM with."""
+    import transformers
+
+    from micebench.models.hf import load_weights
+
+    load_weights(getattr(transformers, loader), "minilm-l6", **options)
+    assert "does not use" not in caplog.text

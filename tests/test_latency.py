@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 
@@ -10,6 +11,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from micebench.errors import MicebenchError
+from micebench.latency import load
+from micebench.latency.load import CpuReading, LoadMeter, is_busy, machine_busy_seconds, other_load
 from micebench.latency.runner import LatencyBench, LatencyConfig, parse_model
 from micebench.latency.timer import Clock, interleaved
 from tests.test_cli import cli
@@ -144,6 +147,8 @@ def test_latency_command_writes_results(capsys, tmp_path, tiny_arch):
         (["--batch", "0", "--doc-len", "64"], "batch must be at least 1"),
         (["--models", "ce,bm42", "--doc-len", "64"], "unknown model 'bm42'"),
         (["--models", "colbert:kv", "--doc-len", "64"], "colbert can be timed with none, precomputed"),
+        (["--threads", "0", "--doc-len", "64"], "--threads must be between 1 and"),
+        (["--threads", "100000", "--doc-len", "64"], "--threads must be between 1 and"),
     ],
 )
 def test_latency_bad_input(capsys, tmp_path, tiny_arch, args, message):
@@ -152,3 +157,78 @@ def test_latency_bad_input(capsys, tmp_path, tiny_arch, args, message):
     )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "latency").exists()
+
+
+# -- the machine's load around the timing ----------------------------------------------------------------------
+
+STAT = "cpu  300 100 50 9000 40 5 5 20 7 0\ncpu0 150 50 25 4500 20 3 2 10 7 0\nintr 1 2 3\n"
+
+
+def test_busy_seconds_count_user_nice_system_irq_softirq_steal_of_the_aggregate_line():
+    # 300 user + 100 nice + 50 system + 5 irq + 5 softirq + 20 steal = 480 ticks; idle, iowait and guest are not
+    assert machine_busy_seconds(STAT, 100) == pytest.approx(4.8)
+    with pytest.raises(ValueError):
+        machine_busy_seconds("intr 1 2 3\n", 100)
+
+
+def test_other_load_is_the_machine_busy_time_less_our_own_over_the_wall_time():
+    before, after = CpuReading(100.0, 10.0, 50.0), CpuReading(106.0, 12.0, 52.0)
+    assert other_load(before, after) == pytest.approx((6.0 - 2.0) / 2.0)
+    assert other_load(before, CpuReading(101.0, 12.0, 52.0)) == 0.0  # clock granularity: never negative
+    assert other_load(before, before) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("other", "cores", "threads", "busy"),
+    [
+        (1.0, 2, 2, True),  # the case: one competing process, every core timed
+        (0.2, 2, 2, False),  # an idle machine's background
+        (1.0, 2, 1, False),  # the competitor fits on the core left free
+        (1.6, 2, 1, True),
+        (5.0, 16, 8, False),
+        (9.0, 16, 8, True),
+    ],
+)
+def test_busy_when_others_need_more_than_the_free_cores_by_half_a_core(other, cores, threads, busy):
+    assert is_busy(other, cores, threads) is busy
+
+
+def test_load_meter_records_its_readings_and_falls_back_to_the_load_average(monkeypatch):
+    readings = iter([CpuReading(0.0, 0.0, 0.0), CpuReading(4.0, 2.0, 1.0)])
+    monkeypatch.setattr(load, "read_cpu", lambda: next(readings))
+    meter = LoadMeter(cores=2, threads=2)
+    meter.start()
+    meter.stop()
+    assert meter.facts() == {"other_cpu_load": 2.0, "cores": 2, "threads": 2, "busy": True, "method": "/proc/stat"}
+    assert "other processes used 2.0 of 2 cores while the models ran on 2 thread(s)" in load.busy_warning(meter.facts())
+
+    monkeypatch.setattr(load, "read_cpu", lambda: None)  # no /proc/stat (macOS)
+    monkeypatch.setattr(load.os, "getloadavg", lambda: (3.5, 1.0, 1.0))
+    meter = LoadMeter(cores=4, threads=2)
+    meter.start()
+    meter.stop()
+    assert (meter.other, meter.method, meter.busy) == (1.5, "load average", False)
+
+
+def test_latency_threads_are_recorded_and_a_busy_machine_is_warned_about(capsys, tmp_path, tiny_arch, monkeypatch):
+    import os
+
+    cores = os.cpu_count() or 1
+    # other processes keep every core busy during the timed calls: (cores + 1) busy s less 1 s of ours, in 1 s
+    readings = iter([CpuReading(0.0, 0.0, 0.0), CpuReading(cores + 1.0, 1.0, 1.0)])
+    monkeypatch.setattr(load, "read_cpu", lambda: next(readings))
+    args = ["--arch", tiny_arch, "--models", "ce", "--batch", "2", "--doc-len", "16", "--query-len", "8"]
+    code, out, err = cli(
+        capsys, "latency", *args, "--repeats", "1", "--warmup", "0", "--device", "cpu", "--threads", "1",
+        "-o", str(tmp_path), "--name", "t",
+    )  # fmt: skip
+    assert code == 0, err
+    meta = json.loads((tmp_path / "latency" / "t.json").read_text())["meta"]
+    assert meta["config"]["threads"] == 1 and meta["threads"] == 1
+    assert meta["load"] == {"other_cpu_load": cores, "cores": cores, "threads": 1, "busy": True, "method": "/proc/stat"}
+    assert (
+        f"machine busy: other processes used {cores:.1f} of {cores} cores while the models ran on 1 thread(s)"
+        in " ".join(out.split())
+    )
+    with open(tmp_path / "latency" / "t.csv") as handle:
+        assert [row["busy"] for row in csv.DictReader(handle)] == ["True"]

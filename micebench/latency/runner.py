@@ -24,6 +24,7 @@ import torch
 from micebench.errors import MicebenchError
 from micebench.latency import flops as F
 from micebench.latency.architectures import architecture_config
+from micebench.latency.load import LoadMeter
 from micebench.latency.timer import Clock, interleaved, peak_memory_mb
 from micebench.models.hf import count_parameters, pick_device, pick_dtype
 
@@ -47,6 +48,8 @@ class LatencyConfig:
     docs_per_query: int = 1000
     compile: bool = False
     seed: int = 0
+    #: CPU threads for torch (None: torch's default, every core)
+    threads: int | None = None
 
 
 @dataclass
@@ -104,6 +107,7 @@ class LatencyBench:
             parse_model(spec, config.precompute)
         if config.query_len < 3 or config.doc_len < 3:
             raise MicebenchError("query and document lengths count [CLS] and [SEP]: use at least 3 tokens")
+        self.threads = checked_threads(config.threads)
         self.device = pick_device(config.device)
         if self.device.type == "cuda":  # events, synchronisation and memory statistics follow the current GPU
             torch.cuda.set_device(self.device)
@@ -125,9 +129,14 @@ class LatencyBench:
             max_pos,
             glu=self.hf_config.model_type == "modernbert",
         )
+        self._threads_before = torch.get_num_threads()  # set last: a refused config leaves torch as it was
+        torch.set_num_threads(self.threads)
+        self.load = LoadMeter(os.cpu_count() or 1, self.threads)
 
     def _random_checkpoint(self, arch: str) -> str:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        """A random encoder of `arch` with the packaged tokenizer, in a temporary folder; saved without a classifier
+        head (the cross-encoders give themselves a fresh one) so that no timed model leaves weights unused."""
+        from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         from micebench.models.hf import resolve_model
@@ -137,7 +146,7 @@ class LatencyBench:
         config = architecture_config(arch)
         torch.manual_seed(self.config.seed)
         self._tmp = tempfile.TemporaryDirectory(prefix="micebench-latency-")
-        AutoModelForSequenceClassification.from_config(config).save_pretrained(self._tmp.name)
+        AutoModel.from_config(config).save_pretrained(self._tmp.name)
         AutoTokenizer.from_pretrained(resolve_model("minilm-l6")).save_pretrained(self._tmp.name)
         return self._tmp.name
 
@@ -150,6 +159,7 @@ class LatencyBench:
         return load_pretrained(AutoConfig, checkpoint)
 
     def close(self) -> None:
+        torch.set_num_threads(self._threads_before)  # a test or notebook calling on gets its threads back
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -231,6 +241,7 @@ class LatencyBench:
                 "achieved_gflops": model.flops_per_doc * self.config.batch / seconds / 1e9,
                 "peak_memory_mb": peaks.get(label),
                 **model.extra,
+                "busy": self.load.busy,
             }
             if label in tokenize:
                 row["tokenize_ms"] = tokenize[label].median * 1e3
@@ -246,7 +257,7 @@ class LatencyBench:
 
     def time_calls(self, calls: dict[str, Callable[[], Any]], clock: Clock) -> dict[str, Any]:
         """Interleaved timing with progress; the first call of each model (a warm-up call) gives the time the rest
-        will take, which is said before it starts."""
+        will take, which is said before it starts. The machine's load is measured over the timed calls."""
         from micebench.progress import progress_bar
 
         first = {label: clock.time(fn) for label, fn in calls.items()}
@@ -258,7 +269,9 @@ class LatencyBench:
                 f"timing {len(calls)} models, {rounds} more calls each: about {sum(first.values()) * rounds:.0f} s "
                 f"(first calls: {', '.join(f'{k} {v:.2f} s' for k, v in first.items())})"
             )
-            return interleaved(calls, clock, warmup, self.config.repeats, tick=bar.advance)
+            stats = interleaved(calls, clock, warmup, self.config.repeats, on_warm=self.load.start, tick=bar.advance)
+        self.load.stop()
+        return stats
 
     def environment(self) -> dict[str, Any]:
         from micebench.results import environment
@@ -268,6 +281,7 @@ class LatencyBench:
             "device": str(self.device),
             "device_name": device_name,
             "threads": torch.get_num_threads(),
+            "load": self.load.facts(),
             "dtype": self.config.dtype,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "weights": self.config.checkpoint or f"random ({self.config.arch})",
@@ -277,6 +291,17 @@ class LatencyBench:
             **environment(),
             "config": asdict(self.config),
         }
+
+
+def checked_threads(threads: int | None) -> int:
+    """The CPU threads to time with: `threads` (1 to the machine's logical cores, so that a user can time below
+    the cores other processes leave free), or torch's current number when None."""
+    if threads is None:
+        return torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    if not 1 <= threads <= cores:
+        raise MicebenchError(f"--threads must be between 1 and {cores}, the machine's logical cores (got {threads})")
+    return threads
 
 
 def measure(config: LatencyConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:

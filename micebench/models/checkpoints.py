@@ -4,7 +4,8 @@ type and range of every field micebench reads from their config files ("damaged 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,12 @@ from micebench.models.hf import read_json, resolve_model
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 #: the model names of each family, for the refusal of a checkpoint of another family
 FAMILY_MODELS = {"mice": "--model mice", "colbert": "--model colbert"}
+#: the file `micebench train` writes beside the weights of every checkpoint it saves
+TRAINING_MARKER = "micebench_training.json"
+#: the metadata key micebench sets in the model.safetensors it writes itself (convert, MICE and ColBERT saves)
+SAFETENSORS_MARKER = "micebench"
+
+log = logging.getLogger("micebench")
 
 
 def local_folder(name: str | None) -> Path | None:
@@ -32,14 +39,64 @@ def check_tokenizer_files(folder: Path) -> None:
         raise DataError(f"checkpoint {folder} has no tokenizer: none of {', '.join(TOKENIZER_FILES)} is there")
 
 
-def _safetensors_keys(path: Path) -> set[str]:
-    """Tensor names in a safetensors file's header (nothing when it cannot be read: loading names that)."""
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """A safetensors file's JSON header (empty when it cannot be read: loading names that)."""
     try:
         with open(path, "rb") as handle:
             length = int.from_bytes(handle.read(8), "little")
-            return set(json.loads(handle.read(length))) - {"__metadata__"}
+            header = json.loads(handle.read(length))
     except (OSError, ValueError):
-        return set()
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def _safetensors_keys(path: Path) -> set[str]:
+    """Tensor names in a safetensors file's header."""
+    return set(_safetensors_header(path)) - {"__metadata__"}
+
+
+def micebench_marker(folder: Path) -> str | None:
+    """What shows that micebench wrote a checkpoint folder: the training record `micebench train` puts beside the
+    weights, or a "micebench" entry in the metadata of its model.safetensors (`convert` and MICE or ColBERT
+    saves); None for a hub or foreign checkpoint."""
+    if (folder / TRAINING_MARKER).is_file():
+        return TRAINING_MARKER
+    metadata = _safetensors_header(folder / "model.safetensors").get("__metadata__")
+    if isinstance(metadata, dict) and SAFETENSORS_MARKER in metadata:
+        return f"model.safetensors metadata {SAFETENSORS_MARKER}={metadata[SAFETENSORS_MARKER]}"
+    return None
+
+
+def saved_architectures(folder: Path) -> list[str]:
+    """The model classes a checkpoint's config.json says it was saved from (empty when it says none)."""
+    config = folder / "config.json"
+    data = read_json(config) if config.is_file() else {}
+    names = data.get("architectures") if isinstance(data, dict) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def check_unused_weights(
+    checkpoint: str, loaded_as: str, unused: Collection[str], read_apart: Collection[str] = ()
+) -> None:
+    """Weights of `checkpoint` that the model of class `loaded_as` left unused (transformers' unexpected keys, less
+    the `read_apart` ones the ranker reads itself).
+
+    An error for a checkpoint micebench wrote, loaded as the class it was saved from: every weight there belongs to
+    that model, so an unused one means a damaged or altered file. A warning otherwise: a hub or foreign checkpoint,
+    or a micebench one reused as another model (a cross-encoder's classifier under a ColBERT encoder, a bi-encoder's
+    pooler under a cross-encoder head are normal there).
+    """
+    left = sorted(set(unused) - set(read_apart))
+    if not left:
+        return
+    folder = local_folder(checkpoint)
+    marker = micebench_marker(folder) if folder is not None else None
+    if marker is not None and loaded_as in saved_architectures(folder):
+        raise DataError(
+            f"checkpoint {checkpoint} was written by micebench ({marker}) but {len(left)} of its weights are unused "
+            f"by {loaded_as}: {', '.join(left[:5])}{', ...' if len(left) > 5 else ''}"
+        )
+    log.warning("checkpoint %s has %d weight(s) the model does not use (e.g. %s)", checkpoint, len(left), left[0])
 
 
 def checkpoint_family(folder: Path) -> str | None:

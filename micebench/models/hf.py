@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -240,9 +240,21 @@ def move_model(model: Any, device: Any, dtype: Any) -> Any:
     return model.eval()
 
 
+def load_weights(loader: Any, checkpoint: str, read_apart: Collection[str] = (), **kwargs: Any) -> Any:
+    """A transformers model from `checkpoint`, with the checkpoint's weights it left unused checked (`read_apart`:
+    weights the caller reads itself): an error for a checkpoint micebench wrote for this model, a warning
+    otherwise (see `check_unused_weights`)."""
+    from micebench.models.checkpoints import check_unused_weights
+
+    model, info = load_pretrained(loader, checkpoint, output_loading_info=True, **kwargs)
+    check_unused_weights(checkpoint, type(model).__name__, info["unexpected_keys"], read_apart)
+    return model
+
+
 def load_model(loader: Any, checkpoint: str, device: Any, dtype: Any, **kwargs: Any) -> Any:
-    """A transformers model from `checkpoint`, on `device` in `dtype`, in eval mode (see `move_model`)."""
-    return move_model(load_pretrained(loader, checkpoint, **kwargs), device, dtype)
+    """A transformers model from `checkpoint` (weights checked by `load_weights`), on `device` in `dtype`, in eval
+    mode (see `move_model`)."""
+    return move_model(load_weights(loader, checkpoint, **kwargs), device, dtype)
 
 
 def weight_fingerprint(header: str, *modules: Any) -> str:

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from micebench.errors import MicebenchError
-from micebench.models.hf import classifier_options, damaged_checkpoint_file, load_pretrained, read_json, resolve_model
+from micebench.models.hf import (
+    classifier_options,
+    damaged_checkpoint_file,
+    load_pretrained,
+    load_weights,
+    read_json,
+    resolve_model,
+)
 from micebench.models.mice import MiceConfig, MiceModel, build_mice
 
 
@@ -25,7 +32,7 @@ def convert_cross_encoder(checkpoint: str, mice: MiceConfig) -> tuple[MiceModel,
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     extra = classifier_options(checkpoint)
-    model = load_pretrained(AutoModelForSequenceClassification, checkpoint, **extra)
+    model = load_weights(AutoModelForSequenceClassification, checkpoint, **extra)
     tokenizer = load_pretrained(AutoTokenizer, checkpoint)
     mice.source_checkpoint = mice.source_checkpoint or checkpoint
     return build_mice(model, mice).eval(), tokenizer

@@ -21,11 +21,19 @@ import numpy as np
 
 from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
-from micebench.models.checkpoints import check_family, config_field, damaged, json_list_of_objects, json_object
+from micebench.models.checkpoints import (
+    SAFETENSORS_MARKER,
+    check_family,
+    config_field,
+    damaged,
+    json_list_of_objects,
+    json_object,
+)
 from micebench.models.hf import (
     apply_tf32_choice,
     capped_length,
     load_pretrained,
+    load_weights,
     model_facts,
     move_model,
     pad_multiple,
@@ -40,6 +48,9 @@ from micebench.models.hf import (
 )
 from micebench.rankers.base import Benchmarkable, ModelOptions, Ranker, StoreBacked, Trainable, register_ranker
 from micebench.rankers.memory import oom_backoff
+
+#: ColBERTv2's projection, saved beside the encoder's weights in model.safetensors and read apart from them
+PROJECTION_KEYS = ("linear.weight", "linear.bias")
 
 STORE_MODE = "embeddings"
 #: PyLate's query and document prefixes (config_sentence_transformers.json keys) and their defaults
@@ -127,7 +138,8 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         apply_tf32_choice(self.device, self.dtype)  # before any model loads: a bad value fails fast
         self.batch_size = options.batch_size
         self.tokenizer = load_pretrained(AutoTokenizer, str(folder))
-        self.encoder = load_pretrained(AutoModel, str(folder), attn_implementation="sdpa")
+        # the projection (ColBERTv2's linear.*) is read apart, by _read_projection
+        self.encoder = load_weights(AutoModel, str(folder), PROJECTION_KEYS, attn_implementation="sdpa")
         hidden = self.encoder.config.hidden_size
         self.query_length, self.doc_length = options.query_length, options.doc_length
         # PyLate's settings, at PyLate's defaults unless the checkpoint sets them
@@ -372,7 +384,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         state["linear.weight"] = self.projection.weight.detach().contiguous()
         if self.projection.bias is not None:
             state["linear.bias"] = self.projection.bias.detach().contiguous()
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt", SAFETENSORS_MARKER: "colbert"})
         (folder / "artifact.metadata").write_text(
             json.dumps({"query_maxlen": self.query_length, "doc_maxlen": self.doc_length})
         )

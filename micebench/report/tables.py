@@ -336,6 +336,7 @@ def efficiency_table(collection: Collection) -> pd.DataFrame:
         "peak_memory_mb": "peak memory (MB)",
         "flops_per_doc": "GFLOP/doc",
         "speedup_vs_ce": "speed-up vs ce",
+        "busy": "busy machine",  # other processes took cores during the timing (latency's warning)
     }
     frame = lat[[c for c in columns if c in lat.columns]].rename(columns=columns).copy()
     if "params (M)" in frame:

@@ -21,14 +21,39 @@ from micebench.errors import EnvironmentFault, MicebenchError
 if TYPE_CHECKING:
     from micebench.pipeline import RunConfig, RunResult
 
+#: the guide (docs/guides/) that explains each command
+GUIDES = {
+    "run": ("datasets", "rankers", "experiments"),
+    "report": ("experiments",),
+    "models": ("rankers",),
+    "results": ("datasets",),
+    "convert": ("stores",),
+    "precompute": ("stores",),
+    "latency": ("latency",),
+    "train": ("training",),
+    "schedules": ("schedules",),
+    "attention": ("schedules",),
+    "datasets": ("datasets",),
+}
+
+
+def guide(command: str) -> str:
+    """The help epilog naming the guide(s) of a command."""
+    pages = ", ".join(f"docs/guides/{page}.md" for page in GUIDES[command])
+    return f"Guide: {pages} (or `make docs` and open build/site)."
+
+
 app = typer.Typer(
     name="micebench",
     help="Benchmark neural re-rankers: cross-encoders, late interaction and MICE, effectiveness and latency.",
+    epilog="Start with the README's five-minute tour; every command's guide is under docs/guides/ (`make docs`).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-datasets_app = typer.Typer(help="List datasets and show where a name resolves.", invoke_without_command=True)
+datasets_app = typer.Typer(
+    help="List datasets and show where a name resolves.", invoke_without_command=True, epilog=guide("datasets")
+)
 app.add_typer(datasets_app, name="datasets")
 
 
@@ -61,20 +86,20 @@ def use_deterministic_kernels() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-@app.command()
+@app.command(epilog=guide('run'))
 def run(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Ranker name (see `micebench models`).")] = None,
     dataset: Annotated[
         str | None, typer.Option("--dataset", "-d", help="Short name, ir_datasets id or BEIR folder path.")
     ] = None,
     config_file: Annotated[
-        str | None, typer.Option("--config", help="Experiment TOML: rankers x datasets x seeds (see README).")
+        str | None, typer.Option("--config", help="Experiment TOML: rankers x datasets x seeds (docs/guides/experiments.md).")
     ] = None,
     first_stage: Annotated[
         str, typer.Option(help="auto | bm25 | dataset:<run> | full | path to a TREC run file.")
     ] = "auto",
-    top_k: Annotated[int, typer.Option("--top-k", help="Candidates per query from the first stage.")] = 100,
-    batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Candidates per query from the first stage (documents, >= 1; the paper: 1000).")] = 100,
+    batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass (>= 1; default: the ranker's own).")] = None,
     device: Annotated[str | None, typer.Option(help="auto (default) | cpu | cuda | cuda:N | mps.")] = None,
     dtype: Annotated[str | None, typer.Option(help="fp32 (default) | fp16 | bf16.")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Local folder, short name or hub id of the weights.")] = None,
@@ -82,20 +107,20 @@ def run(
         str | None,
         typer.Option(help="masked-ce schedule: a preset, a TOML/YAML file, or rules like 'mask1;query>document@0-4'."),
     ] = None,
-    merge_layer: Annotated[int | None, typer.Option(help="MICE: layer where query and document meet (k).")] = None,
-    top_layers: Annotated[int | None, typer.Option(help="MICE: number of top layers kept (m).")] = None,
+    merge_layer: Annotated[int | None, typer.Option(help="MICE: layer k where query and document meet (1 <= k < the model's layers).")] = None,
+    top_layers: Annotated[int | None, typer.Option(help="MICE: number m of top layers kept (>= 1; k + m <= the model's layers).")] = None,
     precomputed: Annotated[str | None, typer.Option(help="Document store built by `micebench precompute`.")] = None,
     untrained: Annotated[bool, typer.Option(help="Allow evaluating a MICE that was never fine-tuned.")] = False,
-    max_length: Annotated[int | None, typer.Option(help="Maximum input tokens (default: the ranker's own).")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Maximum input tokens (>= 2; default: the ranker's own; beyond the model's positions: capped).")] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",
-    seed: Annotated[int, typer.Option(help="Random seed recorded in the manifest.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed recorded in the manifest (integer).")] = 0,
     split: Annotated[str | None, typer.Option(help="qrels split of a local folder (default: test).")] = None,
     name: Annotated[str | None, typer.Option(help="Ranker label for the result folder.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing result.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its recorded progress.")] = False,
-    chunk_queries: Annotated[int, typer.Option(help="Queries scored between two durable progress records.")] = 16,
+    chunk_queries: Annotated[int, typer.Option(help="Queries scored between two durable progress records (>= 1).")] = 16,
     deterministic: Annotated[
-        bool, typer.Option(help="Deterministic torch kernels only (errors on ops without one; see README).")
+        bool, typer.Option(help="Deterministic torch kernels only (errors on ops without one; docs/guides/long-runs.md).")
     ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -212,14 +237,14 @@ def _run_experiment_file(
         out().print(f"{done} runs done, {skipped} finished results kept (use --overwrite to redo them)")
 
 
-@app.command()
+@app.command(epilog=guide('report'))
 def report(
     results: Annotated[str, typer.Option("--results", help="Results folder to report on.")] = "results",
     baseline: Annotated[str | None, typer.Option(help="Ranker the significance marks compare against.")] = None,
-    metric: Annotated[str, typer.Option(help="Measure of the effectiveness table.")] = "nDCG@10",
+    metric: Annotated[str, typer.Option(help="Measure of the effectiveness table (nDCG@10, RR@10, R@100, R@1000, MAP).")] = "nDCG@10",
     test: Annotated[str, typer.Option(help="Paired test: student | fisher.")] = "student",
     correction: Annotated[str, typer.Option(help="holm | bonferroni | none (over the datasets).")] = "holm",
-    alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
+    alpha: Annotated[float, typer.Option(help="Significance level, in (0, 1).")] = 0.05,
     format: Annotated[
         list[str] | None, typer.Option("--format", help="md | latex | csv | html (repeatable; default all).")
     ] = None,
@@ -312,7 +337,7 @@ def datasets_check(name: str, data_dir: DataDirOption = None) -> None:
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog=guide('models'))
 def models(
     name: Annotated[str | None, typer.Argument(help="A model name: list its options and their defaults.")] = None,
 ) -> None:
@@ -347,7 +372,7 @@ def models(
     out().print(table)
 
 
-@app.command()
+@app.command(epilog=guide('results'))
 def results(
     folder: Annotated[str, typer.Argument(help="Results root folder.")] = "results",
     measure: Annotated[list[str] | None, typer.Option(help="Measures to show (default: all).")] = None,
@@ -373,11 +398,11 @@ def results(
     out().print(table)
 
 
-@app.command()
+@app.command(epilog=guide('convert'))
 def convert(
     source: Annotated[str, typer.Option("--from", help="Cross-encoder (or base model) to convert.")],
-    merge_layer: Annotated[int, typer.Option(help="Layer k where query and document meet.")],
-    top_layers: Annotated[int, typer.Option(help="Number m of top layers kept (copied from k..k+m-1).")],
+    merge_layer: Annotated[int, typer.Option(help="Layer k where query and document meet (1 <= k < the model's layers).")],
+    top_layers: Annotated[int, typer.Option(help="Number m of top layers kept, copied from k..k+m-1 (>= 1; k + m <= the model's layers).")],
     out_dir: Annotated[str, typer.Option("--out", help="Folder for the MICE checkpoint.")],
     top_self_attention: Annotated[bool, typer.Option(help="Keep query self-attention in the top layers.")] = True,
     query_attends_cls: Annotated[bool, typer.Option(help="Let query tokens attend to cls in the top layers.")] = False,
@@ -400,7 +425,7 @@ def convert(
     out().print(f"{config.label()} from {source}: {params / 1e6:.2f}M parameters, written to {folder}")
 
 
-@app.command()
+@app.command(epilog=guide('precompute'))
 def precompute(
     model: Annotated[str, typer.Option("--model", "-m", help="mice, mice-l<k>+<m> or colbert.")],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset whose corpus is encoded.")],
@@ -422,21 +447,21 @@ def precompute(
         ),
     ] = None,
     top_k: Annotated[
-        int | None, typer.Option("--top-k", help="Candidates per query with --first-stage (default 100).")
+        int | None, typer.Option("--top-k", help="Candidates per query with --first-stage (documents, >= 1; default 100).")
     ] = None,
     split: Annotated[str | None, typer.Option(help="qrels split of a local folder (default: test).")] = None,
     extend: Annotated[
         bool, typer.Option(help="Add the documents the store lacks to an existing store (same model, mode, dtype).")
     ] = False,
-    merge_layer: Annotated[int | None, typer.Option(help="MICE merge layer when converting on the fly.")] = None,
-    top_layers: Annotated[int | None, typer.Option(help="MICE top layers when converting on the fly.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass.")] = None,
+    merge_layer: Annotated[int | None, typer.Option(help="MICE merge layer k when converting on the fly (1 <= k < the model's layers).")] = None,
+    top_layers: Annotated[int | None, typer.Option(help="MICE top layers m when converting on the fly (>= 1; k + m <= the model's layers).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass (>= 1; default: the ranker's own).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     output: Annotated[str | None, typer.Option("--output", "-o", help="Store folder.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Encode only the first N documents (smoke tests).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Encode only the first N documents (>= 1; smoke tests).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Rebuild an existing store.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted precompute.")] = False,
-    chunk_docs: Annotated[int, typer.Option(help="Documents per shard (the unit of resume and of sharding).")] = 4096,
+    chunk_docs: Annotated[int, typer.Option(help="Documents per shard, the unit of resume and of sharding (>= 1).")] = 4096,
     data_dir: DataDirOption = None,
 ) -> None:
     """Encode documents once and store their representations (keyed by doc id) for `run --precomputed`."""
@@ -500,19 +525,19 @@ def precompute(
     )
 
 
-@app.command()
+@app.command(epilog=guide('latency'))
 def latency(
     models: Annotated[
         str, typer.Option(help="Comma list: ce, mask2, mice-l4+3[:none|states|kv], colbert[:precomputed].")
     ] = ("ce,mice-l4+3:none,mice-l4+3:states,mice-l4+3:kv,colbert:precomputed"),
-    batch: Annotated[int, typer.Option(help="Documents per batch (one query).")] = 64,
-    doc_len: Annotated[int, typer.Option(help="Document tokens incl. its [CLS]/[SEP].")] = 512,
-    query_len: Annotated[int, typer.Option(help="Query tokens incl. its [CLS]/[SEP].")] = 32,
+    batch: Annotated[int, typer.Option(help="Documents per batch, one query (>= 1).")] = 64,
+    doc_len: Annotated[int, typer.Option(help="Document tokens incl. its [CLS]/[SEP] (2 to the model's positions).")] = 512,
+    query_len: Annotated[int, typer.Option(help="Query tokens incl. its [CLS]/[SEP] (2 to the model's positions).")] = 32,
     precompute: Annotated[str, typer.Option(help="Default for models without ':mode': none | states | kv.")] = "none",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16.")] = "fp32",
-    warmup: Annotated[int, typer.Option(help="Untimed calls per model first.")] = 3,
-    repeats: Annotated[int, typer.Option(help="Timed calls per model (interleaved).")] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed calls per model first (>= 0).")] = 3,
+    repeats: Annotated[int, typer.Option(help="Timed calls per model, interleaved (>= 1).")] = 10,
     arch: Annotated[
         str, typer.Option(help="minilm-l12 | minilm-l6 | bert-base | path to a config.json.")
     ] = "minilm-l12",
@@ -521,7 +546,7 @@ def latency(
     paper_setup: Annotated[
         bool, typer.Option(help="The paper's protocol: batch 128, 512 tokens, fp32, tokenisation.")
     ] = False,
-    docs_per_query: Annotated[int, typer.Option(help="Candidates per query for the per-query latency.")] = 1000,
+    docs_per_query: Annotated[int, typer.Option(help="Candidates per query for the per-query latency (documents, >= 1).")] = 1000,
     compile: Annotated[bool, typer.Option(help="torch.compile the cross-encoder.")] = False,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads (1 to the logical cores; default: torch's, every core).")
@@ -597,7 +622,7 @@ def latency(
     out().print(f"written to {json_path} and .csv")
 
 
-@app.command()
+@app.command(epilog=guide('train'))
 def train(
     model: Annotated[str, typer.Option("--model", "-m", help="ce | masked-ce | mice | mice-l<k>+<m> | colbert.")],
     init: Annotated[str, typer.Option(help="Initial weights (cross-encoder, base model or MICE checkpoint).")],
@@ -611,32 +636,32 @@ def train(
     ] = None,
     teacher_scores: Annotated[str | None, typer.Option(help="Teacher scores TSV: pos neg qid pos_id neg_id.")] = None,
     loss: Annotated[str, typer.Option(help="margin-mse | bce | listwise.")] = "margin-mse",
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 125_000,
-    batch_size: Annotated[int, typer.Option(help="Triples per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (weight decay 0).")] = 7e-6,
+    steps: Annotated[int, typer.Option(help="Optimiser steps (>= 1).")] = 125_000,
+    batch_size: Annotated[int, typer.Option(help="Triples per step (>= 1; listwise: queries per step).")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (> 0; weight decay 0).")] = 7e-6,
     warmup: Annotated[
-        int | None, typer.Option(help="Linear warm-up steps, then linear decay (default 5000, at most --steps).")
+        int | None, typer.Option(help="Linear warm-up steps, then linear decay (0 to --steps; default 5000, at most --steps).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="First seed.")] = 12,
-    seeds: Annotated[int, typer.Option(help="Models to train (seed, seed+1, ...).")] = 1,
+    seed: Annotated[int, typer.Option(help="First seed (integer).")] = 12,
+    seeds: Annotated[int, typer.Option(help="Models to train: seed, seed+1, ... (>= 1).")] = 1,
     schedule: Annotated[str | None, typer.Option(help="masked-ce schedule.")] = None,
-    merge_layer: Annotated[int | None, typer.Option(help="MICE merge layer k.")] = None,
-    top_layers: Annotated[int | None, typer.Option(help="MICE top layers m.")] = None,
+    merge_layer: Annotated[int | None, typer.Option(help="MICE merge layer k (1 <= k < the model's layers).")] = None,
+    top_layers: Annotated[int | None, typer.Option(help="MICE top layers m (>= 1; k + m <= the model's layers).")] = None,
     max_length: Annotated[
-        int | None, typer.Option(help="Maximum tokens per input (default: the student's own; also the teacher's).")
+        int | None, typer.Option(help="Maximum tokens per input (>= 2; default: the student's own; also the teacher's).")
     ] = None,
     split: Annotated[str, typer.Option(help="qrels split of a local training folder.")] = "train",
-    negatives: Annotated[int, typer.Option(help="BM25 hard negatives per query.")] = 20,
+    negatives: Annotated[int, typer.Option(help="BM25 hard negatives per query (>= 1).")] = 20,
     group_size: Annotated[
-        int, typer.Option(help="listwise: documents per query in the softmax (1 positive + G-1 negatives).")
+        int, typer.Option(help="listwise: documents per query in the softmax, 1 positive + G-1 negatives (>= 2).")
     ] = 2,
     validate: Annotated[str | None, typer.Option(help="Validation dataset (best checkpoint kept).")] = None,
-    validate_top_k: Annotated[int, typer.Option(help="Candidates per validation query.")] = 20,
-    every: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = 1000,
-    grad_accumulation: Annotated[int, typer.Option(help="Micro-batches per step.")] = 1,
+    validate_top_k: Annotated[int, typer.Option(help="Candidates per validation query (documents, >= 1).")] = 20,
+    every: Annotated[int, typer.Option(help="Validate and checkpoint every N steps (>= 1).")] = 1000,
+    grad_accumulation: Annotated[int, typer.Option(help="Micro-batches per step (>= 1).")] = 1,
     output: Annotated[str, typer.Option("--output", "-o", help="Training folder.")] = "checkpoints/run",
     resume: Annotated[bool, typer.Option(help="Continue the run in --output.")] = False,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop cleanly with a checkpoint after M minutes.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop cleanly with a checkpoint after M minutes (> 0).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     deterministic: Annotated[
         bool, typer.Option(help="Deterministic torch kernels only, so --resume reproduces weights on CUDA too.")
@@ -691,12 +716,12 @@ def train(
     out().print(f"training took {time.perf_counter() - start:.0f}s; curves in {Path(output)}/curves.csv|png")
 
 
-@app.command()
+@app.command(epilog=guide('schedules'))
 def schedules(
     show: Annotated[
         str | None, typer.Argument(help="A preset, schedule file or compact rule string to render.")
     ] = None,
-    layers: Annotated[int, typer.Option(help="Model depth to render and validate against.")] = 12,
+    layers: Annotated[int, typer.Option(help="Model depth to render and validate against (layers, >= 1).")] = 12,
 ) -> None:
     """List the schedule presets, or render one as a per-layer segment x segment grid (✓ attends, · removed)."""
     from micebench.schedules import PRESET_HELP, SEGMENTS, parse_schedule, render_grid
@@ -725,16 +750,16 @@ def schedules(
         out().print(table)
 
 
-@app.command()
+@app.command(epilog=guide('attention'))
 def attention(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset whose query-candidate pairs are read.")],
     model: Annotated[str, typer.Option("--model", "-m", help="ce, masked-ce or a schedule preset name.")] = "ce",
     checkpoint: Annotated[str | None, typer.Option(help="Cross-encoder weights.")] = None,
     schedule: Annotated[str | None, typer.Option(help="Schedule for masked-ce.")] = None,
-    queries: Annotated[int, typer.Option(help="Judged queries to take (in id order).")] = 10,
-    docs_per_query: Annotated[int, typer.Option(help="Top first-stage candidates per query.")] = 2,
+    queries: Annotated[int, typer.Option(help="Judged queries to take, in id order (>= 1).")] = 10,
+    docs_per_query: Annotated[int, typer.Option(help="Top first-stage candidates per query (>= 1).")] = 2,
     first_stage: Annotated[str, typer.Option(help="Where candidates come from (as for run).")] = "auto",
-    group_size: Annotated[int, typer.Option(help="Layers per heatmap figure.")] = 3,
+    group_size: Annotated[int, typer.Option(help="Layers per heatmap figure (>= 1).")] = 3,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",
     data_dir: DataDirOption = None,

@@ -86,20 +86,26 @@ def use_deterministic_kernels() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-@app.command(epilog=guide('run'))
+@app.command(epilog=guide("run"))
 def run(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Ranker name (see `micebench models`).")] = None,
     dataset: Annotated[
         str | None, typer.Option("--dataset", "-d", help="Short name, ir_datasets id or BEIR folder path.")
     ] = None,
     config_file: Annotated[
-        str | None, typer.Option("--config", help="Experiment TOML: rankers x datasets x seeds (docs/guides/experiments.md).")
+        str | None,
+        typer.Option("--config", help="Experiment TOML: rankers x datasets x seeds (docs/guides/experiments.md)."),
     ] = None,
     first_stage: Annotated[
         str, typer.Option(help="auto | bm25 | dataset:<run> | full | path to a TREC run file.")
     ] = "auto",
-    top_k: Annotated[int, typer.Option("--top-k", help="Candidates per query from the first stage (documents, >= 1; the paper: 1000).")] = 100,
-    batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass (>= 1; default: the ranker's own).")] = None,
+    top_k: Annotated[
+        int,
+        typer.Option("--top-k", help="Candidates per query from the first stage (documents, >= 1; the paper: 1000)."),
+    ] = 100,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Documents per forward pass (>= 1; default: the ranker's own).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto (default) | cpu | cuda | cuda:N | mps.")] = None,
     dtype: Annotated[str | None, typer.Option(help="fp32 (default) | fp16 | bf16.")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Local folder, short name or hub id of the weights.")] = None,
@@ -107,20 +113,32 @@ def run(
         str | None,
         typer.Option(help="masked-ce schedule: a preset, a TOML/YAML file, or rules like 'mask1;query>document@0-4'."),
     ] = None,
-    merge_layer: Annotated[int | None, typer.Option(help="MICE: layer k where query and document meet (1 <= k < the model's layers).")] = None,
-    top_layers: Annotated[int | None, typer.Option(help="MICE: number m of top layers kept (>= 1; k + m <= the model's layers).")] = None,
+    merge_layer: Annotated[
+        int | None, typer.Option(help="MICE: layer k where query and document meet (1 <= k < the model's layers).")
+    ] = None,
+    top_layers: Annotated[
+        int | None, typer.Option(help="MICE: number m of top layers kept (>= 1; k + m <= the model's layers).")
+    ] = None,
     precomputed: Annotated[str | None, typer.Option(help="Document store built by `micebench precompute`.")] = None,
     untrained: Annotated[bool, typer.Option(help="Allow evaluating a MICE that was never fine-tuned.")] = False,
-    max_length: Annotated[int | None, typer.Option(help="Maximum input tokens (>= 2; default: the ranker's own; beyond the model's positions: capped).")] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            help="Maximum input tokens (>= 2; default: the ranker's own; beyond the model's positions: capped)."
+        ),
+    ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",
     seed: Annotated[int, typer.Option(help="Random seed recorded in the manifest (integer).")] = 0,
     split: Annotated[str | None, typer.Option(help="qrels split of a local folder (default: test).")] = None,
     name: Annotated[str | None, typer.Option(help="Ranker label for the result folder.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing result.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its recorded progress.")] = False,
-    chunk_queries: Annotated[int, typer.Option(help="Queries scored between two durable progress records (>= 1).")] = 16,
+    chunk_queries: Annotated[
+        int, typer.Option(help="Queries scored between two durable progress records (>= 1).")
+    ] = 16,
     deterministic: Annotated[
-        bool, typer.Option(help="Deterministic torch kernels only (errors on ops without one; docs/guides/long-runs.md).")
+        bool,
+        typer.Option(help="Deterministic torch kernels only (errors on ops without one; docs/guides/long-runs.md)."),
     ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -237,11 +255,13 @@ def _run_experiment_file(
         out().print(f"{done} runs done, {skipped} finished results kept (use --overwrite to redo them)")
 
 
-@app.command(epilog=guide('report'))
+@app.command(epilog=guide("report"))
 def report(
     results: Annotated[str, typer.Option("--results", help="Results folder to report on.")] = "results",
     baseline: Annotated[str | None, typer.Option(help="Ranker the significance marks compare against.")] = None,
-    metric: Annotated[str, typer.Option(help="Measure of the effectiveness table (nDCG@10, RR@10, R@100, R@1000, MAP).")] = "nDCG@10",
+    metric: Annotated[
+        str, typer.Option(help="Measure of the effectiveness table (nDCG@10, RR@10, R@100, R@1000, MAP).")
+    ] = "nDCG@10",
     test: Annotated[str, typer.Option(help="Paired test: student | fisher.")] = "student",
     correction: Annotated[str, typer.Option(help="holm | bonferroni | none (over the datasets).")] = "holm",
     alpha: Annotated[float, typer.Option(help="Significance level, in (0, 1).")] = 0.05,
@@ -337,7 +357,7 @@ def datasets_check(name: str, data_dir: DataDirOption = None) -> None:
         raise typer.Exit(1)
 
 
-@app.command(epilog=guide('models'))
+@app.command(epilog=guide("models"))
 def models(
     name: Annotated[str | None, typer.Argument(help="A model name: list its options and their defaults.")] = None,
 ) -> None:
@@ -372,7 +392,7 @@ def models(
     out().print(table)
 
 
-@app.command(epilog=guide('results'))
+@app.command(epilog=guide("results"))
 def results(
     folder: Annotated[str, typer.Argument(help="Results root folder.")] = "results",
     measure: Annotated[list[str] | None, typer.Option(help="Measures to show (default: all).")] = None,
@@ -398,11 +418,15 @@ def results(
     out().print(table)
 
 
-@app.command(epilog=guide('convert'))
+@app.command(epilog=guide("convert"))
 def convert(
     source: Annotated[str, typer.Option("--from", help="Cross-encoder (or base model) to convert.")],
-    merge_layer: Annotated[int, typer.Option(help="Layer k where query and document meet (1 <= k < the model's layers).")],
-    top_layers: Annotated[int, typer.Option(help="Number m of top layers kept, copied from k..k+m-1 (>= 1; k + m <= the model's layers).")],
+    merge_layer: Annotated[
+        int, typer.Option(help="Layer k where query and document meet (1 <= k < the model's layers).")
+    ],
+    top_layers: Annotated[
+        int, typer.Option(help="Number m of top layers kept, copied from k..k+m-1 (>= 1; k + m <= the model's layers).")
+    ],
     out_dir: Annotated[str, typer.Option("--out", help="Folder for the MICE checkpoint.")],
     top_self_attention: Annotated[bool, typer.Option(help="Keep query self-attention in the top layers.")] = True,
     query_attends_cls: Annotated[bool, typer.Option(help="Let query tokens attend to cls in the top layers.")] = False,
@@ -425,7 +449,7 @@ def convert(
     out().print(f"{config.label()} from {source}: {params / 1e6:.2f}M parameters, written to {folder}")
 
 
-@app.command(epilog=guide('precompute'))
+@app.command(epilog=guide("precompute"))
 def precompute(
     model: Annotated[str, typer.Option("--model", "-m", help="mice, mice-l<k>+<m> or colbert.")],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset whose corpus is encoded.")],
@@ -447,21 +471,31 @@ def precompute(
         ),
     ] = None,
     top_k: Annotated[
-        int | None, typer.Option("--top-k", help="Candidates per query with --first-stage (documents, >= 1; default 100).")
+        int | None,
+        typer.Option("--top-k", help="Candidates per query with --first-stage (documents, >= 1; default 100)."),
     ] = None,
     split: Annotated[str | None, typer.Option(help="qrels split of a local folder (default: test).")] = None,
     extend: Annotated[
         bool, typer.Option(help="Add the documents the store lacks to an existing store (same model, mode, dtype).")
     ] = False,
-    merge_layer: Annotated[int | None, typer.Option(help="MICE merge layer k when converting on the fly (1 <= k < the model's layers).")] = None,
-    top_layers: Annotated[int | None, typer.Option(help="MICE top layers m when converting on the fly (>= 1; k + m <= the model's layers).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass (>= 1; default: the ranker's own).")] = None,
+    merge_layer: Annotated[
+        int | None, typer.Option(help="MICE merge layer k when converting on the fly (1 <= k < the model's layers).")
+    ] = None,
+    top_layers: Annotated[
+        int | None,
+        typer.Option(help="MICE top layers m when converting on the fly (>= 1; k + m <= the model's layers)."),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Documents per forward pass (>= 1; default: the ranker's own).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     output: Annotated[str | None, typer.Option("--output", "-o", help="Store folder.")] = None,
     limit: Annotated[int | None, typer.Option(help="Encode only the first N documents (>= 1; smoke tests).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Rebuild an existing store.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted precompute.")] = False,
-    chunk_docs: Annotated[int, typer.Option(help="Documents per shard, the unit of resume and of sharding (>= 1).")] = 4096,
+    chunk_docs: Annotated[
+        int, typer.Option(help="Documents per shard, the unit of resume and of sharding (>= 1).")
+    ] = 4096,
     data_dir: DataDirOption = None,
 ) -> None:
     """Encode documents once and store their representations (keyed by doc id) for `run --precomputed`."""
@@ -525,14 +559,18 @@ def precompute(
     )
 
 
-@app.command(epilog=guide('latency'))
+@app.command(epilog=guide("latency"))
 def latency(
     models: Annotated[
         str, typer.Option(help="Comma list: ce, mask2, mice-l4+3[:none|states|kv], colbert[:precomputed].")
     ] = ("ce,mice-l4+3:none,mice-l4+3:states,mice-l4+3:kv,colbert:precomputed"),
     batch: Annotated[int, typer.Option(help="Documents per batch, one query (>= 1).")] = 64,
-    doc_len: Annotated[int, typer.Option(help="Document tokens incl. its [CLS]/[SEP] (2 to the model's positions).")] = 512,
-    query_len: Annotated[int, typer.Option(help="Query tokens incl. its [CLS]/[SEP] (2 to the model's positions).")] = 32,
+    doc_len: Annotated[
+        int, typer.Option(help="Document tokens incl. its [CLS]/[SEP] (2 to the model's positions).")
+    ] = 512,
+    query_len: Annotated[
+        int, typer.Option(help="Query tokens incl. its [CLS]/[SEP] (2 to the model's positions).")
+    ] = 32,
     precompute: Annotated[str, typer.Option(help="Default for models without ':mode': none | states | kv.")] = "none",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16.")] = "fp32",
@@ -546,7 +584,9 @@ def latency(
     paper_setup: Annotated[
         bool, typer.Option(help="The paper's protocol: batch 128, 512 tokens, fp32, tokenisation.")
     ] = False,
-    docs_per_query: Annotated[int, typer.Option(help="Candidates per query for the per-query latency (documents, >= 1).")] = 1000,
+    docs_per_query: Annotated[
+        int, typer.Option(help="Candidates per query for the per-query latency (documents, >= 1).")
+    ] = 1000,
     compile: Annotated[bool, typer.Option(help="torch.compile the cross-encoder.")] = False,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads (1 to the logical cores; default: torch's, every core).")
@@ -622,7 +662,7 @@ def latency(
     out().print(f"written to {json_path} and .csv")
 
 
-@app.command(epilog=guide('train'))
+@app.command(epilog=guide("train"))
 def train(
     model: Annotated[str, typer.Option("--model", "-m", help="ce | masked-ce | mice | mice-l<k>+<m> | colbert.")],
     init: Annotated[str, typer.Option(help="Initial weights (cross-encoder, base model or MICE checkpoint).")],
@@ -640,15 +680,19 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Triples per step (>= 1; listwise: queries per step).")] = 32,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (> 0; weight decay 0).")] = 7e-6,
     warmup: Annotated[
-        int | None, typer.Option(help="Linear warm-up steps, then linear decay (0 to --steps; default 5000, at most --steps).")
+        int | None,
+        typer.Option(help="Linear warm-up steps, then linear decay (0 to --steps; default 5000, at most --steps)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="First seed (integer).")] = 12,
     seeds: Annotated[int, typer.Option(help="Models to train: seed, seed+1, ... (>= 1).")] = 1,
     schedule: Annotated[str | None, typer.Option(help="masked-ce schedule.")] = None,
     merge_layer: Annotated[int | None, typer.Option(help="MICE merge layer k (1 <= k < the model's layers).")] = None,
-    top_layers: Annotated[int | None, typer.Option(help="MICE top layers m (>= 1; k + m <= the model's layers).")] = None,
+    top_layers: Annotated[
+        int | None, typer.Option(help="MICE top layers m (>= 1; k + m <= the model's layers).")
+    ] = None,
     max_length: Annotated[
-        int | None, typer.Option(help="Maximum tokens per input (>= 2; default: the student's own; also the teacher's).")
+        int | None,
+        typer.Option(help="Maximum tokens per input (>= 2; default: the student's own; also the teacher's)."),
     ] = None,
     split: Annotated[str, typer.Option(help="qrels split of a local training folder.")] = "train",
     negatives: Annotated[int, typer.Option(help="BM25 hard negatives per query (>= 1).")] = 20,
@@ -661,7 +705,9 @@ def train(
     grad_accumulation: Annotated[int, typer.Option(help="Micro-batches per step (>= 1).")] = 1,
     output: Annotated[str, typer.Option("--output", "-o", help="Training folder.")] = "checkpoints/run",
     resume: Annotated[bool, typer.Option(help="Continue the run in --output.")] = False,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop cleanly with a checkpoint after M minutes (> 0).")] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop cleanly with a checkpoint after M minutes (> 0).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     deterministic: Annotated[
         bool, typer.Option(help="Deterministic torch kernels only, so --resume reproduces weights on CUDA too.")
@@ -716,7 +762,7 @@ def train(
     out().print(f"training took {time.perf_counter() - start:.0f}s; curves in {Path(output)}/curves.csv|png")
 
 
-@app.command(epilog=guide('schedules'))
+@app.command(epilog=guide("schedules"))
 def schedules(
     show: Annotated[
         str | None, typer.Argument(help="A preset, schedule file or compact rule string to render.")
@@ -750,7 +796,7 @@ def schedules(
         out().print(table)
 
 
-@app.command(epilog=guide('attention'))
+@app.command(epilog=guide("attention"))
 def attention(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset whose query-candidate pairs are read.")],
     model: Annotated[str, typer.Option("--model", "-m", help="ce, masked-ce or a schedule preset name.")] = "ce",

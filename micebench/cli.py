@@ -227,7 +227,7 @@ def _run_experiment_file(
 ) -> None:
     from micebench.data import load_dataset
     from micebench.experiments import check_datasets, experiment_runs, load_experiment, write_experiment_index
-    from micebench.pipeline import result_folder, run_experiment
+    from micebench.pipeline import check_config, result_folder, run_experiment
     from micebench.results import is_complete
 
     data = load_experiment(path)
@@ -238,19 +238,21 @@ def _run_experiment_file(
     if data_dir:
         overrides["data_dir"] = data_dir
     runs = experiment_runs(data, overrides)
-    write_experiment_index(data, runs[0].output)
+    for config in runs:  # every run's options, seed and measures before the first one starts
+        check_config(config)
     done = skipped = 0
-    for config in runs:
+    for i, config in enumerate(runs):
         folder = result_folder(config, load_dataset(config.dataset, config.data_dir, config.split).name)
         if is_complete(folder) and not overwrite:
             skipped += 1
-            continue
-        result = run_experiment(config)
-        done += 1
-        if result is None:  # a non-zero torchrun rank: rank 0 reports
-            continue
-        means = ", ".join(f"{k} {v:.4f}" for k, v in list(result.evaluation.means.items())[:2])
-        out().print(f"{config.dataset} · {config.ranker_label()} · seed {config.seed}: {means}")
+        else:
+            result = run_experiment(config)
+            done += 1
+            if result is not None:  # None: a non-zero torchrun rank, rank 0 reports
+                means = ", ".join(f"{k} {v:.4f}" for k, v in list(result.evaluation.means.items())[:2])
+                out().print(f"{config.dataset} · {config.ranker_label()} · seed {config.seed}: {means}")
+        if i == 0:  # written once the first run stands: a run refused or failing at once leaves nothing behind
+            write_experiment_index(data, config.output)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         out().print(f"{done} runs done, {skipped} finished results kept (use --overwrite to redo them)")
 

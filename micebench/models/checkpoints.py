@@ -44,6 +44,8 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             length = int.from_bytes(handle.read(8), "little")
+            if 8 + length > path.stat().st_size:  # garbage or truncated: never read a made-up length
+                return {}
             header = json.loads(handle.read(length))
     except (OSError, ValueError):
         return {}
@@ -131,7 +133,25 @@ def check_family(checkpoint: str | None, model: str, own: str | None = None) -> 
             f"(load it with {FAMILY_MODELS[family]})"
         )
     check_tokenizer_files(folder)
+    check_architecture(folder)
     return folder
+
+
+#: config.json's architecture sizes and their least values: a 0 would load an empty model that scores nothing
+ARCHITECTURE_FIELDS = {"num_hidden_layers": 1, "hidden_size": 1, "num_attention_heads": 1, "max_position_embeddings": 2}
+
+
+def check_architecture(folder: Path) -> None:
+    """The architecture sizes of a checkpoint's config.json that are given, typed and ranged."""
+    path = folder / "config.json"
+    try:  # a file that is not JSON is named by the loader, as ever
+        data = read_json(path) if path.is_file() else None
+    except MicebenchError:
+        return
+    if not isinstance(data, dict):
+        return
+    for field, least in ARCHITECTURE_FIELDS.items():
+        config_field(data, path, field, int, least=least)
 
 
 # -- fields of checkpoint configs -----------------------------------------------------------------------------

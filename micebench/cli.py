@@ -437,11 +437,15 @@ def convert(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """Write the initial (untrained) MICE-l<k>+<m> from a cross-encoder as a normal checkpoint folder."""
+    from micebench.atomic import check_can_create
+    from micebench.models.checkpoints import check_family
     from micebench.models.mice import MiceConfig
     from micebench.models.mice_io import convert_cross_encoder, save_mice
 
     if Path(out_dir).exists() and not overwrite:
         raise MicebenchError(f"{out_dir} already exists (use --overwrite to replace it)")
+    check_can_create(out_dir)
+    check_family(source, "ce", reader="convert --from (a cross-encoder or base model)")
     config = MiceConfig(
         merge_layer, top_layers, top_self_attention, query_attends_cls, cls_attends_document, random_top_layers
     )

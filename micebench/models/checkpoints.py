@@ -120,16 +120,17 @@ def checkpoint_family(folder: Path) -> str | None:
     return None
 
 
-def check_family(checkpoint: str | None, model: str, own: str | None = None) -> Path | None:
+def check_family(checkpoint: str | None, model: str, own: str | None = None, reader: str | None = None) -> Path | None:
     """Refuse a checkpoint of another family than `model`'s (`own`: the family it may also read; a plain model
-    is read by every family), naming the family it is; returns the local folder, tokenizer checked."""
+    is read by every family), naming the family it is (`reader`: what reads it, when not `--model MODEL`);
+    returns the local folder, tokenizer checked."""
     folder = local_folder(checkpoint)
     if folder is None:
         return None
     family = checkpoint_family(folder)
     if family is not None and family != own:
         raise DataError(
-            f"checkpoint {checkpoint} is a {family} checkpoint, not one for --model {model} "
+            f"checkpoint {checkpoint} is a {family} checkpoint, not one for {reader or f'--model {model}'} "
             f"(load it with {FAMILY_MODELS[family]})"
         )
     check_tokenizer_files(folder)

@@ -630,6 +630,9 @@ def latency(
     )
     if repeats < 1 or warmup < 0:
         raise MicebenchError("--repeats must be at least 1 and --warmup at least 0")
+    from micebench.atomic import check_can_create
+
+    check_can_create(Path(output) / "latency")  # before the timing, not after it
     rows, meta = measure(config)
     from micebench.results import slug
 
@@ -820,7 +823,7 @@ def attention(
     from micebench.analysis.attention import segment_attention, write_attention_result
     from micebench.data import load_dataset
     from micebench.firststage.candidates import first_stage as get_candidates
-    from micebench.rankers.base import load_ranker, resolve_ranker
+    from micebench.rankers.base import load_ranker, ranker_options, resolve_ranker
     from micebench.rankers.cross_encoder import CrossEncoderRanker
     from micebench.rankers.masked import MaskedCrossEncoderRanker
     from micebench.results import environment, result_dir
@@ -830,8 +833,10 @@ def attention(
         raise MicebenchError(
             f"attention analysis needs a cross-encoder model (ce, masked-ce or a preset), not {model!r}"
         )
-    if queries < 1 or docs_per_query < 1:
-        raise MicebenchError("--queries and --docs-per-query must be at least 1")
+    for flag, value in (("--queries", queries), ("--docs-per-query", docs_per_query), ("--group-size", group_size)):
+        if value < 1:
+            raise MicebenchError(f"{flag} must be at least 1 (got {value})")
+    ranker_options(model, checkpoint=checkpoint, schedule=schedule, device=device)  # --schedule only for masked-ce
     ds = load_dataset(dataset, data_dir)
     # a plain cross-encoder is read through masked-ce with no rule (identical scores, same hooks for attention)
     spec = model if issubclass(cls, MaskedCrossEncoderRanker) else "masked-ce"

@@ -366,10 +366,18 @@ def models(
     """List the registered rankers and what each can do, or one model's options with their defaults."""
     import dataclasses
 
-    from micebench.rankers.base import Benchmarkable, StoreBacked, Trainable, available_rankers, resolve_ranker
+    from micebench.rankers.base import (
+        Benchmarkable,
+        StoreBacked,
+        Trainable,
+        available_rankers,
+        ranker_options,
+        resolve_ranker,
+    )
 
     if name is not None:
         cls, fixed = resolve_ranker(name)
+        ranker_options(name)  # a name's own options in range (mice-l0+1 is no model)
         table = Table(title=f"options of {name} (`run`, experiment files, load_ranker)")
         table.add_column("option")
         table.add_column("default")
@@ -898,9 +906,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     for noisy in ("transformers", "bm25s", "ir_datasets"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    from typer.exceptions import Abort
+
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        app(args=args, prog_name="micebench")
+    try:  # not standalone: a usage error comes here, to be one line rather than typer's box
+        code = app(args=args, prog_name="micebench", standalone_mode=False)
+    except NoArgsIsHelpError as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except ClickException as error:  # unknown option, bad value, missing argument: bad input
+        say_error(error.format_message())
+        sys.exit(error.exit_code)
+    except Abort:
+        err().print("aborted", markup=False, highlight=False)
+        sys.exit(1)
     except MicebenchError as error:
         say_error(str(error))
         sys.exit(1 if isinstance(error, EnvironmentFault) else 2)
@@ -917,3 +937,7 @@ def main(argv: list[str] | None = None) -> None:
         if done.code == 130 and was_interrupted(done):
             err().print(interrupted_message(args), markup=False, highlight=False, soft_wrap=True)
         raise
+    if code == 130:  # typer turns Ctrl-C into Exit(130), which comes back as the code when not standalone
+        err().print(interrupted_message(args), markup=False, highlight=False, soft_wrap=True)
+    if isinstance(code, int) and code:  # typer.Exit(n) comes back as n
+        sys.exit(code)

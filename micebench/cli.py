@@ -333,7 +333,8 @@ def datasets(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
 
 @datasets_app.command("where")
 def datasets_where(name: str, data_dir: DataDirOption = None) -> None:
-    """Say where NAME resolves (local folder or ir_datasets id); exits 1 if it is not local."""
+    """Say where NAME resolves (local folder, ir_datasets id or hub set): exit 0 if local, 1 if it resolves but is
+    not local (fetched when first used), 2 if it does not resolve at all."""
     from micebench.data.registry import data_dir as resolve_data_dir
     from micebench.data.registry import where
 

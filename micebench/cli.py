@@ -124,7 +124,8 @@ def run(
     max_length: Annotated[
         int | None,
         typer.Option(
-            help="Maximum input tokens (>= 2; default: the ranker's own; beyond the model's positions: capped)."
+            help="Maximum input tokens (ce, masked-ce >= 5: [CLS] q [SEP] d [SEP]; dense, mice >= 3; default: the "
+            "ranker's own; beyond the model's positions: capped)."
         ),
     ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",

@@ -35,6 +35,19 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def check_can_create(folder: Path | str) -> None:
+    """Before any work whose result goes to `folder`: its nearest existing ancestor is a folder this process may
+    write in (else one line, exit 1, instead of a failure after the work)."""
+    folder = Path(folder).absolute()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise EnvironmentFault(f"cannot write {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise EnvironmentFault(f"cannot write {folder}: Permission denied ({probe})")
+
+
 def make_folders(folder: Path) -> list[Path]:
     """Create `folder` and its missing parents; returns the folders created, deepest first."""
     missing = []

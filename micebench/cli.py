@@ -124,7 +124,8 @@ def run(
     max_length: Annotated[
         int | None,
         typer.Option(
-            help="Maximum input tokens (>= 2; default: the ranker's own; beyond the model's positions: capped)."
+            help="Maximum input tokens (ce, masked-ce >= 5: [CLS] q [SEP] d [SEP]; dense, mice >= 3; default: the "
+            "ranker's own; beyond the model's positions: capped)."
         ),
     ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",
@@ -227,7 +228,7 @@ def _run_experiment_file(
 ) -> None:
     from micebench.data import load_dataset
     from micebench.experiments import check_datasets, experiment_runs, load_experiment, write_experiment_index
-    from micebench.pipeline import result_folder, run_experiment
+    from micebench.pipeline import check_config, result_folder, run_experiment
     from micebench.results import is_complete
 
     data = load_experiment(path)
@@ -238,19 +239,21 @@ def _run_experiment_file(
     if data_dir:
         overrides["data_dir"] = data_dir
     runs = experiment_runs(data, overrides)
-    write_experiment_index(data, runs[0].output)
+    for config in runs:  # every run's options, seed and measures before the first one starts
+        check_config(config)
     done = skipped = 0
-    for config in runs:
+    for i, config in enumerate(runs):
         folder = result_folder(config, load_dataset(config.dataset, config.data_dir, config.split).name)
         if is_complete(folder) and not overwrite:
             skipped += 1
-            continue
-        result = run_experiment(config)
-        done += 1
-        if result is None:  # a non-zero torchrun rank: rank 0 reports
-            continue
-        means = ", ".join(f"{k} {v:.4f}" for k, v in list(result.evaluation.means.items())[:2])
-        out().print(f"{config.dataset} · {config.ranker_label()} · seed {config.seed}: {means}")
+        else:
+            result = run_experiment(config)
+            done += 1
+            if result is not None:  # None: a non-zero torchrun rank, rank 0 reports
+                means = ", ".join(f"{k} {v:.4f}" for k, v in list(result.evaluation.means.items())[:2])
+                out().print(f"{config.dataset} · {config.ranker_label()} · seed {config.seed}: {means}")
+        if i == 0:  # written once the first run stands: a run refused or failing at once leaves nothing behind
+            write_experiment_index(data, config.output)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         out().print(f"{done} runs done, {skipped} finished results kept (use --overwrite to redo them)")
 
@@ -331,7 +334,8 @@ def datasets(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
 
 @datasets_app.command("where")
 def datasets_where(name: str, data_dir: DataDirOption = None) -> None:
-    """Say where NAME resolves (local folder or ir_datasets id); exits 1 if it is not local."""
+    """Say where NAME resolves (local folder, ir_datasets id or hub set): exit 0 if local, 1 if it resolves but is
+    not local (fetched when first used), 2 if it does not resolve at all."""
     from micebench.data.registry import data_dir as resolve_data_dir
     from micebench.data.registry import where
 
@@ -364,10 +368,18 @@ def models(
     """List the registered rankers and what each can do, or one model's options with their defaults."""
     import dataclasses
 
-    from micebench.rankers.base import Benchmarkable, StoreBacked, Trainable, available_rankers, resolve_ranker
+    from micebench.rankers.base import (
+        Benchmarkable,
+        StoreBacked,
+        Trainable,
+        available_rankers,
+        ranker_options,
+        resolve_ranker,
+    )
 
     if name is not None:
         cls, fixed = resolve_ranker(name)
+        ranker_options(name)  # a name's own options in range (mice-l0+1 is no model)
         table = Table(title=f"options of {name} (`run`, experiment files, load_ranker)")
         table.add_column("option")
         table.add_column("default")
@@ -435,11 +447,15 @@ def convert(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """Write the initial (untrained) MICE-l<k>+<m> from a cross-encoder as a normal checkpoint folder."""
+    from micebench.atomic import check_can_create
+    from micebench.models.checkpoints import check_family
     from micebench.models.mice import MiceConfig
     from micebench.models.mice_io import convert_cross_encoder, save_mice
 
     if Path(out_dir).exists() and not overwrite:
         raise MicebenchError(f"{out_dir} already exists (use --overwrite to replace it)")
+    check_can_create(out_dir)
+    check_family(source, "ce", reader="convert --from (a cross-encoder or base model)")
     config = MiceConfig(
         merge_layer, top_layers, top_self_attention, query_attends_cls, cls_attends_document, random_top_layers
     )
@@ -624,6 +640,9 @@ def latency(
     )
     if repeats < 1 or warmup < 0:
         raise MicebenchError("--repeats must be at least 1 and --warmup at least 0")
+    from micebench.atomic import check_can_create
+
+    check_can_create(Path(output) / "latency")  # before the timing, not after it
     rows, meta = measure(config)
     from micebench.results import slug
 
@@ -814,7 +833,7 @@ def attention(
     from micebench.analysis.attention import segment_attention, write_attention_result
     from micebench.data import load_dataset
     from micebench.firststage.candidates import first_stage as get_candidates
-    from micebench.rankers.base import load_ranker, resolve_ranker
+    from micebench.rankers.base import load_ranker, ranker_options, resolve_ranker
     from micebench.rankers.cross_encoder import CrossEncoderRanker
     from micebench.rankers.masked import MaskedCrossEncoderRanker
     from micebench.results import environment, result_dir
@@ -824,8 +843,10 @@ def attention(
         raise MicebenchError(
             f"attention analysis needs a cross-encoder model (ce, masked-ce or a preset), not {model!r}"
         )
-    if queries < 1 or docs_per_query < 1:
-        raise MicebenchError("--queries and --docs-per-query must be at least 1")
+    for flag, value in (("--queries", queries), ("--docs-per-query", docs_per_query), ("--group-size", group_size)):
+        if value < 1:
+            raise MicebenchError(f"{flag} must be at least 1 (got {value})")
+    ranker_options(model, checkpoint=checkpoint, schedule=schedule, device=device)  # --schedule only for masked-ce
     ds = load_dataset(dataset, data_dir)
     # a plain cross-encoder is read through masked-ce with no rule (identical scores, same hooks for attention)
     spec = model if issubclass(cls, MaskedCrossEncoderRanker) else "masked-ce"
@@ -887,9 +908,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     for noisy in ("transformers", "bm25s", "ir_datasets"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    from typer.exceptions import Abort
+
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        app(args=args, prog_name="micebench")
+    try:  # not standalone: a usage error comes here, to be one line rather than typer's box
+        code = app(args=args, prog_name="micebench", standalone_mode=False)
+    except NoArgsIsHelpError as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except ClickException as error:  # unknown option, bad value, missing argument: bad input
+        say_error(error.format_message())
+        sys.exit(error.exit_code)
+    except Abort:
+        err().print("aborted", markup=False, highlight=False)
+        sys.exit(1)
     except MicebenchError as error:
         say_error(str(error))
         sys.exit(1 if isinstance(error, EnvironmentFault) else 2)
@@ -906,3 +939,7 @@ def main(argv: list[str] | None = None) -> None:
         if done.code == 130 and was_interrupted(done):
             err().print(interrupted_message(args), markup=False, highlight=False, soft_wrap=True)
         raise
+    if code == 130:  # typer turns Ctrl-C into Exit(130), which comes back as the code when not standalone
+        err().print(interrupted_message(args), markup=False, highlight=False, soft_wrap=True)
+    if isinstance(code, int) and code:  # typer.Exit(n) comes back as n
+        sys.exit(code)

@@ -52,14 +52,22 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MicebenchError(f"experiment file not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = tomllib.loads(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise MicebenchError(f"{path}: not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise MicebenchError(f"{path}: invalid TOML ({err})") from None
     check_run_fields(data, path, "")
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or any(isinstance(x, bool) or not isinstance(x, int) for x in seeds):
         raise MicebenchError(f"{path}: seeds must be a non-empty list of whole numbers (got {seeds!r})")
+    repeated = sorted({x for x in seeds if seeds.count(x) > 1})
+    if repeated:
+        raise MicebenchError(f"{path}: seeds {repeated} appear more than once (each seed runs once)")
     datasets = data.get("datasets")
     if not isinstance(datasets, dict) or not any(datasets.values()):
         raise MicebenchError(f"{path}: needs a [datasets] table with in_domain and/or out_of_domain lists")

@@ -23,6 +23,7 @@ from micebench.data import Dataset, load_dataset
 from micebench.data.trec import Run, ranked
 from micebench.errors import DataError, MicebenchError
 from micebench.evaluation import DEFAULT_MEASURES, Evaluation
+from micebench.evaluation.measures import to_ranx
 from micebench.firststage.candidates import Candidates, first_stage
 from micebench.frames import candidates_frame, check_queries, refuse_absent_candidates, warn_absent_judged
 from micebench.rankers.base import Ranker, ranker_options, resolve_ranker
@@ -101,14 +102,30 @@ def result_folder(config: RunConfig, dataset_name: str) -> Path:
 # -- stages ---------------------------------------------------------------------------------------------------
 
 
-def check_inputs(config: RunConfig) -> tuple[Dataset, Path]:
-    """Model name and options, sizes, dataset, queries and the result folder: all before any model work."""
+#: seeds numpy accepts (np.random.seed refuses any other)
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def check_config(config: RunConfig) -> None:
+    """What a run's configuration can be checked for without data or weights: model name and options, sizes,
+    seed and measures. `run` and every run of an experiment file pass here before anything is written."""
     cls, _ = resolve_ranker(config.model)
     cls.check_before_load(ranker_options(config.model, **config.options))
     if config.top_k < 1:
         raise MicebenchError(f"--top-k must be at least 1 (got {config.top_k})")
     if config.chunk_queries < 1:
         raise MicebenchError(f"--chunk-queries must be at least 1 (got {config.chunk_queries})")
+    if not SEED_RANGE[0] <= config.seed <= SEED_RANGE[1]:
+        raise MicebenchError(f"seed must be between {SEED_RANGE[0]} and 2**32 - 1 (got {config.seed})")
+    if not config.measures:
+        raise MicebenchError("measures must name at least one measure (e.g. nDCG@10)")
+    for measure in config.measures:
+        to_ranx(measure)
+
+
+def check_inputs(config: RunConfig) -> tuple[Dataset, Path]:
+    """Model name and options, sizes, dataset, queries and the result folder: all before any model work."""
+    check_config(config)
     dataset = load_dataset(config.dataset, config.data_dir, config.split)
     folder = result_folder(config, dataset.name)
     if folder.exists() and not config.overwrite:

@@ -122,14 +122,33 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], name: str | None = None) -> Schedule:
-        """Build from ``{"name": ..., "rules": [{"from": [...], "to": [...], "layers": [s, e]}]}``."""
+        """Build from ``{"name": ..., "rules": [{"from": [...], "to": [...], "layers": [s, e]}]}``; every key and
+        type is checked (an unknown key or a wrong type is one line, never an empty or half-read schedule)."""
+        unknown = sorted(set(data) - {"name", "rules"})
+        if unknown:
+            raise ScheduleError(f"unknown schedule key(s) {unknown} (a schedule has 'name' and 'rules')")
+        if "name" in data and not isinstance(data["name"], str):
+            raise ScheduleError(f"schedule 'name' must be a string (got {data['name']!r})")
+        if not isinstance(data.get("rules", []), list):
+            raise ScheduleError(f"schedule 'rules' must be a list of rules (got {data['rules']!r})")
         rules = []
         for i, rule in enumerate(data.get("rules", [])):
             if not isinstance(rule, dict) or "from" not in rule or "to" not in rule:
                 raise ScheduleError(f"rule {i}: needs 'from' and 'to' lists")
+            extra = sorted(set(rule) - {"from", "to", "layers"})
+            if extra:
+                raise ScheduleError(f"rule {i}: unknown key(s) {extra} (a rule has 'from', 'to' and 'layers')")
             layers = rule.get("layers") or [0, None]
             if not isinstance(layers, (list, tuple)) or len(layers) != 2:
                 raise ScheduleError(f"rule {i}: 'layers' must be [start, end)")
+            if any(x is not None and (isinstance(x, bool) or not isinstance(x, int)) for x in layers):
+                raise ScheduleError(f"rule {i}: 'layers' must be two whole numbers [start, end) (got {layers!r})")
+            for key in ("from", "to"):
+                value = rule[key]
+                if not isinstance(value, str) and not (
+                    isinstance(value, list) and value and all(isinstance(x, str) for x in value)
+                ):
+                    raise ScheduleError(f"rule {i}: '{key}' must be a segment name or a list of them (got {value!r})")
             src = [rule["from"]] if isinstance(rule["from"], str) else rule["from"]
             dst = [rule["to"]] if isinstance(rule["to"], str) else rule["to"]
             rules.append(
@@ -234,7 +253,10 @@ def load_schedule_file(path: Path) -> Schedule:
         raise ScheduleError(f"{path}: cannot parse schedule ({type(err).__name__}: {err})") from None
     if not isinstance(data, dict):
         raise ScheduleError(f"{path}: a schedule file holds a table with a 'rules' list")
-    return Schedule.from_dict(data, name=data.get("name") or path.stem)
+    try:
+        return Schedule.from_dict(data, name=data.get("name") or path.stem)
+    except ScheduleError as err:
+        raise ScheduleError(f"{path}: {err}") from None
 
 
 def render_grid(blocked: np.ndarray, segments: Sequence[str] = SEGMENTS) -> list[list[str]]:

@@ -60,23 +60,23 @@ def write_suite_index(config: RunConfig, runs: list[RunConfig]) -> Path:
 def run_suite(config: RunConfig, announce: Callable[[RunConfig, RunResult | None], None]) -> list[RunResult]:
     """Run every member of a suite (finished ones kept unless `overwrite`), after checking that all resolve."""
     from micebench.data.registry import data_dir, dataset_label, where
-    from micebench.pipeline import result_folder, run_experiment
-    from micebench.rankers.base import ranker_options
+    from micebench.pipeline import check_config, result_folder, run_experiment
     from micebench.results import is_complete
 
-    ranker_options(config.model, **config.options)
+    check_config(config)
     runs = suite_runs(config)
     root = data_dir(config.data_dir)
     for run in runs:
         where(run.dataset, root)
-    write_suite_index(config, runs)
     results = []
-    for run in runs:
+    for i, run in enumerate(runs):
         if is_complete(result_folder(run, dataset_label(run.dataset))) and not run.overwrite:
             announce(run, None)
-            continue
-        result = run_experiment(run)
-        if result is not None:
-            results.append(result)
-        announce(run, result)
+        else:
+            result = run_experiment(run)
+            if result is not None:
+                results.append(result)
+            announce(run, result)
+        if i == 0:  # written once the first member stands: a run refused or failing at once leaves nothing
+            write_suite_index(config, runs)
     return results

@@ -296,10 +296,7 @@ def test_max_length_too_small_for_any_document_token_is_refused(capsys, tmp_path
     args = ["run", "--model", "ce", "--checkpoint", tiny_bert_ce, "--dataset", str(folder), "--device", "cpu"]
     code, _, err = cli(capsys, *args, "--max-length", "3", "-o", str(out))
     assert code == 2
-    assert err == (
-        "error: every query's candidates scored the same: is --max-length 3 too small to hold any document token? "
-        "(no result written)\n"
-    )
+    assert err == "error: --max-length 3 cannot hold [CLS] query [SEP] document [SEP]: use at least 5 tokens\n"
     assert not out.exists()
     code, _, err = cli(capsys, *args, "--max-length", "32", "-o", str(out))
     assert code == 0, err

@@ -474,3 +474,226 @@ def test_the_packaged_minilm_leaves_no_weight_unused(caplog, loader, options):
 
     load_weights(getattr(transformers, loader), "minilm-l6", **options)
     assert "does not use" not in caplog.text
+
+
+# -- the bad-input sweep: each case refused in one line before anything is written ----------------------------------
+
+SWEEP_EXPERIMENT_CASES = [
+    ("seeds = [-1]", 'model = "bm25"', "seed must be between 0 and 2**32 - 1 (got -1)"),
+    ("seeds = [1, 1]", 'model = "bm25"', "seeds [1] appear more than once"),
+    ("measures = []", 'model = "bm25"', "measures must name at least one measure"),
+    ('measures = ["FOO@10"]', 'model = "bm25"', "unknown measure 'FOO@10'"),
+    ('measures = ["nDCG@x"]', 'model = "bm25"', "the cutoff after @ must be a whole number"),
+    ('first_stage = "dataset:nosuchrun"', 'model = "bm25"', "ships no 'nosuchrun' run"),
+    ("", 'model = "mice"\nmerge_layer = 0\nuntrained = true', "merge layer 0 is impossible"),
+    ("", 'model = "mice-l2+0"\nuntrained = true', "0 top layers are impossible"),
+    ("", 'model = "ce"\ncheckpoint = "minilm-l6"\ndtype = "fp64"', "unknown dtype 'fp64' (use fp32, fp16, bf16)"),
+    ("", 'model = "ce"\ncheckpoint = "minilm-l6"\ndevice = "tpu"', "unknown device 'tpu'"),
+    ("", 'model = "masked-ce"\nschedule = "nosuchpreset"', "cannot parse schedule rule 'nosuchpreset'"),
+    ("", 'model = "ce"\nmax_length = 1', "--max-length 1 cannot hold [CLS] query [SEP] document [SEP]"),
+]
+
+
+@pytest.mark.parametrize(("top", "ranker", "message"), SWEEP_EXPERIMENT_CASES)
+def test_sweep_experiment_file_refusals_write_nothing(capsys, tmp_path, data_dir, top, ranker, message):
+    """Every run of the file is checked before the first starts; experiment.json only follows a run that stands."""
+    config = _experiment_file(tmp_path, top, ranker)
+    code, _, err = cli(capsys, "run", "--config", config, "--data-dir", str(data_dir))
+    _refused(code, err, message, tmp_path / "out")
+
+
+def test_sweep_experiment_file_that_is_not_utf8(capsys, tmp_path, data_dir):
+    path = Path(_experiment_file(tmp_path))
+    path.write_bytes(path.read_bytes() + b"# caf\xe9\n")
+    code, _, err = cli(capsys, "run", "--config", str(path), "--data-dir", str(data_dir))
+    offset = path.read_bytes().index(b"\xe9")
+    _refused(code, err, f"{path}: not UTF-8 text (byte 0xe9 at offset {offset})", tmp_path / "out")
+
+
+SWEEP_RUN_CASES = [
+    (["--model", "bm25", "--seed", "-1"], "seed must be between 0 and 2**32 - 1 (got -1)"),
+    (["--model", "bm25", "--seed", str(2**32)], f"seed must be between 0 and 2**32 - 1 (got {2**32})"),
+    (["--model", "ce", "--max-length", "4"], "--max-length 4 cannot hold [CLS] query [SEP] document [SEP]"),
+    (["--model", "masked-ce", "--max-length", "1"], "--max-length 1 cannot hold [CLS] query [SEP] document [SEP]"),
+    (["--model", "dense", "--max-length", "2"], "--max-length 2 cannot hold [CLS] text [SEP]: use at least 3"),
+    (["--model", "mice", "--max-length", "2", "--untrained"], "--max-length 2 cannot hold [CLS] document [SEP]"),
+    (["--model", "mice", "--merge-layer", "0", "--untrained"], "merge layer 0 is impossible"),
+    (["--model", "ce", "--dtype", "fp64"], "unknown dtype 'fp64'"),
+    (["--model", "colbert", "--dim", "-8"], "No such option: --dim"),
+    (["--model", "bm25", "--top-k", "ten"], "Invalid value for '--top-k'"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), SWEEP_RUN_CASES)
+def test_sweep_run_refusals(capsys, tmp_path, data_dir, extra, message):
+    code, _, err = cli(capsys, "run", "--dataset", str(data_dir / "adi"), *extra, "-o", str(tmp_path / "o"))
+    _refused(code, err, message, tmp_path / "o")
+
+
+def test_sweep_help_still_works(capsys):
+    code, out, _ = cli(capsys, "run", "--help")
+    assert code == 0 and "--max-length" in out
+
+
+def test_sweep_suite_offline_leaves_no_experiment_json(capsys, tmp_path):
+    code, _, err = cli(capsys, "run", "--model", "bm25", "--dataset", "nanobeir", "-o", str(tmp_path / "o"))
+    _refused(code, err, "cannot load", tmp_path / "o")
+    assert not list((tmp_path / "o").rglob("experiment.json"))
+
+
+def test_sweep_garbage_safetensors_is_one_line(capsys, tmp_path, data_dir, tiny_bert_encoder):
+    folder = _copy(tiny_bert_encoder, tmp_path / "ck")
+    (folder / "model.safetensors").write_bytes(b"garbage" * 10)
+    code, _, err = _run(capsys, tmp_path, data_dir, "colbert", str(folder))
+    _refused(code, err, f"damaged file {folder / 'model.safetensors'} (truncated", tmp_path / "o")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("num_hidden_layers", 0, "num_hidden_layers must be at least 1 (got 0)"),
+        ("num_attention_heads", 0, "num_attention_heads must be at least 1 (got 0)"),
+        ("hidden_size", "big", "hidden_size must be a whole number (got 'big')"),
+        ("max_position_embeddings", 1, "max_position_embeddings must be at least 2 (got 1)"),
+    ],
+)
+def test_sweep_architecture_sizes_of_config_json(capsys, tmp_path, data_dir, tiny_bert_ce, field, value, message):
+    folder = _copy(tiny_bert_ce, tmp_path / "ck")
+    _edit_json(folder / "config.json", lambda data: data.update({field: value}))
+    code, _, err = _run(capsys, tmp_path, data_dir, "ce", str(folder))
+    _refused(code, err, f"damaged checkpoint config: {folder / 'config.json'}: {message}", tmp_path / "o")
+
+
+def test_sweep_convert_out_under_a_file_is_a_fault(capsys, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    args = ["--merge-layer", "1", "--top-layers", "1", "--out", str(tmp_path / "afile" / "ck")]
+    code, _, err = cli(capsys, "convert", "--from", "/never/loaded", *args)
+    assert code == 1, err
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in " ".join(err.split())
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_sweep_convert_from_a_mice_checkpoint(capsys, tmp_path, tiny_mice):
+    args = ["--merge-layer", "1", "--top-layers", "1", "--out", str(tmp_path / "ck")]
+    code, _, err = cli(capsys, "convert", "--from", tiny_mice, *args)
+    _refused(code, err, "is a mice checkpoint, not one for convert --from", tmp_path / "ck")
+
+
+SCHEDULE_FILE_CASES = [
+    ("rules = 5\nname = 3", "schedule 'name' must be a string (got 3)"),
+    ("rules = 5", "schedule 'rules' must be a list of rules (got 5)"),
+    ('colour = "red"', "unknown schedule key(s) ['colour']"),
+    ('[[rules]]\nfrom = "query"\nto = "document"\nlayers = ["a", 2]', "rule 0: 'layers' must be two whole numbers"),
+    ('[[rules]]\nfrom = 3\nto = "document"', "rule 0: 'from' must be a segment name or a list of them (got 3)"),
+    ('[[rules]]\nfrom = "query"\nto = "document"\nwhen = 1', "rule 0: unknown key(s) ['when']"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), SCHEDULE_FILE_CASES)
+def test_sweep_schedule_files_are_typed(capsys, tmp_path, body, message):
+    path = tmp_path / "s.toml"
+    path.write_text(body + "\n")
+    code, _, err = cli(capsys, "schedules", str(path))
+    _one_line(code, err, f"{path}: {message}")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--group-size", "0"], "--group-size must be at least 1 (got 0)"),
+        (["--queries", "0"], "--queries must be at least 1 (got 0)"),
+        (["--docs-per-query", "0"], "--docs-per-query must be at least 1 (got 0)"),
+        (["--schedule", "mask1"], "option --schedule does not apply to model 'ce'"),
+    ],
+)
+def test_sweep_attention_refusals(capsys, tmp_path, data_dir, extra, message):
+    args = ["attention", "--dataset", str(data_dir / "adi"), "--model", "ce", "--checkpoint", "/never/loaded"]
+    code, _, err = cli(capsys, *args, *extra, "-o", str(tmp_path / "o"))
+    _refused(code, err, message, tmp_path / "o")
+
+
+LATENCY = ["--arch", "minilm-l6", "--batch", "2", "--doc-len", "16", "--query-len", "8", "--repeats", "1"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--models", ""], "--models names no model"),
+        (["--models", " , "], "--models names no model"),
+        (["--models", "ce", "--docs-per-query", "0"], "--docs-per-query must be at least 1 (got 0)"),
+        (["--models", "ce", "--precompute", "bogus"], "unknown --precompute 'bogus'"),
+    ],
+)
+def test_sweep_latency_refusals(capsys, tmp_path, extra, message):
+    code, _, err = cli(capsys, "latency", *LATENCY, *extra, "-o", str(tmp_path / "o"))
+    _refused(code, err, message, tmp_path / "o")
+
+
+def test_sweep_latency_output_under_a_file_fails_before_timing(capsys, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    code, out, err = cli(capsys, "latency", *LATENCY, "--models", "ce", "-o", str(tmp_path / "afile" / "o"))
+    assert code == 1, err
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in " ".join(err.split())
+    assert len(err.strip().splitlines()) == 1 and not out
+
+
+@pytest.mark.parametrize(
+    ("name", "message"), [("mice-l0+1", "merge layer 0 is impossible"), ("mice-l2+0", "0 top layers are impossible")]
+)
+def test_sweep_models_refuses_an_impossible_shape(capsys, name, message):
+    code, _, err = cli(capsys, "models", name)
+    _one_line(code, err, message)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.update(num_docs="seven"), "num_docs must be a whole number (got 'seven')"),
+        (lambda m: m.update(fields="x"), "fields must be list[str] (got 'x')"),
+        (lambda m: m.pop("shards"), "shards is missing"),
+        (lambda m: m.update(shards=[{"file": 3}]), "shards[0].file must be str (got 3)"),
+    ],
+)
+def test_sweep_damaged_store_manifest(capsys, tmp_path, data_dir, tiny_bert_encoder, change, message):
+    store = tmp_path / "store"
+    store.mkdir()
+    manifest = {"kind": "colbert", "mode": "embeddings", "fields": ["embeddings"], "dtype": "float16", "format": 2}
+    manifest.update(num_docs=7, num_tokens=59, index={}, shards=[], status="complete")
+    change(manifest)
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = _run(capsys, tmp_path, data_dir, "colbert", tiny_bert_encoder, "--precomputed", str(store))
+    _refused(code, err, f"damaged store manifest: {store / 'manifest.json'}: {message}", tmp_path / "o")
+
+
+def test_sweep_datasets_where_exits(capsys, data_dir):
+    code, out, _ = cli(capsys, "datasets", "where", "adi", "--data-dir", str(data_dir))
+    assert code == 0 and "local" in out
+    code, _, err = cli(capsys, "datasets", "where", "no-such-ds", "--data-dir", str(data_dir))
+    _one_line(code, err, "unknown dataset 'no-such-ds'")
+
+
+def test_sweep_datasets_check_of_a_collection_that_cannot_load(capsys, monkeypatch):
+    import micebench.data
+    from micebench.errors import DataError
+
+    class Gone:
+        name = "nano-gone"
+
+        def queries(self):
+            raise DataError("cannot load nano-gone (queries): offline")
+
+    monkeypatch.setattr(micebench.data, "load_dataset", lambda name, data_dir=None: Gone())
+    code, out, err = cli(capsys, "datasets", "check", "nano-gone")
+    _one_line(code, err, "cannot load nano-gone (queries): offline")
+    assert not out
+
+
+def test_sweep_report_of_unreadable_manifests_ends_with_the_error(capsys, tmp_path):
+    for ranker in ("a", "b"):
+        (tmp_path / "r" / "ds" / ranker).mkdir(parents=True)
+        (tmp_path / "r" / "ds" / ranker / "manifest.json").write_text("{bad")
+        (tmp_path / "r" / "ds" / ranker / "metrics.json").write_text("{bad")
+    code, _, err = cli(capsys, "report", "--results", str(tmp_path / "r"))
+    assert code == 2, err
+    assert err.strip().splitlines()[-1].startswith("error: no readable results under"), err
+    assert not (tmp_path / "r" / "report").exists()

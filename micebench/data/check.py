@@ -159,7 +159,7 @@ def check_dataset(dataset: Dataset) -> CheckReport:
 
     report = CheckReport(dataset.name)
     where = Path(dataset.name)
-    queries = report.read(where, dataset.queries, {})
+    queries = dataset.queries()  # a collection that cannot be loaded at all (offline, gone) is an error, not a row
     if isinstance(dataset, IrDatasetsDataset):
         qrels = report.read(where, lambda: dataset.read_qrels(report), {})
     else:

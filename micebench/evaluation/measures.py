@@ -24,6 +24,8 @@ def to_ranx(measure: str, rel_level: int = 1) -> str:
     base, _, cutoff = measure.partition("@")
     if base not in _RANX:
         raise DataError(f"unknown measure {measure!r} (known: {', '.join(_RANX)} with optional @k)")
+    if cutoff and (not cutoff.isdigit() or int(cutoff) < 1):
+        raise DataError(f"measure {measure!r}: the cutoff after @ must be a whole number of at least 1")
     name = _RANX[base] + (f"@{cutoff}" if cutoff else "")
     return f"{name}-l{rel_level}" if base != "nDCG" and rel_level != 1 else name
 

@@ -83,6 +83,14 @@ def parse_model(spec: str, default_precompute: str) -> tuple[str, str]:
     return name, cls.resolve_bench_mode(name, mode, default_precompute)
 
 
+def bench_modes() -> set[str]:
+    """Every mode (and alias) some timed ranker knows: what `--precompute`, the default mode, may name."""
+    from micebench.rankers.base import Benchmarkable, rankers_with, resolve_ranker
+
+    classes = [resolve_ranker(name)[0] for name in rankers_with(Benchmarkable)]
+    return {mode for cls in classes for mode in (*cls.bench_modes, *cls.bench_mode_aliases)}
+
+
 def synthetic_ids(tokenizer: Any, rows: int, length: int, gen: torch.Generator) -> torch.Tensor:
     """`[CLS] w... [SEP]` of exactly `length` tokens, words drawn from the ordinary vocabulary."""
     low = max(tokenizer.all_special_ids) + 1
@@ -103,6 +111,13 @@ class LatencyBench:
         self.config = config
         if config.batch < 1:
             raise MicebenchError(f"batch must be at least 1 (got {config.batch})")
+        if config.docs_per_query < 1:
+            raise MicebenchError(f"--docs-per-query must be at least 1 (got {config.docs_per_query})")
+        if not config.models:
+            raise MicebenchError("--models names no model (a comma list, e.g. ce,mice-l4+3:kv)")
+        known = bench_modes()
+        if config.precompute not in known:
+            raise MicebenchError(f"unknown --precompute {config.precompute!r} (use {', '.join(sorted(known))})")
         for spec in config.models:  # names and modes first, before any model work
             parse_model(spec, config.precompute)
         if config.query_len < 3 or config.doc_len < 3:

@@ -44,6 +44,8 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             length = int.from_bytes(handle.read(8), "little")
+            if 8 + length > path.stat().st_size:  # garbage or truncated: never read a made-up length
+                return {}
             header = json.loads(handle.read(length))
     except (OSError, ValueError):
         return {}
@@ -118,20 +120,39 @@ def checkpoint_family(folder: Path) -> str | None:
     return None
 
 
-def check_family(checkpoint: str | None, model: str, own: str | None = None) -> Path | None:
+def check_family(checkpoint: str | None, model: str, own: str | None = None, reader: str | None = None) -> Path | None:
     """Refuse a checkpoint of another family than `model`'s (`own`: the family it may also read; a plain model
-    is read by every family), naming the family it is; returns the local folder, tokenizer checked."""
+    is read by every family), naming the family it is (`reader`: what reads it, when not `--model MODEL`);
+    returns the local folder, tokenizer checked."""
     folder = local_folder(checkpoint)
     if folder is None:
         return None
     family = checkpoint_family(folder)
     if family is not None and family != own:
         raise DataError(
-            f"checkpoint {checkpoint} is a {family} checkpoint, not one for --model {model} "
+            f"checkpoint {checkpoint} is a {family} checkpoint, not one for {reader or f'--model {model}'} "
             f"(load it with {FAMILY_MODELS[family]})"
         )
     check_tokenizer_files(folder)
+    check_architecture(folder)
     return folder
+
+
+#: config.json's architecture sizes and their least values: a 0 would load an empty model that scores nothing
+ARCHITECTURE_FIELDS = {"num_hidden_layers": 1, "hidden_size": 1, "num_attention_heads": 1, "max_position_embeddings": 2}
+
+
+def check_architecture(folder: Path) -> None:
+    """The architecture sizes of a checkpoint's config.json that are given, typed and ranged."""
+    path = folder / "config.json"
+    try:  # a file that is not JSON is named by the loader, as ever
+        data = read_json(path) if path.is_file() else None
+    except MicebenchError:
+        return
+    if not isinstance(data, dict):
+        return
+    for field, least in ARCHITECTURE_FIELDS.items():
+        config_field(data, path, field, int, least=least)
 
 
 # -- fields of checkpoint configs -----------------------------------------------------------------------------

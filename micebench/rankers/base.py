@@ -37,11 +37,21 @@ CANDIDATE_COLUMNS = ("qid", "query", "docno", "text", "score")
 class RankerOptions:
     """Options of a ranker family; subclasses declare theirs as fields with defaults."""
 
+    #: token lengths and the least each holds: the special tokens around one token of text (one of each text for
+    #: a pair); anything shorter would score empty or truncated-away inputs
+    MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {}
+
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_length", "query_max_length", "dim", "query_length", "doc_length"):
             value = getattr(self, name, None)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise MicebenchError(f"--{name.replace('_', '-')} must be a positive whole number (got {value!r})")
+        for name, (least, holds) in self.MIN_LENGTHS.items():
+            value = getattr(self, name, None)
+            if value is not None and value < least:
+                raise MicebenchError(
+                    f"--{name.replace('_', '-')} {value} cannot hold {holds}: use at least {least} tokens"
+                )
 
 
 @dataclasses.dataclass
@@ -51,6 +61,17 @@ class ModelOptions(RankerOptions):
     checkpoint: str | None = None
     device: str = "auto"
     dtype: str = "fp32"
+
+    MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {"max_length": (3, "[CLS] text [SEP]")}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from micebench.models.hf import DTYPES, pick_device
+
+        if self.dtype not in DTYPES:
+            raise MicebenchError(f"unknown dtype {self.dtype!r} (use {', '.join(DTYPES)})")
+        if not isinstance(self.device, str) or not self.device.startswith("cuda"):  # CUDA: checked when it loads
+            pick_device(self.device)
 
 
 class Ranker(ABC):

@@ -15,7 +15,7 @@ import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -96,6 +96,11 @@ class ColBERTOptions(ModelOptions):
     query_length: int = 32
     doc_length: int = 180
     precomputed: str | None = None
+
+    MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {
+        "query_length": (4, "[CLS] [Q] query [SEP]"),
+        "doc_length": (4, "[CLS] [D] document [SEP]"),
+    }
 
 
 def maxsim(q: Any, docs: Any, keep: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -44,6 +44,8 @@ class CrossEncoderOptions(ModelOptions):
     batch_size: int = 32
     max_length: int = 512
     attn_implementation: str = "sdpa"
+
+    MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {"max_length": (5, "[CLS] query [SEP] document [SEP]")}
 
 
 @register_ranker("ce", "cross-encoder: [CLS] query [SEP] document [SEP] with full attention")

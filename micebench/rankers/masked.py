@@ -20,6 +20,11 @@ class MaskedOptions(CrossEncoderOptions):
 
     schedule: str | Schedule = "none"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.schedule, str):  # a bad preset, rule or file: refused before any model work
+            parse_schedule(self.schedule)
+
 
 @register_ranker("masked-ce", "cross-encoder with a per-layer attention schedule (--schedule mask2, ...)")
 class MaskedCrossEncoderRanker(CrossEncoderRanker):

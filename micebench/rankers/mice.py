@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -74,6 +74,18 @@ class MiceOptions(ModelOptions):
     random_top_layers: bool = False
     max_length: int = 512
     query_max_length: int | None = None
+
+    MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {
+        "max_length": (3, "[CLS] document [SEP]"),
+        "query_max_length": (3, "[CLS] query [SEP]"),
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.merge_layer is not None and self.merge_layer < 1:  # the upper bounds need the model's depth
+            raise MicebenchError(f"merge layer {self.merge_layer} is impossible (use 1 up to the model's layers - 1)")
+        if self.top_layers is not None and self.top_layers < 1:
+            raise MicebenchError(f"{self.top_layers} top layers are impossible (use 1 or more)")
 
 
 @register_ranker("mice", "MICE (default l4+3, the paper's): bottom layers apart, top layers with query cross-attention")

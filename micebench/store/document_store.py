@@ -72,9 +72,56 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise MicebenchError(f"corrupt document store manifest: {path}") from None
     if not isinstance(manifest, dict) or manifest.get("status") != "complete":
         raise MicebenchError(f"document store is incomplete: {folder}")
+    check_manifest_types(manifest, path)
     if manifest.get("format", 1) > FORMAT:
         raise MicebenchError(f"document store {folder} has format {manifest['format']}: upgrade micebench to read it")
     return manifest
+
+
+#: the manifest fields a reader uses: their type and whether every complete store has them
+MANIFEST_FIELDS = {
+    "format": ("int", False),
+    "kind": ("str", False),
+    "mode": ("str | None", False),
+    "fingerprint": ("str", False),
+    "fields": ("list[str]", True),
+    "dtype": ("str", True),
+    "shards": ("list", True),
+    "num_docs": ("int", False),
+    "num_tokens": ("int", False),
+}
+#: per shard entry: type and whether required
+SHARD_FIELDS = {"file": ("str", True), "bytes": ("int", False), "docs": ("int", False), "tokens": ("int", False)}
+
+
+def check_manifest_types(manifest: dict[str, Any], path: Path) -> None:
+    """Every manifest field a reader uses typed (counts >= 0): a damaged manifest is one line naming the field."""
+    from micebench.fieldtypes import type_problem
+
+    def damaged(field: str, problem: str) -> MicebenchError:
+        return MicebenchError(f"damaged store manifest: {path}: {field} {problem}")
+
+    def check(table: dict[str, Any], specs: dict[str, tuple[str, bool]], prefix: str) -> None:
+        for field, (annotation, required) in specs.items():
+            if field not in table:
+                if required:
+                    raise damaged(prefix + field, "is missing")
+                continue
+            value = table[field]
+            problem = "must be a list" if annotation == "list" and not isinstance(value, list) else None
+            problem = problem or (type_problem(value, annotation) if annotation != "list" else None)
+            if problem is None and annotation == "int" and value < 0:
+                problem = f"must be at least 0 (got {value!r})"
+            if problem:
+                raise damaged(prefix + field, problem)
+
+    check(manifest, MANIFEST_FIELDS, "")
+    for i, entry in enumerate(manifest["shards"]):
+        if not isinstance(entry, dict):
+            raise damaged(f"shards[{i}]", f"must be an object (got {entry!r})")
+        check(entry, SHARD_FIELDS, f"shards[{i}].")
+    if manifest.get("format", 1) >= 2 and not isinstance(manifest.get("index"), dict):
+        raise damaged("index", f"must be an object (got {manifest.get('index')!r})")
 
 
 def open_index(folder: Path, manifest: dict[str, Any]) -> DocIndex:

@@ -582,10 +582,10 @@ def latency(
     ] = ("ce,mice-l4+3:none,mice-l4+3:states,mice-l4+3:kv,colbert:precomputed"),
     batch: Annotated[int, typer.Option(help="Documents per batch, one query (>= 1).")] = 64,
     doc_len: Annotated[
-        int, typer.Option(help="Document tokens incl. its [CLS]/[SEP] (2 to the model's positions).")
+        int, typer.Option(help="Document tokens incl. its [CLS]/[SEP] (3 to the model's positions).")
     ] = 512,
     query_len: Annotated[
-        int, typer.Option(help="Query tokens incl. its [CLS]/[SEP] (2 to the model's positions).")
+        int, typer.Option(help="Query tokens incl. its [CLS]/[SEP] (3 to the model's positions).")
     ] = 32,
     precompute: Annotated[str, typer.Option(help="Default for models without ':mode': none | states | kv.")] = "none",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
@@ -711,7 +711,9 @@ def train(
     ] = None,
     max_length: Annotated[
         int | None,
-        typer.Option(help="Maximum tokens per input (>= 2; default: the student's own; also the teacher's)."),
+        typer.Option(
+            help="Maximum tokens per input (the student's least: 5 for ce and masked-ce, 3 otherwise; default: its own; also the teacher's)."
+        ),
     ] = None,
     split: Annotated[str, typer.Option(help="qrels split of a local training folder.")] = "train",
     negatives: Annotated[int, typer.Option(help="BM25 hard negatives per query (>= 1).")] = 20,

@@ -712,7 +712,8 @@ def train(
     max_length: Annotated[
         int | None,
         typer.Option(
-            help="Maximum tokens per input (the student's least: 5 for ce and masked-ce, 3 otherwise; default: its own; also the teacher's)."
+            help="Maximum tokens per input (>= 5 for ce and masked-ce, >= 3 otherwise; default: the student's own)."
+            " The teacher reads as many."
         ),
     ] = None,
     split: Annotated[str, typer.Option(help="qrels split of a local training folder.")] = "train",

@@ -21,7 +21,7 @@ import pandas as pd
 
 from micebench.data import Dataset, load_dataset
 from micebench.data.trec import Run, ranked
-from micebench.errors import DataError, MicebenchError
+from micebench.errors import DataError, MicebenchError, first_line
 from micebench.evaluation import DEFAULT_MEASURES, Evaluation, evaluate
 from micebench.firststage.candidates import Candidates, first_stage
 from micebench.frames import candidates_frame, check_queries, refuse_absent_candidates
@@ -163,12 +163,6 @@ def store_stage(config: RunConfig, dataset: Dataset, frame: pd.DataFrame) -> Non
             f"{len(absent)} of {len(docnos)} candidate documents are not in the store {folder} (e.g. {absent[0]!r}): "
             "add them with `micebench precompute --extend`"
         )
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (its type name when it has none)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_store_dataset(folder: str, manifest: Mapping[str, Any], dataset: Dataset) -> None:

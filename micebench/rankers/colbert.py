@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from micebench.errors import MicebenchError
+from micebench.errors import MicebenchError, first_line
 from micebench.models.batching import length_sorted_batches
 from micebench.models.hf import (
     apply_tf32_choice,
@@ -67,7 +67,7 @@ def _local_folder(checkpoint: str) -> Path | None:
 
         return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*/*"]))
     except Exception as err:  # network or repository errors of huggingface_hub
-        raise MicebenchError(f"cannot load model {checkpoint!r}: {str(err).splitlines()[0]}") from None
+        raise MicebenchError(f"cannot load model {checkpoint!r}: {first_line(err)}") from None
 
 
 @dataclass

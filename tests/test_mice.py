@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -275,7 +276,7 @@ def test_precomputed_store_equals_on_the_fly(tmp_path, tiny4_ce, mode):
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["mode"] == mode and manifest["num_docs"] == len(DOCS) and manifest["bytes_per_doc"] > 0
     stored = _mice(tiny4_ce, precomputed=str(store), batch_size=3)
-    assert not stored.needs_text
+    assert not stored.reads_text(dataclasses.asdict(stored.options))
     order = ["d3", "d1", "d0", "d2"]
     np.testing.assert_allclose(
         stored.score_stored(QUERY, order), ranker.score(QUERY, [DOCS[int(d[1])] for d in order]), atol=1e-4, rtol=0

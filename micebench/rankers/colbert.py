@@ -20,25 +20,13 @@ from typing import Any
 import numpy as np
 
 from micebench.errors import MicebenchError, first_line
-from micebench.models.batching import length_sorted_batches
-from micebench.models.hf import (
-    apply_tf32_choice,
-    load_pretrained,
-    model_facts,
-    move_model,
-    pad_multiple,
-    pad_rows,
-    pick_device,
-    pick_dtype,
-    precision_facts,
-    read_json,
-    resolve_model,
-    scores_to_host,
-    to_device,
-    weight_fingerprint,
-)
-from micebench.rankers.base import Benchmarkable, ModelOptions, Ranker, StoreBacked, Trainable, register_ranker
+from micebench.models.batching import length_sorted_batches, pad_multiple, pad_rows, scores_to_host, to_device
+from micebench.models.hf import load_pretrained, move_model, read_json, resolve_model, weight_fingerprint
+from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
+from micebench.rankers.contract import ModelOptions
 from micebench.rankers.memory import oom_backoff
+from micebench.rankers.model import ModelRanker
+from micebench.rankers.registry import register_ranker
 
 STORE_MODE = "embeddings"
 
@@ -98,7 +86,7 @@ def maxsim(q: Any, docs: Any, keep: Any) -> Any:
 
 
 @register_ranker("colbert", "ColBERT late interaction: projected token embeddings, MaxSim (ColBERTv2, PyLate)")
-class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
+class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
     """ColBERT scoring; documents can come from a precomputed store of their token embeddings."""
 
     name = "colbert"
@@ -109,18 +97,13 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     bench_mode_aliases = {"states": "precomputed", STORE_MODE: "precomputed"}
 
     def __init__(self, options: ColBERTOptions):
-        super().__init__(options)
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         self._torch = torch
-        self.checkpoint = options.checkpoint
-        folder = _local_folder(self.checkpoint)
-        self.device = pick_device(options.device)
-        self.dtype = pick_dtype(options.dtype)
-        apply_tf32_choice(self.device, self.dtype)  # before any model loads: a bad value fails fast
-        self.batch_size = options.batch_size
-        self.tokenizer = load_pretrained(AutoTokenizer, str(folder))
+        folder = _local_folder(options.checkpoint)
+        super().__init__(options)
+        self.load_tokenizer(str(folder))
         self.encoder = load_pretrained(AutoModel, str(folder), attn_implementation="sdpa")
         hidden = self.encoder.config.hidden_size
         self.query_length, self.doc_length = options.query_length, options.doc_length
@@ -230,6 +213,8 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     def encode_query(self, query: str) -> Any:
         """(query_length, dim) embeddings; [MASK] padding is embedded (not attended to) and used in MaxSim."""
         return self.encode_queries([query])[0]
+
+    encode_stored_query = encode_query
 
     def encode_queries(self, queries: list[str]) -> Any:
         """(N, query_length, dim) embeddings of several queries in one forward pass (queries are padded to the same
@@ -358,11 +343,11 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     def bench_facts(self) -> dict[str, Any]:
         return {"attention": "sdpa", "dim": self.projection.out_features}
 
-    def describe(self) -> dict[str, Any]:
+    def weight_modules(self) -> list[Any]:
+        return [self.encoder, self.projection]
+
+    def details(self) -> dict[str, Any]:
         return {
-            "ranker": self.name,
-            **model_facts(self.checkpoint, self.device, self.dtype, self.encoder, self.projection),
-            **precision_facts(self.device, self.dtype),
             "format": self.format,
             "dim": self.projection.out_features,
             "query_length": self.query_length,

@@ -10,28 +10,14 @@ from typing import Any
 import numpy as np
 
 from micebench.errors import MicebenchError
-from micebench.models.batching import length_sorted_batches
-from micebench.models.hf import (
-    DEFAULT_CROSS_ENCODER,
-    apply_tf32_choice,
-    classifier_head,
-    classifier_options,
-    keep_fp32,
-    load_model,
-    load_pretrained,
-    logits_to_scores,
-    model_facts,
-    modules_dtype,
-    pad_multiple,
-    pad_rows,
-    pick_device,
-    pick_dtype,
-    precision_facts,
-    scores_to_host,
-    to_device,
-)
-from micebench.rankers.base import Benchmarkable, ModelOptions, Ranker, Trainable, register_ranker
+from micebench.models.batching import length_sorted_batches, pad_multiple, pad_rows, scores_to_host, to_device
+from micebench.models.hf import DEFAULT_CROSS_ENCODER, classifier_options, load_model, logits_to_scores
+from micebench.models.precision import classifier_head, keep_fp32, modules_dtype
+from micebench.rankers.capabilities import Benchmarkable, Trainable
+from micebench.rankers.contract import ModelOptions
 from micebench.rankers.memory import oom_backoff
+from micebench.rankers.model import ModelRanker
+from micebench.rankers.registry import register_ranker
 
 
 @dataclass
@@ -45,7 +31,7 @@ class CrossEncoderOptions(ModelOptions):
 
 
 @register_ranker("ce", "cross-encoder: [CLS] query [SEP] document [SEP] with full attention")
-class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
+class CrossEncoderRanker(Trainable, Benchmarkable, ModelRanker):
     """A standard cross-encoder; the relevance score is the classifier logit."""
 
     name = "ce"
@@ -54,16 +40,11 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
     def __init__(self, options: CrossEncoderOptions):
         super().__init__(options)
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        self.checkpoint = options.checkpoint
-        self.device = pick_device(options.device)
-        self.dtype = pick_dtype(options.dtype)
-        apply_tf32_choice(self.device, self.dtype)  # before any model loads: a bad value fails fast
-        self.batch_size = options.batch_size
         self.max_length = options.max_length
         extra = classifier_options(self.checkpoint)
-        self.tokenizer = load_pretrained(AutoTokenizer, self.checkpoint)
+        self.load_tokenizer()
         self.model = load_model(
             AutoModelForSequenceClassification,
             self.checkpoint,
@@ -88,8 +69,9 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
         ).to(self.device)
 
     def forward(self, batch: Any, **kwargs: Any) -> Any:
-        """Model output for a tokenised batch (kwargs such as output_attentions go to the model)."""
-        return self.model(**batch, **kwargs)
+        """Model output for a tokenised batch, moved to the model's device if it is not there (kwargs such as
+        output_attentions go to the model)."""
+        return self.model(**to_device(dict(batch), self.device), **kwargs)
 
     def encode_pairs(self, query: str, docs: list[str]) -> Any:
         """Unpadded token lists of every `[CLS] q [SEP] d [SEP]` pair, truncated as `tokenize_pairs` truncates."""
@@ -101,7 +83,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
 
     def score_batch(self, batch: dict[str, Any]) -> Any:
         """Scores of a padded host batch, left on the device (fp32)."""
-        return logits_to_scores(self.forward(to_device(batch, self.device)).logits.float())
+        return logits_to_scores(self.forward(batch).logits.float())
 
     @oom_backoff
     def score(self, query: str, docs: list[str]) -> np.ndarray:
@@ -167,12 +149,11 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
             facts["sequence_length"] = self._bench_length
         return facts
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "ranker": self.name,
-            **model_facts(self.checkpoint, self.device, self.dtype, self.model),
-            **precision_facts(self.device, self.dtype, modules_dtype(*classifier_head(self.model))),
-            "max_length": self.max_length,
-            "batch_size": self.batch_size,
-            "oom_backoffs": getattr(self, "oom_backoffs", 0),
-        }
+    def weight_modules(self) -> list[Any]:
+        return [self.model]
+
+    def head_dtype(self) -> Any:
+        return modules_dtype(*classifier_head(self.model))
+
+    def details(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "batch_size": self.batch_size, "oom_backoffs": self.oom_backoffs}

@@ -10,19 +10,12 @@ import pandas as pd
 
 from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
-from micebench.models.hf import (
-    apply_tf32_choice,
-    load_model,
-    load_pretrained,
-    model_facts,
-    pick_device,
-    pick_dtype,
-    precision_facts,
-    read_sentence_transformers_config,
-)
+from micebench.models.hf import load_model, read_sentence_transformers_config
 from micebench.progress import progress_bar
-from micebench.rankers.base import ModelOptions, Ranker, checked_scores, register_ranker
+from micebench.rankers.contract import ModelOptions, checked_scores
 from micebench.rankers.memory import oom_backoff
+from micebench.rankers.model import ModelRanker
+from micebench.rankers.registry import register_ranker
 
 DEFAULT_DENSE = "minilm-l6"
 _PAIR_CHUNK = 65_536
@@ -39,27 +32,22 @@ class DenseOptions(ModelOptions):
 
 
 @register_ranker("dense", "bi-encoder, mean or CLS pooling (default: packaged all-MiniLM-L6-v2)")
-class DenseRanker(Ranker):
+class DenseRanker(ModelRanker):
     """Encodes query and documents independently; each distinct document is encoded once per call."""
 
     name = "dense"
     Options = DenseOptions
 
     def __init__(self, options: DenseOptions):
-        super().__init__(options)
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         st_config = read_sentence_transformers_config(options.checkpoint)
-        self.checkpoint = options.checkpoint
-        self.device = pick_device(options.device)
-        self.dtype = pick_dtype(options.dtype)
-        apply_tf32_choice(self.device, self.dtype)  # before any model loads: a bad value fails fast
-        self.batch_size = options.batch_size
+        super().__init__(options)
         self.max_length = int(options.max_length or st_config.get("max_seq_length") or 512)
         self.normalize = st_config.get("normalize", True) if options.normalize is None else options.normalize
         self.pooling = st_config.get("pooling", "mean")
-        self.tokenizer = load_pretrained(AutoTokenizer, self.checkpoint)
+        self.load_tokenizer()
         self.model = load_model(AutoModel, self.checkpoint, self.device, self.dtype, attn_implementation="sdpa")
         self._torch = torch
         #: (doc ids, their embeddings, query ids, theirs) of the frame given to `prepare`
@@ -132,12 +120,11 @@ class DenseRanker(Ranker):
     def effective_options(self) -> dict[str, Any]:
         return {**super().effective_options(), "max_length": self.max_length, "normalize": self.normalize}
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "ranker": self.name,
-            **model_facts(self.checkpoint, self.device, self.dtype, self.model),
-            **precision_facts(self.device, self.dtype, self._torch.float32),  # pooling and normalisation in fp32
-            "pooling": self.pooling,
-            "normalize": self.normalize,
-            "max_length": self.max_length,
-        }
+    def weight_modules(self) -> list[Any]:
+        return [self.model]
+
+    def head_dtype(self) -> Any:
+        return self._torch.float32  # pooling and normalisation in fp32
+
+    def details(self) -> dict[str, Any]:
+        return {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length}

@@ -11,33 +11,14 @@ from typing import Any
 import numpy as np
 
 from micebench.errors import MicebenchError
-from micebench.models.batching import length_sorted_batches
-from micebench.models.hf import (
-    DEFAULT_CROSS_ENCODER,
-    apply_tf32_choice,
-    keep_fp32,
-    logits_to_scores,
-    model_facts,
-    modules_dtype,
-    move_model,
-    pad_multiple,
-    pad_rows,
-    pick_device,
-    pick_dtype,
-    precision_facts,
-    scores_to_host,
-    to_device,
-)
-from micebench.rankers.base import (
-    Benchmarkable,
-    ModelOptions,
-    Ranker,
-    StoreBacked,
-    Trainable,
-    register_ranker,
-    register_ranker_pattern,
-)
+from micebench.models.batching import length_sorted_batches, pad_multiple, pad_rows, scores_to_host, to_device
+from micebench.models.hf import DEFAULT_CROSS_ENCODER, logits_to_scores, move_model
+from micebench.models.precision import keep_fp32, modules_dtype
+from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
+from micebench.rankers.contract import ModelOptions
 from micebench.rankers.memory import oom_backoff
+from micebench.rankers.model import ModelRanker
+from micebench.rankers.registry import register_ranker, register_ranker_pattern
 
 _SHAPE = re.compile(r"^mice-l(\d+)\+(\d+)$")
 #: `mice` without a shape: the paper's headline model, MICE-l4+3
@@ -63,7 +44,7 @@ class MiceOptions(ModelOptions):
 
 
 @register_ranker("mice", "MICE (default l4+3, the paper's): bottom layers apart, top layers with query cross-attention")
-class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
+class MiceRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
     """Minimal Interaction Cross-Encoder; the query's bottom layers run once per query."""
 
     name = "mice"
@@ -73,7 +54,6 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     bench_modes = ("none", "states", "kv")
 
     def __init__(self, options: MiceOptions):
-        super().__init__(options)
         import torch
 
         from micebench.models.mice import MiceConfig
@@ -81,6 +61,7 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
 
         self._torch = torch
         checkpoint = options.checkpoint
+        super().__init__(options, checkpoint or DEFAULT_CROSS_ENCODER)
         if is_mice_checkpoint(checkpoint):
             self.model, self.tokenizer = load_mice(checkpoint)
             shape = (self.model.mice.merge_layer, self.model.mice.top_layers)
@@ -105,10 +86,6 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         positions = getattr(self.model.config, "max_position_embeddings", None)
         if positions and self.model.mice.query_max_length > positions:
             self.model.mice.query_max_length = int(positions)
-        self.checkpoint = checkpoint or DEFAULT_CROSS_ENCODER
-        self.device = pick_device(options.device)
-        self.dtype = pick_dtype(options.dtype)
-        apply_tf32_choice(self.device, self.dtype)
         # stores are fingerprinted on the weights as loaded, so a bf16 run opens a store built in fp32
         self._fingerprints = {}
         if options.precomputed and self.dtype != torch.float32:
@@ -120,7 +97,6 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         move_model(self.model, self.device, self.dtype)
         if self.dtype != torch.float32:  # scores from an fp32 head: bf16 logits would tie
             keep_fp32(*self.model.head_modules())
-        self.batch_size = options.batch_size
         self.untrained = options.untrained
         self.open_store(options.precomputed)
 
@@ -179,6 +155,8 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
             raise MicebenchError("empty query text")
         batch = self.tokenize([query], self.mice.query_max_length)
         return self.model.encode_bottom(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"]
+
+    encode_stored_query = encode_query
 
     def device_scores(self, q: tuple[Any, Any], d_mask: Any, d_padded: bool | None = None, **doc: Any) -> Any:
         """Scores of one query's states against a batch of documents (`d_states=` or `d_kv=`), left on the device;
@@ -326,16 +304,18 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     def bench_facts(self) -> dict[str, Any]:
         return {"attention": "sdpa"}
 
-    def describe(self) -> dict[str, Any]:
+    def weight_modules(self) -> list[Any]:
+        return [self.model]
+
+    def head_dtype(self) -> Any:
+        return modules_dtype(*self.model.head_modules())
+
+    def details(self) -> dict[str, Any]:
         return {
-            "ranker": self.name,
-            "checkpoint": self.checkpoint,
             "mice": asdict(self.mice),
-            **{k: v for k, v in model_facts(None, self.device, self.dtype, self.model).items() if k != "checkpoint"},
-            **precision_facts(self.device, self.dtype, modules_dtype(*self.model.head_modules())),
             "attention": "sdpa",
             "batch_size": self.batch_size,
-            "oom_backoffs": getattr(self, "oom_backoffs", 0),
+            "oom_backoffs": self.oom_backoffs,
             **self.store_facts(),
         }
 

@@ -12,7 +12,8 @@ from transformers import AutoTokenizer
 
 from micebench import load_ranker
 from micebench.errors import MicebenchError
-from micebench.models.mice import MiceConfig, build_mice
+from micebench.models.mice import MiceConfig
+from micebench.models.mice_io import build_mice
 from tests.conftest import tiny_modernbert_config, write_beir
 
 QUERY = "how do goldfish grow"

@@ -335,7 +335,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
         return [self.encoder, self.projection]
 
     def bench_flops(self, query_len: int, doc_len: int, batch: int, mode: str) -> float:
-        from micebench.latency import flops
+        from micebench.models import flops
 
         shape = flops.shape_of(self.encoder.config)
         return flops.colbert(query_len, doc_len, shape, self.projection.out_features, batch, mode)

@@ -114,7 +114,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, ModelRanker):
     # -- Benchmarkable ----------------------------------------------------------------------------------------
     def bench_call(self, query_ids: Any, doc_ids: Any, mode: str) -> Callable[[], Any]:
         """`[CLS] q [SEP] d [SEP]` of exactly the cross-encoder length for the given query and document lengths."""
-        from micebench.latency import flops
+        from micebench.models import flops
 
         torch = self._torch
         length = flops.cross_encoder_length(query_ids.shape[1], doc_ids.shape[1], flops.shape_of(self.model.config))
@@ -136,7 +136,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, ModelRanker):
         return [self.model]
 
     def bench_flops(self, query_len: int, doc_len: int, batch: int, mode: str) -> float:
-        from micebench.latency import flops
+        from micebench.models import flops
 
         return flops.cross_encoder(query_len, doc_len, flops.shape_of(self.model.config))
 

@@ -291,7 +291,7 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
         return [self.model.embeddings, *self.model.bottom, *self.model.top]
 
     def bench_flops(self, query_len: int, doc_len: int, batch: int, mode: str) -> float:
-        from micebench.latency import flops
+        from micebench.models import flops
 
         shape = flops.shape_of(self.model.config)
         return flops.mice(query_len, doc_len, shape, self.mice.merge_layer, self.mice.top_layers, batch, mode)

@@ -15,11 +15,11 @@ from scipy.stats import ttest_rel
 
 from micebench.evaluation.measures import Evaluation
 from micebench.report.build import build_reports
-from micebench.report.collect import collect, collect_groups
+from micebench.report.collect import collect, collect_groups, load_results
 from micebench.report.discover import find_groups, group_folder, group_slug
 from micebench.report.significance import correct
 from micebench.report.tables import DOWN, UP, _latex_escape, effectiveness_table, md_escape, to_latex, to_markdown
-from micebench.results import load_results, result_dir, write_result
+from micebench.results import result_dir, write_result
 from tests.test_cli import cli
 
 RNG = np.random.default_rng(7)

@@ -56,10 +56,18 @@ class StoreBacked(ModelRanker):
     def reads_text(cls, options: dict[str, Any]) -> bool:
         return not options.get("precomputed")
 
+    @classmethod
+    def store_mode(cls, mode: str | None) -> str:
+        """`mode`, or the family's default when None; a mode this family cannot store is one line."""
+        if mode is None:
+            return cls.store_modes[0]
+        if mode not in cls.store_modes:
+            raise MicebenchError(f"unknown store mode {mode!r} for {cls.name} (use {' or '.join(cls.store_modes)})")
+        return mode
+
     def check_store_mode(self, mode: str) -> None:
         """Refuse a mode this ranker cannot store, in one line."""
-        if mode not in self.store_modes:
-            raise MicebenchError(f"unknown store mode {mode!r} for {self.name} (use {' or '.join(self.store_modes)})")
+        self.store_mode(mode)
 
     @abstractmethod
     def store_fields(self, mode: str) -> tuple[list[str], str]:
@@ -113,7 +121,8 @@ class StoreBacked(ModelRanker):
         if not folder:
             self.store = None
             return
-        from micebench.store.document_store import DocumentStore, read_manifest
+        from micebench.store.manifest import read_manifest
+        from micebench.store.reader import DocumentStore
 
         mode = read_manifest(folder).get("mode")
         if mode not in self.store_modes:

@@ -23,7 +23,7 @@ from micebench.errors import MicebenchError, first_line
 from micebench.models.batching import length_sorted_batches, pad_multiple, pad_rows, scores_to_host, to_device
 from micebench.models.hf import load_pretrained, move_model, read_json, resolve_model, weight_fingerprint
 from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
-from micebench.rankers.contract import ModelOptions
+from micebench.rankers.contract import ModelOptions, option
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
 from micebench.rankers.registry import register_ranker
@@ -62,12 +62,14 @@ def _local_folder(checkpoint: str) -> Path | None:
 class ColBERTOptions(ModelOptions):
     """Options of `colbert`; a ColBERTv2 or PyLate checkpoint's own query and document lengths take precedence."""
 
-    checkpoint: str = "colbert-ir/colbertv2.0"
-    batch_size: int = 64
-    dim: int = 128
-    query_length: int = 32
-    doc_length: int = 180
-    precomputed: str | None = None
+    checkpoint: str = option(
+        "colbert-ir/colbertv2.0", "ColBERTv2, PyLate or BERT/ModernBERT weights (folder or hub id)"
+    )
+    batch_size: int = option(64, "documents per forward pass (>= 1; halved on CUDA out of memory)")
+    dim: int = option(128, "projection size of a fresh projection (>= 1; a checkpoint's own wins)")
+    query_length: int = option(32, "query tokens incl. [MASK] padding (>= 1; a checkpoint's own wins)")
+    doc_length: int = option(180, "maximum document tokens (>= 1; a checkpoint's own wins)")
+    precomputed: str | None = option(None, "document store folder built by `micebench precompute`")
 
 
 def maxsim(q: Any, docs: Any, keep: Any) -> Any:
@@ -306,7 +308,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
 
     def bench_call(self, query_ids: Any, doc_ids: Any, mode: str) -> Callable[[], Any]:
         """`none` encodes the documents in the call; `precomputed` gathers their embeddings from a packed store."""
-        from micebench.store.document_store import PackedTensors
+        from micebench.store.reader import PackedTensors
 
         torch = self._torch
         q_ids, d_ids = query_ids.to(self.device), doc_ids.to(self.device)

@@ -22,6 +22,12 @@ from micebench.progress import progress_bar
 CANDIDATE_COLUMNS = ("qid", "query", "docno", "text", "score")
 
 
+def option(default: Any, help: str) -> Any:
+    """A declared option: its default and its help text ("what (unit, range)"), which `micebench models NAME`
+    shows and from which command-line options can be generated."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass
 class RankerOptions:
     """Options of a ranker family; subclasses declare theirs as fields with defaults."""
@@ -37,9 +43,9 @@ class RankerOptions:
 class ModelOptions(RankerOptions):
     """Options every Hugging Face ranker takes: where the weights come from, device and dtype."""
 
-    checkpoint: str | None = None
-    device: str = "auto"
-    dtype: str = "fp32"
+    checkpoint: str | None = option(None, "weights: a local folder, short name or hub id")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N | mps (auto: CUDA, then MPS, then CPU)")
+    dtype: str = option("fp32", "fp32 | fp16 | bf16: the dtype the model runs in")
 
 
 class Ranker(ABC):

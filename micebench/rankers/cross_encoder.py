@@ -14,7 +14,7 @@ from micebench.models.batching import length_sorted_batches, pad_multiple, pad_r
 from micebench.models.hf import DEFAULT_CROSS_ENCODER, classifier_options, load_model, logits_to_scores
 from micebench.models.precision import classifier_head, keep_fp32, modules_dtype
 from micebench.rankers.capabilities import Benchmarkable, Trainable
-from micebench.rankers.contract import ModelOptions
+from micebench.rankers.contract import ModelOptions, option
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
 from micebench.rankers.registry import register_ranker
@@ -24,10 +24,10 @@ from micebench.rankers.registry import register_ranker
 class CrossEncoderOptions(ModelOptions):
     """Options of `ce`."""
 
-    checkpoint: str = DEFAULT_CROSS_ENCODER
-    batch_size: int = 32
-    max_length: int = 512
-    attn_implementation: str = "sdpa"
+    checkpoint: str = option(DEFAULT_CROSS_ENCODER, "cross-encoder weights: a local folder, short name or hub id")
+    batch_size: int = option(32, "documents per forward pass (>= 1; halved on CUDA out of memory)")
+    max_length: int = option(512, "maximum tokens of a query-document pair (>= 1), truncated longest first")
+    attn_implementation: str = option("sdpa", "transformers attention: sdpa | eager (eager can return weights)")
 
 
 @register_ranker("ce", "cross-encoder: [CLS] query [SEP] document [SEP] with full attention")

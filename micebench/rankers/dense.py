@@ -12,7 +12,7 @@ from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.models.hf import load_model, read_sentence_transformers_config
 from micebench.progress import progress_bar
-from micebench.rankers.contract import ModelOptions, checked_scores
+from micebench.rankers.contract import ModelOptions, checked_scores, option
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
 from micebench.rankers.registry import register_ranker
@@ -25,10 +25,10 @@ _PAIR_CHUNK = 65_536
 class DenseOptions(ModelOptions):
     """Options of `dense`; max_length and normalize default to the checkpoint's sentence-transformers config."""
 
-    checkpoint: str = DEFAULT_DENSE
-    batch_size: int = 64
-    max_length: int | None = None
-    normalize: bool | None = None
+    checkpoint: str = option(DEFAULT_DENSE, "bi-encoder weights: a local folder, short name or hub id")
+    batch_size: int = option(64, "texts per forward pass (>= 1; halved on CUDA out of memory)")
+    max_length: int | None = option(None, "maximum tokens per text (>= 1; default: the checkpoint's max_seq_length)")
+    normalize: bool | None = option(None, "L2-normalise embeddings (default: as the checkpoint's modules say)")
 
 
 @register_ranker("dense", "bi-encoder, mean or CLS pooling (default: packaged all-MiniLM-L6-v2)")

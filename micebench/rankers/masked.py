@@ -9,6 +9,7 @@ from typing import Any
 from micebench.models.batching import move
 from micebench.models.masking import LayerMasks, schedule_masks
 from micebench.models.segments import segment_ids
+from micebench.rankers.contract import option
 from micebench.rankers.cross_encoder import CrossEncoderOptions, CrossEncoderRanker
 from micebench.rankers.registry import register_ranker, register_ranker_pattern
 from micebench.schedules import PRESET_HELP, Schedule, is_preset, parse_schedule
@@ -18,7 +19,7 @@ from micebench.schedules import PRESET_HELP, Schedule, is_preset, parse_schedule
 class MaskedOptions(CrossEncoderOptions):
     """Options of `masked-ce`: the cross-encoder's, plus the schedule (a preset, a file or compact rules)."""
 
-    schedule: str | Schedule = "none"
+    schedule: str | Schedule = option("none", "attention schedule: a preset, a TOML/YAML file or compact rules")
 
 
 @register_ranker("masked-ce", "cross-encoder with a per-layer attention schedule (--schedule mask2, ...)")

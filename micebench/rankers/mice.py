@@ -15,7 +15,7 @@ from micebench.models.batching import length_sorted_batches, pad_multiple, pad_r
 from micebench.models.hf import DEFAULT_CROSS_ENCODER, logits_to_scores, move_model
 from micebench.models.precision import keep_fp32, modules_dtype
 from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
-from micebench.rankers.contract import ModelOptions
+from micebench.rankers.contract import ModelOptions, option
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
 from micebench.rankers.registry import register_ranker, register_ranker_pattern
@@ -30,17 +30,17 @@ class MiceOptions(ModelOptions):
     """Options of `mice`; the shape (default l4+3) and attention options apply when converting a cross-encoder
     (a MICE checkpoint carries its own). `max_length` is the document budget, `query_max_length` the query's."""
 
-    merge_layer: int | None = None
-    top_layers: int | None = None
-    batch_size: int = 128
-    precomputed: str | None = None
-    untrained: bool = False
-    top_self_attention: bool = True
-    query_attends_cls: bool = False
-    cls_attends_document: bool = False
-    random_top_layers: bool = False
-    max_length: int = 512
-    query_max_length: int | None = None
+    merge_layer: int | None = option(None, "layer k where query and document meet (0 < k < layers; default 4)")
+    top_layers: int | None = option(None, "number m of top layers kept (>= 1, k + m <= layers; default 3)")
+    batch_size: int = option(128, "documents per forward pass (>= 1; halved on CUDA out of memory)")
+    precomputed: str | None = option(None, "document store folder built by `micebench precompute`")
+    untrained: bool = option(False, "allow evaluating a MICE that was never fine-tuned")
+    top_self_attention: bool = option(True, "keep query self-attention in the top layers (conversion)")
+    query_attends_cls: bool = option(False, "let query tokens attend to cls in the top layers (conversion)")
+    cls_attends_document: bool = option(False, "let cls cross-attend to the document (conversion)")
+    random_top_layers: bool = option(False, "re-initialise the top layers instead of copying them (conversion)")
+    max_length: int = option(512, "document token budget (>= 1)")
+    query_max_length: int | None = option(None, "query token budget (>= 1; default: the model's)")
 
 
 @register_ranker("mice", "MICE (default l4+3, the paper's): bottom layers apart, top layers with query cross-attention")
@@ -89,7 +89,7 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
         # stores are fingerprinted on the weights as loaded, so a bf16 run opens a store built in fp32
         self._fingerprints = {}
         if options.precomputed and self.dtype != torch.float32:
-            from micebench.store.document_store import read_manifest
+            from micebench.store.manifest import read_manifest
 
             mode = read_manifest(options.precomputed).get("mode")
             if mode in self.store_modes:
@@ -256,7 +256,7 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
     # -- Benchmarkable ------------------------------------------------------------------------------------------
     def bench_call(self, query_ids: Any, doc_ids: Any, mode: str) -> Callable[[], Any]:
         """`none` runs the documents' bottom layers in the call; `states`/`kv` read them from a packed store."""
-        from micebench.store.document_store import PackedTensors
+        from micebench.store.reader import PackedTensors
 
         torch = self._torch
         q_ids, d_ids = query_ids.to(self.device), doc_ids.to(self.device)

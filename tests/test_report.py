@@ -14,7 +14,7 @@ from scipy.stats import t as student_t
 from scipy.stats import ttest_rel
 
 from micebench.evaluation.measures import Evaluation
-from micebench.report.build import build_reports
+from micebench.report.build import FORMATS, Report, plan_reports, write_report
 from micebench.report.collect import collect, collect_groups, load_results
 from micebench.report.discover import find_groups, group_folder, group_slug
 from micebench.report.significance import correct
@@ -27,6 +27,16 @@ N = 30
 BASE = {d: RNG.uniform(0.2, 0.8, N) for d in ("trec-dl-19", "trec-dl-20", "scifact")}
 # better everywhere; on trec-dl-20 by a margin significant only without correction (p between 0.05/3 and 0.05)
 SHIFT = {"trec-dl-19": 0.08, "trec-dl-20": None, "scifact": -0.06}
+
+
+def build_reports(
+    results: Path, output: Path, baseline: str | None = None, formats: tuple[str, ...] = FORMATS
+) -> list[Report]:
+    """The reports `micebench report` writes (nDCG@10, Student's t, Holm, alpha 0.05): one per group of results."""
+    reports = plan_reports(collect_groups(results), results, output, "nDCG@10", baseline, "student", "holm", 0.05)
+    for report in reports:
+        write_report(report, formats)
+    return reports
 
 
 def _noise(n: int) -> np.ndarray:

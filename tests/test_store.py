@@ -38,7 +38,6 @@ class WordRanker:
     """Stands in for MICE or ColBERT in `precompute`: one vector per word, fields `states` or `k0`/`v0`."""
 
     label = "words"
-    default_store_mode = "states"
 
     def __init__(self, fingerprint: str = "fp-1", batch_size: int = 2):
         self.fingerprint, self.batch_size = fingerprint, batch_size

@@ -48,10 +48,6 @@ class StoreBacked(ModelRanker):
     #: the opened store (`options.precomputed`), or None to score from texts
     store: Any = None
 
-    @property
-    def default_store_mode(self) -> str:
-        return self.store_modes[0]
-
     @classmethod
     def reads_text(cls, options: dict[str, Any]) -> bool:
         return not options.get("precomputed")

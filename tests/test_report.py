@@ -648,3 +648,26 @@ def test_efficiency_table_joins_runs_stores_and_latency_per_ranker(tmp_path):
     assert table["bm25"]["GFLOP/doc"] == ""
     names = {p.name for p in (tmp_path / "rep").iterdir()}
     assert {"pareto.png", "pareto_flops.png", "latency.csv"} <= names
+
+
+def test_a_manifest_that_is_json_but_not_an_object_is_unreadable_everywhere(tmp_path, caplog):
+    """`run` (is_complete), `results` and `report` share one rule: such a folder is no finished result."""
+    from micebench.report.discover import find_results
+    from micebench.results import is_complete, manifest_status
+
+    folder = tmp_path / "scifact" / "bm25"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("[1, 2]")
+    assert manifest_status(folder) == "unreadable" and not is_complete(folder)
+    assert find_results(tmp_path) == ([], [folder])
+    assert load_results(tmp_path) == []
+    assert "manifest.json is not a readable JSON object" in caplog.text
+
+
+def test_a_store_manifest_that_is_json_but_not_an_object_is_one_line(tmp_path):
+    from micebench.errors import MicebenchError
+    from micebench.store.manifest import read_manifest
+
+    (tmp_path / "manifest.json").write_text('"complete"')
+    with pytest.raises(MicebenchError, match="not a JSON object"):
+        read_manifest(tmp_path)

@@ -34,7 +34,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise MicebenchError(f"corrupt document store manifest: {path}") from None
-    if not isinstance(manifest, dict) or manifest.get("status") != "complete":
+    if not isinstance(manifest, dict):
+        raise MicebenchError(f"corrupt document store manifest (not a JSON object): {path}")
+    if manifest.get("status") != "complete":
         raise MicebenchError(f"document store is incomplete: {folder}")
     if manifest.get("format", 1) > FORMAT:
         raise MicebenchError(f"document store {folder} has format {manifest['format']}: upgrade micebench to read it")

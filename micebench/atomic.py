@@ -48,6 +48,16 @@ def check_can_create(folder: Path | str) -> None:
         raise EnvironmentFault(f"cannot write {folder}: Permission denied ({probe})")
 
 
+@contextmanager
+def writing(target: Path | str) -> Iterator[None]:
+    """The writes inside are to `target`: an OSError they raise becomes one line (`write_fault`), a machine fault
+    the CLI exits 1 on. Writers wrap their own writes with it, so no caller has to."""
+    try:
+        yield
+    except OSError as error:
+        raise write_fault(target, error) from None
+
+
 def make_folders(folder: Path) -> list[Path]:
     """Create `folder` and its missing parents; returns the folders created, deepest first."""
     missing = []

@@ -226,34 +226,9 @@ def _run_suite(config: RunConfig) -> None:
 def _run_experiment_file(
     path: str, overwrite: bool, data_dir: str | None, device: str | None, resume: bool = False
 ) -> None:
-    from micebench.data import load_dataset
-    from micebench.experiments import check_datasets, experiment_runs, load_experiment, write_experiment_index
-    from micebench.pipeline import check_config, result_folder, run_experiment
-    from micebench.results import is_complete
+    from micebench.experiments import run_experiment_file
 
-    data = load_experiment(path)
-    check_datasets(data, data_dir)
-    overrides: dict[str, object] = {"overwrite": overwrite, "resume": resume}
-    if device:
-        overrides["device"] = device
-    if data_dir:
-        overrides["data_dir"] = data_dir
-    runs = experiment_runs(data, overrides)
-    for config in runs:  # every run's options, seed and measures before the first one starts
-        check_config(config)
-    done = skipped = 0
-    for i, config in enumerate(runs):
-        folder = result_folder(config, load_dataset(config.dataset, config.data_dir, config.split).name)
-        if is_complete(folder) and not overwrite:
-            skipped += 1
-        else:
-            result = run_experiment(config)
-            done += 1
-            if result is not None:  # None: a non-zero torchrun rank, rank 0 reports
-                means = ", ".join(f"{k} {v:.4f}" for k, v in list(result.evaluation.means.items())[:2])
-                out().print(f"{config.dataset} · {config.ranker_label()} · seed {config.seed}: {means}")
-        if i == 0:  # written once the first run stands: a run refused or failing at once leaves nothing behind
-            write_experiment_index(data, config.output)
+    done, skipped = run_experiment_file(path, overwrite, data_dir, device, resume, say=out().print)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         out().print(f"{done} runs done, {skipped} finished results kept (use --overwrite to redo them)")
 
@@ -410,7 +385,7 @@ def results(
     measure: Annotated[list[str] | None, typer.Option(help="Measures to show (default: all).")] = None,
 ) -> None:
     """Tabulate the finished results under a folder (one row per dataset and ranker)."""
-    from micebench.results import load_results
+    from micebench.report.collect import load_results
 
     rows = load_results(folder)
     if not rows:
@@ -534,9 +509,7 @@ def precompute(
         stored = ", ".join(rankers_with(StoreBacked))
         raise MicebenchError(f"model {model!r} has no document store (stores: {stored} and their shapes)")
     ranker_options(model, **given, device=device)  # every option checked before the dataset or the model loads
-    if mode is not None and mode not in cls.store_modes:
-        raise MicebenchError(f"unknown store mode {mode!r} for {model} (use {' or '.join(cls.store_modes)})")
-    mode = mode or cls.store_modes[0]
+    mode = cls.store_mode(mode)
     ds = load_dataset(dataset, data_dir, split)
     world = Distributed.from_env(device)
     ranker = load_ranker(model, **given, device=world.device(device))
@@ -564,9 +537,9 @@ def precompute(
     )
     if world.rank != 0:
         return
-    import json
+    from micebench.store.manifest import read_manifest
 
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = read_manifest(path)
     added = manifest.get("sources", [{}])[-1].get("added", manifest["num_docs"])
     out().print(
         f"{manifest['num_docs']} documents ({added} added), {manifest['num_tokens']} tokens, "
@@ -833,9 +806,8 @@ def attention(
     data_dir: DataDirOption = None,
 ) -> None:
     """Measure per-layer attention mass between segments (cls, query, sep1, document, sep2); write table + heatmaps."""
-    from micebench.analysis.attention import segment_attention, write_attention_result
+    from micebench.analysis.attention import attention_pairs, segment_attention, write_attention_result
     from micebench.data import load_dataset
-    from micebench.firststage.candidates import first_stage as get_candidates
     from micebench.rankers.base import load_ranker, ranker_options, resolve_ranker
     from micebench.rankers.cross_encoder import CrossEncoderRanker
     from micebench.rankers.masked import MaskedCrossEncoderRanker
@@ -854,15 +826,7 @@ def attention(
     # a plain cross-encoder is read through masked-ce with no rule (identical scores, same hooks for attention)
     spec = model if issubclass(cls, MaskedCrossEncoderRanker) else "masked-ce"
     ranker = load_ranker(spec, checkpoint=checkpoint, schedule=schedule, device=device, attn_implementation="eager")
-    texts = ds.judged_queries()
-    chosen = sorted(texts)[:queries]
-    candidates = get_candidates(ds, first_stage, docs_per_query).run
-    docs = ds.doc_texts({d for q in chosen for d in candidates.get(q, {})})
-    from micebench.data.trec import ranked
-
-    pairs = [(texts[q], docs[d]) for q in chosen for d, _ in ranked(candidates.get(q, {})) if d in docs]
-    if not pairs:
-        raise MicebenchError("no query-candidate pairs to analyse")
+    pairs = attention_pairs(ds, first_stage, queries, docs_per_query)
     result = segment_attention(ranker, pairs)
     label = model if model != "masked-ce" else f"masked-ce-{ranker.schedule.name}"
     folder = result_dir(Path(output) / "attention", ds.name, label)

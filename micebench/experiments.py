@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,43 @@ def write_experiment_index(data: dict[str, Any], output: str | Path) -> Path:
     path = output / "experiment.json"
     path.write_text(json.dumps(index, indent=2) + "\n")
     return path
+
+
+def run_experiment_file(
+    path: str | Path,
+    overwrite: bool,
+    data_dir: str | None,
+    device: str | None,
+    resume: bool = False,
+    say: Callable[[str], Any] | None = None,
+) -> tuple[int, int]:
+    """Run every (ranker, dataset, seed) of an experiment file, keeping finished results unless `overwrite`;
+    `say` gets one line per run done. Returns how many runs were done and how many finished results were kept."""
+    from micebench.data import load_dataset
+    from micebench.pipeline import check_config, result_folder, run_experiment
+    from micebench.results import is_complete
+
+    data = load_experiment(path)
+    check_datasets(data, data_dir)
+    overrides: dict[str, object] = {"overwrite": overwrite, "resume": resume}
+    if device:
+        overrides["device"] = device
+    if data_dir:
+        overrides["data_dir"] = data_dir
+    runs = experiment_runs(data, overrides)
+    for config in runs:  # every run's options, seed and measures before the first one starts
+        check_config(config)
+    done = skipped = 0
+    for i, config in enumerate(runs):
+        folder = result_folder(config, load_dataset(config.dataset, config.data_dir, config.split).name)
+        if is_complete(folder) and not overwrite:
+            skipped += 1
+        else:
+            result = run_experiment(config)
+            done += 1
+            if result is not None and say is not None:  # None: a non-zero torchrun rank, rank 0 reports
+                means = ", ".join(f"{k} {v:.4f}" for k, v in list(result.evaluation.means.items())[:2])
+                say(f"{config.dataset} · {config.ranker_label()} · seed {config.seed}: {means}")
+        if i == 0:  # written once the first run stands: a run refused or failing at once leaves nothing behind
+            write_experiment_index(data, config.output)
+    return done, skipped

@@ -21,7 +21,7 @@ import pandas as pd
 
 from micebench.data import Dataset, load_dataset
 from micebench.data.trec import Run, ranked
-from micebench.errors import DataError, MicebenchError
+from micebench.errors import DataError, MicebenchError, first_line
 from micebench.evaluation import DEFAULT_MEASURES, Evaluation
 from micebench.evaluation.measures import to_ranx
 from micebench.firststage.candidates import Candidates, first_stage
@@ -175,27 +175,20 @@ def store_stage(config: RunConfig, dataset: Dataset, frame: pd.DataFrame) -> Non
     folder = config.options.get("precomputed")
     if not folder:
         return
-    from micebench.store.document_store import open_index, read_manifest
+    from micebench.store.manifest import open_index, read_manifest
 
     manifest = read_manifest(folder)
     check_store_dataset(str(folder), manifest, dataset)
     docnos = frame["docno"].unique().tolist()
     try:
-        rows = open_index(Path(folder), manifest).lookup(docnos)
+        absent = sorted(open_index(Path(folder), manifest).absent(docnos))
     except (OSError, KeyError, ValueError) as error:
         raise MicebenchError(f"cannot read the index of the document store {folder}: {first_line(error)}") from None
-    absent = sorted(d for d, row in zip(docnos, rows.tolist(), strict=True) if row < 0)
     if absent:
         raise DataError(
             f"{len(absent)} of {len(docnos)} candidate documents are not in the store {folder} (e.g. {absent[0]!r}): "
             "add them with `micebench precompute --extend`"
         )
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (its type name when it has none)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_store_dataset(folder: str, manifest: Mapping[str, Any], dataset: Dataset) -> None:
@@ -258,8 +251,6 @@ def ranker_stage(config: RunConfig, device: str | None) -> Ranker:
 
 def score_in_chunks(ranker: Ranker, frame: pd.DataFrame, partial: Any, world: Any, chunk_queries: int) -> None:
     """Re-rank this rank's queries chunk by chunk, recording each finished chunk; skips recorded ones."""
-    from micebench.atomic import write_fault
-
     qids = sorted(frame["qid"].unique())[world.rank :: world.world]
     done = partial.done()
     todo = [q for q in qids if q not in done]
@@ -272,10 +263,7 @@ def score_in_chunks(ranker: Ranker, frame: pd.DataFrame, partial: Any, world: An
         rows = np.concatenate([groups[q] for q in chunk])
         part = frame.iloc[np.sort(rows)].reset_index(drop=True)
         scores = ranker.score_candidates(part).tolist()
-        try:
-            partial.append(list(zip(part["qid"], part["docno"], scores, strict=True)))
-        except OSError as error:
-            raise write_fault(partial.folder, error) from None
+        partial.append(list(zip(part["qid"], part["docno"], scores, strict=True)))
 
 
 def score_at_once(ranker: Ranker, frame: pd.DataFrame) -> Run:
@@ -394,8 +382,6 @@ def run_stages(
     config: RunConfig, ranker: Ranker | None, dataset: Dataset, folder: Path, partial: Any, world: Any, started: float
 ) -> RunResult | None:
     """The stages of `run_experiment` once the result folder is locked and its progress checked."""
-    from micebench.atomic import write_fault
-
     timings: dict[str, float] = {}
     candidates, frame = candidate_stage(config, dataset)
     store_stage(config, dataset, frame)
@@ -409,10 +395,7 @@ def run_stages(
 
     t0 = time.perf_counter()
     if ranker.records_progress:
-        try:
-            partial.create()
-        except OSError as error:
-            raise write_fault(partial.folder, error) from None
+        partial.create()
         score_in_chunks(ranker, frame, partial, world, config.chunk_queries)
         world.barrier()
         scores = partial.finished_run() if world.rank == 0 else None
@@ -435,10 +418,7 @@ def run_stages(
     timings["total_s"] = time.perf_counter() - started
 
     manifest = run_manifest(config, partial.digest, ranker, dataset, candidates, len(frame), world.world, timings)
-    try:
-        write_result(folder, run, evaluation, manifest, tag=slug_tag(config.ranker_label()), overwrite=config.overwrite)
-    except OSError as error:
-        raise write_fault(folder, error) from None
+    write_result(folder, run, evaluation, manifest, tag=slug_tag(config.ranker_label()), overwrite=config.overwrite)
     partial.remove()
     return RunResult(folder, evaluation, manifest)
 

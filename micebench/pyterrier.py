@@ -12,6 +12,7 @@ pt.Experiment([bm25, bm25 >> Reranker("ce")], topics, qrels, [pt.measures.nDCG @
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pandas as pd
@@ -37,7 +38,8 @@ class Reranker(pt.Transformer):
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Score the frame's rows (the ranker's `score_candidates`, as `micebench run` does) and rank them."""
-        needed = ["qid", "query", "docno"] + (["text"] if self.ranker.needs_text else [])
+        reads_text = self.ranker.reads_text(dataclasses.asdict(self.ranker.options))
+        needed = ["qid", "query", "docno"] + (["text"] if reads_text else [])
         missing = [c for c in needed if c not in inp.columns]
         if missing:
             raise MicebenchError(f"{self.ranker.name}: the input frame lacks column(s) {', '.join(missing)}")

@@ -34,15 +34,24 @@ def result_dir(output: str | Path, dataset: str, ranker: str) -> Path:
     return Path(output) / slug(dataset) / slug(ranker)
 
 
+def manifest_status(folder: Path) -> str | None:
+    """'complete', 'unfinished', 'unreadable' (not a readable JSON object), or None when the folder has no
+    manifest: the one rule `run`, `results` and `report` use for which folders hold a finished result."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "unreadable"
+    if not isinstance(manifest, dict):
+        return "unreadable"
+    return "complete" if manifest.get("status") == "complete" else "unfinished"
+
+
 def is_complete(folder: Path) -> bool:
     """True when the folder holds a finished result."""
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        return False
-    try:
-        return json.loads(manifest.read_text()).get("status") == "complete"
-    except json.JSONDecodeError:
-        return False
+    return manifest_status(folder) == "complete"
 
 
 def package_versions() -> dict[str, str]:
@@ -100,9 +109,9 @@ def write_result(
     """Write a complete result folder atomically; refuses to replace a finished result unless `overwrite`."""
     if folder.exists() and not overwrite:
         raise MicebenchError(f"result already exists: {folder} (use --overwrite to replace it)")
-    from micebench.atomic import atomic_folder
+    from micebench.atomic import atomic_folder, writing
 
-    with atomic_folder(folder) as tmp:
+    with writing(folder), atomic_folder(folder) as tmp:
         with open(tmp / "run.trec", "w", encoding="utf-8") as handle:
             for qid in sorted(run):  # the lines of format_run, one write per query
                 handle.write("".join(query_lines(qid, run[qid], tag)))
@@ -116,36 +125,3 @@ def write_result(
                 handle.write("\t".join([qid, *values]) + "\n")
         (tmp / MANIFEST).write_text(json.dumps({**manifest, "status": "complete"}, indent=2, default=str) + "\n")
     return folder
-
-
-def load_results(output: str | Path) -> list[dict[str, Any]]:
-    """Every finished result at any depth under `output` as {dataset, ranker, measures, folder, manifest};
-    a result whose manifest or metrics.json cannot be read is left out with a warning naming it."""
-    import logging
-
-    from micebench.report.discover import find_results, unreadable_manifest
-
-    log = logging.getLogger("micebench")
-    folders, unreadable = find_results(output)
-    for folder in unreadable:
-        log.warning(unreadable_manifest(folder))
-    rows = []
-    for folder in folders:
-        try:
-            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-            measures = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["measures"]
-            measures = {str(k): float(v) for k, v in measures.items()}
-            dataset = manifest.get("dataset", {}).get("name", folder.parent.name)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            log.warning(f"skipped {folder}: {type(err).__name__}: {err}")
-            continue
-        rows.append(
-            {
-                "dataset": dataset,
-                "ranker": manifest.get("ranker_label", folder.name),
-                "measures": measures,
-                "folder": str(folder),
-                "manifest": manifest,
-            }
-        )
-    return rows

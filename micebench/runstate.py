@@ -113,12 +113,13 @@ class PartialScores:
 
     def create(self) -> None:
         """Make the progress folder (right before the first score is recorded)."""
-        meta = self.folder / "config.json"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not meta.is_file():
-            from micebench.atomic import atomic_write_text
+        from micebench.atomic import atomic_write_text, writing
 
-            atomic_write_text(meta, json.dumps({"hash": self.digest}), durable=True)
+        meta = self.folder / "config.json"
+        with writing(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if not meta.is_file():
+                atomic_write_text(meta, json.dumps({"hash": self.digest}), durable=True)
 
     def load(self) -> Run:
         """Every score recorded so far, by any rank."""
@@ -129,7 +130,14 @@ class PartialScores:
         return self._read()[1]
 
     def append(self, rows: list[tuple[str, str, float]]) -> None:
-        """Record one finished chunk durably (and keep it in memory, so that it need not be read back)."""
+        """Record one finished chunk durably (and keep it in memory, so that it need not be read back); a write
+        the machine refuses is one line (`atomic.writing`)."""
+        from micebench.atomic import writing
+
+        with writing(self.folder):
+            self._append(rows)
+
+    def _append(self, rows: list[tuple[str, str, float]]) -> None:
         if self._handle is None:
             path = self.folder / f"scores-rank{self.rank}.tsv"
             self._handle = open(path, "a", encoding="utf-8")

@@ -111,9 +111,6 @@ class Schedule:
                     )
         return self
 
-    def is_empty(self) -> bool:
-        return not self.rules
-
     def compact(self) -> str:
         return ";".join(rule.compact() for rule in self.rules) or "none"
 

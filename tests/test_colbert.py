@@ -10,6 +10,7 @@ import torch
 
 from micebench import load_ranker
 from tests.conftest import write_beir
+from tests.test_precision_and_throughput import colbert_by_hand
 
 QUERY = "how do goldfish grow"
 DOCS = ["Goldfish grow, according to the size of their tank!", "Wi-Fi is a family of wireless protocols.", "x"]
@@ -144,14 +145,18 @@ def test_precomputed_embeddings_equal_on_the_fly(tmp_path, tiny_bert_encoder):
 
 
 def test_training_scores_equal_ranking_scores(tiny_bert_encoder):
-    """`score_pairs` (queries embedded in one batch, the loss's path) gives the scores `score` ranks by."""
+    """`score_pairs` (queries embedded in one batch, the loss's path) and `score` both give ColBERT's scores as
+    written by hand from the tokenizer, encoder and projection (tests/test_precision_and_throughput.py)."""
     ranker = load_ranker("colbert", checkpoint=tiny_bert_encoder, device="cpu", batch_size=2)
     docs = ["goldfish grow in a tank", "wireless radio networks", "a tank of water"]
     queries = ["goldfish tank", "wifi radio", "goldfish tank"]
     with torch.inference_mode():
         pairs = ranker.score_pairs(queries, docs).double().numpy()
-    expected = [ranker.score(q, [d])[0] for q, d in zip(queries, docs, strict=True)]
+        expected = np.array([colbert_by_hand(ranker, q, [d])[0] for q, d in zip(queries, docs, strict=True)])
+    ranked = [ranker.score(q, [d])[0] for q, d in zip(queries, docs, strict=True)]
+    assert np.ptp(expected) > 1e-2  # the pairs' scores differ by far more than the tolerance
     np.testing.assert_allclose(pairs, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ranked, expected, rtol=1e-5, atol=1e-5)
 
 
 def _pylate_folder(tmp_path, encoder, settings=None, dense_config=None, bias=None):

@@ -27,10 +27,10 @@ def test_a_bf16_run_opens_a_store_built_in_fp32(tmp_path, tiny_bert_ce, tiny_ber
     checkpoint = tiny_bert_ce if model.startswith("mice") else tiny_bert_encoder
     builder = load_ranker(model, checkpoint=checkpoint, device="cpu", **extra)
     store = tmp_path / "store"
-    precompute(builder, load_dataset(str(_collection(tmp_path))), store, builder.default_store_mode, "fp16")
+    precompute(builder, load_dataset(str(_collection(tmp_path))), store, builder.store_mode(None), "fp16")
     bf16 = load_ranker(model, checkpoint=checkpoint, device="cpu", dtype="bf16", precomputed=str(store), **extra)
     assert bf16.store is not None and bf16.dtype == torch.bfloat16
-    assert bf16.store_fingerprint(builder.default_store_mode) == builder.store_fingerprint(builder.default_store_mode)
+    assert bf16.store_fingerprint(builder.store_mode(None)) == builder.store_fingerprint(builder.store_mode(None))
     scores = bf16.score_stored("goldfish tank", ["d0", "d1", "d2"])
     reference = builder.score("goldfish tank", DOCS)  # fp32, from the texts
     np.testing.assert_allclose(scores, reference, atol=0.05 * max(1.0, float(np.abs(reference).max())))

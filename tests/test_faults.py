@@ -257,7 +257,7 @@ def test_a_failure_after_some_chunks_keeps_them_for_resume(capsys, tmp_path, mon
     out = tmp_path / "out"
     args = ["run", "--model", "bm25", "--dataset", str(folder), "-o", str(out), "--chunk-queries", "1"]
     _records_progress(monkeypatch)
-    append = PartialScores.append
+    append = PartialScores._append  # the write itself: `append` wraps its faults
     calls = []
 
     def fails_second(self: PartialScores, rows: list) -> None:
@@ -267,7 +267,7 @@ def test_a_failure_after_some_chunks_keeps_them_for_resume(capsys, tmp_path, mon
         append(self, rows)
 
     with monkeypatch.context() as patch:
-        patch.setattr(PartialScores, "append", fails_second)
+        patch.setattr(PartialScores, "_append", fails_second)
         code, _, err = cli(capsys, *args)
     partial = out / "small" / ".bm25.partial"
     assert code == 1
@@ -499,3 +499,20 @@ def test_a_damaged_mice_or_sentence_transformers_config_is_named(
         load_ranker("dense", checkpoint=str(dense), device="cpu")
     with pytest.raises(MicebenchError, match="damaged file .*modules.json"):  # PyLate layout
         load_ranker("colbert", checkpoint=str(dense), device="cpu")
+
+
+def test_a_full_disk_in_precompute_is_a_machine_fault(capsys, tmp_path, monkeypatch, tiny_bert_encoder):
+    """The store writer wraps its own writes: a full disk exits 1 (a fault of the machine), as in `run`."""
+    import safetensors.torch
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    store = tmp_path / "store"
+    code, _, err = cli(
+        capsys, "precompute", "--model", "colbert", "--checkpoint", tiny_bert_encoder, "--dataset",
+        str(_collection(tmp_path / "small")), "--device", "cpu", "-o", str(store),
+    )  # fmt: skip
+    assert code == 1, err
+    assert err.startswith(f"error: cannot write {store}: No space left on device")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,8 @@ from transformers import AutoTokenizer
 
 from micebench import load_ranker
 from micebench.errors import MicebenchError
-from micebench.models.mice import MiceConfig, build_mice
+from micebench.models.mice import MiceConfig
+from micebench.models.mice_io import build_mice
 from tests.conftest import tiny_modernbert_config, write_beir
 
 QUERY = "how do goldfish grow"
@@ -249,9 +251,11 @@ def test_batched_equals_one_by_one(tiny4_ce):
     np.testing.assert_allclose(batched, single, atol=1e-5, rtol=0)
 
 
-def test_forward_matches_the_ranker(tiny4_ce):
-    """The training-time forward (several queries, pair index) equals the ranker's per-query path."""
-    ranker = _mice(tiny4_ce)
+def test_forward_matches_the_ranker(tiny4_bert_spread):
+    """The training-time forward (several queries, pair index) equals the ranker's per-query path (a
+    self-consistency test; both equal the eager reference in the test below), on a model whose scores differ by
+    far more than the tolerance."""
+    ranker = _mice(tiny4_bert_spread)
     tok = ranker.tokenizer
     queries = [QUERY, "what is wifi"]
     q = tok(queries, return_tensors="pt", padding=True)
@@ -260,6 +264,7 @@ def test_forward_matches_the_ranker(tiny4_ce):
     with torch.no_grad():
         logits = ranker.model(q["input_ids"], q["attention_mask"], d["input_ids"], d["attention_mask"], index)[:, 0]
     expected = np.concatenate([ranker.score(queries[0], DOCS[:2]), ranker.score(queries[1], DOCS[:2])])
+    assert np.ptp(expected) > 1e-2
     np.testing.assert_allclose(logits.numpy(), expected, atol=1e-5, rtol=0)
 
 
@@ -275,7 +280,7 @@ def test_precomputed_store_equals_on_the_fly(tmp_path, tiny4_ce, mode):
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["mode"] == mode and manifest["num_docs"] == len(DOCS) and manifest["bytes_per_doc"] > 0
     stored = _mice(tiny4_ce, precomputed=str(store), batch_size=3)
-    assert not stored.needs_text
+    assert not stored.reads_text(dataclasses.asdict(stored.options))
     order = ["d3", "d1", "d0", "d2"]
     np.testing.assert_allclose(
         stored.score_stored(QUERY, order), ranker.score(QUERY, [DOCS[int(d[1])] for d in order]), atol=1e-4, rtol=0
@@ -564,3 +569,56 @@ def test_mice_alone_is_l4_plus_3_and_its_refusal_gives_the_ways_forward(tmp_path
     assert f"micebench train --model mice-l4+3 --init {folder} --train msmarco-passage/train" in line
     assert "make train-demo" in line and "--untrained" in line
     assert not (tmp_path / "out" / "adi" / "mice-ce7" / "run.trec").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny4_bert_spread(tmp_path_factory, minilm_path) -> str:
+    """A tiny random 4-layer BERT cross-encoder with larger weights (initializer range 0.3), whose scores differ
+    between documents and attention variants by far more than the tolerance (the default 0.02 gives scores
+    that agree to 1e-7 whatever the attention does)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(3)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+        num_labels=1, initializer_range=0.3,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("tiny4-spread")
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)
+
+
+def _reference_scores(source, tokenizer, queries, docs, k, m, attention) -> np.ndarray:
+    from tests.mice_reference import mice_score
+
+    state, config = source.state_dict(), source.config.to_dict()
+    ids = [tokenizer(text)["input_ids"] for text in (*queries, *docs)]
+    return np.array([mice_score(state, config, ids[i], ids[len(queries) + j], k, m, **attention)
+                     for i in range(len(queries)) for j in range(len(docs))])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("k", "m", "attention"),
+    [(2, 2, {}), (1, 3, {}), (2, 2, {"query_attends_cls": True}), (2, 2, {"cls_attends_document": True})],
+)
+def test_bert_mice_equals_the_eager_reference_from_the_equations(tiny4_bert_spread, k, m, attention):
+    """Ranking (`score`) and training (`forward`) paths of BERT-MICE against tests/mice_reference.py, which
+    re-implements the paper's equations with torch.nn.functional from the source cross-encoder's weights."""
+    from transformers import AutoModelForSequenceClassification
+
+    source = AutoModelForSequenceClassification.from_pretrained(tiny4_bert_spread).eval()
+    ranker = _mice(tiny4_bert_spread, k=k, m=m, **attention)
+    tok = ranker.tokenizer
+    queries = [QUERY, "what is wifi"]
+    expected = _reference_scores(source, tok, queries, DOCS[:3], k, m, attention)
+    other = _reference_scores(source, tok, queries, DOCS[:3], k, m, {"query_attends_cls": not attention})
+    assert np.abs(expected - other).max() > 1e-3  # the tolerance below tells the attention variants apart
+    ranked = np.concatenate([ranker.score(q, DOCS[:3]) for q in queries])
+    np.testing.assert_allclose(ranked, expected, atol=1e-5, rtol=0)
+    q = tok(queries, return_tensors="pt", padding=True)
+    d = tok(DOCS[:3] * 2, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        trained = ranker.model(q["input_ids"], q["attention_mask"], d["input_ids"], d["attention_mask"],
+                               torch.tensor([0, 0, 0, 1, 1, 1]))[:, 0]  # fmt: skip
+    np.testing.assert_allclose(trained.numpy(), expected, atol=1e-5, rtol=0)

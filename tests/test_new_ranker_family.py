@@ -19,7 +19,7 @@ import torch
 
 from micebench.models.batching import length_sorted_batches
 from micebench.rankers import base
-from micebench.rankers.base import Benchmarkable, ModelOptions, Ranker, StoreBacked, Trainable
+from micebench.rankers.base import Benchmarkable, ModelOptions, ModelRanker, StoreBacked, Trainable
 from tests.test_cli import cli
 
 
@@ -30,7 +30,7 @@ class ToyOptions(ModelOptions):
     precomputed: str | None = None
 
 
-class ToyBiEncoder(StoreBacked, Trainable, Benchmarkable, Ranker):
+class ToyBiEncoder(StoreBacked, Trainable, Benchmarkable, ModelRanker):
     """Toy bi-encoder: [CLS] vectors of a tiny BERT, dot product."""
 
     name = "toy-bi"
@@ -40,13 +40,15 @@ class ToyBiEncoder(StoreBacked, Trainable, Benchmarkable, Ranker):
     bench_modes = ("none", "precomputed")
 
     def __init__(self, options: ToyOptions):
-        super().__init__(options)
-        from transformers import AutoModel, AutoTokenizer
+        super().__init__(options)  # device, dtype, batch size and checkpoint
+        from transformers import AutoModel
 
-        self.device, self.dtype, self.batch_size = torch.device("cpu"), torch.float32, options.batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(options.checkpoint)
-        self.model = AutoModel.from_pretrained(options.checkpoint).eval()
+        self.load_tokenizer()
+        self.model = AutoModel.from_pretrained(options.checkpoint).to(self.device).eval()
         self.open_store(options.precomputed)
+
+    def weight_modules(self) -> list[Any]:
+        return [self.model]
 
     def embed(self, ids: Any, mask: Any) -> Any:
         return self.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :1]  # (B, 1, H)

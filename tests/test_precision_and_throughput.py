@@ -18,7 +18,6 @@ from micebench.models.hf import (
     TF32_ENV,
     apply_tf32_choice,
     classifier_head,
-    logits_to_scores,
     matmul_precision,
     pad_multiple,
     pad_rows,
@@ -128,32 +127,65 @@ def test_a_bad_tf32_value_is_refused_before_the_model_loads(monkeypatch, tmp_pat
 
 # -- fp32 scores are those of batch-by-batch tokenisation, bit for bit -----------------------------------------------
 def _old_scores(ranker, model: str, docs: list[str]) -> np.ndarray:
-    """Scores as the rankers computed them before: each batch tokenised (and padded) alone, copied to the host."""
+    """Scores as the rankers computed them before, written here from the tokenizer and the ranker's torch modules
+    (not its scoring methods): each batch tokenised and padded alone, scored, copied to the host."""
+    from micebench.models.masking import schedule_masks
+    from micebench.models.segments import segment_ids
+
     scores = np.empty(len(docs), dtype=np.float64)
+    tok = ranker.tokenizer
     with torch.inference_mode():
-        q = ranker.encode_query(QUERY) if model in ("mice-l1+1", "colbert") else None
         for idx in length_sorted_batches(docs, ranker.batch_size):
             texts = [docs[i] for i in idx]
             if model in ("ce", "mask2"):
-                logits = ranker.forward(ranker.tokenize_pairs([QUERY] * len(idx), texts)).logits.float()
-                scores[idx] = logits_to_scores(logits).cpu().numpy()
+                batch = tok([QUERY] * len(idx), texts, truncation="longest_first", max_length=ranker.max_length,
+                            padding=True, return_tensors="pt")  # fmt: skip
+                if model == "ce":
+                    logits = ranker.model(**batch).logits.float()
+                else:
+                    seg = segment_ids(batch["input_ids"], batch["attention_mask"], tok.sep_token_id)
+                    masks = schedule_masks(ranker.schedule, seg, ranker.model.config.num_hidden_layers, torch.float32)
+                    with ranker.layer_masks.apply(masks):
+                        logits = ranker.model(**batch).logits.float()
+                scores[idx] = (logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]).numpy()
             elif model == "mice-l1+1":
-                batch = ranker.tokenizer(
-                    texts, truncation=True, max_length=ranker.mice.doc_max_length, padding=True, return_tensors="pt"
-                )
-                states = ranker.model.encode_bottom(batch["input_ids"], batch["attention_mask"])
-                scores[idx] = ranker.score_states(q, batch["attention_mask"], d_states=states)
+                q = tok([QUERY], truncation=True, max_length=ranker.mice.query_max_length, return_tensors="pt")
+                d = tok(texts, truncation=True, max_length=ranker.mice.doc_max_length, padding=True,
+                        return_tensors="pt")  # fmt: skip
+                logits = ranker.model(q["input_ids"], q["attention_mask"], d["input_ids"], d["attention_mask"],
+                                      torch.zeros(len(idx), dtype=torch.long)).float()  # fmt: skip
+                scores[idx] = logits[:, 0].numpy()
             else:
-                enc = ranker.tokenizer(
-                    texts, truncation=True, max_length=ranker.doc_length - 1, padding=True, return_tensors="pt"
-                )
-                ids, mask = enc["input_ids"], enc["attention_mask"]
-                column = torch.full((len(idx), 1), ranker.d_marker, dtype=ids.dtype)
-                ids = torch.cat([ids[:, :1], column, ids[:, 1:]], dim=1)
-                mask = torch.cat([mask[:, :1], torch.ones_like(column), mask[:, 1:]], dim=1)
-                keep = mask.bool() & ~torch.isin(ids, ranker.skiplist)
-                scores[idx] = ranker.host_scores(q, ranker.embed(ids, mask), keep)
+                scores[idx] = colbert_by_hand(ranker, QUERY, texts)
     return scores
+
+
+def colbert_by_hand(ranker, query: str, texts: list[str]) -> np.ndarray:
+    """ColBERT by hand: `[CLS] [Q] q [SEP]` padded with [MASK] to the query length, `[CLS] [D] d [SEP]`, projected
+    and L2-normalised token embeddings, the sum over query tokens of the best similarity over kept document
+    tokens (padding and punctuation left out)."""
+    import string
+
+    tok = ranker.tokenizer
+
+    def marked(batch: dict, marker: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        column = torch.full((len(ids), 1), marker, dtype=ids.dtype)
+        return torch.cat([ids[:, :1], column, ids[:, 1:]], 1), torch.cat([mask[:, :1], column * 0 + 1, mask[:, 1:]], 1)
+
+    def embed(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = ranker.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return torch.nn.functional.normalize(ranker.projection(hidden), dim=-1)
+
+    q_ids, q_mask = marked(tok([query], truncation=True, max_length=ranker.query_length - 1, padding="max_length",
+                               return_tensors="pt"), ranker.q_marker)  # fmt: skip
+    q = embed(q_ids.masked_fill(q_ids == tok.pad_token_id, tok.mask_token_id), q_mask)[0]
+    d_ids, d_mask = marked(tok(texts, truncation=True, max_length=ranker.doc_length - 1, padding=True,
+                               return_tensors="pt"), ranker.d_marker)  # fmt: skip
+    punctuation = [tok.convert_tokens_to_ids(c) for c in string.punctuation]
+    keep = d_mask.bool() & ~torch.isin(d_ids, torch.tensor([p for p in punctuation if p != tok.unk_token_id]))
+    sims = torch.einsum("qd,bld->bql", q, embed(d_ids, d_mask)).float().masked_fill(~keep[:, None, :], -torch.inf)
+    return sims.max(-1).values.sum(-1).double().numpy()
 
 
 @pytest.mark.parametrize(

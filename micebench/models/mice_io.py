@@ -16,7 +16,10 @@ from micebench.models.hf import (
     read_json,
     resolve_model,
 )
-from micebench.models.mice import MiceConfig, MiceModel, build_mice
+from micebench.models.masking import encoder_layers
+from micebench.models.mice import MiceConfig, MiceModel
+from micebench.models.mice_bert import BertMice
+from micebench.models.mice_modernbert import ModernBertMice
 
 
 def is_mice_checkpoint(name: str | None) -> bool:
@@ -81,3 +84,16 @@ def load_mice(folder: str | Path) -> tuple[MiceModel, Any]:
         raise MicebenchError(f"cannot load MICE weights from {folder}: {reason}") from None
     mice.random_top_layers = bool(data.get("random_top_layers", False))
     return model.eval(), load_pretrained(AutoTokenizer, str(folder))
+
+
+def build_mice(source_model: Any, mice: MiceConfig) -> MiceModel:
+    """The MICE variant for the source model's backbone (chosen from its config's model_type)."""
+    model_type = getattr(source_model.config, "model_type", "")
+    if model_type == "modernbert":
+        return ModernBertMice(source_model, mice)
+    layers = encoder_layers(source_model)
+    if not hasattr(source_model.base_model, "embeddings") or not hasattr(layers[0], "attention"):
+        raise MicebenchError(
+            f"MICE needs a BERT-family or ModernBERT model; {type(source_model).__name__} is not supported"
+        )
+    return BertMice(source_model, mice)

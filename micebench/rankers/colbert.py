@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from micebench.errors import MicebenchError
-from micebench.models.batching import length_sorted_batches
+from micebench.errors import MicebenchError, first_line
+from micebench.models.batching import length_sorted_batches, pad_multiple, pad_rows, scores_to_host, to_device
 from micebench.models.checkpoints import (
     SAFETENSORS_MARKER,
     check_family,
@@ -29,25 +29,12 @@ from micebench.models.checkpoints import (
     json_list_of_objects,
     json_object,
 )
-from micebench.models.hf import (
-    apply_tf32_choice,
-    capped_length,
-    load_pretrained,
-    load_weights,
-    model_facts,
-    move_model,
-    pad_multiple,
-    pad_rows,
-    pick_device,
-    pick_dtype,
-    precision_facts,
-    resolve_model,
-    scores_to_host,
-    to_device,
-    weight_fingerprint,
-)
-from micebench.rankers.base import Benchmarkable, ModelOptions, Ranker, StoreBacked, Trainable, register_ranker
+from micebench.models.hf import capped_length, load_weights, move_model, resolve_model, weight_fingerprint
+from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
+from micebench.rankers.contract import ModelOptions, option
 from micebench.rankers.memory import oom_backoff
+from micebench.rankers.model import ModelRanker
+from micebench.rankers.registry import register_ranker
 
 #: ColBERTv2's projection, saved beside the encoder's weights in model.safetensors and read apart from them
 PROJECTION_KEYS = ("linear.weight", "linear.bias")
@@ -83,19 +70,21 @@ def _local_folder(checkpoint: str) -> Path | None:
 
         return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*/*"]))
     except Exception as err:  # network or repository errors of huggingface_hub
-        raise MicebenchError(f"cannot load model {checkpoint!r}: {str(err).splitlines()[0]}") from None
+        raise MicebenchError(f"cannot load model {checkpoint!r}: {first_line(err)}") from None
 
 
 @dataclass
 class ColBERTOptions(ModelOptions):
     """Options of `colbert`; a ColBERTv2 or PyLate checkpoint's own query and document lengths take precedence."""
 
-    checkpoint: str = "colbert-ir/colbertv2.0"
-    batch_size: int = 64
-    dim: int = 128
-    query_length: int = 32
-    doc_length: int = 180
-    precomputed: str | None = None
+    checkpoint: str = option(
+        "colbert-ir/colbertv2.0", "ColBERTv2, PyLate or BERT/ModernBERT weights (folder or hub id)"
+    )
+    batch_size: int = option(64, "documents per forward pass (>= 1; halved on CUDA out of memory)")
+    dim: int = option(128, "projection size of a fresh projection (>= 1; a checkpoint's own wins)")
+    query_length: int = option(32, "query tokens incl. [MASK] padding (>= 1; a checkpoint's own wins)")
+    doc_length: int = option(180, "maximum document tokens (>= 1; a checkpoint's own wins)")
+    precomputed: str | None = option(None, "document store folder built by `micebench precompute`")
 
     MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {
         "query_length": (4, "[CLS] [Q] query [SEP]"),
@@ -119,7 +108,7 @@ def maxsim(q: Any, docs: Any, keep: Any) -> Any:
 
 
 @register_ranker("colbert", "ColBERT late interaction: projected token embeddings, MaxSim (ColBERTv2, PyLate)")
-class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
+class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
     """ColBERT scoring; documents can come from a precomputed store of their token embeddings."""
 
     name = "colbert"
@@ -130,19 +119,14 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     bench_mode_aliases = {"states": "precomputed", STORE_MODE: "precomputed"}
 
     def __init__(self, options: ColBERTOptions):
-        super().__init__(options)
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         self._torch = torch
-        self.checkpoint = options.checkpoint
-        folder = _local_folder(self.checkpoint)
+        folder = _local_folder(options.checkpoint)
         check_family(str(folder), self.name, own="colbert")
-        self.device = pick_device(options.device)
-        self.dtype = pick_dtype(options.dtype)
-        apply_tf32_choice(self.device, self.dtype)  # before any model loads: a bad value fails fast
-        self.batch_size = options.batch_size
-        self.tokenizer = load_pretrained(AutoTokenizer, str(folder))
+        super().__init__(options)
+        self.load_tokenizer(str(folder))
         # the projection (ColBERTv2's linear.*) is read apart, by _read_projection
         self.encoder = load_weights(AutoModel, str(folder), PROJECTION_KEYS, attn_implementation="sdpa")
         hidden = self.encoder.config.hidden_size
@@ -302,6 +286,8 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         """(query_length, dim) embeddings; [MASK] padding is embedded (not attended to) and used in MaxSim."""
         return self.encode_queries([query])[0]
 
+    encode_stored_query = encode_query
+
     def encode_queries(self, queries: list[str]) -> Any:
         """(N, query_length, dim) embeddings of several queries in one forward pass (queries are padded to the same
         fixed length, so batching them changes nothing)."""
@@ -402,7 +388,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
 
     def bench_call(self, query_ids: Any, doc_ids: Any, mode: str) -> Callable[[], Any]:
         """`none` encodes the documents in the call; `precomputed` gathers their embeddings from a packed store."""
-        from micebench.store.document_store import PackedTensors
+        from micebench.store.reader import PackedTensors
 
         torch = self._torch
         q_ids, d_ids = query_ids.to(self.device), doc_ids.to(self.device)
@@ -431,7 +417,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         return [self.encoder, self.projection]
 
     def bench_flops(self, query_len: int, doc_len: int, batch: int, mode: str) -> float:
-        from micebench.latency import flops
+        from micebench.models import flops
 
         shape = flops.shape_of(self.encoder.config)
         return flops.colbert(query_len, doc_len, shape, self.projection.out_features, batch, mode)
@@ -439,11 +425,11 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     def bench_facts(self) -> dict[str, Any]:
         return {"attention": "sdpa", "dim": self.projection.out_features}
 
-    def describe(self) -> dict[str, Any]:
+    def weight_modules(self) -> list[Any]:
+        return [self.encoder, self.projection]
+
+    def details(self) -> dict[str, Any]:
         return {
-            "ranker": self.name,
-            **model_facts(self.checkpoint, self.device, self.dtype, self.encoder, self.projection),
-            **precision_facts(self.device, self.dtype),
             "format": self.format,
             "dim": self.projection.out_features,
             "query_length": self.query_length,

@@ -10,65 +10,45 @@ from typing import Any, ClassVar
 import numpy as np
 
 from micebench.errors import MicebenchError
-from micebench.models.batching import length_sorted_batches
+from micebench.models.batching import length_sorted_batches, pad_multiple, pad_rows, scores_to_host, to_device
 from micebench.models.checkpoints import check_family
-from micebench.models.hf import (
-    DEFAULT_CROSS_ENCODER,
-    apply_tf32_choice,
-    capped_length,
-    classifier_head,
-    classifier_options,
-    keep_fp32,
-    load_model,
-    load_pretrained,
-    logits_to_scores,
-    model_facts,
-    modules_dtype,
-    pad_multiple,
-    pad_rows,
-    pick_device,
-    pick_dtype,
-    precision_facts,
-    scores_to_host,
-    to_device,
-)
-from micebench.rankers.base import Benchmarkable, ModelOptions, Ranker, Trainable, register_ranker
+from micebench.models.hf import DEFAULT_CROSS_ENCODER, capped_length, classifier_options, load_model, logits_to_scores
+from micebench.models.precision import classifier_head, keep_fp32, modules_dtype
+from micebench.rankers.capabilities import Benchmarkable, Trainable
+from micebench.rankers.contract import ModelOptions, option
 from micebench.rankers.memory import oom_backoff
+from micebench.rankers.model import ModelRanker
+from micebench.rankers.registry import register_ranker
 
 
 @dataclass
 class CrossEncoderOptions(ModelOptions):
     """Options of `ce`."""
 
-    checkpoint: str = DEFAULT_CROSS_ENCODER
-    batch_size: int = 32
-    max_length: int = 512
-    attn_implementation: str = "sdpa"
+    checkpoint: str = option(DEFAULT_CROSS_ENCODER, "cross-encoder weights: a local folder, short name or hub id")
+    batch_size: int = option(32, "documents per forward pass (>= 1; halved on CUDA out of memory)")
+    max_length: int = option(512, "maximum tokens of a query-document pair (>= 1), truncated longest first")
+    attn_implementation: str = option("sdpa", "transformers attention: sdpa | eager (eager can return weights)")
 
     MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {"max_length": (5, "[CLS] query [SEP] document [SEP]")}
 
 
 @register_ranker("ce", "cross-encoder: [CLS] query [SEP] document [SEP] with full attention")
-class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
+class CrossEncoderRanker(Trainable, Benchmarkable, ModelRanker):
     """A standard cross-encoder; the relevance score is the classifier logit."""
 
     name = "ce"
     Options = CrossEncoderOptions
 
     def __init__(self, options: CrossEncoderOptions):
+        check_family(options.checkpoint, self.name)  # a MICE or ColBERT checkpoint would lose weights silently
         super().__init__(options)
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        check_family(options.checkpoint, self.name)  # a MICE or ColBERT checkpoint would lose weights silently
-        self.checkpoint = options.checkpoint
-        self.device = pick_device(options.device)
-        self.dtype = pick_dtype(options.dtype)
-        apply_tf32_choice(self.device, self.dtype)  # before any model loads: a bad value fails fast
-        self.batch_size = options.batch_size
         self.max_length = options.max_length
         extra = classifier_options(self.checkpoint)
-        self.tokenizer = load_pretrained(AutoTokenizer, self.checkpoint)
+        self.load_tokenizer()
         self.model = load_model(
             AutoModelForSequenceClassification,
             self.checkpoint,
@@ -94,8 +74,9 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
         ).to(self.device)
 
     def forward(self, batch: Any, **kwargs: Any) -> Any:
-        """Model output for a tokenised batch (kwargs such as output_attentions go to the model)."""
-        return self.model(**batch, **kwargs)
+        """Model output for a tokenised batch, moved to the model's device if it is not there (kwargs such as
+        output_attentions go to the model)."""
+        return self.model(**to_device(dict(batch), self.device), **kwargs)
 
     def encode_pairs(self, query: str, docs: list[str]) -> Any:
         """Unpadded token lists of every `[CLS] q [SEP] d [SEP]` pair, truncated as `tokenize_pairs` truncates."""
@@ -107,7 +88,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
 
     def score_batch(self, batch: dict[str, Any]) -> Any:
         """Scores of a padded host batch, left on the device (fp32)."""
-        return logits_to_scores(self.forward(to_device(batch, self.device)).logits.float())
+        return logits_to_scores(self.forward(batch).logits.float())
 
     @oom_backoff
     def score(self, query: str, docs: list[str]) -> np.ndarray:
@@ -138,7 +119,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
     # -- Benchmarkable ----------------------------------------------------------------------------------------
     def bench_call(self, query_ids: Any, doc_ids: Any, mode: str) -> Callable[[], Any]:
         """`[CLS] q [SEP] d [SEP]` of exactly the cross-encoder length for the given query and document lengths."""
-        from micebench.latency import flops
+        from micebench.models import flops
 
         torch = self._torch
         length = flops.cross_encoder_length(query_ids.shape[1], doc_ids.shape[1], flops.shape_of(self.model.config))
@@ -160,7 +141,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
         return [self.model]
 
     def bench_flops(self, query_len: int, doc_len: int, batch: int, mode: str) -> float:
-        from micebench.latency import flops
+        from micebench.models import flops
 
         return flops.cross_encoder(query_len, doc_len, flops.shape_of(self.model.config))
 
@@ -173,12 +154,11 @@ class CrossEncoderRanker(Trainable, Benchmarkable, Ranker):
             facts["sequence_length"] = self._bench_length
         return facts
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "ranker": self.name,
-            **model_facts(self.checkpoint, self.device, self.dtype, self.model),
-            **precision_facts(self.device, self.dtype, modules_dtype(*classifier_head(self.model))),
-            "max_length": self.max_length,
-            "batch_size": self.batch_size,
-            "oom_backoffs": getattr(self, "oom_backoffs", 0),
-        }
+    def weight_modules(self) -> list[Any]:
+        return [self.model]
+
+    def head_dtype(self) -> Any:
+        return modules_dtype(*classifier_head(self.model))
+
+    def details(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "batch_size": self.batch_size, "oom_backoffs": self.oom_backoffs}

@@ -11,20 +11,12 @@ import pandas as pd
 from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.models.checkpoints import check_family
-from micebench.models.hf import (
-    apply_tf32_choice,
-    capped_length,
-    load_model,
-    load_pretrained,
-    model_facts,
-    pick_device,
-    pick_dtype,
-    precision_facts,
-    read_sentence_transformers_config,
-)
+from micebench.models.hf import capped_length, load_model, read_sentence_transformers_config
 from micebench.progress import progress_bar
-from micebench.rankers.base import ModelOptions, Ranker, checked_scores, register_ranker
+from micebench.rankers.contract import ModelOptions, checked_scores, option
 from micebench.rankers.memory import oom_backoff
+from micebench.rankers.model import ModelRanker
+from micebench.rankers.registry import register_ranker
 
 DEFAULT_DENSE = "minilm-l6"
 _PAIR_CHUNK = 65_536
@@ -34,35 +26,30 @@ _PAIR_CHUNK = 65_536
 class DenseOptions(ModelOptions):
     """Options of `dense`; max_length and normalize default to the checkpoint's sentence-transformers config."""
 
-    checkpoint: str = DEFAULT_DENSE
-    batch_size: int = 64
-    max_length: int | None = None
-    normalize: bool | None = None
+    checkpoint: str = option(DEFAULT_DENSE, "bi-encoder weights: a local folder, short name or hub id")
+    batch_size: int = option(64, "texts per forward pass (>= 1; halved on CUDA out of memory)")
+    max_length: int | None = option(None, "maximum tokens per text (>= 1; default: the checkpoint's max_seq_length)")
+    normalize: bool | None = option(None, "L2-normalise embeddings (default: as the checkpoint's modules say)")
 
 
 @register_ranker("dense", "bi-encoder, mean or CLS pooling (default: packaged all-MiniLM-L6-v2)")
-class DenseRanker(Ranker):
+class DenseRanker(ModelRanker):
     """Encodes query and documents independently; each distinct document is encoded once per call."""
 
     name = "dense"
     Options = DenseOptions
 
     def __init__(self, options: DenseOptions):
-        super().__init__(options)
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         check_family(options.checkpoint, self.name)  # a MICE or ColBERT checkpoint would lose weights silently
         st_config = read_sentence_transformers_config(options.checkpoint)
-        self.checkpoint = options.checkpoint
-        self.device = pick_device(options.device)
-        self.dtype = pick_dtype(options.dtype)
-        apply_tf32_choice(self.device, self.dtype)  # before any model loads: a bad value fails fast
-        self.batch_size = options.batch_size
+        super().__init__(options)
         self.max_length = int(options.max_length or st_config.get("max_seq_length") or 512)
         self.normalize = st_config.get("normalize", True) if options.normalize is None else options.normalize
         self.pooling = st_config.get("pooling", "mean")
-        self.tokenizer = load_pretrained(AutoTokenizer, self.checkpoint)
+        self.load_tokenizer()
         self.model = load_model(AutoModel, self.checkpoint, self.device, self.dtype, attn_implementation="sdpa")
         self.max_length = capped_length(self.max_length, self.model.config)
         self._torch = torch
@@ -136,12 +123,11 @@ class DenseRanker(Ranker):
     def effective_options(self) -> dict[str, Any]:
         return {**super().effective_options(), "max_length": self.max_length, "normalize": self.normalize}
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "ranker": self.name,
-            **model_facts(self.checkpoint, self.device, self.dtype, self.model),
-            **precision_facts(self.device, self.dtype, self._torch.float32),  # pooling and normalisation in fp32
-            "pooling": self.pooling,
-            "normalize": self.normalize,
-            "max_length": self.max_length,
-        }
+    def weight_modules(self) -> list[Any]:
+        return [self.model]
+
+    def head_dtype(self) -> Any:
+        return self._torch.float32  # pooling and normalisation in fp32
+
+    def details(self) -> dict[str, Any]:
+        return {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length}

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from micebench.errors import MicebenchError
-from micebench.rankers.base import Ranker, checked_scores, register_ranker
+from micebench.rankers.contract import Ranker, checked_scores
+from micebench.rankers.registry import register_ranker
 
 
 @register_ranker("first-stage", "no re-ranking: evaluates the first-stage candidates as they are")
@@ -16,8 +17,11 @@ class FirstStageRanker(Ranker):
     """Keeps the first-stage scores; evaluates shipped runs or run files."""
 
     name = "first-stage"
-    needs_text = False
     records_progress = False
+
+    @classmethod
+    def reads_text(cls, options: dict[str, Any]) -> bool:
+        return False
 
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         raise NotImplementedError("first-stage keeps candidate scores; use rerank on a candidates frame")

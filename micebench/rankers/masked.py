@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from micebench.models.hf import logits_to_scores, to_device
+from micebench.models.batching import move
 from micebench.models.masking import LayerMasks, schedule_masks
 from micebench.models.segments import segment_ids
-from micebench.rankers.base import register_ranker, register_ranker_pattern
+from micebench.rankers.contract import option
 from micebench.rankers.cross_encoder import CrossEncoderOptions, CrossEncoderRanker
+from micebench.rankers.registry import register_ranker, register_ranker_pattern
 from micebench.schedules import PRESET_HELP, Schedule, is_preset, parse_schedule
 
 
@@ -18,7 +19,7 @@ from micebench.schedules import PRESET_HELP, Schedule, is_preset, parse_schedule
 class MaskedOptions(CrossEncoderOptions):
     """Options of `masked-ce`: the cross-encoder's, plus the schedule (a preset, a file or compact rules)."""
 
-    schedule: str | Schedule = "none"
+    schedule: str | Schedule = option("none", "attention schedule: a preset, a TOML/YAML file or compact rules")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,20 +48,14 @@ class MaskedCrossEncoderRanker(CrossEncoderRanker):
         return f"{spec}-{Path(str(schedule)).stem}" if schedule else spec
 
     def masks_for(self, batch: Any) -> list[Any]:
-        """Per-layer additive masks for a tokenised batch."""
+        """Per-layer additive masks for a tokenised batch, on the model's device. Segments are found where the
+        batch is: for a host batch (scoring) on the host, so that nothing waits for the device."""
         seg = segment_ids(batch["input_ids"], batch["attention_mask"], self.tokenizer.sep_token_id)
-        return schedule_masks(self.schedule, seg, self.num_layers, self.model.dtype)
+        return schedule_masks(self.schedule, move(seg, self.device), self.num_layers, self.model.dtype)
 
     def forward(self, batch: Any, **kwargs: Any) -> Any:
         with self.layer_masks.apply(self.masks_for(batch)):
-            return self.model(**batch, **kwargs)
-
-    def score_batch(self, batch: dict[str, Any]) -> Any:
-        """Scores of a padded host batch; segments are found on the host, so that nothing waits for the device."""
-        seg = segment_ids(batch["input_ids"], batch["attention_mask"], self.tokenizer.sep_token_id)
-        seg = to_device({"seg": seg}, self.device)["seg"]
-        with self.layer_masks.apply(schedule_masks(self.schedule, seg, self.num_layers, self.model.dtype)):
-            return logits_to_scores(self.model(**to_device(batch, self.device)).logits.float())
+            return super().forward(batch, **kwargs)
 
     def effective_options(self) -> dict[str, Any]:
         return {**super().effective_options(), "schedule": self.schedule.as_dict()}

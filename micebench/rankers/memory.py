@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from micebench.errors import MicebenchError
+from micebench.errors import MicebenchError, first_line
 
 log = logging.getLogger("micebench")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,7 +52,7 @@ def oom_backoff(method: F) -> F:
             except RuntimeError as error:
                 if not is_out_of_memory(error):
                     raise
-                failure = str(error).splitlines()[0] if str(error) else type(error).__name__
+                failure = first_line(error)
             release_memory()
             if self.batch_size <= 1:
                 raise MicebenchError(f"out of GPU memory even with a batch of one document ({failure})")

@@ -11,37 +11,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from micebench.errors import MicebenchError
-from micebench.models.batching import length_sorted_batches
+from micebench.models.batching import length_sorted_batches, pad_multiple, pad_rows, scores_to_host, to_device
 from micebench.models.checkpoints import check_family
-from micebench.models.hf import (
-    DEFAULT_CROSS_ENCODER,
-    apply_tf32_choice,
-    capped_length,
-    keep_fp32,
-    logits_to_scores,
-    model_facts,
-    modules_dtype,
-    move_model,
-    pad_multiple,
-    pad_rows,
-    pick_device,
-    pick_dtype,
-    position_limit,
-    precision_facts,
-    scores_to_host,
-    to_device,
-)
-from micebench.rankers.base import (
-    Benchmarkable,
-    ModelOptions,
-    Ranker,
-    RankerOptions,
-    StoreBacked,
-    Trainable,
-    register_ranker,
-    register_ranker_pattern,
-)
+from micebench.models.hf import DEFAULT_CROSS_ENCODER, capped_length, logits_to_scores, move_model, position_limit
+from micebench.models.precision import keep_fp32, modules_dtype
+from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
+from micebench.rankers.contract import ModelOptions, RankerOptions, option
 from micebench.rankers.memory import oom_backoff
+from micebench.rankers.model import ModelRanker
+from micebench.rankers.registry import register_ranker, register_ranker_pattern
 
 _SHAPE = re.compile(r"^mice-l(\d+)\+(\d+)$")
 #: `mice` without a shape: the paper's headline model, MICE-l4+3
@@ -63,17 +41,17 @@ class MiceOptions(ModelOptions):
     """Options of `mice`; the shape (default l4+3) and attention options apply when converting a cross-encoder
     (a MICE checkpoint carries its own). `max_length` is the document budget, `query_max_length` the query's."""
 
-    merge_layer: int | None = None
-    top_layers: int | None = None
-    batch_size: int = 128
-    precomputed: str | None = None
-    untrained: bool = False
-    top_self_attention: bool = True
-    query_attends_cls: bool = False
-    cls_attends_document: bool = False
-    random_top_layers: bool = False
-    max_length: int = 512
-    query_max_length: int | None = None
+    merge_layer: int | None = option(None, "layer k where query and document meet (0 < k < layers; default 4)")
+    top_layers: int | None = option(None, "number m of top layers kept (>= 1, k + m <= layers; default 3)")
+    batch_size: int = option(128, "documents per forward pass (>= 1; halved on CUDA out of memory)")
+    precomputed: str | None = option(None, "document store folder built by `micebench precompute`")
+    untrained: bool = option(False, "allow evaluating a MICE that was never fine-tuned")
+    top_self_attention: bool = option(True, "keep query self-attention in the top layers (conversion)")
+    query_attends_cls: bool = option(False, "let query tokens attend to cls in the top layers (conversion)")
+    cls_attends_document: bool = option(False, "let cls cross-attend to the document (conversion)")
+    random_top_layers: bool = option(False, "re-initialise the top layers instead of copying them (conversion)")
+    max_length: int = option(512, "document token budget (>= 1)")
+    query_max_length: int | None = option(None, "query token budget (>= 1; default: the model's)")
 
     MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {
         "max_length": (3, "[CLS] document [SEP]"),
@@ -89,7 +67,7 @@ class MiceOptions(ModelOptions):
 
 
 @register_ranker("mice", "MICE (default l4+3, the paper's): bottom layers apart, top layers with query cross-attention")
-class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
+class MiceRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
     """Minimal Interaction Cross-Encoder; the query's bottom layers run once per query."""
 
     name = "mice"
@@ -99,7 +77,6 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     bench_modes = ("none", "states", "kv")
 
     def __init__(self, options: MiceOptions):
-        super().__init__(options)
         import torch
 
         from micebench.models.mice import MiceConfig
@@ -108,6 +85,7 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         self._torch = torch
         checkpoint = options.checkpoint
         check_family(checkpoint, self.name, own="mice")
+        super().__init__(options, checkpoint or DEFAULT_CROSS_ENCODER)
         if is_mice_checkpoint(checkpoint):
             self.model, self.tokenizer = load_mice(checkpoint)
             shape = (self.model.mice.merge_layer, self.model.mice.top_layers)
@@ -134,14 +112,10 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         if limit is not None:  # the defaults (512) are the model's own budget, capped without a note
             mice.query_max_length = min(mice.query_max_length, limit)
         mice.doc_max_length = capped_length(mice.doc_max_length, self.model.config)
-        self.checkpoint = checkpoint or DEFAULT_CROSS_ENCODER
-        self.device = pick_device(options.device)
-        self.dtype = pick_dtype(options.dtype)
-        apply_tf32_choice(self.device, self.dtype)
         # stores are fingerprinted on the weights as loaded, so a bf16 run opens a store built in fp32
         self._fingerprints = {}
         if options.precomputed and self.dtype != torch.float32:
-            from micebench.store.document_store import read_manifest
+            from micebench.store.manifest import read_manifest
 
             mode = read_manifest(options.precomputed).get("mode")
             if mode in self.store_modes:
@@ -149,7 +123,6 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         move_model(self.model, self.device, self.dtype)
         if self.dtype != torch.float32:  # scores from an fp32 head: bf16 logits would tie
             keep_fp32(*self.model.head_modules())
-        self.batch_size = options.batch_size
         self.untrained = options.untrained
         self.open_store(options.precomputed)
 
@@ -215,6 +188,8 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
             raise MicebenchError("empty query text")
         batch = self.tokenize([query], self.mice.query_max_length)
         return self.model.encode_bottom(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"]
+
+    encode_stored_query = encode_query
 
     def device_scores(self, q: tuple[Any, Any], d_mask: Any, d_padded: bool | None = None, **doc: Any) -> Any:
         """Scores of one query's states against a batch of documents (`d_states=` or `d_kv=`), left on the device;
@@ -314,7 +289,7 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     # -- Benchmarkable ------------------------------------------------------------------------------------------
     def bench_call(self, query_ids: Any, doc_ids: Any, mode: str) -> Callable[[], Any]:
         """`none` runs the documents' bottom layers in the call; `states`/`kv` read them from a packed store."""
-        from micebench.store.document_store import PackedTensors
+        from micebench.store.reader import PackedTensors
 
         torch = self._torch
         q_ids, d_ids = query_ids.to(self.device), doc_ids.to(self.device)
@@ -349,7 +324,7 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
         return [self.model.embeddings, *self.model.bottom, *self.model.top]
 
     def bench_flops(self, query_len: int, doc_len: int, batch: int, mode: str) -> float:
-        from micebench.latency import flops
+        from micebench.models import flops
 
         shape = flops.shape_of(self.model.config)
         return flops.mice(query_len, doc_len, shape, self.mice.merge_layer, self.mice.top_layers, batch, mode)
@@ -362,16 +337,18 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, Ranker):
     def bench_facts(self) -> dict[str, Any]:
         return {"attention": "sdpa"}
 
-    def describe(self) -> dict[str, Any]:
+    def weight_modules(self) -> list[Any]:
+        return [self.model]
+
+    def head_dtype(self) -> Any:
+        return modules_dtype(*self.model.head_modules())
+
+    def details(self) -> dict[str, Any]:
         return {
-            "ranker": self.name,
-            "checkpoint": self.checkpoint,
             "mice": asdict(self.mice),
-            **{k: v for k, v in model_facts(None, self.device, self.dtype, self.model).items() if k != "checkpoint"},
-            **precision_facts(self.device, self.dtype, modules_dtype(*self.model.head_modules())),
             "attention": "sdpa",
             "batch_size": self.batch_size,
-            "oom_backoffs": getattr(self, "oom_backoffs", 0),
+            "oom_backoffs": self.oom_backoffs,
             **self.store_facts(),
         }
 

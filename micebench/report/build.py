@@ -9,7 +9,7 @@ from pathlib import Path
 
 from micebench.atomic import atomic_write_text
 from micebench.errors import MicebenchError
-from micebench.report.collect import Collection, collect_groups
+from micebench.report.collect import Collection
 from micebench.report.efficiency import efficiency_caption, ranker_efficiency
 from micebench.report.plots import dataset_bars, efficiency_frame_to_md, mice_sweeps, pareto_plot
 from micebench.report.tables import (
@@ -139,21 +139,3 @@ def write_report(report: Report, formats: tuple[str, ...] = FORMATS, show_std: b
         written.append(atomic_write_text(output / "report.html", page))
     report.written = written
     return written
-
-
-def build_reports(
-    results: str | Path,
-    output: str | Path,
-    metric: str = "nDCG@10",
-    baseline: str | None = None,
-    test: str = "student",
-    correction: str = "holm",
-    alpha: float = 0.05,
-    formats: tuple[str, ...] = FORMATS,
-    show_std: bool = False,
-) -> list[Report]:
-    """Collect the results below `results`, build one table per group and write each report."""
-    reports = plan_reports(collect_groups(results), results, output, metric, baseline, test, correction, alpha)
-    for report in reports:
-        write_report(report, formats, show_std)
-    return reports

@@ -43,8 +43,9 @@ def _group(dataset: str, index: dict[str, Any]) -> str:
     return "ID" if short is not None and short.group == "in-domain" else "OOD"
 
 
-def _read_result(folder: Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The manifest and per-query values of one result; raises one of READ_ERRORS when a file is damaged."""
+def _read_result(folder: Path) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame]:
+    """The manifest, mean measures and per-query values of one result; raises one of READ_ERRORS when a file is
+    damaged (the rule for which results count, shared by `report` and `results`)."""
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     if manifest.get("status") != "complete":
         raise ValueError("manifest status is not complete")
@@ -63,7 +64,7 @@ def _read_result(folder: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     for measure, mean in metrics.items():
         if measure in perquery and abs(perquery[measure].mean() - float(mean)) > 1e-4:
             raise ValueError(f"perquery.tsv disagrees with metrics.json on {measure}")
-    return manifest, perquery
+    return manifest, metrics, perquery
 
 
 def _run_row(folder: Path, manifest: dict[str, Any], queries: int, index: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +144,7 @@ def collect_folders(
     seen: dict[tuple[str, str, Any], Path] = {}
     for folder in sorted(folders, key=lambda f: (len(f.parts), str(f))):  # a duplicate deeper down is skipped
         try:
-            manifest, perquery = _read_result(folder)
+            manifest, _, perquery = _read_result(folder)
             run = _run_row(folder, manifest, len(perquery), index)
             key = (run["dataset"], run["ranker"], run["seed"])
             if key in seen:
@@ -191,3 +192,32 @@ def collect(results: str | Path) -> Collection:
     collection = collect_folders(folders, index, latency, skipped)
     collection.folder = results
     return collection
+
+
+def load_results(output: str | Path) -> list[dict[str, Any]]:
+    """Every finished result at any depth under `output` as {dataset, ranker, measures, folder, manifest}, by the
+    rule `report` uses; a result that cannot be read is left out with a warning naming it."""
+    import logging
+
+    log = logging.getLogger("micebench")
+    folders, unreadable = find_results(output)
+    for folder in unreadable:
+        log.warning(unreadable_manifest(folder))
+    rows = []
+    for folder in folders:
+        try:
+            manifest, metrics, _ = _read_result(folder)
+            measures = {str(k): float(v) for k, v in metrics.items()}
+        except READ_ERRORS as err:
+            log.warning(f"skipped {folder}: {type(err).__name__}: {err}")
+            continue
+        rows.append(
+            {
+                "dataset": manifest["dataset"]["name"],
+                "ranker": manifest.get("ranker_label", folder.name),
+                "measures": measures,
+                "folder": str(folder),
+                "manifest": manifest,
+            }
+        )
+    return rows

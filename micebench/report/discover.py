@@ -7,13 +7,12 @@ folder above their `<dataset>/<ranker>` level (`<dataset>/<ranker>/seed-<S>` wit
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from micebench.results import MANIFEST, slug
+from micebench.results import MANIFEST, manifest_status, slug
 
 EXPERIMENT = "experiment.json"
 #: Folders micebench writes next to results that hold other outputs (latency rows, attention maps, stores).
@@ -32,20 +31,6 @@ class ResultGroup:
     skipped: list[str] = field(default_factory=list)
 
 
-def _manifest_status(folder: Path) -> str | None:
-    """'complete', 'unfinished', 'unreadable', or None when the folder has no manifest."""
-    path = folder / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "unreadable"
-    if not isinstance(manifest, dict):
-        return "unreadable"
-    return "complete" if manifest.get("status") == "complete" else "unfinished"
-
-
 def unreadable_manifest(folder: Path) -> str:
     """The warning for a result folder whose manifest cannot be read."""
     return f"skipped {folder}: {MANIFEST} is not a readable JSON object"
@@ -62,7 +47,7 @@ def find_results(root: str | Path) -> tuple[list[Path], list[Path]]:
             dirs[:] = []
             continue
         seen.add(real)
-        status = _manifest_status(folder)
+        status = manifest_status(folder)
         if status == "complete":
             found.append(folder)
         elif status == "unreadable":

@@ -83,6 +83,11 @@ class DocIndex:
         found = fits & (self.keys[at] == query)
         return np.where(found, self.order[at], -1)
 
+    def absent(self, docnos: Sequence[str], rows: np.ndarray | None = None) -> list[str]:
+        """The ids of `docnos` the store does not hold, in order (`rows`: their `lookup`, when already done)."""
+        rows = self.lookup(docnos) if rows is None else rows
+        return [d for d, r in zip(docnos, rows.tolist(), strict=True) if r < 0]
+
     def docnos(self) -> list[str]:
         """Doc ids in storage order (reads the whole index)."""
         return [k.decode("utf-8") for k in self.keys[np.argsort(self.order, kind="stable")]]

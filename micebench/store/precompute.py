@@ -22,12 +22,13 @@ import torch
 
 from micebench.atomic import write_fault
 from micebench.data.base import Dataset, chunked
-from micebench.errors import EnvironmentFault, MicebenchError
+from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.progress import progress_bar
-from micebench.store.document_store import StoreWriter, open_index
 from micebench.store.index import ROW, DocIndex
+from micebench.store.manifest import open_index
 from micebench.store.shards import SCALE_DTYPE
+from micebench.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,8 @@ class Plan:
 def _absent(docs: Iterable[tuple[str, str]], present: DocIndex) -> Iterator[tuple[str, str]]:
     """The documents of a stream that the store does not hold yet (looked up a chunk at a time)."""
     for ids, texts in chunked(docs, _CHUNK):
-        rows = present.lookup(ids)
-        yield from ((d, t) for d, t, r in zip(ids, texts, rows.tolist(), strict=True) if r < 0)
+        absent = set(present.absent(ids))
+        yield from ((d, t) for d, t in zip(ids, texts, strict=True) if d in absent)
 
 
 def corpus_plan(dataset: Dataset, limit: int | None, present: DocIndex | None) -> Plan:
@@ -116,7 +117,7 @@ def candidates_plan(dataset: Dataset, spec: str, top_k: int, limit: int | None, 
     wanted = len(ids)
     ids = ids[:limit] if limit else ids
     if present is not None:
-        ids = [d for d, r in zip(ids, present.lookup(ids).tolist(), strict=True) if r < 0]
+        ids = present.absent(ids)
     texts = dataset.doc_texts(ids) if ids else {}
     refuse_absent_candidates(dataset, [d for d in ids if d not in texts])
     step = max(1, len(ids) // _SAMPLE)
@@ -345,15 +346,13 @@ def _encode(ranker: Any, mode: str, fields: list[str], plan: Plan, writer: Store
 def _failed(writer: StoreWriter, error: BaseException) -> BaseException:
     """The error to raise after a failed precompute: the partial store is kept (and named) only if resumable."""
     writer.discard()
+    if isinstance(error, OSError):  # a write outside the writer's own (which wraps them): a machine fault too
+        error = write_fault(writer.folder, error)
     if not writer.partial.is_dir():
-        if isinstance(error, OSError):  # a machine fault (full or read-only disk): exit 1, as for `run`
-            return write_fault(writer.folder, error)
         return error
     shards = len(writer.done_chunks())
     hint = f"{shards} finished shards are kept in {writer.partial}; rerun with --resume to continue"
-    if isinstance(error, OSError):
-        return EnvironmentFault(f"{write_fault(writer.folder, error)}; {hint}")
-    if isinstance(error, MicebenchError):
+    if isinstance(error, MicebenchError):  # keeps its kind: a machine fault still exits 1
         return type(error)(f"{error}; {hint}")
     if isinstance(error, KeyboardInterrupt):
         log.warning(hint)

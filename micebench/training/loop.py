@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from micebench.errors import MicebenchError
+from micebench.errors import MicebenchError, first_line
 from micebench.rankers.base import Trainable
 from micebench.training.data import TrainingSet
 from micebench.training.losses import LOSSES, bce, listwise, margin_mse
@@ -157,8 +157,7 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a damaged, foreign or tampered file: never unpickle arbitrary objects
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise MicebenchError(f"cannot resume from {path}: {first}") from None
+            raise MicebenchError(f"cannot resume from {path}: {first_line(err)}") from None
         if state["fingerprint"] != self.config.fingerprint():
             raise MicebenchError(f"{self.output} was trained with another configuration; --resume refuses to mix them")
         self.module.load_state_dict(state["model"])

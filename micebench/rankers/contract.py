@@ -62,7 +62,9 @@ class ModelOptions(RankerOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         from micebench.models.hf import DTYPES, pick_device
+        from micebench.models.precision import tf32_requested
 
+        tf32_requested()  # a bad MICEBENCH_TF32 is refused with the options, before any checkpoint is read
         if self.dtype not in DTYPES:
             raise MicebenchError(f"unknown dtype {self.dtype!r} (use {', '.join(DTYPES)})")
         if not isinstance(self.device, str) or not self.device.startswith("cuda"):  # CUDA: checked when it loads

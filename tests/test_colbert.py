@@ -90,35 +90,10 @@ def test_colbertv2_checkpoint_layout(tmp_path, tiny_bert_encoder):
 
 
 def test_pylate_checkpoint_layout(tmp_path, tiny_bert_encoder):
-    import shutil
-
-    from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
-    folder = tmp_path / "pylate"
-    shutil.copytree(tiny_bert_encoder, folder)
+    folder, weight = _pylate_folder(tmp_path, tiny_bert_encoder)
     tok = AutoTokenizer.from_pretrained(folder)
-    tok.add_tokens(["[Q] ", "[D] "])
-    tok.save_pretrained(folder)
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(folder)
-    model.resize_token_embeddings(len(tok))
-    model.save_pretrained(folder)
-    (folder / "1_Dense").mkdir()
-    weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(6))
-    save_file({"linear.weight": weight}, str(folder / "1_Dense" / "model.safetensors"))
-    (folder / "modules.json").write_text(
-        json.dumps(
-            [
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
-            ]
-        )
-    )
-    (folder / "config_sentence_transformers.json").write_text(
-        json.dumps({"query_prefix": "[Q] ", "document_prefix": "[D] ", "query_length": 24, "document_length": 100})
-    )
     ranker = load_ranker("colbert", checkpoint=str(folder), device="cpu")
     assert ranker.format == "pylate" and ranker.q_marker == len(tok) - 2 and ranker.d_marker == len(tok) - 1
     expected = _reference(str(folder), weight, QUERY, DOCS, ranker.q_marker, ranker.d_marker, 24, 100)

@@ -112,6 +112,13 @@ class Recipe:
     extra_seeds: int = 0
 
 
+def beir_sets() -> list[str]:
+    """The paper's 13 BEIR sets, as micebench's registry names them (its out-of-domain group)."""
+    from micebench.data.registry import SHORT_NAMES
+
+    return [name for name, short in SHORT_NAMES.items() if short.group == "beir"]
+
+
 def recipe(size: str, teacher_file: str) -> Recipe:
     if size == "full":
         return Recipe(
@@ -127,21 +134,7 @@ def recipe(size: str, teacher_file: str) -> Recipe:
             seeds=5,
             top_k=1000,
             in_domain=["msmarco-dev", "trec-dl-19", "trec-dl-20"],
-            out_of_domain=[
-                "arguana",
-                "climate-fever",
-                "dbpedia",
-                "fever",
-                "fiqa",
-                "hotpotqa",
-                "nfcorpus",
-                "nq",
-                "quora",
-                "scidocs",
-                "scifact",
-                "touche",
-                "trec-covid",
-            ],
+            out_of_domain=beir_sets(),
             teacher_scores=teacher_file,
             validate="beir/nfcorpus/dev",
             every=5000,

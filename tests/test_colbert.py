@@ -16,8 +16,26 @@ QUERY = "how do goldfish grow"
 DOCS = ["Goldfish grow, according to the size of their tank!", "Wi-Fi is a family of wireless protocols.", "x"]
 
 
-def _reference(folder, weight, query, docs, q_marker, d_marker, qlen=32, dlen=180):
-    """MaxSim written out directly: HF encoder, projection, L2 norm, einsum, max over kept doc tokens, sum."""
+def _reference(
+    folder,
+    weight,
+    query,
+    docs,
+    q_marker,
+    d_marker,
+    qlen=32,
+    dlen=180,
+    *,
+    expansion=True,
+    attend=False,
+    skip=None,
+    bias=None,
+    act=None,
+):
+    """MaxSim written out directly (ColBERTv2 and PyLate): HF encoder; queries padded with [MASK] to `qlen` when
+    expanding (attended to only with attend_to_expansion_tokens; without expansion no padding); projection
+    activation(x W^T + b); L2 norm; documents without the skiplist tokens (each word converted as one token;
+    default: punctuation); max over document tokens, summed over query tokens."""
     import string
 
     from transformers import AutoModel, AutoTokenizer
@@ -29,21 +47,28 @@ def _reference(folder, weight, query, docs, q_marker, d_marker, qlen=32, dlen=18
         ids = tok(text, truncation=True, max_length=length - 1)["input_ids"]
         ids = ids[:1] + [marker] + ids[1:]
         attn = [1] * len(ids)
-        if query_side:
+        if query_side and expansion:
             pad = length - len(ids)
-            ids, attn = ids + [tok.mask_token_id] * pad, attn + [0] * pad
+            ids, attn = ids + [tok.mask_token_id] * pad, attn + [1 if attend else 0] * pad
         with torch.no_grad():
             h = model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([attn])).last_hidden_state[0]
-        return torch.nn.functional.normalize(h @ weight.T, dim=-1), ids
+            projected = h @ weight.T + (bias if bias is not None else 0)
+            projected = act(projected) if act is not None else projected
+        return torch.nn.functional.normalize(projected, dim=-1), ids
 
     q, _ = embed(query, q_marker, qlen, True)
-    punct = {tok.convert_tokens_to_ids(c) for c in string.punctuation}
+    skipped = {tok.convert_tokens_to_ids(w) for w in (skip if skip is not None else string.punctuation)}
     out = []
     for doc in docs:
         d, ids = embed(doc, d_marker, dlen, False)
-        keep = torch.tensor([i not in punct for i in ids])
+        keep = torch.tensor([i not in skipped for i in ids])
         out.append(torch.einsum("qd,ld->ql", q, d[keep]).max(-1).values.sum().item())
     return np.array(out)
+
+
+def _pylate_reference(folder, weight, q_marker, d_marker, **settings):
+    """The reference with the PyLate test checkpoint's lengths (24 query, 100 document tokens)."""
+    return _reference(folder, weight, QUERY, DOCS, q_marker, d_marker, 24, 100, **settings)
 
 
 def test_fresh_projection_maxsim_matches_reference(tiny_bert_encoder):
@@ -163,42 +188,6 @@ def _pylate_folder(tmp_path, encoder, settings=None, dense_config=None, bias=Non
     base = {"query_prefix": "[Q] ", "document_prefix": "[D] ", "query_length": 24, "document_length": 100}
     (folder / "config_sentence_transformers.json").write_text(json.dumps({**base, **(settings or {})}))
     return folder, weight
-
-
-def _pylate_reference(
-    folder, weight, q_marker, d_marker, *, expansion=True, attend=False, skip=None, bias=None, act=None
-):
-    """PyLate's scoring written out: queries padded with [MASK] to 24 tokens when expanding (attended to only with
-    attend_to_expansion_tokens; without expansion no padding), Dense = activation(x W^T + b), L2 norm, documents
-    without the skiplist tokens (each word converted as one token; default: punctuation), MaxSim sum."""
-    import string
-
-    from transformers import AutoModel, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder).eval()
-
-    def embed(text, marker, length, query_side):
-        ids = tok(text, truncation=True, max_length=length - 1)["input_ids"]
-        ids = ids[:1] + [marker] + ids[1:]
-        attn = [1] * len(ids)
-        if query_side and expansion:
-            pad = length - len(ids)
-            ids, attn = ids + [tok.mask_token_id] * pad, attn + [1 if attend else 0] * pad
-        with torch.no_grad():
-            h = model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([attn])).last_hidden_state[0]
-            projected = h @ weight.T + (bias if bias is not None else 0)
-            projected = act(projected) if act is not None else projected
-        return torch.nn.functional.normalize(projected, dim=-1), ids
-
-    q, _ = embed(QUERY, q_marker, 24, True)
-    skipped = {tok.convert_tokens_to_ids(w) for w in (skip if skip is not None else string.punctuation)}
-    out = []
-    for doc in DOCS:
-        d, ids = embed(doc, d_marker, 100, False)
-        keep = torch.tensor([i not in skipped for i in ids])
-        out.append(torch.einsum("qd,ld->ql", q, d[keep]).max(-1).values.sum().item())
-    return np.array(out)
 
 
 @pytest.mark.parametrize(

@@ -573,7 +573,8 @@ def test_efficiency_table_joins_runs_stores_and_latency_per_ranker(tmp_path):
     (root / "experiment.json").write_text(json.dumps(index))
     store = tmp_path / "store"
     store.mkdir()
-    (store / "manifest.json").write_text(json.dumps({"bytes_per_doc": 2048.0 * 3}))
+    manifest = {"status": "complete", "format": 1, "fields": ["states"], "dtype": "fp16", "shards": []}
+    (store / "manifest.json").write_text(json.dumps({**manifest, "bytes_per_doc": 2048.0 * 3}))
     specs = {  # ranker: (model, shape, store, re-ranking seconds on scifact and on cisi, parameters)
         "bm25": ("bm25", None, None, (0.0, 0.0), None),
         "ce": ("ce", None, None, (3.0, 1.0), 22_700_000),

@@ -7,9 +7,7 @@ memory of the ranker's family in the same mode: from a store, or from the texts)
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pandas as pd
 
@@ -42,12 +40,14 @@ def _number(value: object) -> bool:
 
 def store_bytes_per_doc(store: object) -> float:
     """Bytes per document recorded in a store's manifest (NaN when the run read no store or it is gone)."""
+    from micebench.errors import MicebenchError
+    from micebench.store.manifest import read_manifest
+
     if not isinstance(store, str) or not store:
         return math.nan
     try:
-        manifest = json.loads((Path(store) / "manifest.json").read_text(encoding="utf-8"))
-        return float(manifest["bytes_per_doc"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(read_manifest(store)["bytes_per_doc"])
+    except (MicebenchError, KeyError, TypeError, ValueError):
         return math.nan
 
 

@@ -3,7 +3,6 @@ cannot go stale (every ranker's `Options` dataclass; every command's parameters 
 
 from __future__ import annotations
 
-import dataclasses
 import html
 from typing import Any
 
@@ -16,7 +15,8 @@ def _cell(text: object) -> str:
 
 def options_page() -> str:
     """One table per registered ranker: option, default, help (name families show what the name fixes)."""
-    from micebench.rankers.base import available_rankers, resolve_ranker
+    from micebench.rankers.base import available_rankers
+    from micebench.rankers.registry import option_rows
 
     lines = [
         "# Ranker options",
@@ -28,17 +28,13 @@ def options_page() -> str:
         "",
     ]
     for model, description in available_rankers().items():
-        cls, fixed = resolve_ranker(model.replace("<k>", "1").replace("<m>", "1"))
+        rows = option_rows(model.replace("<k>", "1").replace("<m>", "1"))
         lines += [f"## `{model}`", "", _cell(description), ""]
-        fields = dataclasses.fields(cls.Options) if getattr(cls, "Options", None) else ()
-        if not fields:
+        if not rows:
             lines += ["Takes no options.", ""]
             continue
         lines += ["| option | default | meaning |", "|---|---|---|"]
-        for f in fields:
-            default: Any = "set by the name" if f.name in fixed else repr(f.default)
-            meaning = f.metadata.get("help", "") if f.metadata else ""
-            lines.append(f"| `--{f.name.replace('_', '-')}` | `{_cell(default)}` | {_cell(meaning)} |")
+        lines += [f"| `{flag}` | `{_cell(default)}` | {_cell(meaning)} |" for flag, default, meaning in rows]
         lines.append("")
     return "\n".join(lines)
 

@@ -341,7 +341,6 @@ def models(
     name: Annotated[str | None, typer.Argument(help="A model name: list its options and their defaults.")] = None,
 ) -> None:
     """List the registered rankers and what each can do, or one model's options with their defaults."""
-    import dataclasses
 
     from micebench.rankers.base import (
         Benchmarkable,
@@ -351,18 +350,17 @@ def models(
         ranker_options,
         resolve_ranker,
     )
+    from micebench.rankers.registry import option_rows
 
     if name is not None:
-        cls, fixed = resolve_ranker(name)
         ranker_options(name)  # a name's own options in range (mice-l0+1 is no model)
+        rows = option_rows(name)
         table = Table(title=f"options of {name} (`run`, experiment files, load_ranker)")
-        table.add_column("option")
-        table.add_column("default")
-        for f in dataclasses.fields(cls.Options):
-            default = fixed.get(f.name, f.default)
-            shown = "set by the name" if f.name in fixed else repr(default)
-            table.add_row(f"--{f.name.replace('_', '-')}", f"{default!r} ({shown})" if f.name in fixed else shown)
-        out().print(table if dataclasses.fields(cls.Options) else f"{name} takes no options")
+        for column in ("option", "default", "meaning"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        out().print(table if rows else f"{name} takes no options")
         return
     table = Table(title="rankers (`micebench models NAME` lists a model's options)")
     table.add_column("model")

@@ -113,6 +113,17 @@ def declared_options(spec: str, **settings: Any) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k in takes}
 
 
+def option_rows(spec: str) -> list[tuple[str, str, str]]:
+    """(flag, default as shown, help) of every option a model declares; a name's own settings are marked as such.
+    What `micebench models NAME` prints and the docs' options page lists."""
+    cls, fixed = resolve_ranker(spec)
+    rows = []
+    for f in dataclasses.fields(cls.Options):
+        default = f"{fixed[f.name]!r} (set by the name)" if f.name in fixed else repr(f.default)
+        rows.append((f"--{f.name.replace('_', '-')}", default, f.metadata.get("help", "")))
+    return rows
+
+
 def accepts_option(spec: str, option: str) -> bool:
     """Whether `spec` declares `option` (callers that pass shared settings to several rankers ask first)."""
     return option in option_names(spec)

@@ -13,7 +13,7 @@ from micebench.cli import GUIDES, app, datasets_app
 
 ROOT = Path(__file__).resolve().parent.parent
 #: how a help text states a range: ">= 1", "> 0", "in (0, 1)", "2 to the model's positions", "1 <= k < ...", "integer"
-RANGE = re.compile(r">=|<=|> 0|\(0, 1\)|\bto\b|\binteger\b")
+RANGE = re.compile(r">=|<=|> 0|\(0, 1\)|\d+ to \S|\binteger\b")
 
 
 def _commands() -> list[tuple[str, typing.Any, str | None]]:

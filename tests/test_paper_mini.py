@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import shlex
 import sys
 import tomllib
 from pathlib import Path
@@ -92,7 +91,6 @@ def test_mini_students_share_one_recipe_and_one_teacher_score_file(paper_mini):
     }
     stored = {r["name"]: r.get("precomputed") for r in data["rankers"]}
     assert stored["mice-l2+2"] == "ck/stores/mice-l2+2/{dataset}" and stored["mice-l2+2-texts"] is None
-    assert all(shlex.join(s.argv) for s in plan.steps)
 
 
 def test_a_finished_step_is_skipped(paper_mini, tmp_path, capsys):

@@ -176,6 +176,7 @@ class Step:
 class Plan:
     steps: list[Step] = field(default_factory=list)
     configs: dict[Path, str] = field(default_factory=dict)  # experiment files written before the steps run
+    links: dict[Path, Path] = field(default_factory=dict)  # symlinks made before the steps run (link -> target)
 
     def add(self, name: str, argv: list[str], done: Path | None = None, resume_flag: Path | None = None) -> None:
         self.steps.append(Step(name, argv, done, resume_flag))
@@ -426,7 +427,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
         noise_rankers: list[dict[str, object]] = []
         for fam in (families(size, "ce")[0], mice):
             out = ck / "seed-noise" / fam.name
-            length = ["--max-length", str(r.max_length)]
+            # seed 12 is the table's student: linked, so that one path pattern names all three seeds
+            plan.links[out / "seed-12"] = ck / "students" / fam.name
             plan.add(
                 f"seed noise {fam.name}: seeds 13, 14",
                 mb
@@ -441,7 +443,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
                     "--teacher-scores",
                     scores_file,
                     *common,
-                    *length,
+                    "--max-length",
+                    str(r.max_length),
                     "--seed",
                     "13",
                     "--seeds",
@@ -451,18 +454,16 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 ],
                 done=out / "seed-14" / "best",
             )
-            for seed in (12, 13, 14):
-                where = ck / "students" / fam.name if seed == 12 else out / f"seed-{seed}"
-                entry: dict[str, object] = {
-                    "name": f"{fam.name}-seed-{seed}",
+            noise_rankers.append(
+                {
+                    "name": fam.name,
                     "model": fam.run_model,
-                    "checkpoint": str(where / "best"),
+                    "checkpoint": str(out) + "/seed-{seed}/best",
                     "max_length": r.max_length,
-                    "backbone": fam.name,
                 }
-                noise_rankers.append(entry)
+            )
         noise_config = res / "seed-noise.toml"
-        plan.configs[noise_config] = experiment_toml(noise_res, r, noise_rankers, r.in_domain, [], [0])
+        plan.configs[noise_config] = experiment_toml(noise_res, r, noise_rankers, r.in_domain, [], [12, 13, 14])
         plan.add("seed noise: evaluate in-domain", mb + ["run", "--config", str(noise_config)])
     if args.teacher_gap and size == "mini":
         gap_res = res.parent / (res.name + "-teacher-gap")
@@ -616,6 +617,10 @@ def execute(plan: Plan, times_file: Path) -> int:
     for path, text in plan.configs.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    for link, target in plan.links.items():
+        if not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
     total = time.perf_counter()
     for step in plan.steps:
         if step.done is not None and step.done.exists():

@@ -519,7 +519,7 @@ SWEEP_RUN_CASES = [
     (["--model", "mice", "--max-length", "2", "--untrained"], "--max-length 2 cannot hold [CLS] document [SEP]"),
     (["--model", "mice", "--merge-layer", "0", "--untrained"], "merge layer 0 is impossible"),
     (["--model", "ce", "--dtype", "fp64"], "unknown dtype 'fp64'"),
-    (["--model", "colbert", "--dim", "-8"], "No such option: --dim"),
+    (["--model", "colbert", "--dim", "-8"], "--dim must be a positive whole number (got -8)"),
     (["--model", "bm25", "--top-k", "ten"], "Invalid value for '--top-k'"),
 ]
 

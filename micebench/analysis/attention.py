@@ -166,3 +166,47 @@ def write_attention_result(
         plot_heatmaps(result, tmp, title, group_size)
         (tmp / "manifest.json").write_text(json.dumps({**meta, "status": "complete"}, indent=2, default=str) + "\n")
     return sorted(folder.iterdir())
+
+
+def analyse_attention(
+    model: str,
+    dataset: str,
+    checkpoint: str | None = None,
+    schedule: str | None = None,
+    queries: int = 10,
+    docs_per_query: int = 2,
+    first_stage: str = "auto",
+    group_size: int = 3,
+    device: str = "auto",
+    output: str = "results",
+    data_dir: str | None = None,
+) -> tuple[int, Path, list[Path]]:
+    """`micebench attention`: check the inputs, read the pairs, measure segment attention and write the result
+    folder (results/attention/<dataset>/<label>). Returns (pairs, folder, files written)."""
+    from micebench.data import load_dataset
+    from micebench.errors import MicebenchError
+    from micebench.rankers.base import load_ranker, ranker_options, resolve_ranker
+    from micebench.rankers.cross_encoder import CrossEncoderRanker
+    from micebench.rankers.masked import MaskedCrossEncoderRanker
+    from micebench.results import environment, result_dir
+
+    cls, _ = resolve_ranker(model)
+    if not issubclass(cls, CrossEncoderRanker):
+        raise MicebenchError(
+            f"attention analysis needs a cross-encoder model (ce, masked-ce or a preset), not {model!r}"
+        )
+    for flag, value in (("--queries", queries), ("--docs-per-query", docs_per_query), ("--group-size", group_size)):
+        if value < 1:
+            raise MicebenchError(f"{flag} must be at least 1 (got {value})")
+    ranker_options(model, checkpoint=checkpoint, schedule=schedule, device=device)  # --schedule only for masked-ce
+    ds = load_dataset(dataset, data_dir)
+    # a plain cross-encoder is read through masked-ce with no rule (identical scores, same hooks for attention)
+    spec = model if issubclass(cls, MaskedCrossEncoderRanker) else "masked-ce"
+    ranker = load_ranker(spec, checkpoint=checkpoint, schedule=schedule, device=device, attn_implementation="eager")
+    pairs = attention_pairs(ds, first_stage, queries, docs_per_query)
+    result = segment_attention(ranker, pairs)
+    label = model if model != "masked-ce" else f"masked-ce-{ranker.schedule.name}"
+    folder = result_dir(Path(output) / "attention", ds.name, label)
+    meta = {"dataset": ds.describe(), "ranker": ranker.describe(), "pairs": len(pairs), **environment()}
+    files = write_attention_result(result, folder, f"{ds.name} · {label}", meta, group_size)
+    return len(pairs), folder, files

@@ -163,3 +163,18 @@ def load_dataset(name: str, data_dir_path: str | Path | None = None, split: str 
         dataset = IrDatasetsDataset(target, name=label)
     dataset.facts = dataset_facts(name, kind, target)
     return dataset
+
+
+def catalogue(root: Path | None) -> list[tuple[str, str, str, str]]:
+    """(name, group, what it resolves to, source) for every short name, then every BEIR folder of the local
+    mirror that no short name points to: what `micebench datasets` lists."""
+    rows, mirrored = [], set()
+    for short in SHORT_NAMES.values():
+        kind, target = where(short.name, root)
+        if kind == "local":
+            mirrored.add(Path(target).name)
+        rows.append((short.name, short.group, target, kind))
+    if root is not None:
+        for folder in sorted(p for p in root.iterdir() if is_beir_folder(p) and p.name not in mirrored):
+            rows.append((folder.name, "local", str(folder.resolve()), "local"))
+    return rows

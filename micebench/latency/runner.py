@@ -49,6 +49,8 @@ class LatencyConfig:
     seed: int = 0
     #: CPU threads for torch (None: torch's default, every core)
     threads: int | None = None
+    #: other ranker options (schedule, MICE attention, ColBERT dim...): each timed model gets those it declares
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,6 +121,7 @@ class LatencyBench:
             raise MicebenchError(f"unknown --precompute {config.precompute!r} (use {', '.join(sorted(known))})")
         for spec in config.models:  # names and modes first, before any model work
             parse_model(spec, config.precompute)
+        check_options_apply(config)
         if config.query_len < 3 or config.doc_len < 3:
             raise MicebenchError("query and document lengths count [CLS] and [SEP]: use at least 3 tokens")
         self.threads = checked_threads(config.threads)
@@ -178,6 +181,7 @@ class LatencyBench:
         name, mode = parse_model(spec, self.config.precompute)
         torch.manual_seed(self.config.seed)
         given = {
+            **self.config.options,
             "checkpoint": self.checkpoint,
             "device": str(self.device),
             "dtype": self.config.dtype,
@@ -298,6 +302,20 @@ class LatencyBench:
             **environment(),
             "config": asdict(self.config),
         }
+
+
+def check_options_apply(config: LatencyConfig) -> None:
+    """Refuse a ranker option that none of the timed models declares (it would change nothing)."""
+    from micebench.rankers.base import accepts_option, ranker_options
+
+    names = [parse_model(spec, config.precompute)[0] for spec in config.models]
+    for option in config.options:
+        if not any(accepts_option(name, option) for name in names):
+            flag = "--" + option.replace("_", "-")
+            raise MicebenchError(f"{flag} applies to none of the timed models ({', '.join(names)})")
+    for name in names:
+        takes = {k: v for k, v in config.options.items() if accepts_option(name, k)}
+        ranker_options(name, **takes)  # types and ranges, and no contradiction with the name (mice-l4+3 --top-layers 2)
 
 
 def checked_threads(threads: int | None) -> int:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 import string
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +30,9 @@ from micebench.models.checkpoints import (
 )
 from micebench.models.hf import capped_length, load_weights, move_model, resolve_model, weight_fingerprint
 from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
-from micebench.rankers.contract import ModelOptions, option
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
+from micebench.rankers.options import ColBERTOptions
 from micebench.rankers.registry import register_ranker
 
 #: ColBERTv2's projection, saved beside the encoder's weights in model.safetensors and read apart from them
@@ -71,25 +70,6 @@ def _local_folder(checkpoint: str) -> Path | None:
         return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*/*"]))
     except Exception as err:  # network or repository errors of huggingface_hub
         raise MicebenchError(f"cannot load model {checkpoint!r}: {first_line(err)}") from None
-
-
-@dataclass
-class ColBERTOptions(ModelOptions):
-    """Options of `colbert`; a ColBERTv2 or PyLate checkpoint's own query and document lengths take precedence."""
-
-    checkpoint: str = option(
-        "colbert-ir/colbertv2.0", "ColBERTv2, PyLate or BERT/ModernBERT weights (folder or hub id)"
-    )
-    batch_size: int = option(64, "documents per forward pass (>= 1; halved on CUDA out of memory)")
-    dim: int = option(128, "projection size of a fresh projection (>= 1; a checkpoint's own wins)")
-    query_length: int = option(32, "query tokens incl. [MASK] padding (>= 1; a checkpoint's own wins)")
-    doc_length: int = option(180, "maximum document tokens (>= 1; a checkpoint's own wins)")
-    precomputed: str | None = option(None, "document store folder built by `micebench precompute`")
-
-    MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {
-        "query_length": (4, "[CLS] [Q] query [SEP]"),
-        "doc_length": (4, "[CLS] [D] document [SEP]"),
-    }
 
 
 def maxsim(q: Any, docs: Any, keep: Any) -> Any:

@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches, pad_multiple, pad_rows, scores_to_host, to_device
 from micebench.models.checkpoints import check_family
-from micebench.models.hf import DEFAULT_CROSS_ENCODER, capped_length, classifier_options, load_model, logits_to_scores
+from micebench.models.hf import capped_length, classifier_options, load_model, logits_to_scores
 from micebench.models.precision import classifier_head, keep_fp32, modules_dtype
 from micebench.rankers.capabilities import Benchmarkable, Trainable
-from micebench.rankers.contract import ModelOptions, option
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
+from micebench.rankers.options import CrossEncoderOptions
 from micebench.rankers.registry import register_ranker
-
-
-@dataclass
-class CrossEncoderOptions(ModelOptions):
-    """Options of `ce`."""
-
-    checkpoint: str = option(DEFAULT_CROSS_ENCODER, "cross-encoder weights: a local folder, short name or hub id")
-    batch_size: int = option(32, "documents per forward pass (>= 1; halved on CUDA out of memory)")
-    max_length: int = option(512, "maximum tokens of a query-document pair (>= 1), truncated longest first")
-    attn_implementation: str = option("sdpa", "transformers attention: sdpa | eager (eager can return weights)")
-
-    MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {"max_length": (5, "[CLS] query [SEP] document [SEP]")}
 
 
 @register_ranker("ce", "cross-encoder: [CLS] query [SEP] document [SEP] with full attention")

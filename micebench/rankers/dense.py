@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,23 +12,13 @@ from micebench.models.batching import length_sorted_batches
 from micebench.models.checkpoints import check_family
 from micebench.models.hf import capped_length, load_model, read_sentence_transformers_config
 from micebench.progress import progress_bar
-from micebench.rankers.contract import ModelOptions, checked_scores, option
+from micebench.rankers.contract import checked_scores
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
+from micebench.rankers.options import DenseOptions
 from micebench.rankers.registry import register_ranker
 
-DEFAULT_DENSE = "minilm-l6"
 _PAIR_CHUNK = 65_536
-
-
-@dataclass
-class DenseOptions(ModelOptions):
-    """Options of `dense`; max_length and normalize default to the checkpoint's sentence-transformers config."""
-
-    checkpoint: str = option(DEFAULT_DENSE, "bi-encoder weights: a local folder, short name or hub id")
-    batch_size: int = option(64, "texts per forward pass (>= 1; halved on CUDA out of memory)")
-    max_length: int | None = option(None, "maximum tokens per text (>= 1; default: the checkpoint's max_seq_length)")
-    normalize: bool | None = option(None, "L2-normalise embeddings (default: as the checkpoint's modules say)")
 
 
 @register_ranker("dense", "bi-encoder, mean or CLS pooling (default: packaged all-MiniLM-L6-v2)")

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from micebench.models.batching import move
 from micebench.models.masking import LayerMasks, schedule_masks
 from micebench.models.segments import segment_ids
-from micebench.rankers.contract import option
-from micebench.rankers.cross_encoder import CrossEncoderOptions, CrossEncoderRanker
+from micebench.rankers.cross_encoder import CrossEncoderRanker
+from micebench.rankers.options import MaskedOptions
 from micebench.rankers.registry import register_ranker, register_ranker_pattern
 from micebench.schedules import PRESET_HELP, Schedule, is_preset, parse_schedule
-
-
-@dataclass
-class MaskedOptions(CrossEncoderOptions):
-    """Options of `masked-ce`: the cross-encoder's, plus the schedule (a preset, a file or compact rules)."""
-
-    schedule: str | Schedule = option("none", "attention schedule: a preset, a TOML/YAML file or compact rules")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.schedule, str):  # a bad preset, rule or file: refused before any model work
-            parse_schedule(self.schedule)
 
 
 @register_ranker("masked-ce", "cross-encoder with a per-layer attention schedule (--schedule mask2, ...)")

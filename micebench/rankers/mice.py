@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -16,9 +16,10 @@ from micebench.models.checkpoints import check_family
 from micebench.models.hf import DEFAULT_CROSS_ENCODER, capped_length, logits_to_scores, move_model, position_limit
 from micebench.models.precision import keep_fp32, modules_dtype
 from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
-from micebench.rankers.contract import ModelOptions, RankerOptions, option
+from micebench.rankers.contract import RankerOptions
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
+from micebench.rankers.options import MiceOptions
 from micebench.rankers.registry import register_ranker, register_ranker_pattern
 
 _SHAPE = re.compile(r"^mice-l(\d+)\+(\d+)$")
@@ -34,36 +35,6 @@ def untrained_error(label: str, source: str | None) -> MicebenchError:
         f"checkpoints/{label}` and run with --checkpoint checkpoints/{label}/best (offline: `make train-demo` "
         "trains mice-l2+2 on SciFact), or pass --untrained to run it as it is"
     )
-
-
-@dataclass
-class MiceOptions(ModelOptions):
-    """Options of `mice`; the shape (default l4+3) and attention options apply when converting a cross-encoder
-    (a MICE checkpoint carries its own). `max_length` is the document budget, `query_max_length` the query's."""
-
-    merge_layer: int | None = option(None, "layer k where query and document meet (0 < k < layers; default 4)")
-    top_layers: int | None = option(None, "number m of top layers kept (>= 1, k + m <= layers; default 3)")
-    batch_size: int = option(128, "documents per forward pass (>= 1; halved on CUDA out of memory)")
-    precomputed: str | None = option(None, "document store folder built by `micebench precompute`")
-    untrained: bool = option(False, "allow evaluating a MICE that was never fine-tuned")
-    top_self_attention: bool = option(True, "keep query self-attention in the top layers (conversion)")
-    query_attends_cls: bool = option(False, "let query tokens attend to cls in the top layers (conversion)")
-    cls_attends_document: bool = option(False, "let cls cross-attend to the document (conversion)")
-    random_top_layers: bool = option(False, "re-initialise the top layers instead of copying them (conversion)")
-    max_length: int = option(512, "document token budget (>= 1)")
-    query_max_length: int | None = option(None, "query token budget (>= 1; default: the model's)")
-
-    MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {
-        "max_length": (3, "[CLS] document [SEP]"),
-        "query_max_length": (3, "[CLS] query [SEP]"),
-    }
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.merge_layer is not None and self.merge_layer < 1:  # the upper bounds need the model's depth
-            raise MicebenchError(f"merge layer {self.merge_layer} is impossible (use 1 up to the model's layers - 1)")
-        if self.top_layers is not None and self.top_layers < 1:
-            raise MicebenchError(f"{self.top_layers} top layers are impossible (use 1 or more)")
 
 
 @register_ranker("mice", "MICE (default l4+3, the paper's): bottom layers apart, top layers with query cross-attention")

@@ -100,6 +100,15 @@ def rankers_with(capability: type) -> list[str]:
     return sorted(names)
 
 
+def abilities(spec: str) -> list[str]:
+    """What a model name can do beyond `run`: `train`, `store` (precompute, --precomputed), `latency`."""
+    from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
+
+    cls, _ = resolve_ranker(spec.replace("<k>", "1").replace("<m>", "1"))  # a family as registered: mice-l<k>+<m>
+    named = (("train", Trainable), ("store", StoreBacked), ("latency", Benchmarkable))
+    return [ability for ability, capability in named if issubclass(cls, capability)]
+
+
 def option_names(spec: str) -> list[str]:
     """The options a model name takes (fields of its Options dataclass)."""
     cls, _ = resolve_ranker(spec)

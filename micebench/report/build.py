@@ -139,3 +139,23 @@ def write_report(report: Report, formats: tuple[str, ...] = FORMATS, show_std: b
         written.append(atomic_write_text(output / "report.html", page))
     report.written = written
     return written
+
+
+def check_report_options(
+    results: str | Path, formats: list[str] | None, test: str, correction: str, alpha: float
+) -> tuple[str, ...]:
+    """Refuse an unknown format, test or correction, a level outside (0, 1) and a missing results folder, before
+    anything is read; returns the formats to write (all when none is named)."""
+    from micebench.report.significance import CORRECTIONS, TESTS
+
+    chosen = tuple(formats or FORMATS)
+    for f in chosen:
+        if f not in FORMATS:
+            raise MicebenchError(f"unknown format {f!r} (use {', '.join(FORMATS)})")
+    if test not in TESTS or correction not in CORRECTIONS:
+        raise MicebenchError(f"--test is one of {', '.join(TESTS)}; --correction one of {', '.join(CORRECTIONS)}")
+    if not 0 < alpha < 1:  # a level of 1 or more marks every difference significant
+        raise MicebenchError(f"--alpha must be between 0 and 1, exclusive (got {alpha})")
+    if not Path(results).is_dir():
+        raise MicebenchError(f"results folder not found: {results}")
+    return chosen

@@ -359,3 +359,59 @@ def _failed(writer: StoreWriter, error: BaseException) -> BaseException:
     else:
         error.add_note(hint)
     return error
+
+
+def build_store(
+    model: str,
+    dataset: str,
+    options: dict[str, Any],
+    mode: str | None = None,
+    dtype: str = "fp16",
+    output: str | None = None,
+    data_dir: str | None = None,
+    split: str | None = None,
+    first_stage: str | None = None,
+    top_k: int | None = None,
+    say: Callable[[str], None] | None = None,
+    **build: Any,
+) -> Path | None:
+    """`micebench precompute`: check every input before the dataset or the model loads, load both, and build the
+    store of `model` (default folder results/stores/<dataset>/<label>-<mode>-<dtype>). `build` holds `precompute`'s
+    switches (limit, overwrite, resume, chunk_docs, extend). Returns the folder, or None on a torchrun rank > 0."""
+    from micebench.data import load_dataset
+    from micebench.rankers.base import StoreBacked, load_ranker, ranker_options, rankers_with, resolve_ranker
+    from micebench.results import slug
+    from micebench.runstate import Distributed
+
+    check_positive(
+        chunk_docs=build.get("chunk_docs"), batch_size=options.get("batch_size"), limit=build.get("limit"), top_k=top_k
+    )
+    store_dtype(dtype)
+    if top_k is not None and first_stage is None:
+        raise MicebenchError("--top-k applies to --first-stage candidates (without it every document is encoded)")
+    cls, _ = resolve_ranker(model)
+    if not issubclass(cls, StoreBacked):
+        stored = ", ".join(rankers_with(StoreBacked))
+        raise MicebenchError(f"model {model!r} has no document store (stores: {stored} and their shapes)")
+    device = options.get("device", "auto")
+    ranker_options(model, **options)  # every option checked before the dataset or the model loads
+    mode = cls.store_mode(mode)
+    ds = load_dataset(dataset, data_dir, split)
+    world = Distributed.from_env(device)
+    ranker = load_ranker(model, **{**options, "device": world.device(device)})
+    folder = (
+        Path(output) if output else Path("results") / "stores" / slug(ds.name) / f"{slug(ranker.label)}-{mode}-{dtype}"
+    )
+    path = precompute(
+        ranker,
+        ds,
+        folder,
+        mode,
+        dtype,
+        world=world,
+        first_stage=first_stage,
+        top_k=top_k or 100,
+        say=say if world.rank == 0 else None,
+        **build,
+    )
+    return path if world.rank == 0 else None

@@ -1,0 +1,126 @@
+"""`micebench convert` (a cross-encoder into MICE) and `micebench precompute` (a document store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from micebench.cli.app import DataDirOption, app, guide, out
+from micebench.cli.flags import with_ranker_flags
+from micebench.errors import MicebenchError
+
+
+@app.command(epilog=guide("convert"))
+def convert(
+    source: Annotated[str, typer.Option("--from", help="Cross-encoder (or base model) to convert.")],
+    merge_layer: Annotated[
+        int, typer.Option(help="Layer k where query and document meet (1 <= k < the model's layers).")
+    ],
+    top_layers: Annotated[
+        int, typer.Option(help="Number m of top layers kept, copied from k..k+m-1 (>= 1; k + m <= the model's layers).")
+    ],
+    out_dir: Annotated[str, typer.Option("--out", help="Folder for the MICE checkpoint.")],
+    top_self_attention: Annotated[bool, typer.Option(help="Keep query self-attention in the top layers.")] = True,
+    query_attends_cls: Annotated[bool, typer.Option(help="Let query tokens attend to cls in the top layers.")] = False,
+    cls_attends_document: Annotated[bool, typer.Option(help="Let cls cross-attend to the document.")] = False,
+    random_top_layers: Annotated[bool, typer.Option(help="Re-initialise the top layers instead of copying.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Write the initial (untrained) MICE-l<k>+<m> from a cross-encoder as a normal checkpoint folder."""
+    from micebench.atomic import check_can_create
+    from micebench.models.checkpoints import check_family
+    from micebench.models.mice import MiceConfig
+    from micebench.models.mice_io import convert_cross_encoder, save_mice
+
+    if Path(out_dir).exists() and not overwrite:
+        raise MicebenchError(f"{out_dir} already exists (use --overwrite to replace it)")
+    check_can_create(out_dir)
+    check_family(source, "ce", reader="convert --from (a cross-encoder or base model)")
+    config = MiceConfig(
+        merge_layer, top_layers, top_self_attention, query_attends_cls, cls_attends_document, random_top_layers
+    )
+    model, tokenizer = convert_cross_encoder(source, config)
+    folder = save_mice(model, tokenizer, out_dir)
+    params = sum(p.numel() for p in model.parameters())
+    out().print(f"{config.label()} from {source}: {params / 1e6:.2f}M parameters, written to {folder}")
+
+
+#: ranker options `precompute` does not take from the model's declaration: --dtype is the storage dtype (the
+#: model runs in fp32), the store is written (not read), and a store needs no trained weights
+PRECOMPUTE_OWNS = ("dtype", "precomputed", "untrained")
+
+
+@app.command(epilog=guide("precompute"))
+@with_ranker_flags(owned=PRECOMPUTE_OWNS, families=("mice", "colbert"))
+def precompute(
+    model: Annotated[str, typer.Option("--model", "-m", help="mice, mice-l<k>+<m> or colbert.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset whose corpus is encoded.")],
+    mode: Annotated[
+        str | None,
+        typer.Option(help="MICE: states (default; layer-k states) or kv (top-layer keys/values); ColBERT: embeddings."),
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option(help="Storage dtype: fp16, fp32, bf16 or int8 (per-token quantised, about half of fp16).")
+    ] = "fp16",
+    first_stage: Annotated[
+        str | None,
+        typer.Option(
+            help="Encode only the candidates of this first stage for the judged queries (as for `run`: auto, bm25, "
+            "dataset:<name>, a run file; full = every document). Default: every document."
+        ),
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option("--top-k", help="Candidates per query with --first-stage (documents, >= 1; default 100)."),
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="qrels split of a local folder (default: test).")] = None,
+    extend: Annotated[
+        bool, typer.Option(help="Add the documents the store lacks to an existing store (same model, mode, dtype).")
+    ] = False,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Store folder.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Encode only the first N documents (>= 1; smoke tests).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Rebuild an existing store.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted precompute.")] = False,
+    chunk_docs: Annotated[
+        int, typer.Option(help="Documents per shard, the unit of resume and of sharding (>= 1).")
+    ] = 4096,
+    data_dir: DataDirOption = None,
+    model_options: dict[str, Any] | None = None,
+) -> None:
+    """Encode documents once and store their representations (keyed by doc id) for `run --precomputed`."""
+    import time
+
+    from micebench.store.precompute import build_store
+
+    start = time.perf_counter()
+    path = build_store(
+        model,
+        dataset,
+        dict(model_options or {}),
+        mode,
+        dtype,
+        output,
+        data_dir,
+        split,
+        first_stage,
+        top_k,
+        say=out().print,
+        limit=limit,
+        overwrite=overwrite,
+        resume=resume,
+        chunk_docs=chunk_docs,
+        extend=extend,
+    )
+    if path is None:  # a torchrun rank > 0: rank 0 reports
+        return
+    from micebench.store.manifest import read_manifest
+
+    manifest = read_manifest(path)
+    added = manifest.get("sources", [{}])[-1].get("added", manifest["num_docs"])
+    out().print(
+        f"{manifest['num_docs']} documents ({added} added), {manifest['num_tokens']} tokens, "
+        f"{manifest['bytes_per_doc'] / 1024:.1f} KiB "
+        f"per document ({mode}, {dtype}) in {time.perf_counter() - start:.1f}s; written to {path}"
+    )

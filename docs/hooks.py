@@ -22,9 +22,10 @@ def options_page() -> str:
         "# Ranker options",
         "",
         "Generated from each ranker's `Options` dataclass when the site is built. Every option is a flag of "
-        "`micebench run` (and of `train` and `latency` where the model is trained or timed), a key of an "
-        "experiment file's `[[rankers]]` entry and a keyword of `micebench.load_ranker`. `micebench models NAME` "
-        "prints the same table.",
+        "`micebench run`, generated from the same field (and of `train`, `precompute` and `latency` where the "
+        "model is trained, stored or timed, except the options those commands own under their own meaning), a key "
+        "of an experiment file's `[[rankers]]` entry and a keyword of `micebench.load_ranker`. `micebench models "
+        "NAME` prints the same table.",
         "",
     ]
     for model, description in available_rankers().items():

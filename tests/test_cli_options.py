@@ -83,14 +83,12 @@ def test_each_command_offers_the_options_of_its_families():
     }
 
 
-@pytest.mark.parametrize("family", ["dense", "ce", "masked-ce", "mice", "colbert"])
-def test_every_declared_option_round_trips_to_the_manifest(
-    capsys, tmp_path, small, tiny_bert_ce, tiny_bert_encoder, family
-):
+def every_option(family: str, tmp_path: Path, small: Path, ce: str, encoder: str, capsys: Any) -> dict[str, Any]:
+    """A non-default value for every option `family` declares (a store built by the same model when it reads one)."""
     fields = [f.name for f in dataclasses.fields(BUILTIN_OPTIONS[family])]
     given = {name: NOT_DEFAULT[name] for name in fields if name in NOT_DEFAULT}
-    given["checkpoint"] = tiny_bert_encoder if family in ("dense", "colbert") else tiny_bert_ce
-    if "precomputed" in fields:  # a store built by the same model with the same options
+    given["checkpoint"] = encoder if family in ("dense", "colbert") else ce
+    if "precomputed" in fields:
         store = tmp_path / "store"
         shared = {k: v for k, v in given.items() if k not in ("dtype", "untrained")}
         code, _, err = cli(
@@ -99,15 +97,48 @@ def test_every_declared_option_round_trips_to_the_manifest(
         assert code == 0, err
         given["precomputed"] = str(store)
     assert set(given) == set(fields), f"no test value for {set(fields) - set(given)}"
+    return given
+
+
+def recorded_options(results: Path) -> dict[str, Any]:
+    (manifest,) = results.rglob("manifest.json")
+    recorded = json.loads(manifest.read_text())["ranker_options"]
+    recorded["schedule"] = recorded.get("schedule", {}).get("name")  # recorded in full: its rules
+    return recorded
+
+
+FAMILIES = ["dense", "ce", "masked-ce", "mice", "colbert"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_declared_option_round_trips_to_the_manifest(
+    capsys, tmp_path, small, tiny_bert_ce, tiny_bert_encoder, family
+):
+    given = every_option(family, tmp_path, small, tiny_bert_ce, tiny_bert_encoder, capsys)
     code, _, err = cli(
         capsys, "run", "--model", family, "--dataset", str(small), "-o", str(tmp_path / "r"), *as_flags(given)
     )
     assert code == 0, err
-    (manifest,) = (tmp_path / "r").rglob("manifest.json")
-    recorded = json.loads(manifest.read_text())["ranker_options"]
-    recorded["schedule"] = recorded.get("schedule", {}).get("name")  # recorded in full: its rules
+    recorded = recorded_options(tmp_path / "r")
     for name, value in given.items():
         assert recorded[name] == value, f"{family} --{name}: given {value!r}, manifest {recorded[name]!r}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_declared_option_round_trips_from_an_experiment_file(
+    capsys, tmp_path, small, tiny_bert_ce, tiny_bert_encoder, family
+):
+    given = every_option(family, tmp_path, small, tiny_bert_ce, tiny_bert_encoder, capsys)
+    entry = "\n".join(f"{k} = {json.dumps(v)}" for k, v in given.items())
+    config = tmp_path / "e.toml"
+    config.write_text(
+        f'output = "{tmp_path / "r"}"\n[datasets]\nin_domain = ["{small}"]\n[[rankers]]\nmodel = "{family}"\n{entry}\n'
+    )
+    code, _, err = cli(capsys, "run", "--config", str(config))
+    assert code == 0, err
+    recorded = recorded_options(tmp_path / "r")
+    for name, value in given.items():
+        assert recorded[name] == value, f"{family} {name}: given {value!r}, manifest {recorded[name]!r}"
 
 
 def test_an_option_the_model_does_not_declare_is_refused(capsys, small):

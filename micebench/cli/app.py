@@ -70,3 +70,19 @@ def use_deterministic_kernels() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
+
+
+def _deterministic(value: bool) -> bool:
+    if value:
+        use_deterministic_kernels()
+    return value
+
+
+DeterministicOption = Annotated[
+    bool,
+    typer.Option(
+        help="Deterministic torch kernels only: an op without one errors; a resumed run or training reproduces its "
+        "numbers on CUDA too (docs/guides/long-runs.md).",
+        callback=_deterministic,
+    ),
+]

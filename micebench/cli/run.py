@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from micebench.cli.app import DataDirOption, app, guide, out, use_deterministic_kernels
+from micebench.cli.app import DataDirOption, DeterministicOption, app, guide, out
 from micebench.cli.flags import with_ranker_flags
 from micebench.errors import MicebenchError
 
@@ -44,18 +44,12 @@ def run(
     chunk_queries: Annotated[
         int, typer.Option(help="Queries scored between two durable progress records (>= 1).")
     ] = 16,
-    deterministic: Annotated[
-        bool,
-        typer.Option(help="Deterministic torch kernels only (errors on ops without one; docs/guides/long-runs.md)."),
-    ] = False,
+    deterministic: DeterministicOption = False,
     data_dir: DataDirOption = None,
     model_options: dict[str, Any] | None = None,
 ) -> None:
     """Re-rank a dataset's first-stage candidates with one model, evaluate, and write the result folder."""
     from micebench.pipeline import RunConfig, run_experiment
-
-    if deterministic:
-        use_deterministic_kernels()
 
     given = dict(model_options or {})
     if config_file is not None:

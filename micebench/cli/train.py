@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from micebench.cli.app import DataDirOption, app, guide, out, use_deterministic_kernels
+from micebench.cli.app import DataDirOption, DeterministicOption, app, guide, out
 from micebench.cli.flags import with_ranker_flags
 
 #: ranker options `train` sets itself: --init is the checkpoint, --batch-size counts triples, the student is
@@ -67,9 +67,7 @@ def train(
         float | None, typer.Option(help="Stop cleanly with a checkpoint after M minutes (> 0).")
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    deterministic: Annotated[
-        bool, typer.Option(help="Deterministic torch kernels only, so --resume reproduces weights on CUDA too.")
-    ] = False,
+    deterministic: DeterministicOption = False,
     data_dir: DataDirOption = None,
     model_options: dict[str, Any] | None = None,
 ) -> None:
@@ -77,8 +75,6 @@ def train(
     from micebench.training.loop import TrainConfig
     from micebench.training.run import train_models
 
-    if deterministic:
-        use_deterministic_kernels()
     config = TrainConfig(
         model=model,
         init=init,

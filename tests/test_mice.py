@@ -318,6 +318,23 @@ def test_convert_save_load_round_trip(tmp_path, tiny4_ce, capsys):
         load_ranker("mice-l3+1", checkpoint=str(tmp_path / "mice"), device="cpu")
 
 
+def test_convert_from_a_base_model_is_reproducible_by_seed(tmp_path, tiny_bert_encoder, capsys):
+    """A base model gets a fresh classifier head: `--seed` draws it, so two conversions are the same weights, and
+    another seed another head; `--max-length` (a declared MICE option) is the saved document budget."""
+    from safetensors.torch import load_file
+
+    from tests.test_cli import cli
+
+    heads = {}
+    for run, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        args = ["--merge-layer", "1", "--top-layers", "1", "--max-length", "64", "--seed", seed]
+        code, _, err = cli(capsys, "convert", "--from", tiny_bert_encoder, *args, "--out", str(tmp_path / run))
+        assert code == 0, err
+        heads[run] = load_file(str(tmp_path / run / "model.safetensors"))["classifier.weight"]
+    assert torch.equal(heads["a"], heads["b"]) and not torch.equal(heads["a"], heads["c"])
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["mice"]["doc_max_length"] == 64
+
+
 def test_parameter_count_of_mice_l4_3_from_minilm_l12_config():
     from transformers import BertConfig, BertForSequenceClassification
 

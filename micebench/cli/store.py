@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,40 +10,31 @@ from micebench.cli.app import DataDirOption, app, guide, out
 from micebench.cli.flags import with_ranker_flags
 from micebench.errors import MicebenchError
 
+#: MICE's declared options that `convert` does not take: where the weights come from (--from), the device and
+#: dtype it runs in, the batch, a store, and the untrained switch (a converted MICE is untrained by definition)
+CONVERT_OWNS = ("checkpoint", "device", "dtype", "batch_size", "precomputed", "untrained")
+
 
 @app.command(epilog=guide("convert"))
+@with_ranker_flags(owned=CONVERT_OWNS, families=("mice",))
 def convert(
     source: Annotated[str, typer.Option("--from", help="Cross-encoder (or base model) to convert.")],
-    merge_layer: Annotated[
-        int, typer.Option(help="Layer k where query and document meet (1 <= k < the model's layers).")
-    ],
-    top_layers: Annotated[
-        int, typer.Option(help="Number m of top layers kept, copied from k..k+m-1 (>= 1; k + m <= the model's layers).")
-    ],
     out_dir: Annotated[str, typer.Option("--out", help="Folder for the MICE checkpoint.")],
-    top_self_attention: Annotated[bool, typer.Option(help="Keep query self-attention in the top layers.")] = True,
-    query_attends_cls: Annotated[bool, typer.Option(help="Let query tokens attend to cls in the top layers.")] = False,
-    cls_attends_document: Annotated[bool, typer.Option(help="Let cls cross-attend to the document.")] = False,
-    random_top_layers: Annotated[bool, typer.Option(help="Re-initialise the top layers instead of copying.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+    seed: Annotated[
+        int, typer.Option(help="Seed of a fresh classifier head or re-initialised top layers (integer).")
+    ] = 0,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
-    """Write the initial (untrained) MICE-l<k>+<m> from a cross-encoder as a normal checkpoint folder."""
-    from micebench.atomic import check_can_create
-    from micebench.models.checkpoints import check_family
-    from micebench.models.mice import MiceConfig
-    from micebench.models.mice_io import convert_cross_encoder, save_mice
+    """Write the initial (untrained) MICE-l<k>+<m> from a cross-encoder as a normal checkpoint folder (the MICE
+    that `run --model mice-l<k>+<m>` converts on the fly from the same weights and options)."""
+    from micebench.rankers.mice import convert_to_checkpoint
 
-    if Path(out_dir).exists() and not overwrite:
-        raise MicebenchError(f"{out_dir} already exists (use --overwrite to replace it)")
-    check_can_create(out_dir)
-    check_family(source, "ce", reader="convert --from (a cross-encoder or base model)")
-    config = MiceConfig(
-        merge_layer, top_layers, top_self_attention, query_attends_cls, cls_attends_document, random_top_layers
-    )
-    model, tokenizer = convert_cross_encoder(source, config)
-    folder = save_mice(model, tokenizer, out_dir)
-    params = sum(p.numel() for p in model.parameters())
-    out().print(f"{config.label()} from {source}: {params / 1e6:.2f}M parameters, written to {folder}")
+    options = dict(model_options or {})
+    if "merge_layer" not in options or "top_layers" not in options:
+        raise MicebenchError("convert needs the shape: --merge-layer K --top-layers M")
+    label, params, folder = convert_to_checkpoint(source, out_dir, overwrite, seed, **options)
+    out().print(f"{label} from {source}: {params / 1e6:.2f}M parameters, written to {folder}")
 
 
 #: ranker options `precompute` does not take from the model's declaration: --dtype is the storage dtype (the

@@ -20,7 +20,7 @@ from micebench.rankers.contract import RankerOptions
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
 from micebench.rankers.options import MiceOptions
-from micebench.rankers.registry import register_ranker, register_ranker_pattern
+from micebench.rankers.registry import ranker_options, register_ranker, register_ranker_pattern
 
 _SHAPE = re.compile(r"^mice-l(\d+)\+(\d+)$")
 #: `mice` without a shape: the paper's headline model, MICE-l4+3
@@ -335,3 +335,26 @@ register_ranker_pattern(
     _shape_options,
     {"mice-l<k>+<m>": "MICE with merge layer k and m top layers (e.g. mice-l4+3)"},
 )
+
+
+def convert_to_checkpoint(
+    source: str, folder: str, overwrite: bool = False, seed: int = 0, **options: Any
+) -> tuple[str, int, Path]:
+    """`micebench convert`: the initial (untrained) MICE of `source` as `run --model mice` would convert it on the
+    fly, with the same declared options, written as a normal checkpoint folder; `seed` draws a base model's fresh
+    classifier head (and re-initialised top layers), so a conversion is reproducible. Returns (label,
+    parameters, folder)."""
+    from micebench.atomic import check_can_create
+    from micebench.models.mice_io import save_mice
+
+    if Path(folder).exists() and not overwrite:
+        raise MicebenchError(f"{folder} already exists (use --overwrite to replace it)")
+    check_can_create(folder)
+    check_family(source, "ce", reader="convert --from (a cross-encoder or base model)")
+    options = ranker_options("mice", **options, checkpoint=source, device="cpu", untrained=True)
+    import torch
+
+    torch.manual_seed(seed)
+    ranker = MiceRanker(options)
+    written = save_mice(ranker.model, ranker.tokenizer, folder)
+    return ranker.model.mice.label(), sum(p.numel() for p in ranker.model.parameters()), written

@@ -72,17 +72,10 @@ def use_deterministic_kernels() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def _deterministic(value: bool) -> bool:
-    if value:
-        use_deterministic_kernels()
-    return value
-
-
 DeterministicOption = Annotated[
     bool,
     typer.Option(
         help="Deterministic torch kernels only: an op without one errors; a resumed run or training reproduces its "
-        "numbers on CUDA too (docs/guides/long-runs.md).",
-        callback=_deterministic,
+        "numbers on CUDA too (docs/guides/long-runs.md)."
     ),
 ]

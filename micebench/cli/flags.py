@@ -68,19 +68,22 @@ def declared_flags(families: Collection[str] | None = None) -> list[RankerFlag]:
     return [RankerFlag(name, kinds[name], by_family) for name, by_family in takes.items()]
 
 
-def _parameter(flag: RankerFlag) -> inspect.Parameter:
+def _parameter(flag: RankerFlag, required: bool = False) -> inspect.Parameter:
     names = f"{flag.flag}/--no-{flag.flag[2:]}" if flag.kind is bool else flag.flag
     option = typer.Option(names, help=flag.help(), rich_help_panel="Ranker options (from the model's declaration)")
+    if required:  # a command that needs the option (convert: the MICE shape)
+        return inspect.Parameter(flag.name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[flag.kind, option])
     return inspect.Parameter(
         flag.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[flag.kind | None, option]
     )
 
 
 def with_ranker_flags(
-    *, owned: Collection[str] = (), families: Collection[str] | None = None
+    *, owned: Collection[str] = (), families: Collection[str] | None = None, required: Collection[str] = ()
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a command taking `model_options: dict`: add a flag for every option `families` declare except
-    the `owned` ones (the command has its own option of that name), and pass the given ones in that dict."""
+    the `owned` ones (the command sets or ignores them), and pass the given ones in that dict; `required` flags
+    must be given."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         flags = [f for f in declared_flags(families) if f.name not in set(owned)]
@@ -89,11 +92,11 @@ def with_ranker_flags(
         clash = {p.name for p in own} & {f.name for f in flags}
         if clash:
             raise TypeError(f"{command.__name__} has its own {sorted(clash)}: name them in owned=")
-        parameters = own + [_parameter(f) for f in flags]
+        parameters = own + [_parameter(f, f.name in set(required)) for f in flags]
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
-            given = {f.name: kwargs.pop(f.name) for f in flags}
+            given = {f.name: kwargs.pop(f.name, None) for f in flags}
             return command(**kwargs, model_options={k: v for k, v in given.items() if v is not None})
 
         del wrapper.__wrapped__  # typer reads the signature below, not the command's

@@ -12,14 +12,17 @@ from micebench.cli.app import app, guide, out
 from micebench.cli.flags import with_ranker_flags
 from micebench.errors import MicebenchError
 
-#: ranker options `latency` sets itself: the bench's weights, device, dtype and batch, the measured lengths (they
-#: are the measurement), the mode after `:` (a store or not), and untrained weights (timing needs no training)
-LATENCY_OWNS = ("checkpoint", "device", "dtype", "batch_size", "max_length", "query_max_length")
-LATENCY_SKIPS = ("query_length", "doc_length", "precomputed", "untrained")
+#: declared options `latency` does not offer: it sets them itself under its own flags (--checkpoint, --device,
+#: --dtype, --batch, --query-len/--doc-len: the lengths are the measurement), the mode after `:` says whether a
+#: store is read, and timing needs no trained weights
+LATENCY_LEAVES_OUT = (
+    "checkpoint", "device", "dtype", "batch_size", "max_length", "query_max_length", "query_length", "doc_length",
+    "precomputed", "untrained",
+)  # fmt: skip
 
 
 @app.command(epilog=guide("latency"))
-@with_ranker_flags(owned=LATENCY_OWNS + LATENCY_SKIPS, families=("ce", "masked-ce", "mice", "colbert"))
+@with_ranker_flags(owned=LATENCY_LEAVES_OUT, families=("ce", "masked-ce", "mice", "colbert"))
 def latency(
     models: Annotated[
         str, typer.Option(help="Comma list: ce, mask2, mice-l4+3[:none|states|kv], colbert[:precomputed].")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from micebench.cli.app import DataDirOption, DeterministicOption, app, guide, out
+from micebench.cli.app import DataDirOption, DeterministicOption, app, guide, out, use_deterministic_kernels
 from micebench.cli.flags import with_ranker_flags
 from micebench.errors import MicebenchError
 
@@ -50,6 +50,9 @@ def run(
 ) -> None:
     """Re-rank a dataset's first-stage candidates with one model, evaluate, and write the result folder."""
     from micebench.pipeline import RunConfig, run_experiment
+
+    if deterministic:
+        use_deterministic_kernels()
 
     given = dict(model_options or {})
     if config_file is not None:

@@ -8,15 +8,14 @@ import typer
 
 from micebench.cli.app import DataDirOption, app, guide, out
 from micebench.cli.flags import with_ranker_flags
-from micebench.errors import MicebenchError
 
-#: MICE's declared options that `convert` does not take: where the weights come from (--from), the device and
+#: MICE's declared options that `convert` does not offer: where the weights come from (--from), the device and
 #: dtype it runs in, the batch, a store, and the untrained switch (a converted MICE is untrained by definition)
-CONVERT_OWNS = ("checkpoint", "device", "dtype", "batch_size", "precomputed", "untrained")
+CONVERT_LEAVES_OUT = ("checkpoint", "device", "dtype", "batch_size", "precomputed", "untrained")
 
 
 @app.command(epilog=guide("convert"))
-@with_ranker_flags(owned=CONVERT_OWNS, families=("mice",))
+@with_ranker_flags(owned=CONVERT_LEAVES_OUT, families=("mice",), required=("merge_layer", "top_layers"))
 def convert(
     source: Annotated[str, typer.Option("--from", help="Cross-encoder (or base model) to convert.")],
     out_dir: Annotated[str, typer.Option("--out", help="Folder for the MICE checkpoint.")],
@@ -30,20 +29,17 @@ def convert(
     that `run --model mice-l<k>+<m>` converts on the fly from the same weights and options)."""
     from micebench.rankers.mice import convert_to_checkpoint
 
-    options = dict(model_options or {})
-    if "merge_layer" not in options or "top_layers" not in options:
-        raise MicebenchError("convert needs the shape: --merge-layer K --top-layers M")
-    label, params, folder = convert_to_checkpoint(source, out_dir, overwrite, seed, **options)
+    label, params, folder = convert_to_checkpoint(source, out_dir, overwrite, seed, **(model_options or {}))
     out().print(f"{label} from {source}: {params / 1e6:.2f}M parameters, written to {folder}")
 
 
 #: ranker options `precompute` does not take from the model's declaration: --dtype is the storage dtype (the
 #: model runs in fp32), the store is written (not read), and a store needs no trained weights
-PRECOMPUTE_OWNS = ("dtype", "precomputed", "untrained")
+PRECOMPUTE_LEAVES_OUT = ("dtype", "precomputed", "untrained")
 
 
 @app.command(epilog=guide("precompute"))
-@with_ranker_flags(owned=PRECOMPUTE_OWNS, families=("mice", "colbert"))
+@with_ranker_flags(owned=PRECOMPUTE_LEAVES_OUT, families=("mice", "colbert"))
 def precompute(
     model: Annotated[str, typer.Option("--model", "-m", help="mice, mice-l<k>+<m> or colbert.")],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset whose corpus is encoded.")],
@@ -112,5 +108,6 @@ def precompute(
     out().print(
         f"{manifest['num_docs']} documents ({added} added), {manifest['num_tokens']} tokens, "
         f"{manifest['bytes_per_doc'] / 1024:.1f} KiB "
-        f"per document ({mode}, {dtype}) in {time.perf_counter() - start:.1f}s; written to {path}"
+        f"per document ({manifest['mode']}, {dtype}) in {time.perf_counter() - start:.1f}s (loading included); "
+        f"written to {path}"
     )

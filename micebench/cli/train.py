@@ -7,17 +7,20 @@ from typing import Annotated, Any
 
 import typer
 
-from micebench.cli.app import DataDirOption, DeterministicOption, app, guide, out
+from micebench.cli.app import DataDirOption, DeterministicOption, app, guide, out, use_deterministic_kernels
 from micebench.cli.flags import with_ranker_flags
 
-#: ranker options `train` sets itself: --init is the checkpoint, --batch-size counts triples, the student is
-#: untrained by definition, trains in fp32 (bf16 autocast on CUDA) and has no document store
-TRAIN_OWNS = ("checkpoint", "device", "dtype", "batch_size", "max_length", "schedule", "merge_layer", "top_layers")
-TRAIN_SKIPS = ("precomputed", "untrained")
+#: declared options `train` does not offer: its own flags set them (--init is the checkpoint, --batch-size counts
+#: triples, --max-length, --schedule and the MICE shape are recorded in the recipe), the student is untrained by
+#: definition, trains in fp32 (bf16 autocast on CUDA) and reads no document store
+TRAIN_LEAVES_OUT = (
+    "checkpoint", "device", "dtype", "batch_size", "max_length", "schedule", "merge_layer", "top_layers",
+    "precomputed", "untrained",
+)  # fmt: skip
 
 
 @app.command(epilog=guide("train"))
-@with_ranker_flags(owned=TRAIN_OWNS + TRAIN_SKIPS, families=("ce", "masked-ce", "mice", "colbert"))
+@with_ranker_flags(owned=TRAIN_LEAVES_OUT, families=("ce", "masked-ce", "mice", "colbert"))
 def train(
     model: Annotated[str, typer.Option("--model", "-m", help="ce | masked-ce | mice | mice-l<k>+<m> | colbert.")],
     init: Annotated[str, typer.Option(help="Initial weights (cross-encoder, base model or MICE checkpoint).")],
@@ -74,6 +77,9 @@ def train(
     """Train a ranker by distillation (Margin-MSE from a teacher) or from labels, resumably (the paper's recipe)."""
     from micebench.training.loop import TrainConfig
     from micebench.training.run import train_models
+
+    if deterministic:
+        use_deterministic_kernels()
 
     config = TrainConfig(
         model=model,

@@ -24,7 +24,10 @@ class CrossEncoderOptions(ModelOptions):
 
     checkpoint: str = option(DEFAULT_CROSS_ENCODER, "cross-encoder weights: a local folder, short name or hub id")
     batch_size: int = option(32, "documents per forward pass (>= 1; halved on CUDA out of memory)")
-    max_length: int = option(512, "maximum tokens of a query-document pair (>= 1), truncated longest first")
+    max_length: int = option(
+        512,
+        "maximum tokens of a query-document pair (>= 5), truncated longest first; beyond the model's positions: capped",
+    )
     attn_implementation: str = option("sdpa", "transformers attention: sdpa | eager (eager can return weights)")
 
     MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {"max_length": (5, "[CLS] query [SEP] document [SEP]")}
@@ -47,6 +50,10 @@ class MiceOptions(ModelOptions):
     """Options of `mice`; the shape (default l4+3) and attention options apply when converting a cross-encoder
     (a MICE checkpoint carries its own). `max_length` is the document budget, `query_max_length` the query's."""
 
+    checkpoint: str | None = option(
+        None,
+        f"a MICE checkpoint, or a cross-encoder or base model converted on the fly (default {DEFAULT_CROSS_ENCODER})",
+    )
     merge_layer: int | None = option(None, "layer k where query and document meet (1 <= k < layers; default 4)")
     top_layers: int | None = option(None, "number m of top layers kept (>= 1, k + m <= layers; default 3)")
     batch_size: int = option(128, "documents per forward pass (>= 1; halved on CUDA out of memory)")
@@ -56,8 +63,8 @@ class MiceOptions(ModelOptions):
     query_attends_cls: bool = option(False, "let query tokens attend to cls in the top layers (conversion)")
     cls_attends_document: bool = option(False, "let cls cross-attend to the document (conversion)")
     random_top_layers: bool = option(False, "re-initialise the top layers instead of copying them (conversion)")
-    max_length: int = option(512, "document token budget (>= 1)")
-    query_max_length: int | None = option(None, "query token budget (>= 1; default: the model's)")
+    max_length: int = option(512, "document token budget (>= 3; beyond the model's positions: capped)")
+    query_max_length: int | None = option(None, "query token budget (>= 3; default: the model's)")
 
     MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {
         "max_length": (3, "[CLS] document [SEP]"),
@@ -81,8 +88,8 @@ class ColBERTOptions(ModelOptions):
     )
     batch_size: int = option(64, "documents per forward pass (>= 1; halved on CUDA out of memory)")
     dim: int = option(128, "projection size of a fresh projection (>= 1; a checkpoint's own wins)")
-    query_length: int = option(32, "query tokens incl. [MASK] padding (>= 1; a checkpoint's own wins)")
-    doc_length: int = option(180, "maximum document tokens (>= 1; a checkpoint's own wins)")
+    query_length: int = option(32, "query tokens incl. [MASK] padding (>= 4; a checkpoint's own wins)")
+    doc_length: int = option(180, "maximum document tokens (>= 4; a checkpoint's own wins)")
     precomputed: str | None = option(None, "document store folder built by `micebench precompute`")
 
     MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {
@@ -97,7 +104,7 @@ class DenseOptions(ModelOptions):
 
     checkpoint: str = option(DEFAULT_DENSE, "bi-encoder weights: a local folder, short name or hub id")
     batch_size: int = option(64, "texts per forward pass (>= 1; halved on CUDA out of memory)")
-    max_length: int | None = option(None, "maximum tokens per text (>= 1; default: the checkpoint's max_seq_length)")
+    max_length: int | None = option(None, "maximum tokens per text (>= 3; default: the checkpoint's max_seq_length)")
     normalize: bool | None = option(None, "L2-normalise embeddings (default: as the checkpoint's modules say)")
 
 

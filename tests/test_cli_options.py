@@ -17,7 +17,7 @@ from micebench.cli.run import run
 from micebench.cli.store import precompute
 from micebench.cli.train import train
 from micebench.rankers.base import Benchmarkable, StoreBacked, Trainable, rankers_with, resolve_ranker
-from micebench.rankers.options import BUILTIN_OPTIONS
+from micebench.rankers.options import BUILTIN_OPTIONS, STORE_BACKED, TIMED, TRAINABLE
 from tests.conftest import write_beir
 from tests.test_cli import cli
 
@@ -74,8 +74,10 @@ def test_the_declared_options_are_the_registry_s():
 def test_each_command_offers_the_options_of_its_families():
     """`train` offers the trainable families' options, `precompute` the store-backed, `latency` the timed ones, each
     less those it owns under its own flags; `run` offers every declared option."""
-    for command, capability in ((train, Trainable), (precompute, StoreBacked), (latency, Benchmarkable)):
-        assert set(command.ranker_families) == set(rankers_with(capability)) & set(BUILTIN_OPTIONS)
+    groups = ((train, Trainable, TRAINABLE), (precompute, StoreBacked, STORE_BACKED), (latency, Benchmarkable, TIMED))
+    for command, capability, families in groups:
+        assert set(families) == set(rankers_with(capability)) & set(BUILTIN_OPTIONS)
+        assert command.ranker_families == families
         offered = {f.name for f in command.ranker_flags}
         assert offered <= {f.name for f in declared_flags(command.ranker_families)}
     assert {f.name for f in run.ranker_flags} == {

@@ -11,6 +11,7 @@ from rich.table import Table
 from micebench.cli.app import app, guide, out
 from micebench.cli.flags import with_ranker_flags
 from micebench.errors import MicebenchError
+from micebench.rankers.options import TIMED
 
 #: declared options `latency` does not offer: it sets them itself under its own flags (--checkpoint, --device,
 #: --dtype, --batch, --query-len/--doc-len: the lengths are the measurement), the mode after `:` says whether a
@@ -22,7 +23,7 @@ LATENCY_LEAVES_OUT = (
 
 
 @app.command(epilog=guide("latency"))
-@with_ranker_flags(owned=LATENCY_LEAVES_OUT, families=("ce", "masked-ce", "mice", "colbert"))
+@with_ranker_flags(owned=LATENCY_LEAVES_OUT, families=TIMED)
 def latency(
     models: Annotated[
         str, typer.Option(help="Comma list: ce, mask2, mice-l4+3[:none|states|kv], colbert[:precomputed].")

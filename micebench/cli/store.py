@@ -8,6 +8,7 @@ import typer
 
 from micebench.cli.app import DataDirOption, app, guide, out
 from micebench.cli.flags import with_ranker_flags
+from micebench.rankers.options import STORE_BACKED
 
 #: MICE's declared options that `convert` does not offer: where the weights come from (--from), the device and
 #: dtype it runs in, the batch, a store, and the untrained switch (a converted MICE is untrained by definition)
@@ -39,7 +40,7 @@ PRECOMPUTE_LEAVES_OUT = ("dtype", "precomputed", "untrained")
 
 
 @app.command(epilog=guide("precompute"))
-@with_ranker_flags(owned=PRECOMPUTE_LEAVES_OUT, families=("mice", "colbert"))
+@with_ranker_flags(owned=PRECOMPUTE_LEAVES_OUT, families=STORE_BACKED)
 def precompute(
     model: Annotated[str, typer.Option("--model", "-m", help="mice, mice-l<k>+<m> or colbert.")],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset whose corpus is encoded.")],

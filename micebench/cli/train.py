@@ -9,6 +9,7 @@ import typer
 
 from micebench.cli.app import DataDirOption, DeterministicOption, app, guide, out, use_deterministic_kernels
 from micebench.cli.flags import with_ranker_flags
+from micebench.rankers.options import TRAINABLE
 
 #: declared options `train` does not offer: its own flags set them (--init is the checkpoint, --batch-size counts
 #: triples, --max-length, --schedule and the MICE shape are recorded in the recipe), the student is untrained by
@@ -20,7 +21,7 @@ TRAIN_LEAVES_OUT = (
 
 
 @app.command(epilog=guide("train"))
-@with_ranker_flags(owned=TRAIN_LEAVES_OUT, families=("ce", "masked-ce", "mice", "colbert"))
+@with_ranker_flags(owned=TRAIN_LEAVES_OUT, families=TRAINABLE)
 def train(
     model: Annotated[str, typer.Option("--model", "-m", help="ce | masked-ce | mice | mice-l<k>+<m> | colbert.")],
     init: Annotated[str, typer.Option(help="Initial weights (cross-encoder, base model or MICE checkpoint).")],

@@ -118,3 +118,7 @@ BUILTIN_OPTIONS: dict[str, type[RankerOptions]] = {
     "mice": MiceOptions,
     "colbert": ColBERTOptions,
 }
+#: the built-in families each command works with (`tests/test_cli_options.py` holds them to the capabilities)
+TRAINABLE = ("ce", "masked-ce", "mice", "colbert")
+STORE_BACKED = ("mice", "colbert")
+TIMED = ("ce", "masked-ce", "mice", "colbert")

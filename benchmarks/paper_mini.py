@@ -241,6 +241,10 @@ def build_plan(args: argparse.Namespace) -> Plan:
     if r.validate:
         common += ["--validate", r.validate]
 
+    from micebench.results import slug
+
+    in_domain = r.in_domain[0]  # the extras are evaluated in domain only
+
     def best(folder: Path, seeds: int) -> Path:
         return folder / ("seed-12" if seeds > 1 else "") / "best"
 
@@ -427,8 +431,11 @@ def build_plan(args: argparse.Namespace) -> Plan:
         noise_rankers: list[dict[str, object]] = []
         for fam in (families(size, "ce")[0], mice):
             out = ck / "seed-noise" / fam.name
-            # seed 12 is the table's student: linked, so that one path pattern names all three seeds
+            # seed 12 is the table's student: linked, so that one path pattern names all three seeds, and its
+            # in-domain result is the table's own run from the texts (kept, not run again)
             plan.links[out / "seed-12"] = ck / "students" / fam.name
+            row = fam.name if fam.store_model == "" else f"{fam.name}-texts"  # the table's row read from texts
+            plan.links[noise_res / slug(in_domain) / slug(row) / "seed-12"] = res / slug(in_domain) / slug(row)
             plan.add(
                 f"seed noise {fam.name}: seeds 13, 14",
                 mb
@@ -456,7 +463,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
             )
             noise_rankers.append(
                 {
-                    "name": fam.name,
+                    "name": row,
                     "model": fam.run_model,
                     "checkpoint": str(out) + "/seed-{seed}/best",
                     "max_length": r.max_length,
@@ -474,16 +481,20 @@ def build_plan(args: argparse.Namespace) -> Plan:
             "init-teacher": (str(teacher_ck / "best"), r.lr, r.warmup, r.steps),
             "steps-1000": (r.base, r.lr, r.warmup, 1000),  # more steps, affordable because the teacher is cached
         }
+        # the teacher, the CE student and the table's MICE (read from the texts) are the table's own in-domain
+        # runs, under the table's names: linked into this folder, so `run --config` keeps them, not runs them again
+        for row in ("teacher-ce", "ce", f"{mice.name}-texts"):
+            plan.links[gap_res / slug(in_domain) / slug(row)] = res / slug(in_domain) / slug(row)
         gap_rankers: list[dict[str, object]] = [
             {"name": "teacher-ce", "model": "ce", "checkpoint": str(teacher_ck / "best"), "max_length": r.max_length},
             {
-                "name": "ce-student",
+                "name": "ce",
                 "model": "ce",
                 "checkpoint": str(ck / "students" / "ce" / "best"),
                 "max_length": r.max_length,
             },
             {
-                "name": f"{mice.name}-recipe",
+                "name": f"{mice.name}-texts",
                 "model": "mice",
                 "checkpoint": str(ck / "students" / mice.name / "best"),
                 "max_length": r.max_length,
@@ -618,7 +629,7 @@ def execute(plan: Plan, times_file: Path) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     for link, target in plan.links.items():
-        if not link.is_symlink():
+        if not (link.is_symlink() or link.exists()):  # a real result there is kept
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
     total = time.perf_counter()

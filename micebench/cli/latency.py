@@ -10,7 +10,6 @@ from rich.table import Table
 
 from micebench.cli.app import app, guide, out
 from micebench.cli.flags import with_ranker_flags
-from micebench.errors import MicebenchError
 from micebench.rankers.options import TIMED
 
 #: declared options `latency` does not offer: it sets them itself under its own flags (--checkpoint, --device,
@@ -36,7 +35,7 @@ def latency(
         int, typer.Option(help="Query tokens incl. its [CLS]/[SEP] (3 to the model's positions).")
     ] = 32,
     precompute: Annotated[str, typer.Option(help="Default for models without ':mode': none | states | kv.")] = "none",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16.")] = "fp32",
     warmup: Annotated[int, typer.Option(help="Untimed calls per model first (>= 0).")] = 3,
     repeats: Annotated[int, typer.Option(help="Timed calls per model, interleaved (>= 1).")] = 10,
@@ -68,28 +67,28 @@ def latency(
     from micebench.latency.load import busy_warning
     from micebench.latency.runner import LatencyConfig, measure, write_latency
 
-    if paper_setup:
-        batch, doc_len, query_len, dtype, include_tokenization = 128, 512, 32, "fp32", True
+    paper = LatencyConfig.PAPER_SETUP if paper_setup else {}
     config = LatencyConfig(
-        models=[m.strip() for m in models.split(",") if m.strip()],
-        batch=batch,
-        query_len=query_len,
-        doc_len=doc_len,
-        precompute=precompute,
-        device=device,
-        dtype=dtype,
-        warmup=warmup,
-        repeats=repeats,
-        arch=arch,
-        checkpoint=checkpoint,
-        include_tokenization=include_tokenization,
-        docs_per_query=docs_per_query,
-        compile=compile,
-        threads=threads,
-        options=dict(model_options or {}),
+        **{
+            "models": [m.strip() for m in models.split(",") if m.strip()],
+            "batch": batch,
+            "query_len": query_len,
+            "doc_len": doc_len,
+            "precompute": precompute,
+            "device": device,
+            "dtype": dtype,
+            "warmup": warmup,
+            "repeats": repeats,
+            "arch": arch,
+            "checkpoint": checkpoint,
+            "include_tokenization": include_tokenization,
+            "docs_per_query": docs_per_query,
+            "compile": compile,
+            "threads": threads,
+            "options": dict(model_options or {}),
+            **paper,
+        }
     )
-    if repeats < 1 or warmup < 0:
-        raise MicebenchError("--repeats must be at least 1 and --warmup at least 0")
     from micebench.atomic import check_can_create
 
     check_can_create(Path(output) / "latency")  # before the timing, not after it

@@ -81,7 +81,7 @@ def attention(
     docs_per_query: Annotated[int, typer.Option(help="Top first-stage candidates per query (>= 1).")] = 2,
     first_stage: Annotated[str, typer.Option(help="Where candidates come from (as for run).")] = "auto",
     group_size: Annotated[int, typer.Option(help="Layers per heatmap figure (>= 1).")] = 3,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
     output: Annotated[str, typer.Option("--output", "-o", help="Results root folder.")] = "results",
     data_dir: DataDirOption = None,
 ) -> None:

@@ -13,7 +13,8 @@ from micebench.rankers.options import TRAINABLE
 
 #: declared options `train` does not offer: its own flags set them (--init is the checkpoint, --batch-size counts
 #: triples, --max-length, --schedule and the MICE shape are recorded in the recipe), the student is untrained by
-#: definition, trains in fp32 (bf16 autocast on CUDA) and reads no document store
+#: definition, trains in fp32 (bf16 autocast on CUDA) and reads no document store; its scoring batch (validation
+#: only) keeps the family's default
 TRAIN_LEAVES_OUT = (
     "checkpoint", "device", "dtype", "batch_size", "max_length", "schedule", "merge_layer", "top_layers",
     "precomputed", "untrained",
@@ -70,7 +71,7 @@ def train(
     max_minutes: Annotated[
         float | None, typer.Option(help="Stop cleanly with a checkpoint after M minutes (> 0).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
     deterministic: DeterministicOption = False,
     data_dir: DataDirOption = None,
     model_options: dict[str, Any] | None = None,

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -51,6 +51,16 @@ class LatencyConfig:
     threads: int | None = None
     #: other ranker options (schedule, MICE attention, ColBERT dim...): each timed model gets those it declares
     options: dict[str, Any] = field(default_factory=dict)
+
+    #: the paper's timing protocol (`--paper-setup`): batch 128, 512-token documents, 32-token queries, fp32,
+    #: tokenisation timed apart
+    PAPER_SETUP: ClassVar[dict[str, Any]] = {
+        "batch": 128, "doc_len": 512, "query_len": 32, "dtype": "fp32", "include_tokenization": True
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.warmup < 0:
+            raise MicebenchError("--repeats must be at least 1 and --warmup at least 0")
 
 
 @dataclass

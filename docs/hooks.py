@@ -16,7 +16,7 @@ def _cell(text: object) -> str:
 def options_page() -> str:
     """One table per registered ranker: option, default, help (name families show what the name fixes)."""
     from micebench.rankers.base import available_rankers
-    from micebench.rankers.registry import option_rows
+    from micebench.rankers.registry import example_name, option_rows
 
     lines = [
         "# Ranker options",
@@ -29,7 +29,7 @@ def options_page() -> str:
         "",
     ]
     for model, description in available_rankers().items():
-        rows = option_rows(model.replace("<k>", "1").replace("<m>", "1"))
+        rows = option_rows(example_name(model))
         lines += [f"## `{model}`", "", _cell(description), ""]
         if not rows:
             lines += ["Takes no options.", ""]

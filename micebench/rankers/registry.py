@@ -100,11 +100,16 @@ def rankers_with(capability: type) -> list[str]:
     return sorted(names)
 
 
+def example_name(name: str) -> str:
+    """A concrete model name for a name as listed (`mice-l<k>+<m>` -> `mice-l1+1`), to resolve its class and options."""
+    return name.replace("<k>", "1").replace("<m>", "1")
+
+
 def abilities(spec: str) -> list[str]:
     """What a model name can do beyond `run`: `train`, `store` (precompute, --precomputed), `latency`."""
     from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
 
-    cls, _ = resolve_ranker(spec.replace("<k>", "1").replace("<m>", "1"))  # a family as registered: mice-l<k>+<m>
+    cls, _ = resolve_ranker(example_name(spec))
     named = (("train", Trainable), ("store", StoreBacked), ("latency", Benchmarkable))
     return [ability for ability, capability in named if issubclass(cls, capability)]
 

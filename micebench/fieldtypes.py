@@ -25,6 +25,16 @@ def _fits(value: Any, part: str) -> bool | None:
     return isinstance(value, kind)
 
 
+def scalar_type(annotation: Any) -> type:
+    """The one scalar type a command-line flag parses for an annotation (`int | None` -> int; bool before int, since
+    a bool is an int; any other alternative, e.g. a schedule object, is given as its string form)."""
+    parts = {p.strip() for p in str(annotation).split("|")}
+    for name in ("bool", "int", "float"):
+        if name in parts:
+            return _SCALARS[name]
+    return str
+
+
 def type_problem(value: Any, annotation: Any) -> str | None:
     """What is wrong with `value` for `annotation` ("must be int or None (got 'two')"), or None when it fits or
     the annotation is not one this check reads."""

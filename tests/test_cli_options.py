@@ -251,3 +251,12 @@ def test_latency_gives_each_model_the_options_it_declares(capsys, tmp_path, tiny
     )  # a 32 x dim projection
     code, _, err = cli(capsys, "latency", "--models", "ce", "--dim", "8", "-o", str(tmp_path / "none"))
     assert code == 2 and "--dim applies to none of the timed models (ce)" in err
+
+
+def test_a_flag_parses_the_field_s_scalar_type():
+    from micebench.fieldtypes import scalar_type
+
+    expected = {"int | None": int, "bool | None": bool, "bool": bool, "str | Schedule": str, "float": float, "str": str}
+    assert {annotation: scalar_type(annotation) for annotation in expected} == expected
+    kinds = {flag.name: flag.kind for flag in declared_flags()}
+    assert (kinds["dim"], kinds["normalize"], kinds["schedule"], kinds["checkpoint"]) == (int, bool, str, str)

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from micebench.fieldtypes import scalar_type
 from micebench.rankers.options import BUILTIN_OPTIONS
 
 
@@ -46,15 +47,6 @@ class RankerFlag:
         return f"{said}. Default: " + ", ".join(f"{f} {d!r}" for f, d in defaults.items()) + "."
 
 
-def _kind(annotation: Any) -> type:
-    """The command-line type of a field annotation (the options' annotations are strings: `int | None`)."""
-    parts = {p.strip() for p in str(annotation).split("|")}
-    for name, kind in (("bool", bool), ("int", int), ("float", float)):
-        if name in parts:
-            return kind
-    return str
-
-
 def declared_flags(families: Collection[str] | None = None) -> list[RankerFlag]:
     """One flag per option name any of `families` (default: every built-in family) declares, in declaration
     order; families that inherit a field (masked-ce from ce) are listed with it."""
@@ -64,7 +56,7 @@ def declared_flags(families: Collection[str] | None = None) -> list[RankerFlag]:
     for family, options in chosen.items():
         for f in dataclasses.fields(options):
             takes.setdefault(f.name, {})[family] = (f.default, f.metadata.get("help", ""))
-            kinds.setdefault(f.name, _kind(f.type))
+            kinds.setdefault(f.name, scalar_type(f.type))
     return [RankerFlag(name, kinds[name], by_family) for name, by_family in takes.items()]
 
 

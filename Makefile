@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # e.g. `make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
 TORCH_SPEC ?= torch==2.13.0
 # Local mirror of collections (BEIR layout); used when present, otherwise ir_datasets downloads.
-MICEBENCH_DATA ?= $(firstword $(wildcard ../shared/data))
+MICEBENCH_DATA ?= $(abspath $(firstword $(wildcard ../shared/data)))
 export MICEBENCH_DATA
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 export IR_DATASETS_HOME ?= $(CURDIR)/.cache/ir_datasets

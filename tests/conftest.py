@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("MICEBENCH_DATA") or REPO.parent / "shared" / "data")
+DATA = Path(os.environ.get("MICEBENCH_DATA") or REPO.parent / "shared" / "data").resolve()  # tests change folders
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".cache" / "numba"))
 os.environ["HF_HUB_OFFLINE"] = "1"

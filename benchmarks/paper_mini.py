@@ -360,6 +360,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
                         str(store),
                     ],
                     done=store / "manifest.json",
+                    resume_flag=store.parent / f".{store.name}.partial",  # an interrupted store continues
                 )
     # 4. evaluation: one experiment file, every ranker x dataset through `micebench run --config`
     seed_part = "seed-{seed}/" if r.seeds > 1 else ""

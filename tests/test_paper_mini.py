@@ -103,3 +103,15 @@ def test_a_finished_step_is_skipped(paper_mini, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "finished: done already" in out
     assert (tmp_path / "times.tsv").read_text().count("\n") == 1
+
+
+def test_an_interrupted_store_or_training_resumes(paper_mini, tmp_path):
+    """A store whose `.partial` folder exists, or a training whose `last/` exists, is continued with --resume."""
+    plan = _plan(paper_mini, "--checkpoints", str(tmp_path))
+    store = next(s for s in plan.steps if s.argv[1] == "precompute")
+    training = next(s for s in plan.steps if s.argv[1] == "train" and s.resume_flag is not None)
+    assert "--resume" not in store.command() and "--resume" not in training.command()
+    folder = Path(_option(store.argv, "-o"))
+    (folder.parent / f".{folder.name}.partial").mkdir(parents=True)
+    Path(_option(training.argv, "-o"), "last").mkdir(parents=True)
+    assert store.command()[-1] == "--resume" and training.command()[-1] == "--resume"

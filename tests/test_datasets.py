@@ -81,6 +81,23 @@ def test_duplicate_document_ids_are_refused(tmp_path):
         list(load_dataset(str(folder)).iter_docs())
 
 
+def test_fingerprint_follows_the_corpus_content_not_its_path_or_times(tmp_path):
+    """A copied folder (new path, new times) keeps its fingerprint (BM25 index, store resume); an edit changes it."""
+    import os
+    import shutil
+
+    docs = [{"_id": f"d{i}", "text": f"document {i} " * 30} for i in range(3000)]  # over 1 MiB: head and tail
+    folder = write_beir(tmp_path / "a", docs, [{"_id": "q", "text": "a"}], [("q", "d1", 1)])
+    os.utime(folder / "corpus.jsonl", (1_000_000, 1_000_000))
+    copy = shutil.copytree(folder, tmp_path / "b")  # copytree keeps times: change them as a plain copy would
+    os.utime(copy / "corpus.jsonl", None)
+    assert load_dataset(str(copy)).fingerprint() == load_dataset(str(folder)).fingerprint()
+    text = (copy / "corpus.jsonl").read_text()
+    assert text[-5] == "9"
+    (copy / "corpus.jsonl").write_text(text[:-5] + "8" + text[-4:])  # the last document's text, same size
+    assert load_dataset(str(copy)).fingerprint() != load_dataset(str(folder)).fingerprint()
+
+
 def test_corpus_ids_without_parsing_texts_match_the_parsed_corpus(data_dir, tmp_path):
     """The ids-only pass gives every id a full JSON parse gives: on each mirrored corpus, and on lines whose id is
     not the first field, has escapes or is a number, with blank lines between."""

@@ -2,26 +2,28 @@
 
 Every family is trained by one recipe from the same initial weights, evaluated in-domain and out-of-domain by
 re-ranking the BM25 top-k, timed, and reported by `micebench report`. Every number comes from a `micebench`
-command; this script only sequences them, skips a step whose result exists (so a rerun resumes), and records the
-wall time of each step in `<results>/step-times.tsv`.
+command; this script only sequences them, skips a finished step and continues an interrupted one (so a rerun
+resumes), and records the wall time of each step in `<results>/step-times.tsv`.
 
     python benchmarks/paper_mini.py                      # offline miniature: 2 CPU cores, the local mirror
     python benchmarks/paper_mini.py --families all       # + mask1, mask3-l2, prettr-l2, mice-l2+4
-    python benchmarks/paper_mini.py --seed-noise         # + CE and MICE on two more seeds (in-domain spread)
-    python benchmarks/paper_mini.py --teacher-gap        # + MICE recipe variants (in-domain only)
+    python benchmarks/paper_mini.py --seed-noise         # + CE and MICE on two more seeds (in-domain spread; mini)
+    python benchmarks/paper_mini.py --teacher-gap        # + MICE recipe variants (in-domain only; mini)
     python benchmarks/paper_mini.py --full --dry-run     # the paper's recipe, options and data names checked only
 
-Miniature (offline): the teacher is the fine-tuned cross-encoder of `make train-demo` (all-MiniLM-L6-v2 trained on
-SciFact train by Margin-MSE from BM25 + the zero-shot dense model); every student starts from all-MiniLM-L6-v2 and
-is distilled from that teacher by Margin-MSE on the same triples (one teacher-score file), with the same steps,
-batch, learning-rate schedule and seed. In-domain: SciFact test; out-of-domain: every other judged collection of
-the mirror. `--full`: MiniLM-L12, MS MARCO train with the BERT-cat ensemble teacher-score file, l4+3 and l4+8,
-the paper's optimiser settings, 5 seeds, BM25 top-1000 over MS MARCO dev, TREC DL 2019/2020 and the 13 BEIR sets.
+Miniature (offline): the teacher is trained by the recipe of `make train-demo`'s first step (all-MiniLM-L6-v2 on
+SciFact train by Margin-MSE from BM25 + the zero-shot dense model, 600 steps); every student starts from all-
+MiniLM-L6-v2 and is distilled from that teacher by Margin-MSE on the same triples (one teacher-score file), with the
+same steps, batch, learning-rate schedule and seed. In-domain: SciFact test; out-of-domain: every other judged
+collection of the mirror. `--full`: MiniLM-L12, MS MARCO train with the BERT-cat ensemble teacher-score file, l4+3
+and l4+8, the paper's optimiser settings, 5 seeds, BM25 top-1000 over MS MARCO dev, TREC DL 2019/2020 and the 13
+BEIR sets.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import shlex
 import subprocess
@@ -158,18 +160,29 @@ def recipe(size: str, teacher_file: str) -> Recipe:
 
 @dataclass
 class Step:
-    """One micebench command; skipped when `done` exists (a result, a checkpoint or a store)."""
+    """One micebench command, skipped when finished: `done` exists (a result, a checkpoint or a store) and, for a
+    training, its curves record the last of `steps` (a validated training writes best/ before it ends)."""
 
     name: str
     argv: list[str]
     done: Path | None = None
-    resume_flag: Path | None = None  # when this exists and `done` does not, add --resume
+    resume_flag: Path | None = None  # when this exists and the step is not finished, add --resume
+    steps: int | None = None
+    resume_under: Path | None = None  # `run --config`: add --resume when an interrupted run's .partial is here
+
+    def finished(self) -> bool:
+        if self.done is None or not self.done.exists():
+            return False
+        if self.steps is None:
+            return True
+        with open(self.done, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return bool(rows) and int(float(rows[-1]["step"])) >= self.steps
 
     def command(self) -> list[str]:
-        argv = list(self.argv)
-        if self.resume_flag is not None and self.resume_flag.exists():
-            argv.append("--resume")
-        return argv
+        resume = self.resume_flag is not None and self.resume_flag.exists()
+        resume |= self.resume_under is not None and any(self.resume_under.rglob(".*.partial"))
+        return [*self.argv, "--resume"] if resume else list(self.argv)
 
 
 @dataclass
@@ -180,6 +193,16 @@ class Plan:
 
     def add(self, name: str, argv: list[str], done: Path | None = None, resume_flag: Path | None = None) -> None:
         self.steps.append(Step(name, argv, done, resume_flag))
+
+    def train(self, name: str, argv: list[str], output: Path, steps: int, seeds: list[int] | None = None) -> None:
+        """A training: finished when the last seed's curves reach `steps`; resumed once the first seed has a
+        saved state (then a finished seed is kept, an interrupted one continues, one not begun starts)."""
+        first, last = (output, output) if not seeds else (output / f"seed-{seeds[0]}", output / f"seed-{seeds[-1]}")
+        self.steps.append(Step(name, argv, last / "curves.csv", first / "last", steps))
+
+    def evaluate(self, name: str, argv: list[str], results: Path) -> None:
+        """`run --config`: micebench keeps the finished results itself; an interrupted run continues."""
+        self.steps.append(Step(name, argv, resume_under=results))
 
 
 def toml_list(items: list[str]) -> str:
@@ -245,13 +268,11 @@ def build_plan(args: argparse.Namespace) -> Plan:
 
     in_domain = r.in_domain[0]  # the extras are evaluated in domain only
 
-    def best(folder: Path, seeds: int) -> Path:
-        return folder / ("seed-12" if seeds > 1 else "") / "best"
-
-    # 1. the teacher (mini: the train demo's fine-tuned cross-encoder; full: a published teacher-score file)
+    seeds = list(range(12, 12 + r.seeds))
+    # 1. the teacher (mini: a cross-encoder trained by the train demo's first step; full: a published score file)
     teacher_ck = ck / "teacher"
     if r.teacher_scores is None:
-        plan.add(
+        plan.train(
             "teacher: train ce from bm25+dense (600 steps)",
             mb
             + [
@@ -286,8 +307,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 "-o",
                 str(teacher_ck),
             ],
-            done=teacher_ck / "best",
-            resume_flag=teacher_ck / "last",
+            output=teacher_ck,
+            steps=600,
         )
     # 2. students: same triples (the first student writes the teacher-score file, the others read it)
     scores_file = r.teacher_scores or str(ck / "students" / "ce" / "teacher_scores.tsv")
@@ -303,7 +324,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         else:
             teacher = ["--teacher-scores", scores_file]
         length = [] if fam.train_model == "colbert" else ["--max-length", str(r.max_length)]
-        plan.add(
+        plan.train(
             f"student {fam.name}: train from {r.base} ({r.steps} steps)",
             mb
             + [
@@ -324,12 +345,12 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 "-o",
                 str(out),
             ],
-            done=best(out, r.seeds),
-            resume_flag=None if r.seeds > 1 else out / "last",
+            output=out,
+            steps=r.steps,
+            seeds=seeds if r.seeds > 1 else None,
         )
     # 3. candidate-only stores for the families scored from a store
     datasets = r.in_domain + r.out_of_domain
-    seeds = list(range(12, 12 + r.seeds))
     for fam in (f for f in students if f.store_model):
         for seed in seeds:
             checkpoint = ck / "students" / fam.name / (f"seed-{seed}" if r.seeds > 1 else "") / "best"
@@ -392,7 +413,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
             rankers.append({**texts, "name": f"{fam.name}-texts"})
     config = res / f"paper-{size}.toml"
     plan.configs[config] = experiment_toml(res, r, rankers, r.in_domain, r.out_of_domain, seeds)
-    plan.add("evaluate: micebench run --config", mb + ["run", "--config", str(config)])
+    plan.evaluate("evaluate: micebench run --config", mb + ["run", "--config", str(config)], res)
     # 5. efficiency: model-only timing at batch 64 (the report reads <results>/latency/)
     timed = ["ce"]
     for f in students:
@@ -437,7 +458,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
             plan.links[out / "seed-12"] = ck / "students" / fam.name
             row = fam.name if fam.store_model == "" else f"{fam.name}-texts"  # the table's row read from texts
             plan.links[noise_res / slug(in_domain) / slug(row) / "seed-12"] = res / slug(in_domain) / slug(row)
-            plan.add(
+            plan.train(
                 f"seed noise {fam.name}: seeds 13, 14",
                 mb
                 + [
@@ -460,7 +481,9 @@ def build_plan(args: argparse.Namespace) -> Plan:
                     "-o",
                     str(out),
                 ],
-                done=out / "seed-14" / "best",
+                output=out,
+                steps=r.steps,
+                seeds=[13, 14],
             )
             noise_rankers.append(
                 {
@@ -472,7 +495,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
             )
         noise_config = res / "seed-noise.toml"
         plan.configs[noise_config] = experiment_toml(noise_res, r, noise_rankers, r.in_domain, [], [12, 13, 14])
-        plan.add("seed noise: evaluate in-domain", mb + ["run", "--config", str(noise_config)])
+        plan.evaluate("seed noise: evaluate in-domain", mb + ["run", "--config", str(noise_config)], noise_res)
     if args.teacher_gap and size == "mini":
         gap_res = res.parent / (res.name + "-teacher-gap")
         mice = next(f for f in families(size, "all") if f.name.startswith("mice"))
@@ -523,7 +546,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 "--max-length",
                 str(r.max_length),
             ]
-            plan.add(
+            plan.train(
                 f"teacher gap {mice.name} {variant}",
                 mb
                 + [
@@ -541,8 +564,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
                     "-o",
                     str(out),
                 ],
-                done=out / "best",
-                resume_flag=out / "last",
+                output=out,
+                steps=steps,
             )
             gap_rankers.append(
                 {
@@ -554,7 +577,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
             )
         gap_config = res / "teacher-gap.toml"
         plan.configs[gap_config] = experiment_toml(gap_res, r, gap_rankers, r.in_domain, [], [0])
-        plan.add("teacher gap: evaluate in-domain", mb + ["run", "--config", str(gap_config)])
+        plan.evaluate("teacher gap: evaluate in-domain", mb + ["run", "--config", str(gap_config)], gap_res)
     # 7. the report: tables, Pareto figures and report.html from the results folder
     plan.add("report", mb + ["report", "--results", str(res), "--baseline", "ce"])
     for extra in ("seed-noise", "teacher-gap"):
@@ -635,7 +658,7 @@ def execute(plan: Plan, times_file: Path) -> int:
             link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
     total = time.perf_counter()
     for step in plan.steps:
-        if step.done is not None and step.done.exists():
+        if step.finished():
             print(f"== {step.name}: done already ({step.done})", flush=True)
             continue
         argv = step.command()

@@ -115,3 +115,24 @@ def test_an_interrupted_store_or_training_resumes(paper_mini, tmp_path):
     (folder.parent / f".{folder.name}.partial").mkdir(parents=True)
     Path(_option(training.argv, "-o"), "last").mkdir(parents=True)
     assert store.command()[-1] == "--resume" and training.command()[-1] == "--resume"
+
+
+def test_a_training_is_finished_when_its_curves_reach_the_last_step(paper_mini, tmp_path):
+    """A validated training writes best/ long before it ends: only the last seed's curves at `steps` finish it."""
+    plan = _plan(paper_mini, "--full", "--checkpoints", str(tmp_path))
+    student = next(s for s in plan.steps if s.name.startswith("student ce"))
+    out = Path(_option(student.argv, "-o"))
+    assert student.done == out / "seed-16" / "curves.csv" and student.resume_flag == out / "seed-12" / "last"
+    (out / "seed-16" / "best").mkdir(parents=True)
+    student.done.write_text("step,loss,lr\n5000,0.1,7e-06\n")
+    assert not student.finished()
+    student.done.write_text("step,loss,lr\n5000,0.1,7e-06\n125000,0.05,0.0\n")
+    assert student.finished()
+
+
+def test_an_interrupted_evaluation_resumes(paper_mini, tmp_path):
+    plan = _plan(paper_mini, "--results", str(tmp_path))
+    (evaluate,) = [s for s in plan.steps if s.argv[1:3] == ["run", "--config"]]
+    assert "--resume" not in evaluate.command()
+    (tmp_path / "scifact" / ".mice-l2+2.partial").mkdir(parents=True)
+    assert evaluate.command()[-1] == "--resume"

@@ -176,6 +176,25 @@ def test_micro_batches_do_not_change_a_grouped_step(tmp_path, tiny_bert_ce, coll
     assert scored[1] == scored[0] and scored[2] == scored[0]
 
 
+def test_resuming_several_seeds_keeps_the_finished_and_begins_the_rest(tmp_path, tiny_bert_ce, collection):
+    """`train --seeds 2 --resume` after seed 3 finished and before seed 4 began: seed 3 is kept, seed 4 trains
+    (it used to stop with "nothing to resume"), and both equal an uninterrupted two-seed run."""
+    import shutil
+
+    from micebench.training.run import train_models
+
+    straight = train_models(_config(tmp_path / "a", tiny_bert_ce, collection), seeds=2)
+    config = _config(tmp_path / "b", tiny_bert_ce, collection)
+    first, second = train_models(config, seeds=2)
+    shutil.rmtree(second.parent)  # interrupted before seed 4 began
+    resumed = train_models(config, seeds=2, resume=True)
+    assert resumed == [first, second] and second.is_dir()
+    for a, b in zip(straight, resumed, strict=True):
+        x, y = load_ranker("ce", checkpoint=str(a), device="cpu"), load_ranker("ce", checkpoint=str(b), device="cpu")
+        docs = ["goldfish tank water", "wifi radio"]
+        np.testing.assert_array_equal(x.score("goldfish", docs), y.score("goldfish", docs))
+
+
 def test_resume_refuses_another_configuration(tmp_path, tiny_bert_ce, collection):
     training = _training(collection)
     config = _config(tmp_path, tiny_bert_ce, collection)

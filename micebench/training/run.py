@@ -217,8 +217,10 @@ def train_models(
                 config, seed=config.seed + offset, output=str(Path(config.output) / f"seed-{config.seed + offset}")
             )
         )
+        # resuming several seeds: the finished ones are kept, the interrupted one continues, the rest begin
+        begun = seeds == 1 or (Path(run_config.output) / "last").exists()
         seed_everything(run_config.seed)
         student = load_student(run_config)
         trainer = Trainer(run_config, student, training, validator)
-        written.append(trainer.run(resume=resume, max_minutes=max_minutes))
+        written.append(trainer.run(resume=resume and begun, max_minutes=max_minutes))
     return written

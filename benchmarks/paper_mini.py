@@ -12,9 +12,9 @@ resumes), and records the wall time of each step in `<results>/step-times.tsv`.
     python benchmarks/paper_mini.py --full --dry-run     # the paper's recipe, options and data names checked only
 
 Miniature (offline): the teacher is trained by the recipe of `make train-demo`'s first step (all-MiniLM-L6-v2 on
-SciFact train by Margin-MSE from BM25 + the zero-shot dense model, 600 steps); every student starts from all-
-MiniLM-L6-v2 and is distilled from that teacher by Margin-MSE on the same triples (one teacher-score file), with the
-same steps, batch, learning-rate schedule and seed. In-domain: SciFact test; out-of-domain: every other judged
+SciFact train by Margin-MSE from BM25 + the zero-shot dense model, 600 steps); every student starts from
+all-MiniLM-L6-v2 and is distilled from that teacher by Margin-MSE on the same triples (one teacher-score file), with
+the same steps, batch, learning-rate schedule and seed. In-domain: SciFact test; out-of-domain: every other judged
 collection of the mirror. `--full`: MiniLM-L12, MS MARCO train with the BERT-cat ensemble teacher-score file, l4+3
 and l4+8, the paper's optimiser settings, 5 seeds, BM25 top-1000 over MS MARCO dev, TREC DL 2019/2020 and the 13
 BEIR sets.

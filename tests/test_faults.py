@@ -319,11 +319,17 @@ def _run_stored(capsys, dataset: str, store: Path, encoder: str, out: Path, *ext
 
 
 def test_a_store_of_another_corpus_is_refused(capsys, tmp_path, tiny_bert_encoder):
+    """Same document ids, other texts: refused. A byte-identical copy of the corpus elsewhere is the same corpus."""
     first = _collection(tmp_path / "first")
     second = _collection(tmp_path / "second")
+    copy = shutil.copytree(first, tmp_path / "copy")
+    corpus = second / "corpus.jsonl"
+    corpus.write_text(corpus.read_text().replace('"text": "', '"text": "edited '))
     store = tmp_path / "store"
     _store(capsys, str(first), store, tiny_bert_encoder, 3)
     out = tmp_path / "out"
+    code, _, err = _run_stored(capsys, str(copy), store, tiny_bert_encoder, tmp_path / "out-copy")
+    assert code == 0, err
     code, _, err = _run_stored(capsys, str(second), store, tiny_bert_encoder, out)
     assert code == 2
     assert err == f"error: store {store} holds documents of 'first', not of 'second': precompute a store for 'second'\n"

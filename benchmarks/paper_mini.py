@@ -272,8 +272,9 @@ def build_plan(args: argparse.Namespace) -> Plan:
     # 1. the teacher (mini: a cross-encoder trained by the train demo's first step; full: a published score file)
     teacher_ck = ck / "teacher"
     if r.teacher_scores is None:
+        teacher_steps = 600  # the train demo's first step
         plan.train(
-            "teacher: train ce from bm25+dense (600 steps)",
+            f"teacher: train ce from bm25+dense ({teacher_steps} steps)",
             mb
             + [
                 "train",
@@ -287,7 +288,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 "--loss",
                 "margin-mse",
                 "--steps",
-                "600",
+                str(teacher_steps),
                 "--batch-size",
                 str(r.batch),
                 "--lr",
@@ -308,7 +309,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 str(teacher_ck),
             ],
             output=teacher_ck,
-            steps=600,
+            steps=teacher_steps,
         )
     # 2. students: same triples (the first student writes the teacher-score file, the others read it)
     scores_file = r.teacher_scores or str(ck / "students" / "ce" / "teacher_scores.tsv")

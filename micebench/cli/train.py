@@ -122,5 +122,5 @@ def train(
         warmup_given=warmup is not None,
     )
     for folder in folders:
-        out().print(f"checkpoint: {folder}")
-    out().print(f"training took {time.perf_counter() - start:.0f}s; curves in {Path(output)}/curves.csv|png")
+        out().print(f"checkpoint: {folder}; curves in {Path(folder).parent}/curves.csv|png")
+    out().print(f"training took {time.perf_counter() - start:.0f}s")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from micebench.data.base import Dataset, join_title
 from micebench.data.trec import Problem, Qrels, Run, Sink, ignore, read_lines, read_qrels_tsv, read_run, refuse_or_warn
-from micebench.errors import DataError
+from micebench.errors import DataError, not_found
 
 #: corpora (path, size, mtime) read to the end once in this process without a fatal problem
 _verified_corpora: set[tuple[str, int, int]] = set()
@@ -123,7 +123,8 @@ def read_queries(path: Path, sink: Sink = refuse_or_warn) -> dict[str, str]:
 
 def is_beir_folder(path: Path) -> bool:
     """True when a folder looks like a BEIR-layout collection."""
-    return path.is_dir() and (path / "queries.jsonl").is_file() and (path / "qrels").is_dir()
+    queries = path / "queries.jsonl"  # a link in a loop counts: opening the folder names it
+    return path.is_dir() and (queries.is_file() or queries.is_symlink()) and (path / "qrels").is_dir()
 
 
 class LocalBeirDataset(Dataset):
@@ -132,13 +133,18 @@ class LocalBeirDataset(Dataset):
     def __init__(self, path: str | Path, split: str | None = None, name: str | None = None):
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_dir():
-            raise DataError(f"dataset folder not found: {path}")
+            raise DataError(not_found("dataset folder", path))
         corpus = [self.path / "corpus.jsonl.gz", self.path / "corpus.jsonl"]
         found = [c for c in corpus if c.is_file()]
         if not found:
+            linked = next((c for c in corpus if c.is_symlink()), None)  # a link in a loop or to nothing
+            if linked is not None:
+                raise DataError(not_found("corpus file", linked))
             raise DataError(f"{self.path}: no corpus.jsonl or corpus.jsonl.gz (not a BEIR-layout folder)")
         self.corpus_path = found[0]
         if not (self.path / "queries.jsonl").is_file():
+            if (self.path / "queries.jsonl").is_symlink():
+                raise DataError(not_found("queries file", self.path / "queries.jsonl"))
             raise DataError(f"{self.path}: no queries.jsonl (not a BEIR-layout folder)")
         splits = sorted(p.stem for p in (self.path / "qrels").glob("*.tsv"))
         if not splits:
@@ -198,6 +204,8 @@ class LocalBeirDataset(Dataset):
     def candidates(self, name: str) -> Run:
         path = self.path / "candidates" / f"{name}.trec"
         if not path.is_file():
+            if path.is_symlink():
+                raise DataError(not_found("candidates file", path))
             raise KeyError(name)
         return read_run(path)
 

@@ -10,7 +10,7 @@ from micebench.data.base import Dataset
 from micebench.data.facts import DatasetFacts
 from micebench.data.local import LocalBeirDataset, is_beir_folder
 from micebench.data.nanobeir import NANO_SETS, NanoBeirDataset, nano_set
-from micebench.errors import DataError, UnknownNameError
+from micebench.errors import DataError, UnknownNameError, not_found
 
 DATA_DIR_ENV = "MICEBENCH_DATA"
 
@@ -87,7 +87,7 @@ def data_dir(explicit: str | Path | None = None) -> Path | None:
         return None
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise DataError(f"data directory not found: {value}")
+        raise DataError(not_found("data directory", value))
     return path
 
 
@@ -101,7 +101,7 @@ def where(name: str, data_dir_path: Path | None = None) -> tuple[str, str]:
     if path.is_dir():
         return "local", str(path.resolve())
     if _looks_like_path(name):
-        raise DataError(f"dataset folder not found: {name}")
+        raise DataError(not_found("dataset folder", name))
     nano = nano_set(name)
     if nano is not None:
         return "huggingface", nano[0].hub_id

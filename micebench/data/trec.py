@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from micebench.errors import DataError
+from micebench.errors import DataError, not_found
 
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
@@ -135,7 +135,7 @@ def read_lines(path: Path, sink: Sink) -> Iterator[tuple[int, str]]:
                     yield lineno, _decode(path, lineno, offset, raw, sink)
                 offset += len(raw)
     except FileNotFoundError:
-        sink(Problem("unreadable", f"{path}: file not found", path))
+        sink(Problem("unreadable", not_found("file", path), path))
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         sink(Problem("unreadable", f"{path}:{lineno + 1}: truncated or corrupt gzip file ({err})", path))
     except OSError as err:
@@ -170,7 +170,7 @@ def read_run(path: str | Path, sink: Sink = refuse_or_warn) -> Run:
     """
     path = Path(path)
     if not path.is_file():
-        sink(Problem("unreadable", f"run file not found: {path}", path))
+        sink(Problem("unreadable", not_found("run file", path), path))
         return {}
     run: Run = {}
     for lineno, line in read_lines(path, sink):
@@ -292,7 +292,7 @@ def read_qrels_tsv(path: str | Path, sink: Sink = refuse_or_warn) -> Qrels:
     """Read BEIR-style qrels (`query-id corpus-id score`, tab separated, optional header; 4-column TREC qrels too)."""
     path = Path(path)
     if not path.is_file():
-        sink(Problem("unreadable", f"qrels file not found: {path}", path))
+        sink(Problem("unreadable", not_found("qrels file", path), path))
         return {}
     table = Judgements(str(path), path, sink)
     for lineno, line in read_lines(path, sink):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from micebench.data.base import Dataset
 from micebench.data.trec import Run, ranked, read_run
-from micebench.errors import DataError, UnknownNameError
+from micebench.errors import DataError, UnknownNameError, not_found
 
 FIRST_STAGE_HELP = (
     "auto (the dataset's shipped bm25 run, else bm25), bm25 (bm25s, k1=0.9 b=0.4), "
@@ -80,6 +80,6 @@ def _first_stage(dataset: Dataset, spec: str, top_k: int) -> Candidates:
         return Candidates(_top(run, judged, top_k), f"run:{path.resolve()}", is_bm25=False)
     if path.is_dir():
         raise DataError(f"first stage {spec!r} is a folder, not a TREC run file")
-    if "/" in spec or path.suffix in (".trec", ".run", ".txt", ".tsv", ".gz"):
-        raise DataError(f"run file not found: {spec}")
+    if path.is_symlink() or "/" in spec or path.suffix in (".trec", ".run", ".txt", ".tsv", ".gz"):
+        raise DataError(not_found("run file", spec))
     raise UnknownNameError(f"unknown first stage {spec!r}: expected {FIRST_STAGE_HELP}")

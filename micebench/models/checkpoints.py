@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -287,3 +288,85 @@ def check_mice_config(folder: Path) -> dict[str, Any]:
         config_field(data, path, field, kind, required=required, least=least, name=f"mice.{field}")
     config_field(json_object(path), path, "num_hidden_layers", int, least=1)
     return data
+
+
+#: config.json fields that size weights, in the order a mismatch is blamed on one when several hold the same value
+SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "num_labels",
+    "embedding_size",
+    "projection_dim",
+)
+
+
+def shape_mismatch(path: Path, mismatches: Collection[tuple[str, Any, Any]]) -> DataError:
+    """The one-line error of weights whose shapes differ from those config.json gives (`mismatches`: (name, shape
+    in the checkpoint, shape by the config)), naming the config field that sizes them when one does."""
+    try:
+        data = read_json(path) if path.is_file() else {}
+    except MicebenchError:
+        data = {}
+    fields: dict[str, int] = {}
+    if isinstance(data, dict):
+        fields = {k: v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
+        if isinstance(data.get("id2label"), dict):
+            fields.setdefault("num_labels", len(data["id2label"]))
+    rows = sorted((name, list(saved), list(expected)) for name, saved, expected in mismatches)
+    blamed: dict[str, int] = {}
+    for _, saved, expected in rows:
+        for have, want in zip(saved, expected, strict=False):
+            if have != want:
+                for field, value in fields.items():
+                    if value == want:
+                        blamed[field] = blamed.get(field, 0) + 1
+    name, saved, expected = rows[0]
+    more = f" and {len(rows) - 1} more" if len(rows) > 1 else ""
+    shapes = f"{name} is {saved} in the weights, {expected} by the config{more}"
+    if not blamed:
+        return damaged(path, "(shapes)", f"do not match the weights: {shapes}")
+    rank = {field: i for i, field in enumerate(SHAPE_FIELDS)}
+    field = max(blamed, key=lambda f: (blamed[f], -rank.get(f, len(rank))))
+    return damaged(path, field, f"{fields[field]} does not match the weights ({shapes})")
+
+
+#: weights whose absence means a damaged checkpoint: the embeddings and every encoder layer (a head may be new)
+_BODY_WEIGHT = re.compile(r"(^|\.)(embeddings|layers?\.(\d+))\.")
+
+
+def check_missing_weights(checkpoint: str, missing: Collection[str]) -> None:
+    """Refuse a checkpoint whose config.json calls for embedding or encoder-layer weights it does not hold:
+    transformers would fill them at random and the run would score nonsense (a new head is normal)."""
+    body = sorted(k for k in missing if _BODY_WEIGHT.search(k))
+    if not body:
+        return
+    folder = local_folder(checkpoint)
+    config = folder / "config.json" if folder is not None else None
+    numbers = [_BODY_WEIGHT.search(k).group(3) for k in body]  # type: ignore[union-attr]
+    layers = sorted({int(n) for n in numbers if n is not None})
+    depth = _config_int(config, "num_hidden_layers")
+    if config is not None and None not in numbers and depth is not None and layers == list(range(layers[0], depth)):
+        raise damaged(
+            config,
+            "num_hidden_layers",
+            f"{depth} does not match the weights: they hold {layers[0]} layer(s), "
+            + (f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}-{depth - 1}")
+            + " would be random",
+        )
+    raise DataError(
+        f"damaged checkpoint {checkpoint}: {len(body)} weight(s) its config.json calls for are missing "
+        f"(e.g. {body[0]}); they would be random"
+    )
+
+
+def _config_int(path: Path | None, field: str) -> int | None:
+    """A whole-number field of a config file, None when the file or the field is not there."""
+    try:
+        data = read_json(path) if path is not None and path.is_file() else None
+    except MicebenchError:
+        return None
+    value = data.get(field) if isinstance(data, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

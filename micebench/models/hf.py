@@ -34,10 +34,12 @@ from micebench.models.checkpoints import (
     SHORT_MODEL_NAMES as SHORT_MODEL_NAMES,
 )
 from micebench.models.checkpoints import (
+    check_missing_weights,
     check_unused_weights,
     config_field,
     json_list_of_objects,
     json_object,
+    shape_mismatch,
 )
 from micebench.models.checkpoints import (
     read_json as read_json,
@@ -88,7 +90,21 @@ def load_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
         return loader.from_pretrained(source, **kwargs)
     except Exception as err:  # transformers, safetensors and tokenizers each raise their own types
         damaged = damaged_checkpoint_file(Path(source)) if os.path.isdir(source) else None
+        if damaged is None and os.path.isdir(source) and "mismatch" in str(err):
+            mismatched = _mismatched_weights(loader, source, kwargs)
+            if mismatched:
+                raise shape_mismatch(Path(source) / "config.json", mismatched) from None
         raise MicebenchError(f"cannot load model {name!r}: {damaged or first_line(err)}") from None
+
+
+def _mismatched_weights(loader: Any, source: str, kwargs: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(name, shape in the checkpoint, shape by the config) of the weights transformers refused to load (its report,
+    which it only logs, read back by loading once more with the mismatched weights left out)."""
+    try:
+        _, info = loader.from_pretrained(source, **{**kwargs, "ignore_mismatched_sizes": True, "output_loading_info": True})
+    except Exception:  # noqa: BLE001 - the first error is reported instead
+        return []
+    return [(str(k), tuple(a), tuple(b)) for k, a, b in info.get("mismatched_keys", ())]
 
 
 def damaged_checkpoint_file(folder: Path) -> str | None:
@@ -240,6 +256,7 @@ def load_weights(loader: Any, checkpoint: str, read_apart: Collection[str] = (),
     weights the caller reads itself): an error for a checkpoint micebench wrote for this model, a warning
     otherwise (see `check_unused_weights`)."""
     model, info = load_pretrained(loader, checkpoint, output_loading_info=True, **kwargs)
+    check_missing_weights(checkpoint, info["missing_keys"])  # an error first, before any warning
     check_unused_weights(checkpoint, type(model).__name__, info["unexpected_keys"], read_apart)
     return model
 

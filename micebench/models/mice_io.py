@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from micebench.errors import MicebenchError
+from micebench.errors import DataError, MicebenchError
 from micebench.models.hf import (
     classifier_options,
     damaged_checkpoint_file,
@@ -78,12 +78,41 @@ def load_mice(folder: str | Path) -> tuple[MiceModel, Any]:
     skeleton = AutoModelForSequenceClassification.from_config(config)
     model = build_mice(skeleton, mice)
     try:
-        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+        state = load_file(str(folder / "model.safetensors"))
+        _check_state_fits(folder, state, model.state_dict())
+        model.load_state_dict(state, strict=True)
+    except MicebenchError:
+        raise
     except Exception as err:  # safetensors and torch raise several types for damaged or foreign files
         reason = damaged_checkpoint_file(folder) or (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise MicebenchError(f"cannot load MICE weights from {folder}: {reason}") from None
     mice.random_top_layers = bool(data.get("random_top_layers", False))
     return model.eval(), load_pretrained(AutoTokenizer, str(folder))
+
+
+def _check_state_fits(folder: Path, state: dict[str, Any], expected: dict[str, Any]) -> None:
+    """The weights of a MICE checkpoint fit the model its config.json describes: the same names, and the same
+    shapes (else the config field that sizes them is named)."""
+    from micebench.models.checkpoints import shape_mismatch
+
+    mismatched = [
+        (name, tuple(state[name].shape), tuple(tensor.shape))
+        for name, tensor in expected.items()
+        if name in state and tuple(state[name].shape) != tuple(tensor.shape)
+    ]
+    if mismatched:
+        raise shape_mismatch(folder / "config.json", mismatched)
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing:
+        raise DataError(
+            f"damaged checkpoint {folder}: {len(missing)} weight(s) the model needs are missing from "
+            f"model.safetensors (e.g. {missing[0]}); they would be random"
+        )
+    if extra:
+        raise DataError(
+            f"damaged checkpoint {folder}: model.safetensors holds {len(extra)} weight(s) the model has no place "
+            f"for (e.g. {extra[0]})"
+        )
 
 
 def build_mice(source_model: Any, mice: MiceConfig) -> MiceModel:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from micebench.errors import MicebenchError, first_line
+from micebench.errors import DataError, MicebenchError, first_line
 from micebench.models.batching import length_sorted_batches, pad_multiple, pad_rows, scores_to_host, to_device
 from micebench.models.checkpoints import (
     SAFETENSORS_MARKER,
@@ -118,7 +118,9 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
         self.format, weight, markers = self._read_projection(folder)
         self.query_length = capped_length(self.query_length, self.encoder.config, "--query-length")
         self.doc_length = capped_length(self.doc_length, self.encoder.config, "--doc-length")
-        if weight is None:
+        if weight is not None:
+            self._check_projection(folder, weight, hidden)
+        else:
             generator = torch.Generator().manual_seed(0)
             weight = torch.randn(options.dim, hidden, generator=generator) * self.encoder.config.initializer_range
             self.format = "fresh projection"
@@ -158,6 +160,12 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
                 dense_folder = folder / denses[0].get("path", "")
                 self._read_dense_config(dense_folder / "config.json")
                 state = _read_tensor_file(dense_folder, ("model.safetensors", "pytorch_model.bin"))
+                if "linear.weight" not in state:  # PyLate always saves it: a random projection would score nonsense
+                    raise DataError(
+                        f"damaged checkpoint {folder}: its Dense module {dense_folder.name or '(root)'} has no "
+                        f"projection weights (no linear.weight in model.safetensors or pytorch_model.bin)"
+                    )
+                self._projection_source = dense_folder
                 self._bias = state.get("linear.bias")
                 config = folder / "config_sentence_transformers.json"
                 st = json_object(config) if config.is_file() else {}
@@ -174,6 +182,7 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
                 return "pylate", state.get("linear.weight"), markers  # type: ignore[return-value]
         state = _read_tensor_file(folder, ("model.safetensors", "pytorch_model.bin"))
         weight = state.get("linear.weight")
+        self._projection_source = folder
         self._bias = state.get("linear.bias")
         metadata = folder / "artifact.metadata"
         if metadata.is_file():
@@ -181,6 +190,35 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
             self.query_length = config_field(meta, metadata, "query_maxlen", int, self.query_length, least=2)
             self.doc_length = config_field(meta, metadata, "doc_maxlen", int, self.doc_length, least=2)
         return ("colbertv2" if weight is not None else "bert"), weight, ("[unused0]", "[unused1]")
+
+    def _check_projection(self, folder: Path, weight: Any, hidden: int) -> None:
+        """The projection (and its bias) of a ColBERTv2 or PyLate checkpoint fit its encoder: a (dim, hidden) matrix
+        and a (dim,) bias, as the Dense config.json says when it gives sizes."""
+        where = self._projection_source
+        name = where.name if where != folder else "model.safetensors"
+        shape = tuple(weight.shape)
+        if len(shape) != 2 or shape[0] < 1:
+            problem = f"linear.weight of {name} has shape {list(shape)}, not (dim, {hidden})"
+        elif shape[1] != hidden:
+            problem = f"the projection in {name} takes {shape[1]} inputs but the encoder gives {hidden}"
+        elif self._bias is not None and tuple(self._bias.shape) != (shape[0],):
+            problem = f"linear.bias of {name} has shape {list(self._bias.shape)}, not [{shape[0]}]"
+        else:
+            problem = self._dense_sizes_problem(where / "config.json", shape) if where != folder else None
+        if problem:
+            raise DataError(f"damaged checkpoint {folder}: {problem}")
+
+    @staticmethod
+    def _dense_sizes_problem(path: Path, shape: tuple[int, ...]) -> str | None:
+        """in_features/out_features of a Dense config.json that disagree with its weights (None when they agree)."""
+        if not path.is_file():
+            return None
+        config = json_object(path)
+        for field, size in (("in_features", shape[1]), ("out_features", shape[0])):
+            given = config_field(config, path, field, int, least=1)
+            if given is not None and given != size:
+                return f"{path.parent.name}/config.json sets {field} {given}, but linear.weight is {list(shape)}"
+        return None
 
     def _read_dense_config(self, path: Path) -> None:
         """A PyLate Dense module's activation (Identity and the common torch ones) and residual (refused)."""

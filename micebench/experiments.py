@@ -38,8 +38,10 @@ from typing import Any
 
 from micebench.errors import MicebenchError
 from micebench.fieldtypes import field_types, type_problem
+from micebench.data.registry import dataset_label
 from micebench.pipeline import RunConfig
 from micebench.rankers.base import declared_options, option_names, ranker_options
+from micebench.results import slug
 
 _RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"options"}
 _RUN_TYPES = {k: v for k, v in field_types(RunConfig).items() if k in _RUN_FIELDS}
@@ -94,8 +96,24 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         except MicebenchError as err:
             raise MicebenchError(f"{path}: rankers[{i}]: {err}") from None
         names.append(ranker.get("name") or ranker["model"])
-    if len(set(names)) != len(names):
-        raise MicebenchError(f"{path}: two rankers share a name; give each a distinct 'name'")
+    folders: dict[str, int] = {}
+    for i, name in enumerate(names):  # names are folder names: `bm25 top` and `bm25_top` would share one
+        first = folders.setdefault(slug(name).casefold(), i)
+        if first != i:
+            raise MicebenchError(
+                f"{path}: rankers[{first}] ({names[first]!r}) and rankers[{i}] ({name!r}) would share the result "
+                f"folder {slug(name)!r}; give each a distinct 'name'"
+            )
+    seen: dict[str, str] = {}
+    for group, names_ in datasets.items():  # a dataset listed twice would run once and be reported twice
+        for name in names_:
+            label = slug(dataset_label(name))
+            if label.casefold() in seen:
+                raise MicebenchError(
+                    f"{path}: datasets {seen[label.casefold()]} and {group}: {name!r} share the result folder "
+                    f"{label!r}; list each dataset once"
+                )
+            seen[label.casefold()] = f"{group}: {name!r}"
     options = {name for ranker in rankers for name in option_names(ranker["model"])}
     unknown = sorted(set(data) - _RUN_FIELDS - _FILE_KEYS - options)
     if unknown:

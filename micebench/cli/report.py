@@ -31,7 +31,7 @@ def report(
     ] = None,
 ) -> None:
     """Paper-style tables with significance marks, the efficiency table, figures and an HTML page."""
-    from micebench.report.build import check_report_options, plan_reports, write_report
+    from micebench.report.build import check_report_options, check_spread, plan_reports, write_report
     from micebench.report.collect import collect_groups
     from micebench.report.tables import to_rich
 
@@ -41,7 +41,10 @@ def report(
         for line in collection.skipped:
             err().print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     folder = output or Path(results) / "report"
-    for planned in plan_reports(collections, results, folder, metric, baseline, test, correction, alpha):
+    planned_reports = plan_reports(collections, results, folder, metric, baseline, test, correction, alpha)
+    for line in check_spread(planned_reports) if std else []:
+        err().print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    for planned in planned_reports:
         written = write_report(planned, formats, std)
         if planned.title:
             out().print(f"\n{planned.title}", style="bold", markup=False, highlight=False, soft_wrap=True)
@@ -61,7 +64,7 @@ def results(
     rows = load_results(folder)
     if not rows:
         raise MicebenchError(f"no finished results under {folder}")
-    measures = measure or list(rows[0]["measures"])
+    measures = measure or list(dict.fromkeys(m for row in rows for m in row["measures"]))
     known = {m for row in rows for m in row["measures"]}
     unknown = [m for m in measures if m not in known]
     if unknown:
@@ -72,5 +75,6 @@ def results(
     for m in measures:
         table.add_column(m, justify="right")
     for row in rows:
-        table.add_row(row["dataset"], row["ranker"], *(f"{row['measures'].get(m, float('nan')):.4f}" for m in measures))
+        values = row["measures"]
+        table.add_row(row["dataset"], row["ranker"], *(f"{values[m]:.4f}" if m in values else "–" for m in measures))
     out().print(table)

@@ -74,8 +74,25 @@ def resolve_ranker(spec: str) -> tuple[type[Ranker], dict[str, Any]]:
     for pattern in _PATTERNS:
         if pattern.matches(spec):
             return pattern.cls, pattern.fixed(spec)
+    family = _family_template(spec)
+    if family is not None:
+        raise UnknownNameError(family)
     known = ", ".join(sorted(_DESCRIPTIONS))
     raise UnknownNameError(f"unknown model {spec!r} (available: {known})")
+
+
+def _family_template(spec: str) -> str | None:
+    """The message for a listed family of names taken literally (`mice-l<k>+<m>`): which numbers to give."""
+    import re
+
+    holes = re.findall(r"<([a-z])>", spec)
+    if not holes:
+        return None
+    example = re.sub(r"<[a-z]>", "2", spec)
+    if not any(pattern.matches(example) for pattern in _PATTERNS):
+        return None
+    which = f"{' and '.join(holes)} as whole numbers" if len(holes) > 1 else f"{holes[0]} as a whole number"
+    return f"{spec!r} is a family of model names: give {which} (e.g. {example})"
 
 
 def is_registered(spec: str) -> bool:

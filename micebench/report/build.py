@@ -141,6 +141,20 @@ def write_report(report: Report, formats: tuple[str, ...] = FORMATS, show_std: b
     return written
 
 
+def check_spread(reports: list[Report]) -> list[str]:
+    """`--std` shows the spread over seeds: refused when no ranker has two or more seeds; otherwise the rankers
+    with one seed (shown without a spread) as warnings."""
+    single = [(r, ranker) for r in reports for ranker in r.table.rows if r.table.seeds.get(ranker, 0) < 2]
+    if len(single) == sum(len(r.table.rows) for r in reports):
+        raise MicebenchError(
+            "--std shows the spread over seeds, which needs two or more seeds per ranker: every ranker here has one "
+            "(an experiment file with `seeds = [...]` runs several)"
+        )
+    return [
+        f"{ranker}{f' ({r.title})' if r.title else ''} has one seed: shown without a spread" for r, ranker in single
+    ]
+
+
 def check_report_options(
     results: str | Path, formats: list[str] | None, test: str, correction: str, alpha: float
 ) -> tuple[str, ...]:

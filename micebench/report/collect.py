@@ -6,10 +6,12 @@ A result folder with a missing or unreadable file is reported by name and skippe
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from micebench.data.registry import short_name_of
@@ -52,8 +54,11 @@ def _read_result(folder: Path) -> tuple[dict[str, Any], dict[str, Any], pd.DataF
     if not isinstance(manifest["dataset"]["name"], str):
         raise ValueError("manifest has no dataset name")
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["measures"]
-    if not isinstance(metrics, dict):
+    if not isinstance(metrics, dict) or not metrics:
         raise ValueError("metrics.json has no measures")
+    for measure, mean in metrics.items():  # JSON lets NaN and Infinity through, and a hand edit may leave text
+        if isinstance(mean, bool) or not isinstance(mean, int | float) or not math.isfinite(mean):
+            raise ValueError(f"metrics.json gives {measure} as {mean!r}, not a finite number")
     perquery = pd.read_csv(folder / "perquery.tsv", sep="\t", dtype={"qid": str})
     if "qid" not in perquery or perquery.empty:
         raise ValueError("perquery.tsv has no rows")
@@ -61,6 +66,8 @@ def _read_result(folder: Path) -> tuple[dict[str, Any], dict[str, Any], pd.DataF
         perquery[measure] = pd.to_numeric(perquery[measure])
         if perquery[measure].isna().any():
             raise ValueError(f"perquery.tsv has missing {measure} values")
+        if not np.isfinite(perquery[measure].to_numpy(dtype=float)).all():
+            raise ValueError(f"perquery.tsv has non-finite {measure} values")
     for measure, mean in metrics.items():
         if measure in perquery and abs(perquery[measure].mean() - float(mean)) > 1e-4:
             raise ValueError(f"perquery.tsv disagrees with metrics.json on {measure}")

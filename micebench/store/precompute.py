@@ -22,7 +22,7 @@ import torch
 
 from micebench.atomic import write_fault
 from micebench.data.base import Dataset, chunked
-from micebench.errors import MicebenchError
+from micebench.errors import EnvironmentFault, MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.progress import progress_bar
 from micebench.store.index import ROW, DocIndex
@@ -177,10 +177,11 @@ def free_space(folder: Path) -> tuple[Path, int]:
 
 
 def check_room(folder: Path, needed: int) -> None:
-    """One-line error when the disk that will hold `folder` has less than `needed` bytes free."""
+    """One-line error when the disk that will hold `folder` has less than `needed` bytes free: a fault of the
+    machine (exit status 1), as a disk that fills up while writing."""
     target, free = free_space(folder)
     if needed > free:
-        raise MicebenchError(
+        raise EnvironmentFault(
             f"not enough disk space for the store {folder}: it needs about {human(needed)}, "
             f"{human(free)} are free on {target}"
         )

@@ -25,7 +25,6 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-
 def not_found(what: str, path: object) -> str:
     """The one-line message of a path that cannot be opened: a symbolic link in a loop or pointing nowhere is named
     as such (both look like a missing file to `Path.is_file`), anything else is `WHAT not found: PATH`."""

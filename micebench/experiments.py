@@ -36,9 +36,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from micebench.data.registry import dataset_label
 from micebench.errors import MicebenchError
 from micebench.fieldtypes import field_types, type_problem
-from micebench.data.registry import dataset_label
 from micebench.pipeline import RunConfig
 from micebench.rankers.base import declared_options, option_names, ranker_options
 from micebench.results import slug

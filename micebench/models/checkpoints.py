@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from micebench.errors import DataError, MicebenchError
+from micebench.errors import DataError, MicebenchError, not_found
 
 #: files any one of which gives a tokenizer (fast tokenizers, WordPiece, BPE, SentencePiece)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
@@ -58,8 +58,8 @@ def resolve_model(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path.resolve())
-    if name.startswith((".", "/", "~")):
-        raise MicebenchError(f"model folder not found: {name}")
+    if name.startswith((".", "/", "~")) or path.is_symlink():
+        raise MicebenchError(not_found("model folder", name))
     target = SHORT_MODEL_NAMES.get(name, name)
     return target() if callable(target) else target
 
@@ -205,6 +205,38 @@ def check_architecture(folder: Path) -> None:
         return
     for field, least in ARCHITECTURE_FIELDS.items():
         config_field(data, path, field, int, least=least)
+    vocab = config_field(data, path, "vocab_size", int, least=1)
+    tokens = tokenizer_size(folder)
+    if vocab is not None and tokens is not None and tokens[1] > vocab:
+        raise damaged(
+            path,
+            "vocab_size",
+            f"{vocab} is smaller than the {tokens[1]} token ids of {tokens[0].name}: ids from {vocab} on have no "
+            "embedding (the tokenizer is not this model's)",
+        )
+
+
+def tokenizer_size(folder: Path) -> tuple[Path, int] | None:
+    """The tokenizer file of a checkpoint and how many token ids it can give (its largest id + 1), read from
+    tokenizer.json or vocab.txt without loading a tokenizer; None when neither is there or readable."""
+    path = folder / "tokenizer.json"
+    if path.is_file():
+        try:
+            data = read_json(path)
+            vocab = data["model"]["vocab"]
+            ids = list(vocab.values()) if isinstance(vocab, dict) else [len(vocab) - 1]
+            ids += [token["id"] for token in data.get("added_tokens") or []]
+            return path, max(int(i) for i in ids) + 1
+        except (MicebenchError, KeyError, TypeError, ValueError, AttributeError):
+            return None  # a tokenizer.json of another shape: transformers reads it
+    path = folder / "vocab.txt"
+    if path.is_file():
+        try:
+            with open(path, "rb") as handle:
+                return path, sum(1 for _ in handle)
+        except OSError:
+            return None
+    return None
 
 
 # -- fields of checkpoint configs -----------------------------------------------------------------------------

@@ -101,7 +101,9 @@ def _mismatched_weights(loader: Any, source: str, kwargs: dict[str, Any]) -> lis
     """(name, shape in the checkpoint, shape by the config) of the weights transformers refused to load (its report,
     which it only logs, read back by loading once more with the mismatched weights left out)."""
     try:
-        _, info = loader.from_pretrained(source, **{**kwargs, "ignore_mismatched_sizes": True, "output_loading_info": True})
+        _, info = loader.from_pretrained(
+            source, **{**kwargs, "ignore_mismatched_sizes": True, "output_loading_info": True}
+        )
     except Exception:  # noqa: BLE001 - the first error is reported instead
         return []
     return [(str(k), tuple(a), tuple(b)) for k, a, b in info.get("mismatched_keys", ())]

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from micebench.data.registry import dataset_label
-from micebench.errors import MicebenchError
+from micebench.errors import MicebenchError, not_found
 from micebench.fieldtypes import field_types, type_problem
 from micebench.pipeline import RunConfig
 from micebench.rankers.base import declared_options, option_names, ranker_options
@@ -54,7 +54,7 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     """Parse and check an experiment file; returns the plain dictionary."""
     path = Path(path)
     if not path.is_file():
-        raise MicebenchError(f"experiment file not found: {path}")
+        raise MicebenchError(not_found("experiment file", path))
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from micebench.errors import MicebenchError
+from micebench.errors import MicebenchError, not_found
 
 SEGMENTS: tuple[str, ...] = ("cls", "query", "sep1", "document", "sep2")
 SEGMENT_INDEX = {name: i for i, name in enumerate(SEGMENTS)}
@@ -234,7 +234,7 @@ def parse_schedule(spec: str | Path) -> Schedule:
 def load_schedule_file(path: Path) -> Schedule:
     """Read a schedule from TOML (``[[rules]] from=[...] to=[...] layers=[0, 4]``), YAML or JSON."""
     if not path.is_file():
-        raise ScheduleError(f"schedule file not found: {path}")
+        raise ScheduleError(not_found("schedule file", path))
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(path.read_text())

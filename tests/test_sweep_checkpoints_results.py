@@ -385,3 +385,70 @@ def test_a_listed_family_of_names_taken_literally(capsys, tmp_path, data_dir, co
     extra = ["--dataset", str(data_dir / "adi"), "-o", str(tmp_path / "o")] if command == "run" else []
     code, _, err = cli(capsys, command, *(["--model", name] if command == "run" else [name]), *extra)
     _refused(code, err, message, tmp_path / "o")
+
+
+# -- found by the sweep -------------------------------------------------------------------------------------------
+
+
+def test_a_tokenizer_with_more_ids_than_the_embedding_table(capsys, tmp_path, data_dir, tiny_bert_ce):
+    """A tokenizer from another model over 1,000 embeddings raised an IndexError inside the first batch."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = _copy(tiny_bert_ce, tmp_path / "ck")
+    config = BertConfig(
+        vocab_size=1000, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, num_labels=1
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    capsys.readouterr()  # the save's progress bar
+    code, _, err = _run(capsys, tmp_path, data_dir, "ce", str(folder))
+    message = (
+        "vocab_size 1000 is smaller than the 30522 token ids of tokenizer.json: ids from 1000 on have no embedding"
+    )
+    _refused(code, err, f"damaged checkpoint config: {folder / 'config.json'}: {message}", tmp_path / "o")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("model.safetensors", "model.safetensors (truncated: 8 bytes, shorter than its header)"),
+        (
+            "pytorch_model.bin",
+            "pytorch_model.bin (not a torch weights file micebench can read safely: UnpicklingError)",
+        ),
+    ],
+)
+def test_a_garbage_pylate_dense_weights_file(capsys, tmp_path, data_dir, tiny_bert_encoder, name, message):
+    """A traceback from safetensors or torch.load."""
+    folder = _pylate(tmp_path, tiny_bert_encoder, None)
+    (folder / "1_Dense" / name).write_bytes(b"garbage\n")
+    code, _, err = _run(capsys, tmp_path, data_dir, "colbert", str(folder))
+    _refused(code, err, f"damaged file {folder / '1_Dense'}/{message}", tmp_path / "o")
+
+
+def test_a_checkpoint_folder_that_links_to_itself(capsys, tmp_path, data_dir):
+    os.symlink("ck", tmp_path / "ck")
+    code, _, err = _run(capsys, tmp_path, data_dir, "ce", str(tmp_path / "ck"))
+    _refused(code, err, f"model folder {tmp_path / 'ck'} is a symbolic link in a loop", tmp_path / "o")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--config", "{loop}"], "experiment file {loop} is a symbolic link in a loop"),
+        (["schedules", "{loop}"], "schedule file {loop} is a symbolic link in a loop"),
+        (["report", "--results", "{loop}"], "results folder {loop} is a symbolic link in a loop"),
+        (["results", "{loop}"], "results folder {loop} is a symbolic link in a loop"),
+        (["results", "{file}"], "{file} is a file, not a results folder"),
+        (["report", "--results", "{file}"], "{file} is a file, not a results folder"),
+    ],
+)
+def test_command_paths_that_loop_or_are_files(capsys, tmp_path, args, message):
+    """Reported as "not found" (or, for `results`, as a folder without results)."""
+    loop, file = tmp_path / "x.toml", tmp_path / "afile"
+    os.symlink("x.toml", loop)
+    file.write_text("x")
+    code, _, err = cli(capsys, *(a.format(loop=loop, file=file) for a in args))
+    expected = message.format(loop=loop, file=file)
+    assert code == 2 and expected in " ".join(err.split()) and len(err.strip().splitlines()) == 1, err

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from micebench.cli.app import app, err, guide, out
-from micebench.errors import MicebenchError
+from micebench.errors import MicebenchError, not_found
 
 
 @app.command(epilog=guide("report"))
@@ -61,6 +61,9 @@ def results(
     """Tabulate the finished results under a folder (one row per dataset and ranker)."""
     from micebench.report.collect import load_results
 
+    if not Path(folder).is_dir():
+        problem = f"{folder} is a file, not a results folder" if Path(folder).exists() else None
+        raise MicebenchError(problem or not_found("results folder", folder))
     rows = load_results(folder)
     if not rows:
         raise MicebenchError(f"no finished results under {folder}")

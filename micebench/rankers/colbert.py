@@ -28,7 +28,14 @@ from micebench.models.checkpoints import (
     json_list_of_objects,
     json_object,
 )
-from micebench.models.hf import capped_length, load_weights, move_model, resolve_model, weight_fingerprint
+from micebench.models.hf import (
+    capped_length,
+    load_weights,
+    move_model,
+    resolve_model,
+    safetensors_problem,
+    weight_fingerprint,
+)
 from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
@@ -51,11 +58,18 @@ def _read_tensor_file(folder: Path, names: tuple[str, ...]) -> dict[str, Any]:
     for name in names:
         path = folder / name
         if path.is_file():
-            if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
+            try:
+                if name.endswith(".safetensors"):
+                    from safetensors.torch import load_file
 
-                return load_file(str(path))
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+                    return load_file(str(path))
+                return torch.load(str(path), map_location="cpu", weights_only=True)
+            except Exception as err:  # safetensors, pickle and zip errors of a damaged or foreign file
+                if name.endswith(".safetensors"):
+                    reason = safetensors_problem(path) or first_line(err)
+                else:  # torch's own message advises unsafe loading, which would not mend a damaged file
+                    reason = f"not a torch weights file micebench can read safely: {type(err).__name__}"
+                raise DataError(f"damaged file {path} ({reason})") from None
     return {}
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from micebench.atomic import atomic_write_text
-from micebench.errors import MicebenchError
+from micebench.errors import MicebenchError, not_found
 from micebench.report.collect import Collection
 from micebench.report.efficiency import efficiency_caption, ranker_efficiency
 from micebench.report.plots import dataset_bars, efficiency_frame_to_md, mice_sweeps, pareto_plot
@@ -171,5 +171,6 @@ def check_report_options(
     if not 0 < alpha < 1:  # a level of 1 or more marks every difference significant
         raise MicebenchError(f"--alpha must be between 0 and 1, exclusive (got {alpha})")
     if not Path(results).is_dir():
-        raise MicebenchError(f"results folder not found: {results}")
+        problem = f"{results} is a file, not a results folder" if Path(results).exists() else None
+        raise MicebenchError(problem or not_found("results folder", results))
     return chosen

@@ -206,6 +206,9 @@ def check_architecture(folder: Path) -> None:
     for field, least in ARCHITECTURE_FIELDS.items():
         config_field(data, path, field, int, least=least)
     vocab = config_field(data, path, "vocab_size", int, least=1)
+    rows = embedding_rows(folder)
+    if rows is not None and rows != vocab:
+        return  # config.json disagrees with the weights: loading them names the field
     tokens = tokenizer_size(folder)
     if vocab is not None and tokens is not None and tokens[1] > vocab:
         raise damaged(
@@ -214,6 +217,17 @@ def check_architecture(folder: Path) -> None:
             f"{vocab} is smaller than the {tokens[1]} token ids of {tokens[0].name}: ids from {vocab} on have no "
             "embedding (the tokenizer is not this model's)",
         )
+
+
+def embedding_rows(folder: Path) -> int | None:
+    """Rows of the word-embedding table in a checkpoint's model.safetensors header (None when not found there)."""
+    header = _safetensors_header(folder / "model.safetensors")
+    for name, entry in header.items():
+        if name.endswith(("word_embeddings.weight", "tok_embeddings.weight")) and isinstance(entry, dict):
+            shape = entry.get("shape")
+            if isinstance(shape, list) and shape and isinstance(shape[0], int):
+                return shape[0]
+    return None
 
 
 def tokenizer_size(folder: Path) -> tuple[Path, int] | None:

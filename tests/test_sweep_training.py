@@ -128,6 +128,7 @@ def test_curves_log_the_student_and_teacher_score_scale(capsys, tmp_path, tiny_b
         assert float(record["teacher_margin"]) == pytest.approx(np.mean(np.abs(margins)), rel=1e-5)
         assert float(record["teacher_std"]) == pytest.approx(np.std(scores), rel=1e-5)
         assert float(record["student_std"]) >= 0 and float(record["grad_norm"]) >= 0
+        assert float(record["agreement"]) in (0.0, 0.5, 1.0)  # the share of the step's 2 pairs ordered as the teacher
 
 
 def test_teacher_norm_divides_the_targets_by_the_margin_rms(tmp_path, tiny_bert_ce, collection):

@@ -209,6 +209,8 @@ class Trainer:
             tp = torch.tensor([t.teacher_pos for t in triples], device=device) / self.teacher_scale
             tn = torch.tensor([t.teacher_neg for t in triples], device=device) / self.teacher_scale
             stats |= score_scale(tp, tn, "teacher")
+            # the share of pairs the student orders as the teacher does (scale-free: is it learning the ranking?)
+            stats["agreement"] = float(((pos.detach() - neg.detach()) * (tp - tn) > 0).float().mean())
             self._scale.append(stats)
             return margin_mse(pos, neg, tp, tn)
         self._scale.append(stats)

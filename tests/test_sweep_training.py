@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -210,6 +211,15 @@ def test_patience_stops_the_run_and_a_resume_does_not_go_on(tmp_path, tiny_bert_
     again = Trainer(config, load_student(config), training, validator)
     again.run(resume=True)
     assert again.step == 6
+
+    # below the first stage it re-ranks, a student has not begun to learn the ranking: patience does not count
+    values = iter([0.5, 0.4, 0.45, 0.3, 0.2, 0.1])
+    validator.first_stage = 0.6
+    below = replace(config, output=str(tmp_path / "q"))
+    stuck = Trainer(below, load_student(below), training, validator)
+    stuck.run()
+    assert stuck.step == 12 and "stop" not in stuck.history[-1]
+    assert stuck.health["learned"] is False and "below the first stage" in " ".join(stuck.health["reasons"])
 
 
 def test_the_verdict_on_synthetic_records():

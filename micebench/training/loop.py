@@ -308,11 +308,18 @@ class Trainer:
         return self.output / "best"
 
     def patience_spent(self) -> bool:
-        """True when `patience` validations in a row have not improved on the best one (the convergence rule)."""
+        """True when `patience` validations in a row have not improved on the best one (the convergence rule).
+
+        Counted only once the best value is at or above the first stage the student re-ranks: a student still
+        below it has not begun to learn the ranking (it may be building its score scale) and trains on, to the cap.
+        """
         if self.config.patience < 1:
             return False
         values = [r["validation"] for r in self.history if r.get("validation") is not None]
         if not values:
+            return False
+        first_stage = getattr(self.validator, "first_stage", None)
+        if first_stage is not None and max(values) < first_stage:
             return False
         best_at = max(range(len(values)), key=lambda i: (values[i], -i))  # the first best
         return len(values) - 1 - best_at >= self.config.patience

@@ -106,7 +106,7 @@ def test_a_run_that_does_not_learn_is_warned_about_and_recorded(capsys, tmp_path
         capsys, tiny_bert_ce, collection, tmp_path / "out", "--teacher-scores", str(path), "--lr", "1e-12"
     )
     assert code == 0
-    assert "warning: ce seed 12 did not learn" in err and "constant scorer (25)" in err
+    assert "warning: ce seed 12 did not learn" in err and "constant scorer (25;" in err
     meta = json.loads((tmp_path / "out" / "best" / "micebench_training.json").read_text())
     assert meta["learned"]["learned"] is False and meta["learned"]["constant_loss"] == pytest.approx(25.0)
     assert meta["learned"]["late_loss"] == pytest.approx(25.0, rel=0.05)
@@ -227,6 +227,8 @@ def test_the_verdict_on_synthetic_records():
     flat = [{"step": s, "loss": 9.8} for s in range(1, 41)]
     assert verdict(falling, 5, 10.0, None)["learned"]
     assert not verdict(flat, 5, 10.0, None)["learned"]
+    for level, learned in ((6.0, False), (4.0, True)):  # the line: half the constant scorer's loss
+        assert verdict([{"step": s, "loss": level} for s in range(1, 41)], 5, 10.0, None)["learned"] is learned
     below = [*falling, {"step": 40, "validation": 0.3}]
     result = verdict(below, 5, 10.0, 0.6)
     assert not result["learned"] and "below the first stage" in result["reasons"][0]

@@ -1,8 +1,9 @@
 """Did a training run learn? The two signs of a run that did not, checked after it ends.
 
-- After the warm-up, the loss stays at the level of a scorer that gives every pair the same score: for Margin-MSE
-  that level is the mean squared teacher margin (a constant scorer's margins are all 0), for BCE ln 2 (the best
-  constant logit, 0, on balanced labels), for the listwise loss ln G (a uniform softmax over G documents).
+- After the warm-up, the loss stays at the level of a scorer that gives every pair the same score (not below half
+  of it over the last quarter of the steps): for Margin-MSE that level is the mean squared teacher margin (a
+  constant scorer's margins are all 0), for BCE ln 2 (the best constant logit, 0, on balanced labels), for the
+  listwise loss ln G (a uniform softmax over G documents).
 - The best validation value stays below the first stage the student re-ranks (re-ranking made the ranking worse).
 
 `train` warns on stderr, and the checkpoint's `micebench_training.json` and model card record the verdict.
@@ -13,8 +14,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-#: the loss over the last quarter of the post-warm-up steps must fall below this fraction of the constant level
-LOSS_RATIO = 0.9
+#: the loss over the last quarter of the post-warm-up steps must fall below this fraction of the constant level.
+#: Measured: MICE-l2+2 runs that ranked at random stayed at 0.8-1.0 of it (seed 14, 100 steps; the 2026-12-06
+#: seed 14, about 25 of about 30), students that learned ended at 0.1-0.2 (loss 2-6); a student that only learns
+#: the teacher's mean margin already reaches 0.27 on the BM25 + dense teacher's scores.
+LOSS_RATIO = 0.5
 
 
 def constant_loss(loss: str, teacher_margins: list[float], group_size: int = 2) -> float | None:
@@ -45,7 +49,7 @@ def verdict(
         if constant > 0 and late >= LOSS_RATIO * constant:
             reasons.append(
                 f"the loss after the warm-up ({late:.4g}, mean of the last {len(tail)} steps) stays at the level of "
-                f"a constant scorer ({constant:.4g})"
+                f"a constant scorer ({constant:.4g}; learning brings it below {LOSS_RATIO:g} of that)"
             )
     values = [r["validation"] for r in history if r.get("validation") is not None]
     if values:

@@ -272,3 +272,21 @@ def test_report_leaves_a_failed_seed_out_of_the_mean_and_says_so():
     assert "broken: its training did not learn on any seed" in text
     with pytest.raises(MicebenchError):
         effectiveness_table(collection, baseline="nosuch")
+
+
+def test_a_teacher_ranker_that_scores_nan_is_refused_naming_the_pair(monkeypatch, collection):
+    from micebench.data import load_dataset
+    from micebench.training import run
+    from micebench.training.data import mine_bm25_triples
+
+    dataset = load_dataset(str(collection), split="train")
+    training = mine_bm25_triples(dataset, depth=10, negatives=3)
+
+    def half_nan(model, checkpoint, pairs, dataset, device, max_length):  # a teacher whose 2nd pair is NaN
+        values = np.arange(len(pairs), dtype=float)
+        values[1] = np.nan
+        return values
+
+    monkeypatch.setattr(run, "_teacher_scores", half_nan)
+    with pytest.raises(MicebenchError, match=r"teacher bm25 gave 1 non-finite scores \(e\.g\. query 'q0'"):
+        run.score_with_teacher(training, "bm25", "cpu", dataset=dataset)

@@ -120,7 +120,8 @@ class Trainer:
             raise MicebenchError("--group-size above 2 needs --loss listwise (margin-mse and bce use triples)")
         if config.teacher_norm not in TEACHER_NORMS:
             raise MicebenchError(f"unknown --teacher-norm {config.teacher_norm!r} (use {', '.join(TEACHER_NORMS)})")
-        check_teacher_scores(training)
+        margins = teacher_margins(training)
+        check_teacher_scores(training, margins)
         self.config, self.student, self.training, self.validator = config, student, training, validator
         self.output = Path(config.output)
         self.module = student.trainable_module()
@@ -139,15 +140,14 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.best: float | None = None
         self.autocast = config.bf16 and torch.device(student.device).type == "cuda"
-        margins = [t.teacher_pos - t.teacher_neg for t in training.triples if t.teacher_pos is not None]
         #: teacher scores are divided by this before the loss (1 unless --teacher-norm margin-rms)
         self.teacher_scale = 1.0
-        if config.teacher_norm == "margin-rms" and margins:
-            rms = math.sqrt(sum(m * m for m in margins) / len(margins))
+        if config.teacher_norm == "margin-rms" and margins.size:
+            rms = float(np.sqrt(np.mean(margins**2)))
             self.teacher_scale = rms if rms > 0 else 1.0
         from micebench.training.health import constant_loss
 
-        self.constant_loss = constant_loss(config.loss, [m / self.teacher_scale for m in margins], config.group_size)
+        self.constant_loss = constant_loss(config.loss, margins / self.teacher_scale, config.group_size)
         self.health: dict[str, Any] | None = None  # the verdict of training.health, once the run has ended
         self._scale: list[dict[str, float]] = []  # score-scale statistics of the current step's micro-batches
 
@@ -414,16 +414,26 @@ class Trainer:
 TEACHER_NORMS = ("none", "margin-rms")
 
 
-def check_teacher_scores(training: TrainingSet) -> None:
+def teacher_margins(training: TrainingSet) -> np.ndarray:
+    """Every triple's teacher margin (positive minus negative score) as one array; empty without a teacher."""
+    if not training.triples or training.triples[0].teacher_pos is None:
+        return np.zeros(0)
+    return np.fromiter((t.teacher_pos - t.teacher_neg for t in training.triples), dtype=np.float64)
+
+
+def check_teacher_scores(training: TrainingSet, margins: np.ndarray) -> None:
     """Refuse non-finite teacher scores in one line (a NaN target trains NaN weights)."""
-    for t in training.triples:
-        if t.teacher_pos is None:
-            return
+    bad = np.flatnonzero(~np.isfinite(margins))
+    if bad.size:
+        t = training.triples[int(bad[0])]
         if not (math.isfinite(t.teacher_pos) and math.isfinite(t.teacher_neg)):
             raise DataError(
                 f"{training.source}: non-finite teacher score for query {t.qid!r} "
                 f"(positive {t.pos!r}: {t.teacher_pos}, negative {t.neg!r}: {t.teacher_neg})"
             )
+        raise DataError(
+            f"{training.source}: the teacher margin of query {t.qid!r} ({t.pos!r} against {t.neg!r}) overflows"
+        )
 
 
 def score_scale(pos: torch.Tensor, neg: torch.Tensor, who: str = "student") -> dict[str, float]:

@@ -19,6 +19,10 @@ class EnvironmentFault(MicebenchError):
     """A fault of the machine rather than of the input (a read-only or full disk, ...); the CLI exits with 1."""
 
 
+class TrainingDiverged(EnvironmentFault):
+    """A training run whose loss became non-finite on valid input: the run failed, not the input (exit 1)."""
+
+
 def first_line(error: BaseException) -> str:
     """The first non-blank line of an error's message, or its type's name when the message is empty."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]

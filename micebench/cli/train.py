@@ -65,11 +65,29 @@ def train(
     validate: Annotated[str | None, typer.Option(help="Validation dataset (best checkpoint kept).")] = None,
     validate_top_k: Annotated[int, typer.Option(help="Candidates per validation query (documents, >= 1).")] = 20,
     every: Annotated[int, typer.Option(help="Validate and checkpoint every N steps (>= 1).")] = 1000,
+    holdout: Annotated[
+        int,
+        typer.Option(
+            help="Validate on N of the training queries, held out of training (a fixed seeded split; 0: none)."
+        ),
+    ] = 0,
+    patience: Annotated[
+        int,
+        typer.Option(help="Stop when P validations in a row do not improve on the best (0: train to --steps)."),
+    ] = 0,
+    teacher_norm: Annotated[
+        str,
+        typer.Option(help="none | margin-rms: divide teacher scores by the root mean square of the training margins."),
+    ] = "none",
     grad_accumulation: Annotated[int, typer.Option(help="Micro-batches per step (>= 1).")] = 1,
     output: Annotated[str, typer.Option("--output", "-o", help="Training folder.")] = "checkpoints/run",
     resume: Annotated[bool, typer.Option(help="Continue the run in --output.")] = False,
     max_minutes: Annotated[
         float | None, typer.Option(help="Stop cleanly with a checkpoint after M minutes (> 0).")
+    ] = None,
+    stop_after: Annotated[
+        int | None,
+        typer.Option(help="Stop cleanly with a checkpoint after step N of the schedule (a probe; --resume goes on)."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
     deterministic: DeterministicOption = False,
@@ -105,6 +123,9 @@ def train(
         validate=validate,
         validate_top_k=validate_top_k,
         every=every,
+        holdout=holdout,
+        patience=patience,
+        teacher_norm=teacher_norm,
         output=output,
         device=device,
         extra=dict(model_options or {}),
@@ -117,6 +138,7 @@ def train(
         seeds=seeds,
         resume=resume,
         max_minutes=max_minutes,
+        stop_after=stop_after,
         data_dir=data_dir,
         split=split,
         warmup_given=warmup is not None,

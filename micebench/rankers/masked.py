@@ -13,6 +13,9 @@ from micebench.rankers.options import MaskedOptions
 from micebench.rankers.registry import register_ranker, register_ranker_pattern
 from micebench.schedules import PRESET_HELP, Schedule, is_preset, parse_schedule
 
+#: the config.json key of the schedule a masked-ce checkpoint was trained with
+SCHEDULE_KEY = "micebench_schedule"
+
 
 @register_ranker("masked-ce", "cross-encoder with a per-layer attention schedule (--schedule mask2, ...)")
 class MaskedCrossEncoderRanker(CrossEncoderRanker):
@@ -25,6 +28,10 @@ class MaskedCrossEncoderRanker(CrossEncoderRanker):
         schedule = options.schedule
         self.schedule = schedule if isinstance(schedule, Schedule) else parse_schedule(schedule)
         super().__init__(options)
+        saved = getattr(self.model.config, SCHEDULE_KEY, None)
+        if saved and not self.schedule.rules and self.schedule.name in ("none", "full"):
+            # a checkpoint trained with a schedule carries it: `--model masked-ce --checkpoint X` scores as trained
+            self.schedule = Schedule.from_dict(saved)
         self.num_layers = self.model.config.num_hidden_layers
         self.schedule.validate(self.num_layers)
         self.layer_masks = LayerMasks(self.model)
@@ -43,6 +50,11 @@ class MaskedCrossEncoderRanker(CrossEncoderRanker):
     def forward(self, batch: Any, **kwargs: Any) -> Any:
         with self.layer_masks.apply(self.masks_for(batch)):
             return super().forward(batch, **kwargs)
+
+    def save_checkpoint(self, folder: Path) -> None:
+        """The cross-encoder's checkpoint with the schedule in its config.json (read back when none is given)."""
+        setattr(self.model.config, SCHEDULE_KEY, self.schedule.as_dict())
+        super().save_checkpoint(folder)
 
     def effective_options(self) -> dict[str, Any]:
         return {**super().effective_options(), "schedule": self.schedule.as_dict()}

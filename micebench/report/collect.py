@@ -91,8 +91,23 @@ def _run_row(folder: Path, manifest: dict[str, Any], queries: int, index: dict[s
         "params": info.get("parameters"),
         "rerank_ms_per_query": 1e3 * float(manifest.get("timings", {}).get("rerank_s", 0.0)) / max(queries, 1),
         "store": (manifest.get("config", {}).get("options") or {}).get("precomputed"),
+        "learned": training_verdict(manifest),
         "folder": str(folder),
     }
+
+
+def training_verdict(manifest: dict[str, Any]) -> bool | None:
+    """Whether the checkpoint a result scored with learned, as `train` recorded it in the checkpoint's
+    micebench_training.json (None: not a micebench-trained checkpoint, or a run from before the check)."""
+    checkpoint = (manifest.get("config", {}).get("options") or {}).get("checkpoint")
+    if not isinstance(checkpoint, str) or not checkpoint:
+        return None
+    path = Path(checkpoint).expanduser() / "micebench_training.json"
+    try:
+        learned = json.loads(path.read_text(encoding="utf-8")).get("learned")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return bool(learned["learned"]) if isinstance(learned, dict) and "learned" in learned else None
 
 
 def _read_index(folder: Path | None, skipped: list[str]) -> dict[str, Any]:

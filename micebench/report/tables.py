@@ -6,7 +6,7 @@ import html
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 UP, DOWN = "▲", "▼"
+#: a ranker with seeds whose training did not learn (see micebench.training.health)
+NOT_LEARNED = "†"
 #: Names (ranker labels, then models) taken as the first stage, the default baseline.
 FIRST_STAGES = ("bm25", "first-stage")
 TEST_NAMES = {"student": "paired t-test", "fisher": "paired Fisher randomization test"}
@@ -42,6 +44,8 @@ class EffectivenessTable:
     seeds: dict[str, int] = field(default_factory=dict)
     backbones: dict[str, str] = field(default_factory=dict)
     baseline_reason: str = ""  # why the baseline was chosen when none was given
+    #: rankers with seeds whose training did not learn (train's check): {ranker: (failed seeds, all seeds failed)}
+    failed: dict[str, tuple[list[Any], bool]] = field(default_factory=dict)
 
     def best(self) -> dict[str, str]:
         return {c: str(self.mean[c].idxmax()) for c in self.columns if self.mean[c].notna().any()}
@@ -64,6 +68,14 @@ class EffectivenessTable:
             )
         else:
             text += " No significance marks: no first stage (bm25) or ce in the table; choose one with --baseline."
+        for ranker, (seeds_failed, every) in self.failed.items():
+            which = "/".join(map(str, seeds_failed))
+            text += (
+                f" {NOT_LEARNED} {ranker}: its training did not learn on any seed ({which}); these values are of an "
+                "untrained model."
+                if every
+                else f" {NOT_LEARNED} {ranker}: seed(s) {which} did not learn (train's check): left out of the mean."
+            )
         return text + " Best per column in bold; ID/OOD avg: mean over the group's datasets."
 
     def _datasets_phrase(self) -> str:
@@ -81,7 +93,8 @@ class EffectivenessTable:
         text = f"{100 * value:.1f}"
         if show_std and column in self.std.columns and not math.isnan(self.std.at[ranker, column]):
             text += f" ± {100 * self.std.at[ranker, column]:.1f}"
-        return text + (self.marks.at[ranker, column] if column in self.marks.columns else "")
+        text += self.marks.at[ranker, column] if column in self.marks.columns else ""
+        return text + (NOT_LEARNED if ranker in self.failed else "")
 
 
 def _metric_column(perquery: pd.DataFrame, metric: str) -> str:
@@ -131,6 +144,7 @@ def effectiveness_table(
         baseline, reason = default_baseline(collection, rankers)
     elif baseline not in rankers:
         raise MicebenchError(f"baseline {baseline!r} is not in the table (rankers: {', '.join(rankers)})")
+    pq, failed = drop_failed_seeds(pq, collection.runs)
     per_seed = pq.groupby(["ranker", "dataset", "seed"])[column].mean()
     mean = per_seed.groupby(["ranker", "dataset"]).mean().unstack("dataset").reindex(index=rankers, columns=datasets)
     std = (
@@ -186,7 +200,30 @@ def effectiveness_table(
         seeds=seeds,
         backbones=backbones,
         baseline_reason=reason,
+        failed=failed,
     )
+
+
+def drop_failed_seeds(
+    perquery: pd.DataFrame, runs: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[str, tuple[list[Any], bool]]]:
+    """Per-query values less the seeds whose training did not learn (runs' `learned` is False), so no mean or test
+    averages them in silently; a ranker whose every seed failed keeps its values (and is marked as untrained)."""
+    if "learned" not in runs or runs.empty:
+        return perquery, {}
+    bad = runs[runs["learned"].eq(False)]  # None (unknown) is kept
+    failed: dict[str, tuple[list[Any], bool]] = {}
+    drop = set()
+    for ranker, rows in bad.groupby("ranker", sort=False):
+        seeds_failed = sorted(set(rows["seed"]))
+        every = set(seeds_failed) >= set(runs.loc[runs["ranker"] == ranker, "seed"])
+        failed[str(ranker)] = (seeds_failed, every)
+        if not every:
+            drop |= {(ranker, seed) for seed in seeds_failed}
+    if drop:
+        keys = list(zip(perquery["ranker"], perquery["seed"], strict=True))
+        perquery = perquery[[key not in drop for key in keys]]
+    return perquery, failed
 
 
 def _header(table: EffectivenessTable) -> list[str]:
@@ -234,6 +271,7 @@ _LATEX = {
     "–": r"\textendash{}",
     "±": r"$\pm$",
     UP: r"$^\blacktriangle$",
+    NOT_LEARNED: r"\textdagger{}",
     DOWN: r"$^\blacktriangledown$",
 }
 _LATEX_PATTERN = re.compile(

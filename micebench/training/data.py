@@ -7,9 +7,14 @@
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from micebench.data.base import Dataset
 from micebench.errors import DataError
@@ -38,12 +43,79 @@ class TrainingSet:
             raise DataError(f"training set {self.source!r} is empty (no query with a positive and a negative)")
 
 
-def mine_bm25_triples(dataset: Dataset, depth: int = 100, negatives: int = 20, seed: int = 0) -> TrainingSet:
-    """For each query with relevant documents, pair each positive with `negatives` BM25 top-`depth` non-relevant."""
+#: the seed of the held-out validation split: fixed, so every family and every training seed validates on the
+#: same queries and trains on the same others
+HOLDOUT_SEED = 20260
+
+
+def orphan_judged_queries(dataset: Dataset) -> None:
+    """Refuse judged query ids absent from the queries, as `run` does (training would silently drop them)."""
+    orphans = sorted(set(dataset.qrels()) - set(dataset.queries()))
+    if orphans:
+        raise DataError(
+            f"dataset {dataset.name!r}: {len(orphans)} judged query ids are absent from the queries "
+            f"(e.g. {orphans[0]!r})"
+        )
+
+
+def holdout_queries(dataset: Dataset, count: int) -> set[str]:
+    """`count` of the dataset's judged queries with a relevant document, drawn by a fixed seed (the same split for
+    every family and training seed): validated on, never trained on."""
+    qrels = dataset.qrels()
+    eligible = sorted(
+        q for q, t in dataset.queries().items() if t.strip() and any(g > 0 for g in qrels.get(q, {}).values())
+    )
+    if count >= len(eligible):
+        raise DataError(
+            f"--holdout {count} leaves nothing to train on: {dataset.name!r} has {len(eligible)} judged queries"
+        )
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(len(eligible))
+    return {eligible[i] for i in order[:count]}
+
+
+class QuerySubset(Dataset):
+    """A dataset restricted to some of its queries (the held-out validation queries); same corpus and facts."""
+
+    def __init__(self, base: Dataset, qids: set[str], label: str) -> None:
+        self.base, self.qids = base, set(qids)
+        self.name, self.source, self.facts = f"{base.name} ({label})", base.source, base.facts
+
+    def queries(self) -> dict[str, str]:
+        return {q: t for q, t in self.base.queries().items() if q in self.qids}
+
+    def qrels(self) -> Any:
+        return {q: j for q, j in self.base.qrels().items() if q in self.qids}
+
+    def iter_docs(self) -> Iterator[tuple[str, str]]:
+        return self.base.iter_docs()
+
+    def doc_texts(self, docnos: Iterable[str]) -> dict[str, str]:
+        return self.base.doc_texts(docnos)
+
+    def absent_docs(self, docnos: Iterable[str]) -> list[str]:
+        return self.base.absent_docs(docnos)
+
+    def candidate_names(self) -> list[str]:
+        return self.base.candidate_names()
+
+    def candidates(self, name: str) -> Any:
+        return {q: r for q, r in self.base.candidates(name).items() if q in self.qids}
+
+    def fingerprint(self) -> str:
+        return self.base.fingerprint()  # the same corpus: the BM25 index is shared
+
+
+def mine_bm25_triples(
+    dataset: Dataset, depth: int = 100, negatives: int = 20, seed: int = 0, exclude: Iterable[str] = ()
+) -> TrainingSet:
+    """For each query with relevant documents, pair each positive with `negatives` BM25 top-`depth` non-relevant
+    (queries in `exclude`, the held-out validation queries, are left out)."""
     from micebench.firststage.bm25 import bm25_index_for
 
+    orphan_judged_queries(dataset)
     qrels = dataset.qrels()
-    queries = {q: t for q, t in dataset.queries().items() if q in qrels and t.strip()}
+    left_out = set(exclude)
+    queries = {q: t for q, t in dataset.queries().items() if q in qrels and t.strip() and q not in left_out}
     if not queries:
         raise DataError(f"dataset {dataset.name!r} has no judged query to train on")
     run = bm25_index_for(dataset).search(queries, depth)
@@ -80,6 +152,8 @@ def read_teacher_scores(path: str | Path, dataset: Dataset) -> TrainingSet:
                 pos_score, neg_score = float(parts[0]), float(parts[1])
             except ValueError:
                 raise DataError(f"{path}:{lineno}: teacher scores are not numbers") from None
+            if not (math.isfinite(pos_score) and math.isfinite(neg_score)):
+                raise DataError(f"{path}:{lineno}: teacher scores must be finite (got {parts[0]!r}, {parts[1]!r})")
             triples.append(Triple(parts[2], parts[3], parts[4], pos_score, neg_score))
     queries = dataset.queries()
     unknown = [t.qid for t in triples if t.qid not in queries]

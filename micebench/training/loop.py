@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from micebench.errors import MicebenchError, first_line
+from micebench.errors import DataError, MicebenchError, TrainingDiverged, first_line
 from micebench.rankers.base import Trainable
 from micebench.training.data import TrainingSet
 from micebench.training.losses import LOSSES, bce, listwise, margin_mse
@@ -58,9 +58,18 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    holdout: int = 0  # training queries held out (a fixed seeded split) to validate on instead of --validate
+    patience: int = 0  # stop after this many validations without improvement (0: train to --steps)
+    teacher_norm: str = "none"  # "margin-rms": teacher scores divided by the RMS of the training set's margins
 
     def fingerprint(self) -> str:
-        keep = {k: v for k, v in asdict(self).items() if k not in ("output", "device", "every")}
+        # options added after the first release are hashed only when set, so older runs still resume
+        later = {"holdout": 0, "patience": 0, "teacher_norm": "none"}
+        keep = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("output", "device", "every", "patience") and not (k in later and later[k] == v)
+        }
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -109,6 +118,10 @@ class Trainer:
             )
         if config.group_size > 2 and config.loss != "listwise":
             raise MicebenchError("--group-size above 2 needs --loss listwise (margin-mse and bce use triples)")
+        if config.teacher_norm not in TEACHER_NORMS:
+            raise MicebenchError(f"unknown --teacher-norm {config.teacher_norm!r} (use {', '.join(TEACHER_NORMS)})")
+        margins = teacher_margins(training)
+        check_teacher_scores(training, margins)
         self.config, self.student, self.training, self.validator = config, student, training, validator
         self.output = Path(config.output)
         self.module = student.trainable_module()
@@ -127,6 +140,16 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.best: float | None = None
         self.autocast = config.bf16 and torch.device(student.device).type == "cuda"
+        #: teacher scores are divided by this before the loss (1 unless --teacher-norm margin-rms)
+        self.teacher_scale = 1.0
+        if config.teacher_norm == "margin-rms" and margins.size:
+            rms = float(np.sqrt(np.mean(margins**2)))
+            self.teacher_scale = rms if rms > 0 else 1.0
+        from micebench.training.health import constant_loss
+
+        self.constant_loss = constant_loss(config.loss, margins / self.teacher_scale, config.group_size)
+        self.health: dict[str, Any] | None = None  # the verdict of training.health, once the run has ended
+        self._scale: list[dict[str, float]] = []  # score-scale statistics of the current step's micro-batches
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def save_state(self) -> None:
@@ -180,11 +203,17 @@ class Trainer:
         docs = [self.training.docs[t.pos] for t in triples] + [self.training.docs[t.neg] for t in triples]
         scores = self._scores(queries + queries, docs)
         pos, neg = scores[: len(triples)], scores[len(triples) :]
+        stats = score_scale(pos.detach(), neg.detach())
         if self.config.loss == "margin-mse":
             device = scores.device
-            tp = torch.tensor([t.teacher_pos for t in triples], device=device)
-            tn = torch.tensor([t.teacher_neg for t in triples], device=device)
+            tp = torch.tensor([t.teacher_pos for t in triples], device=device) / self.teacher_scale
+            tn = torch.tensor([t.teacher_neg for t in triples], device=device) / self.teacher_scale
+            stats |= score_scale(tp, tn, "teacher")
+            # the share of pairs the student orders as the teacher does (scale-free: is it learning the ranking?)
+            stats["agreement"] = float(((pos.detach() - neg.detach()) * (tp - tn) > 0).float().mean())
+            self._scale.append(stats)
             return margin_mse(pos, neg, tp, tn)
+        self._scale.append(stats)
         return bce(pos, neg) if self.config.loss == "bce" else listwise(pos, neg)
 
     def grouped_listwise_loss(self, triples: list[Any], keys: Any) -> torch.Tensor:
@@ -203,6 +232,7 @@ class Trainer:
             queries.extend([self.training.queries[t.qid]] * (group + 1))
             docs.extend(self.training.docs[d] for d in [t.pos] + chosen[:group])
         scores = self._scores(queries, docs).view(len(triples), group + 1)
+        self._scale.append(score_scale(scores[:, 0].detach(), scores[:, 1].detach()))
         return listwise(scores[:, 0], scores[:, 1:])
 
     def train_step(self) -> float:
@@ -210,15 +240,27 @@ class Trainer:
         indices = batch_indices(self.config.seed, self.step, self.config.batch_size, len(self.training.triples))
         chunks = np.array_split(indices, self.config.grad_accumulation)
         total = 0.0
+        self._scale = []
         for chunk in chunks:
             loss = self.loss_on([self.training.triples[i] for i in chunk], chunk) * (len(chunk) / len(indices))
+            if not torch.isfinite(loss.detach()):
+                # stop before the optimiser step: no weight becomes non-finite, best/ keeps what it held
+                raise TrainingDiverged(
+                    f"training diverged: the loss is {float(loss.detach())} at step {self.step + 1} "
+                    f"(lower --lr, or check the teacher scores); the last checkpoint in {self.output / 'last'} "
+                    "is from before"
+                )
             loss.backward()
             total += float(loss.detach())
-        torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self.last_scale = (
+            {k: float(np.mean([s[k] for s in self._scale])) for k in self._scale[0]} if self._scale else {}
+        )
+        self.last_scale["grad_norm"] = float(norm)
         return total
 
     # -- the loop -----------------------------------------------------------------------------------------------
@@ -234,9 +276,9 @@ class Trainer:
         started = time.monotonic()
         with progress_bar(f"training {self.student.name}", total=self.config.steps, unit="steps") as bar:
             bar.advance(self.step)
-            while self.step < self.config.steps:
+            while self.step < self.config.steps and not self.patience_spent():
                 loss = self.train_step()
-                record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+                record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], **self.last_scale}
                 if self.validator is not None and (
                     self.step % self.config.every == 0 or self.step == self.config.steps
                 ):
@@ -256,11 +298,38 @@ class Trainer:
                     self.save_state()
                     self.write_curves()
                     return self.output / "best"
+        if self.patience_spent() and self.history and "stop" not in self.history[-1]:
+            self.history[-1]["stop"] = "patience"  # curves.csv says the run ended early, by the rule
         self.save_state()
+        self.health = self.judge()
         if self.validator is None:
             self._save_best(None)
         self.write_curves()
         return self.output / "best"
+
+    def patience_spent(self) -> bool:
+        """True when `patience` validations in a row have not improved on the best one (the convergence rule).
+
+        Counted only once the best value is at or above the first stage the student re-ranks: a student still
+        below it has not begun to learn the ranking (it may be building its score scale) and trains on, to the cap.
+        """
+        if self.config.patience < 1:
+            return False
+        values = [r["validation"] for r in self.history if r.get("validation") is not None]
+        if not values:
+            return False
+        first_stage = getattr(self.validator, "first_stage", None)
+        if first_stage is not None and max(values) < first_stage:
+            return False
+        best_at = max(range(len(values)), key=lambda i: (values[i], -i))  # the first best
+        return len(values) - 1 - best_at >= self.config.patience
+
+    def judge(self) -> dict[str, Any]:
+        """Whether this run learned (see training.health), from its records."""
+        from micebench.training.health import verdict
+
+        first_stage = getattr(self.validator, "first_stage", None)
+        return verdict(self.history, min(self.config.warmup, self.config.steps), self.constant_loss, first_stage)
 
     def _validate(self) -> float:
         value = float(self.validator(self.student))
@@ -276,6 +345,8 @@ class Trainer:
             "validation": value,
             "training_set": self.training.source,
             "triples": len(self.training.triples),
+            "teacher_scale": self.teacher_scale,
+            "learned": self.health,
         }
         tmp = self.output / f".best.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -299,6 +370,7 @@ class Trainer:
             history=history,
             training_set=self.training.source,
             triples=len(self.training.triples),
+            learned=self.health,
         )
         write_model_card(folder, asdict(self.config), facts, self.output.resolve().name)
 
@@ -309,8 +381,11 @@ class Trainer:
         if not self.history:
             return
         best = self.output / "best" / "micebench_training.json"
-        if best.is_file():  # the best checkpoint's card gets the whole validation curve
+        if best.is_file():  # the best checkpoint's card gets the whole validation curve, and the run's verdict
             meta = json.loads(best.read_text(encoding="utf-8"))
+            if self.health is not None:
+                meta["learned"] = self.health
+                best.write_text(json.dumps(meta, indent=2, default=str) + "\n")
             self.write_card(best.parent, meta["step"], meta["validation"], self.history)
         frame = pd.DataFrame(self.history)
         frame.to_csv(self.output / "curves.csv", index=False)
@@ -334,6 +409,42 @@ class Trainer:
         plt.close(fig)
 
 
+#: --teacher-norm: "none" keeps the teacher's scores; "margin-rms" divides them by the root mean square of the
+#: training set's teacher margins, so the margins the student must reach have unit size whatever the teacher
+TEACHER_NORMS = ("none", "margin-rms")
+
+
+def teacher_margins(training: TrainingSet) -> np.ndarray:
+    """Every triple's teacher margin (positive minus negative score) as one array; empty without a teacher."""
+    if not training.triples or training.triples[0].teacher_pos is None:
+        return np.zeros(0)
+    return np.fromiter((t.teacher_pos - t.teacher_neg for t in training.triples), dtype=np.float64)
+
+
+def check_teacher_scores(training: TrainingSet, margins: np.ndarray) -> None:
+    """Refuse non-finite teacher scores in one line (a NaN target trains NaN weights)."""
+    bad = np.flatnonzero(~np.isfinite(margins))
+    if bad.size:
+        t = training.triples[int(bad[0])]
+        if not (math.isfinite(t.teacher_pos) and math.isfinite(t.teacher_neg)):
+            raise DataError(
+                f"{training.source}: non-finite teacher score for query {t.qid!r} "
+                f"(positive {t.pos!r}: {t.teacher_pos}, negative {t.neg!r}: {t.teacher_neg})"
+            )
+        raise DataError(
+            f"{training.source}: the teacher margin of query {t.qid!r} ({t.pos!r} against {t.neg!r}) overflows"
+        )
+
+
+def score_scale(pos: torch.Tensor, neg: torch.Tensor, who: str = "student") -> dict[str, float]:
+    """The scale of one batch's scores: their standard deviation and the mean |positive - negative| margin."""
+    both = torch.cat([pos, neg]).float()
+    return {
+        f"{who}_std": float(both.std(unbiased=False)),
+        f"{who}_margin": float((pos - neg).abs().float().mean()),
+    }
+
+
 def make_validator(dataset: Any, top_k: int) -> Any:
     """A function student -> the dataset's validation measure (its registry says: nDCG@10, RR@10 for MS MARCO dev)
     on its first-stage top-k."""
@@ -344,6 +455,7 @@ def make_validator(dataset: Any, top_k: int) -> Any:
         raise MicebenchError(f"validation set {dataset.name!r} has no judged queries")
     frame = candidates_frame(dataset, first_stage(dataset, "auto", top_k), with_text=True)
     measure = dataset.validation_measure
+    baseline = dataset.evaluate(frame_to_run(frame), [measure]).means[measure]
 
     def validate(student: Any) -> float:
         student.trainable_module().eval()
@@ -353,4 +465,5 @@ def make_validator(dataset: Any, top_k: int) -> Any:
         return value if not math.isnan(value) else 0.0
 
     validate.measure = measure  # type: ignore[attr-defined]  # named in the model card
+    validate.first_stage = None if math.isnan(baseline) else float(baseline)  # type: ignore[attr-defined]
     return validate

@@ -33,6 +33,7 @@ class CardFacts:
     history: list[dict[str, Any]]  # training records: step, loss, lr, validation
     training_set: str  # where the triples came from
     triples: int
+    learned: dict[str, Any] | None = None  # training.health's verdict once the run has ended (None: still running)
 
 
 def _base_model(init: str) -> str | None:
@@ -144,7 +145,18 @@ def card_text(train: dict[str, Any], facts: CardFacts, checkpoint_config: dict[s
         ]
     else:
         lines.append("No validation set: these are the final weights.")
+    if facts.learned is not None and not facts.learned.get("learned", True):
+        lines += [
+            "",
+            "## Warning: this run did not learn",
+            "",
+            *(f"- {reason}." for reason in facts.learned.get("reasons", [])),
+            "",
+            "Do not use these weights as a trained model; see the training guide's convergence rule.",
+        ]
     family = facts.family if facts.family != "mice" or not mice else f"mice-l{mice['merge_layer']}+{mice['top_layers']}"
+    saved = checkpoint_config.get("micebench_schedule") or {}
+    schedule = saved.get("name") if facts.family == "masked-ce" and saved.get("rules") else None
     lines += [
         "",
         "## Use",
@@ -154,6 +166,15 @@ def card_text(train: dict[str, Any], facts: CardFacts, checkpoint_config: dict[s
         "huggingface-cli download REPO_ID --local-dir my-checkpoint   # or use this folder as it is",
         f"micebench run --model {family} --checkpoint my-checkpoint --dataset trec-dl-19",
         "```",
+        *(
+            [
+                "",
+                f"The checkpoint carries its attention schedule ({schedule}) in `config.json` "
+                "(`micebench_schedule`): `--model masked-ce` scores with it, no `--schedule` needed.",
+            ]
+            if schedule
+            else []
+        ),
         "",
         "```python",
         "from micebench.rankers.base import load_ranker",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,12 @@ import pandas as pd
 from micebench.atomic import atomic_write_text
 from micebench.errors import MicebenchError
 from micebench.training.data import (
+    QuerySubset,
     TrainingSet,
     Triple,
+    holdout_queries,
     mine_bm25_triples,
+    orphan_judged_queries,
     read_teacher_scores,
     write_teacher_scores,
 )
@@ -105,6 +109,13 @@ def score_with_teacher(
             spread = by_query.transform(lambda v: v.std(ddof=0)).to_numpy()
             values = (values - by_query.transform("mean").to_numpy()) / np.where(spread > 0, spread, 1.0)
         total += values
+    bad = [i for i, v in enumerate(total) if not np.isfinite(v)]
+    if bad:
+        row = pairs.iloc[bad[0]]
+        raise MicebenchError(
+            f"teacher {spec} gave {len(bad)} non-finite scores (e.g. query {row['qid']!r}, document "
+            f"{row['docno']!r}): a teacher must score every training pair with a finite number"
+        )
     scores = dict(zip(zip(pairs["qid"], pairs["docno"], strict=True), total.tolist(), strict=True))
     triples = [Triple(t.qid, t.pos, t.neg, scores[(t.qid, t.pos)], scores[(t.qid, t.neg)]) for t in training.triples]
     return TrainingSet(triples, training.queries, training.docs, f"{training.source}; teacher {spec}")
@@ -122,10 +133,14 @@ def _teacher_files(spec: str | None) -> dict[str, list[int]]:
     return found
 
 
-def build_training_set(config: TrainConfig, data_dir: str | None, split: str | None) -> TrainingSet:
+def build_training_set(
+    config: TrainConfig, data_dir: str | None, split: str | None, dataset: Any = None, held_out: set[str] | None = None
+) -> TrainingSet:
+    """The training triples with their teacher scores; `held_out` queries (the validation split) are left out."""
     from micebench.data import load_dataset
 
-    dataset = load_dataset(config.train, data_dir, split)
+    dataset = dataset if dataset is not None else load_dataset(config.train, data_dir, split)
+    held_out = held_out or set()
     cache = Path(config.output) / "teacher_scores.tsv"
     # the cache is reused only for the same teacher, triples and token budget (its sidecar says which)
     key = json.dumps(
@@ -138,22 +153,35 @@ def build_training_set(config: TrainConfig, data_dir: str | None, split: str | N
             "negatives_depth": config.negatives_depth,
             "negatives_per_query": config.negatives_per_query,
             "seed": config.seed,
-        },
+        }
+        | ({"holdout": config.holdout} if config.holdout else {}),
         sort_keys=True,
     )
     sidecar = cache.with_suffix(".json")
     if config.teacher_scores:
-        return read_teacher_scores(config.teacher_scores, dataset)
+        orphan_judged_queries(dataset)
+        return without_queries(read_teacher_scores(config.teacher_scores, dataset), held_out)
     if config.teacher and cache.is_file() and sidecar.is_file() and sidecar.read_text() == key:
         return read_teacher_scores(cache, dataset)
     sidecar.unlink(missing_ok=True)
-    training = mine_bm25_triples(dataset, config.negatives_depth, config.negatives_per_query, config.seed)
+    training = mine_bm25_triples(
+        dataset, config.negatives_depth, config.negatives_per_query, config.seed, exclude=held_out
+    )
     if config.teacher:
         training = score_with_teacher(training, config.teacher, config.device, config.max_length, dataset)
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_teacher_scores(training, cache)
         atomic_write_text(sidecar, key)
     return training
+
+
+def without_queries(training: TrainingSet, held_out: set[str]) -> TrainingSet:
+    """The training set less the triples of the held-out validation queries."""
+    if not held_out:
+        return training
+    triples = [t for t in training.triples if t.qid not in held_out]
+    queries = {q: t for q, t in training.queries.items() if q not in held_out}
+    return TrainingSet(triples, queries, training.docs, f"{training.source} less {len(held_out)} held-out queries")
 
 
 def check_training_numbers(
@@ -179,6 +207,26 @@ def check_training_numbers(
     for flag, (value, least) in whole.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise MicebenchError(f"{flag} must be a whole number of at least {least} (got {value!r})")
+    from micebench.pipeline import SEED_RANGE
+
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+        raise MicebenchError(f"--seed must be a whole number (got {config.seed!r})")
+    last_seed = config.seed + max(seeds, 1) - 1
+    if config.seed < SEED_RANGE[0] or last_seed > SEED_RANGE[1]:
+        span = f"--seed {config.seed}" if seeds == 1 else f"--seed {config.seed} --seeds {seeds} (up to {last_seed})"
+        raise MicebenchError(f"{span}: every seed must be between {SEED_RANGE[0]} and 2**32 - 1")
+    if config.holdout < 0 or config.patience < 0:
+        raise MicebenchError(
+            f"--holdout and --patience must be whole numbers of at least 0 (got {config.holdout}, {config.patience})"
+        )
+    from micebench.training.loop import TEACHER_NORMS
+
+    if config.teacher_norm not in TEACHER_NORMS:
+        raise MicebenchError(f"unknown --teacher-norm {config.teacher_norm!r} (use {', '.join(TEACHER_NORMS)})")
+    if config.holdout and config.validate:
+        raise MicebenchError("give --validate DATASET or --holdout N (validate on held-out training queries), not both")
+    if config.patience and not (config.validate or config.holdout):
+        raise MicebenchError("--patience needs validation: --holdout N or --validate DATASET")
     if warmup_given and config.warmup > config.steps:
         raise MicebenchError(f"--warmup {config.warmup} is longer than --steps {config.steps}")
     if not (isinstance(config.lr, int | float) and math.isfinite(config.lr) and config.lr > 0):
@@ -195,6 +243,7 @@ def train_models(
     data_dir: str | None = None,
     split: str | None = None,
     warmup_given: bool = False,
+    stop_after: int | None = None,
 ) -> list[Path]:
     """Train one model per seed (seed, seed+1, ...); with several seeds each goes to `<output>/seed-<s>/`."""
     from micebench.data import load_dataset
@@ -202,12 +251,21 @@ def train_models(
 
     student_options(config)  # the model can be trained and takes every option given, before any other check
     check_training_numbers(config, seeds, max_minutes, warmup_given)
+    if stop_after is not None and not 1 <= stop_after:
+        raise MicebenchError(f"--stop-after must be a whole number of at least 1 (got {stop_after})")
     if config.loss == "margin-mse" and not (config.teacher or config.teacher_scores):
         raise MicebenchError("margin-mse needs --teacher (a ranker spec) or --teacher-scores (a TSV file)")
     validator = None
     if config.validate:
         validator = make_validator(load_dataset(config.validate, data_dir), config.validate_top_k)
-    training = build_training_set(config, data_dir, split)
+    dataset, held_out = None, set()
+    if config.holdout:
+        dataset = load_dataset(config.train, data_dir, split)
+        orphan_judged_queries(dataset)
+        held_out = holdout_queries(dataset, config.holdout)
+        subset = QuerySubset(dataset, held_out, f"{config.holdout} held-out training queries")
+        validator = make_validator(subset, config.validate_top_k)
+    training = build_training_set(config, data_dir, split, dataset, held_out)
     written = []
     for offset in range(seeds):
         run_config = (
@@ -222,5 +280,10 @@ def train_models(
         seed_everything(run_config.seed)
         student = load_student(run_config)
         trainer = Trainer(run_config, student, training, validator)
-        written.append(trainer.run(resume=resume and begun, max_minutes=max_minutes))
+        written.append(trainer.run(resume=resume and begun, max_minutes=max_minutes, stop_after=stop_after))
+        if trainer.health is not None and not trainer.health["learned"]:
+            from micebench.training.health import warning_text
+
+            name = f"{config.model} seed {run_config.seed}"
+            print(warning_text(name, trainer.health), file=sys.stderr, flush=True)
     return written

@@ -124,7 +124,11 @@ def _teacher_files(spec: str | None) -> dict[str, list[int]]:
 
 def build_training_set(config: TrainConfig, data_dir: str | None, split: str | None) -> TrainingSet:
     from micebench.data import load_dataset
+    from micebench.data.registry import data_dir as mirror
+    from micebench.data.registry import where
 
+    if split is None:  # a local folder trains on its train qrels; an ir_datasets id names its split itself
+        split = "train" if where(config.train, mirror(data_dir))[0] == "local" else None
     dataset = load_dataset(config.train, data_dir, split)
     cache = Path(config.output) / "teacher_scores.tsv"
     # the cache is reused only for the same teacher, triples and token budget (its sidecar says which)

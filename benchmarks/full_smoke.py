@@ -76,7 +76,7 @@ def _msmarco(root: Path, rng: random.Random) -> None:
     """collection.tsv, queries and qrels of train / dev.small / TREC DL 2019 and 2020, their `ms.run` files
     (qid<TAB>pid, the form ir_datasets extracts from top1000.*: no scores), and the teacher-score file."""
     base = root / "msmarco-passage"
-    passages = {str(7_000_000 + i): (i % len(TOPICS), _text(rng, i % len(TOPICS), 12 + i % 20)) for i in range(60)}
+    passages = {str(7_000_000 + i): (i % len(TOPICS), _text(rng, i % len(TOPICS), 12 + i % 20)) for i in range(40)}
     _write(base / "collection.tsv", [f"{pid}\t{text}" for pid, (_, text) in passages.items()])
     by_topic = {t: [p for p, (topic, _) in passages.items() if topic == t] for t in range(len(TOPICS))}
 
@@ -93,7 +93,7 @@ def _msmarco(root: Path, rng: random.Random) -> None:
             lines += [f"{qid}\t{pid}" for pid in ranked[:depth]]
         return lines
 
-    train = queries(100, 12)
+    train = queries(100, 8)
     _write(base / "train" / "queries.tsv", query_lines(train))
     _write(base / "train" / "qrels", [f"{qid} 0 {by_topic[t][0]} 1" for qid, t in train.items()])
     _write(base / "train" / "ms.run", ms_run(train, 40))
@@ -103,28 +103,26 @@ def _msmarco(root: Path, rng: random.Random) -> None:
             teacher.append(f"{rng.uniform(4, 9):.7g}\t{rng.uniform(-8, 2):.7g}\t{qid}\t{by_topic[t][0]}\t{neg}")
     _write(root / "bert_cat_ensemble_msmarcopassage_train_scores_ids.tsv", teacher)
 
-    dev = queries(1_048_500, 6)
+    dev = queries(1_048_500, 4)
     _write(base / "dev" / "small" / "queries.tsv", query_lines(dev))
     _write(base / "dev" / "small" / "qrels", [f"{qid}\t0\t{by_topic[t][1]}\t1" for qid, t in dev.items()])
-    _write(base / "dev" / "ms.run", ms_run(dev, 30))
+    _write(base / "dev" / "ms.run", ms_run(dev, 20))
     for year, start in (("2019", 19_000), ("2020", 20_000)):
-        topics = queries(start, 8)  # 8 topics, 5 judged (the `judged` subset keeps those)
+        topics = queries(start, 5)  # 5 topics, 3 judged (the `judged` subset keeps those)
         _write(base / f"trec-dl-{year}" / "queries.tsv", query_lines(topics))
         qrels = []
-        for qid, t in list(topics.items())[:5]:
+        for qid, t in list(topics.items())[:3]:
             qrels += [f"{qid} 0 {pid} {grade}" for pid, grade in zip(by_topic[t], (3, 2, 1, 0, 0), strict=False)]
         _write(base / f"trec-dl-{year}" / "qrels", qrels)
-        _write(base / f"trec-dl-{year}" / "ms.run", ms_run(topics, 30))
+        _write(base / f"trec-dl-{year}" / "ms.run", ms_run(topics, 20))
 
 
 def _beir(root: Path, rng: random.Random) -> None:
     """One BEIR folder per set (corpus.jsonl, queries.jsonl, qrels/<split>.tsv with its header)."""
     for folder, split, _, _ in dict.fromkeys(v for v in BEIR.values()):
         base = root / "beir" / folder
-        if (base / "corpus.jsonl").is_file():
-            splits = [split or "test"]
-        else:
-            docs = [(f"{folder.split('/')[0]}-d{i}", i % len(TOPICS)) for i in range(24)]
+        if not (base / "corpus.jsonl").is_file():
+            docs = [(f"{folder.split('/')[0]}-d{i}", i % len(TOPICS)) for i in range(16)]
             lines = [
                 json.dumps(
                     {"_id": d, "title": f"title {d}", "text": _text(rng, t, 10 + len(d) % 30), "metadata": DOC_METADATA}
@@ -132,7 +130,7 @@ def _beir(root: Path, rng: random.Random) -> None:
                 for d, t in docs
             ]
             _write(base / "corpus.jsonl", lines)
-            qs = [(f"q{i}", i % len(TOPICS)) for i in range(10)]
+            qs = [(f"q{i}", i % len(TOPICS)) for i in range(6)]
             lines = [
                 json.dumps({"_id": q, "text": " ".join(rng.sample(TOPICS[t], 3)), "metadata": QUERY_METADATA})
                 for q, t in qs
@@ -140,7 +138,7 @@ def _beir(root: Path, rng: random.Random) -> None:
             _write(base / "queries.jsonl", lines)
             splits = ["test", "dev"] if folder == "nfcorpus" else [split or "test"]
             for number, name in enumerate(splits):
-                chosen = qs[:5] if number == 0 else qs[5:]
+                chosen = qs[:3] if number == 0 else qs[3:]
                 rows = [f"{q}\t{d}\t{1 + (i % 2) * (folder == 'trec-covid')}"  # graded where the set is
                         for q, t in chosen for i, (d, dt) in enumerate(docs) if dt == t][:20]  # fmt: skip
                 _write(base / "qrels" / f"{name}.tsv", ["query-id\tcorpus-id\tscore", *rows])

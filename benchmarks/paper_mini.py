@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))  # full_plan and full_smoke, the --full plan's costs and fixtures
 
 
 class PlanError(Exception):
@@ -502,7 +504,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 str(bm25_runs),
                 str(r.efficiency_queries),
                 str(sample),
-            ],  # fmt: skip
+            ],
             done=sample,
         )
         step.micebench = False
@@ -552,7 +554,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
             timed.append(f.name)
     arch = r.arch or ("minilm-l6" if size == "mini" else "minilm-l12")
     plan.add(
-        "latency: model-only, batch 64",
+        f"latency: model-only, batch {r.latency_batch}",
         mb
         + [
             "latency",
@@ -904,7 +906,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def prepare_smoke(args: argparse.Namespace) -> None:
     """--smoke: write the fixtures and the tiny base model, point the plan at them and set the environment the
     commands run under (a private ir_datasets home and cache, no mirror, offline)."""
-    sys.path.insert(0, str(HERE))
     import full_smoke
 
     root = Path(args.checkpoints) / "fixtures"
@@ -918,7 +919,6 @@ def prepare_smoke(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(HERE))
     try:
         if args.smoke:
             prepare_smoke(args)

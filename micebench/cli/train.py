@@ -58,7 +58,8 @@ def train(
         ),
     ] = None,
     split: Annotated[
-        str | None, typer.Option(help="qrels split of a local training folder (default train; not for ir_datasets ids).")
+        str | None,
+        typer.Option(help="qrels split of a local training folder (default train; not for ir_datasets ids)."),
     ] = None,
     negatives: Annotated[int, typer.Option(help="BM25 hard negatives per query (>= 1).")] = 20,
     group_size: Annotated[

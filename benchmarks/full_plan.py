@@ -53,6 +53,8 @@ COLBERT_BYTES_PER_TOKEN = 128 * 2
 #: estimated from the layout of a `run.trec` line (`qid Q0 docno rank score tag`: ids of 6-40 characters, a
 #: 4-digit rank, a 6-decimal score, the ranker's name), plus perquery.tsv's share
 RUN_LINE_BYTES = 56
+#: measured in the smoke run: a result folder's manifest, metrics and per-query files, 11.8 kB beside its run
+RESULT_FOLDER_BYTES = 12e3
 #: ASSUMED, not measured: sustained bf16 throughput of one H100 on MiniLM-sized models (hidden 384) at these
 #: lengths, about 10% of its 989 TFLOP/s dense peak (small matrices keep it far from the peak)
 H100_FLOPS = 100e12
@@ -65,8 +67,28 @@ MSMARCO_EXTRACTED = 3.06 * GB + 14_373_971_970
 BEIR_CACHE_FACTOR = 3.0
 #: bm25s index: 8 bytes per posting (float32 score + int32 row), postings about 0.7 x words (estimate)
 BM25_BYTES_PER_WORD = 0.7 * 8
-#: MiniLM-L12-H384: 30,522-token vocabulary, 512 positions, hidden 384, 12 layers, feed-forward 1536
-VOCAB, POSITIONS, HIDDEN, LAYERS, FFN = 30522, 512, 384, 12, 1536
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """The base model's dimensions (parameters, FLOPs and store widths follow from them)."""
+
+    vocab: int = 30522
+    positions: int = 512
+    hidden: int = 384
+    layers: int = 12
+    ffn: int = 1536
+
+
+#: MiniLM-L12-H384 (microsoft/MiniLM-L12-H384-uncased), the paper's base
+MINILM_L12 = Backbone()
+
+
+def backbone_of(folder: str | Path) -> Backbone:
+    """The dimensions of a local checkpoint (its config.json): the smoke's tiny base."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return Backbone(config["vocab_size"], config["max_position_embeddings"], config["hidden_size"],
+                    config["num_hidden_layers"], config["intermediate_size"])  # fmt: skip
 
 
 @dataclass
@@ -77,35 +99,38 @@ class Cost:
     gpu_hours: float = 0.0
 
 
-def shape() -> object:
+def shape(bb: Backbone) -> object:
     from micebench.models.flops import Shape
 
-    return Shape(LAYERS, HIDDEN, FFN, POSITIONS)
+    return Shape(bb.layers, bb.hidden, bb.ffn, bb.positions)
 
 
-def parameters(family: str) -> int:
-    """Parameters of a MiniLM-L12 student: embeddings + the layers it keeps (+ MICE's cross-attention copies)."""
-    embeddings = (VOCAB + POSITIONS + 2) * HIDDEN + 2 * HIDDEN
-    per_layer = 4 * (HIDDEN * HIDDEN + HIDDEN) + 2 * HIDDEN * FFN + FFN + HIDDEN + 4 * HIDDEN
-    head = HIDDEN * HIDDEN + HIDDEN + HIDDEN + 1
+def parameters(family: str, bb: Backbone = MINILM_L12) -> int:
+    """Parameters of a student: embeddings + the layers it keeps (+ MICE's cross-attention copies)."""
+    h = bb.hidden
+    embeddings = (bb.vocab + bb.positions + 2) * h + 2 * h
+    per_layer = 4 * (h * h + h) + 2 * h * bb.ffn + bb.ffn + h + 4 * h
+    head = h * h + h + h + 1
     if family.startswith("mice-l"):
         k, m = (int(x) for x in family.removeprefix("mice-l").split("+"))
-        return embeddings + (k + m) * per_layer + m * 4 * (HIDDEN * HIDDEN + HIDDEN) + head
+        return embeddings + (k + m) * per_layer + m * 4 * (h * h + h) + head
     if family == "colbert":
-        return embeddings + LAYERS * per_layer + HIDDEN * 128
-    return embeddings + LAYERS * per_layer + head
+        return embeddings + bb.layers * per_layer + h * 128
+    return embeddings + bb.layers * per_layer + head
 
 
 def tokens(words: float, cap: int) -> int:
     return max(3, min(cap, round(words * TOKENS_PER_WORD)))
 
 
-def pair_flops(family: str, query_words: float, doc_words: float, max_length: int, store: str = "none") -> float:
+def pair_flops(
+    family: str, query_words: float, doc_words: float, max_length: int, store: str = "none", bb: Backbone = MINILM_L12
+) -> float:
     """Forward FLOPs of one (query, document) pair (micebench's analytic model, batch 64 for the query side)."""
     from micebench.models import flops
 
     q, d = tokens(query_words, 64), tokens(doc_words, max_length)
-    s = shape()
+    s = shape(bb)
     if family.startswith("mice-l"):
         k, m = (int(x) for x in family.removeprefix("mice-l").split("+"))
         return flops.mice(q, d, s, k, m, 64, store)
@@ -119,14 +144,14 @@ def gpu_hours(total_flops: float) -> float:
 
 
 def training(family: str, steps: int, batch: int, seeds: int, max_length: int, every: int, top_k: int,
-             facts: dict) -> Cost:  # fmt: skip
+             facts: dict, bb: Backbone = MINILM_L12) -> Cost:  # fmt: skip
     """Checkpoints (best/ in fp32 + last/ with AdamW's two moments) and GPU time (forward + backward = 3 forward
     passes over 2 x batch pairs per step, padded), validation included."""
     _, _, qw, dw = facts["msmarco-dev"]
-    per_step = 3 * 2 * batch * pair_flops(family, qw * PADDING, dw * PADDING, max_length)
+    per_step = 3 * 2 * batch * pair_flops(family, qw * PADDING, dw * PADDING, max_length, bb=bb)
     vq, _, vqw, vdw = facts["beir/nfcorpus/dev"]
-    validation = (steps // every) * vq * min(top_k, 20) * pair_flops(family, vqw, vdw, max_length)
-    checkpoint = parameters(family) * (4 + 12) + 2e6
+    validation = (steps // every) * vq * min(top_k, 20) * pair_flops(family, vqw, vdw, max_length, bb=bb)
+    checkpoint = parameters(family, bb) * (4 + 12) + 2e6
     return Cost(seeds * checkpoint, seeds * gpu_hours(steps * per_step + validation))
 
 
@@ -136,7 +161,7 @@ def pairs(dataset: str, top_k: int, facts: dict) -> int:
 
 
 def evaluation(rankers: list[tuple[str, str]], datasets: list[str], seeds: int, top_k: int, max_length: int,
-               facts: dict, queries: int | None = None) -> Cost:  # fmt: skip
+               facts: dict, queries: int | None = None, bb: Backbone = MINILM_L12) -> Cost:  # fmt: skip
     """Run files of every (ranker, dataset, seed) and the GPU time of scoring their pairs; `rankers` are (family,
     store mode) with family "" for BM25 (no GPU); `queries` limits the count (an efficiency sample)."""
     disk = hours = 0.0
@@ -144,24 +169,25 @@ def evaluation(rankers: list[tuple[str, str]], datasets: list[str], seeds: int, 
         n, docs, qw, dw = facts[dataset]
         count = (min(n, queries) if queries else n) * min(top_k, docs)
         for family, store in rankers:
-            disk += seeds * count * RUN_LINE_BYTES
+            disk += seeds * (count * RUN_LINE_BYTES + RESULT_FOLDER_BYTES)
             if family:
-                hours += seeds * gpu_hours(count * pair_flops(family, qw, dw, max_length, store))
+                hours += seeds * gpu_hours(count * pair_flops(family, qw, dw, max_length, store, bb))
     return Cost(disk, hours)
 
 
-def store(family: str, queries: int, top_k: int, dataset: str, max_length: int, facts: dict) -> Cost:
-    """A candidate store of `queries` queries x top-k documents (all distinct: an upper bound), fp16."""
+def store(family: str, queries: int, top_k: int, dataset: str, max_length: int, facts: dict,
+          bb: Backbone = MINILM_L12) -> Cost:  # fmt: skip
+    """A candidate store of `queries` queries x top-k documents (all distinct: an upper bound), fp16; MICE's
+    per-token bytes scale with the hidden size (measured at 384)."""
     n, docs, _, dw = facts[dataset]
     documents = min(n, queries) * min(top_k, docs)
-    per_token = COLBERT_BYTES_PER_TOKEN if family == "colbert" else STATE_BYTES_PER_TOKEN
-    bottom = "colbert" if family == "colbert" else family
-    encode = pair_flops(bottom, 0, dw, max_length) if family == "colbert" else 0.0
+    per_token = COLBERT_BYTES_PER_TOKEN if family == "colbert" else STATE_BYTES_PER_TOKEN * bb.hidden / 384
+    encode = pair_flops("colbert", 0, dw, max_length, bb=bb) if family == "colbert" else 0.0
     if family.startswith("mice-l"):
         from micebench.models import flops
 
         k = int(family.removeprefix("mice-l").split("+")[0])
-        encode = k * flops.layer(tokens(dw, max_length), shape())
+        encode = k * flops.layer(tokens(dw, max_length), shape(bb))
     return Cost(documents * tokens(dw, max_length) * per_token, gpu_hours(documents * encode))
 
 

@@ -310,12 +310,13 @@ def build_plan(args: argparse.Namespace) -> Plan:
     from micebench.results import slug
 
     in_domain = r.in_domain[0]  # the extras are evaluated in domain only
-    facts = None  # published (or, --smoke, the fixtures') collection sizes: the --full plan's cost estimates
+    facts, bb = None, None  # published (or, --smoke, the fixtures') collection sizes: the --full plan's cost estimates
     if size == "full":
         import full_plan
 
         smoke_root = getattr(args, "smoke_root", None)
         facts = full_plan.fixture_facts(Path(smoke_root)) if smoke_root else full_plan.COLLECTIONS
+        bb = full_plan.backbone_of(r.base) if smoke_root else full_plan.MINILM_L12
         plan.caches = (
             full_plan.smoke_caches(Path(smoke_root))
             if smoke_root
@@ -409,7 +410,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         )
         if facts is not None:
             plan.steps[-1].cost = full_plan.training(
-                fam.name, r.steps, r.batch, r.seeds, r.max_length, r.every, 20, facts
+                fam.name, r.steps, r.batch, r.seeds, r.max_length, r.every, 20, facts, bb
             )
     # 3. candidate-only stores for the families scored from a store (--full: after the evaluation, for the
     # efficiency sample only; effectiveness is scored from the texts, which gives the same scores)
@@ -450,7 +451,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
                     )
                     if facts is not None:
                         step.cost = full_plan.store(
-                            fam.name, r.efficiency_queries, r.top_k, dataset, r.max_length, facts
+                            fam.name, r.efficiency_queries, r.top_k, dataset, r.max_length, facts, bb
                         )
 
     if not r.efficiency_queries:
@@ -489,7 +490,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
     step = plan.evaluate("evaluate: micebench run --config", mb + ["run", "--config", str(config)], res)
     if facts is not None:
         scored = [("", "none")] + [(f.name, "none") for f in students]
-        step.cost = full_plan.evaluation(scored, datasets, r.seeds, r.top_k, r.max_length, facts)
+        step.cost = full_plan.evaluation(scored, datasets, r.seeds, r.top_k, r.max_length, facts, bb=bb)
     if r.efficiency_queries:
         # 4b. the efficiency table: the BM25 top-k of a sample of in-domain queries, stores of the first seed's
         # models for those candidates only, and the same models from the store and from the texts over the sample
@@ -540,7 +541,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         )
         if facts is not None:
             step.cost = full_plan.evaluation(
-                rows, [in_domain], 1, r.top_k, r.max_length, facts, queries=r.efficiency_queries
+                rows, [in_domain], 1, r.top_k, r.max_length, facts, queries=r.efficiency_queries, bb=bb
             )
         plan.check_report = [f.name for f in students]
     # 5. efficiency: model-only timing at batch 64 (the report reads <results>/latency/)

@@ -173,7 +173,7 @@ def smoke_scale(base: str) -> dict[str, object]:
     command, dataset name and option stays the plan's own."""
     return {
         "base": base,
-        "steps": 4,
+        "steps": 2,
         "batch": 4,
         "warmup": 1,
         "every": 2,

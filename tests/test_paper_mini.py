@@ -237,3 +237,25 @@ def test_train_gives_no_split_to_an_ir_datasets_id(monkeypatch):
     with pytest.raises(RuntimeError):
         training_run.build_training_set(config, None, None)
     assert seen == [None]
+
+
+def test_time_per_query_counts_the_reranked_queries_of_a_sampled_first_stage(tmp_path):
+    """The efficiency sample re-ranks 100 of MS MARCO dev's 6,980 judged queries: its time per query divides by the
+    queries that had candidates (recorded in the manifest), not by every judged query."""
+    import numpy as np
+
+    from micebench.evaluation.measures import Evaluation
+    from micebench.report.collect import collect_folders
+    from micebench.results import result_dir, write_result
+
+    root = tmp_path / "results"
+    qids = [f"q{i}" for i in range(10)]
+    for ranker, first_stage in (("sampled", {"queries": 2}), ("whole", {})):
+        values = np.linspace(0, 1, 10)
+        evaluation = Evaluation({"nDCG@10": 0.5}, {"nDCG@10": dict(zip(qids, map(float, values), strict=True))}, 1, 10)
+        manifest = {"dataset": {"name": "d"}, "ranker_label": ranker, "seed": 0, "config": {"model": "ce"},
+                    "ranker": {"ranker": "ce"}, "timings": {"rerank_s": 1.0}, "first_stage": first_stage}  # fmt: skip
+        write_result(result_dir(root, "d", ranker), {q: {"x": 1.0} for q in qids}, evaluation, manifest, tag=ranker)
+    runs = collect_folders([result_dir(root, "d", r) for r in ("sampled", "whole")], {}, None).runs
+    per_query = dict(zip(runs["ranker"], runs["rerank_ms_per_query"], strict=True))
+    assert per_query == {"sampled": 500.0, "whole": 100.0}

@@ -223,7 +223,8 @@ class Plan:
     configs: dict[Path, str] = field(default_factory=dict)  # experiment files written before the steps run
     links: dict[Path, Path] = field(default_factory=dict)  # symlinks made before the steps run (link -> target)
     caches: Any = None  # full_plan.Cost of the data caches (ir_datasets, BM25 indexes) the steps fill
-    check_report: list[str] = field(default_factory=list)  # --smoke: rows the report must show
+    check_report: list[str] = field(default_factory=list)  # --full: rows the report must show
+    same_scores: list[tuple[Path, Path]] = field(default_factory=list)  # (from a store, from the texts) results
 
     def add(self, name: str, argv: list[str], done: Path | None = None, resume_flag: Path | None = None) -> Step:
         self.steps.append(Step(name, argv, done, resume_flag))
@@ -544,6 +545,11 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 rows, [in_domain], 1, r.top_k, r.max_length, facts, queries=r.efficiency_queries, bb=bb
             )
         plan.check_report = [f.name for f in students]
+        plan.same_scores = [
+            (efficiency / slug(in_domain) / slug(f.name), efficiency / slug(in_domain) / slug(f"{f.name}-texts"))
+            for f in students
+            if f.store_model
+        ]
     # 5. efficiency: model-only timing at batch 64 (the report reads <results>/latency/)
     timed = ["ce"]
     for f in students:
@@ -860,6 +866,15 @@ def check_report(plan: Plan, folder: Path) -> int:
         print(f"paper_mini: the report in {folder} has no row for {missing}", file=sys.stderr)
         return 1
     print(f"report in {folder}: a row for every family ({', '.join(plan.check_report)})")
+    import json
+
+    for stored, texts in plan.same_scores:  # why effectiveness may be scored from the texts: the same values
+        try:
+            values = [json.loads((f / "metrics.json").read_text())["measures"]["nDCG@10"] for f in (stored, texts)]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(f"{stored.name}: no nDCG@10 to compare ({type(err).__name__})")
+            continue
+        print(f"{stored.name}: nDCG@10 {values[0]:.4f} from its store, {values[1]:.4f} from the texts")
     return 0
 
 

@@ -8,6 +8,7 @@
 # is left of a 450 s budget, so the whole script ends within about 8 minutes even if a step hangs.
 # Usage (on a CUDA machine, from the repository root, after `make install TORCH_SPEC=...` with a CUDA torch):
 #   bash benchmarks/gpu.sh [output-folder]
+#   FULL_SMOKE=1 bash benchmarks/gpu.sh   # + the --full plan at toy scale on the GPU (about 5 more minutes)
 set -uo pipefail
 out="${1:-benchmarks/results}"
 mkdir -p "$out"
@@ -20,7 +21,7 @@ stamp=$(date +%Y%m%d-%H%M%S)
 log="$out/gpu-$gpu-$stamp.txt"
 json="$out/gpu-$gpu-$stamp.json"
 work=$(mktemp -d "${TMPDIR:-/tmp}/micebench-gpu-XXXXXX")
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work" "$work-smoke"' EXIT
 deadline=$((SECONDS + 450))
 
 # step NAME COMMAND...: run with what is left of the budget, record (name, exit status, seconds) in steps.tsv
@@ -52,6 +53,14 @@ step() {
   step ce-bf16-throughput $python -m micebench latency --device cuda --dtype bf16 --models ce --batch 512 \
     --doc-len 512 --query-len 32 --repeats 30 --warmup 10 --output "$work/ce-bf16-throughput" \
     --name "ce-bf16-throughput-$stamp"
+  # FULL_SMOKE=1: the `paper_mini.py --full` plan's own commands at toy scale (benchmarks/full_smoke.py fixtures,
+  # tiny models) with the same --device and --dtype handling as the steps above; its own 300 s, after the budget
+  if [[ "${FULL_SMOKE:-0}" == 1 ]]; then
+    deadline=$((SECONDS + 300))
+    step full-smoke-bf16 $python benchmarks/paper_mini.py --full --smoke --device cuda --dtype bf16 \
+      --checkpoints "$work-smoke/ck" --results "$work-smoke/res"
+    cp "$work-smoke/res/step-times.tsv" "$out/full-smoke-$gpu-$stamp-step-times.tsv" 2>/dev/null || true
+  fi
   $python benchmarks/gpu_check.py --merge "$work" --output "$json"
   cat "$work/steps.tsv"
 } 2>&1 | tee "$log"

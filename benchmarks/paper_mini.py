@@ -29,10 +29,17 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))  # full_plan and full_smoke, the --full plan's costs and fixtures
+
+
+class PlanError(Exception):
+    """A plan that cannot be built from the options given (bad input: one line, exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +92,7 @@ def families(size: str, chosen: str) -> list[Family]:
         names = [n.strip() for n in chosen.split(",") if n.strip()]
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        sys.exit(
-            f"paper_mini: unknown famil{'y' if len(unknown) == 1 else 'ies'} {unknown} (choose from {list(by_name)})"
-        )
+        raise PlanError(f"unknown famil{'y' if len(unknown) == 1 else 'ies'} {unknown} (choose from {list(by_name)})")
     return [by_name[n] for n in names]
 
 
@@ -115,6 +120,9 @@ class Recipe:
     holdout: int = 0  # training queries held out to validate on (the convergence rule; mini)
     patience: int = 0  # stop after this many validations without improvement (0: train to `steps`)
     teacher_norm: str = "none"  # train --teacher-norm (the score-scale fix)
+    arch: str = ""  # `latency --arch` (default: the base model's preset)
+    latency_batch: int = 64
+    efficiency_queries: int = 0  # > 0: stores and store-read runs only for this many in-domain queries (--full)
 
 
 def beir_sets() -> list[str]:
@@ -143,6 +151,8 @@ def recipe(size: str, teacher_file: str) -> Recipe:
             teacher_scores=teacher_file,
             validate="beir/nfcorpus/dev",
             every=5000,
+            arch="minilm-l12",
+            efficiency_queries=100,
         )
     return Recipe(
         base="minilm-l6",
@@ -167,6 +177,22 @@ def recipe(size: str, teacher_file: str) -> Recipe:
     )
 
 
+def smoke_scale(base: str) -> dict[str, object]:
+    """`--full --smoke`: the --full recipe's numbers scaled to the fixtures (benchmarks/full_smoke.py); every
+    command, dataset name and option stays the plan's own."""
+    return {
+        "base": base,
+        "steps": 2,
+        "batch": 4,
+        "warmup": 1,
+        "every": 2,
+        "max_length": 64,
+        "arch": base,
+        "latency_batch": 8,
+        "efficiency_queries": 3,
+    }
+
+
 @dataclass
 class Step:
     """One micebench command, skipped when finished: `done` exists (a result, a checkpoint or a store) and, for a
@@ -178,16 +204,22 @@ class Step:
     resume_flag: Path | None = None  # when this exists and the step is not finished, add --resume
     steps: int | None = None
     resume_under: Path | None = None  # `run --config`: add --resume when an interrupted run's .partial is here
+    micebench: bool = True  # a micebench command (else a helper of this script)
+    cost: Any = None  # full_plan.Cost: estimated disk and GPU-hours (the --full plan)
 
     def finished(self) -> bool:
         if self.done is None or not self.done.exists():
             return False
         if self.steps is None:
             return True
-        with open(self.done, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        # a training stopped by the convergence rule says so in its last row's `stop` column
-        return bool(rows) and (int(float(rows[-1]["step"])) >= self.steps or bool(rows[-1].get("stop")))
+        try:
+            with open(self.done, newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+            # a training stopped by the convergence rule says so in its last row's `stop` column
+            return bool(rows) and (int(float(rows[-1]["step"])) >= self.steps or bool(rows[-1].get("stop")))
+        except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as err:
+            print(f"paper_mini: {self.done} is unreadable ({type(err).__name__}); the step counts as unfinished")
+            return False
 
     def command(self) -> list[str]:
         resume = self.resume_flag is not None and self.resume_flag.exists()
@@ -200,19 +232,25 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     configs: dict[Path, str] = field(default_factory=dict)  # experiment files written before the steps run
     links: dict[Path, Path] = field(default_factory=dict)  # symlinks made before the steps run (link -> target)
+    caches: Any = None  # full_plan.Cost of the data caches (ir_datasets, BM25 indexes) the steps fill
+    check_report: list[str] = field(default_factory=list)  # --full: rows the report must show
+    same_scores: list[tuple[Path, Path]] = field(default_factory=list)  # (from a store, from the texts) results
 
-    def add(self, name: str, argv: list[str], done: Path | None = None, resume_flag: Path | None = None) -> None:
+    def add(self, name: str, argv: list[str], done: Path | None = None, resume_flag: Path | None = None) -> Step:
         self.steps.append(Step(name, argv, done, resume_flag))
+        return self.steps[-1]
 
-    def train(self, name: str, argv: list[str], output: Path, steps: int, seeds: list[int] | None = None) -> None:
+    def train(self, name: str, argv: list[str], output: Path, steps: int, seeds: list[int] | None = None) -> Step:
         """A training: finished when the last seed's curves reach `steps`; resumed once the first seed has a
         saved state (then a finished seed is kept, an interrupted one continues, one not begun starts)."""
         first, last = (output, output) if not seeds else (output / f"seed-{seeds[0]}", output / f"seed-{seeds[-1]}")
         self.steps.append(Step(name, argv, last / "curves.csv", first / "last", steps))
+        return self.steps[-1]
 
-    def evaluate(self, name: str, argv: list[str], results: Path) -> None:
+    def evaluate(self, name: str, argv: list[str], results: Path) -> Step:
         """`run --config`: micebench keeps the finished results itself; an interrupted run continues."""
         self.steps.append(Step(name, argv, resume_under=results))
+        return self.steps[-1]
 
 
 def toml_list(items: list[str]) -> str:
@@ -226,14 +264,18 @@ def experiment_toml(
     in_domain: list[str],
     out_of_domain: list[str],
     seeds: list[int],
+    first_stage: str = "auto",
+    device: dict[str, str] | None = None,
 ) -> str:
-    """An experiment file for `micebench run --config` (datasets grouped in/out of domain, one entry per ranker)."""
+    """An experiment file for `micebench run --config` (datasets grouped in/out of domain, one entry per ranker);
+    `device` ({"device": ..., "dtype": ...}) applies to every ranker that takes it."""
     lines = [
         "# Written by benchmarks/paper_mini.py: the comparison's evaluation (micebench run --config FILE).",
         f'output = "{output}"',
-        'first_stage = "auto"',
+        f'first_stage = "{first_stage}"',
         f"top_k = {r.top_k}",
         f"seeds = {seeds}",
+        *(f'{key} = "{value}"' for key, value in (device or {}).items()),
         "",
         "[datasets]",
         f"in_domain = {toml_list(in_domain)}",
@@ -249,6 +291,8 @@ def experiment_toml(
 def build_plan(args: argparse.Namespace) -> Plan:
     size = "full" if args.full else "mini"
     r = recipe(size, args.teacher_file)
+    if args.full and getattr(args, "smoke_base", None):  # --smoke: the same plan, scaled down to the fixtures
+        r = replace(r, **smoke_scale(args.smoke_base))
     mb = [args.micebench]
     ck, res = Path(args.checkpoints), Path(args.results)
     plan = Plan()
@@ -283,6 +327,18 @@ def build_plan(args: argparse.Namespace) -> Plan:
     from micebench.results import slug
 
     in_domain = r.in_domain[0]  # the extras are evaluated in domain only
+    facts, bb = None, None  # published (or, --smoke, the fixtures') collection sizes: the --full plan's cost estimates
+    if size == "full":
+        import full_plan
+
+        smoke_root = getattr(args, "smoke_root", None)
+        facts = full_plan.fixture_facts(Path(smoke_root)) if smoke_root else full_plan.COLLECTIONS
+        bb = full_plan.backbone_of(r.base) if smoke_root else full_plan.MINILM_L12
+        plan.caches = (
+            full_plan.smoke_caches(Path(smoke_root))
+            if smoke_root
+            else full_plan.caches(r.in_domain + r.out_of_domain, facts)
+        )
 
     seeds = list(range(12, 12 + r.seeds))
     # 1. the teacher (mini: a cross-encoder trained by the train demo's first step; full: a published score file)
@@ -337,7 +393,10 @@ def build_plan(args: argparse.Namespace) -> Plan:
         if r.teacher_scores is None and i == 0:
             teacher = ["--teacher", f"ce:{teacher_ck / 'best'}"]
             if fam.name != "ce":
-                sys.exit("paper_mini: the miniature's first student must be ce (it writes the teacher scores)")
+                raise PlanError(
+                    f"the miniature's students learn from the teacher scores the ce student writes: add ce to "
+                    f"--families (e.g. --families ce,{','.join(f.name for f in students)})"
+                )
         else:
             teacher = ["--teacher-scores", scores_file]
         length = [] if fam.train_model == "colbert" else ["--max-length", str(r.max_length)]
@@ -366,40 +425,54 @@ def build_plan(args: argparse.Namespace) -> Plan:
             steps=r.steps,
             seeds=seeds if r.seeds > 1 else None,
         )
-    # 3. candidate-only stores for the families scored from a store
+        if facts is not None:
+            plan.steps[-1].cost = full_plan.training(
+                fam.name, r.steps, r.batch, r.seeds, r.max_length, r.every, 20, facts, bb
+            )
+    # 3. candidate-only stores for the families scored from a store (--full: after the evaluation, for the
+    # efficiency sample only; effectiveness is scored from the texts, which gives the same scores)
     datasets = r.in_domain + r.out_of_domain
-    for fam in (f for f in students if f.store_model):
-        for seed in seeds:
-            checkpoint = ck / "students" / fam.name / (f"seed-{seed}" if r.seeds > 1 else "") / "best"
-            for dataset in datasets:
-                store = ck / "stores" / fam.name / (f"seed-{seed}" if r.seeds > 1 else "") / dataset
-                plan.add(
-                    f"store {fam.name} {dataset}" + (f" seed {seed}" if r.seeds > 1 else ""),
-                    mb
-                    + [
-                        "precompute",
-                        "--model",
-                        fam.store_model,
-                        "--checkpoint",
-                        str(checkpoint),
-                        "--dataset",
-                        dataset,
-                        "--first-stage",
-                        "auto",
-                        "--top-k",
-                        str(r.top_k),
-                        "--mode",
-                        fam.store_mode,
-                        "--dtype",
-                        "fp16",
-                        "--device",
-                        args.device,
-                        "-o",
-                        str(store),
-                    ],
-                    done=store / "manifest.json",
-                    resume_flag=store.parent / f".{store.name}.partial",  # an interrupted store continues
-                )
+
+    def add_stores(store_seeds: list[int], store_sets: list[str], first: str) -> None:
+        for fam in (f for f in students if f.store_model):
+            for seed in store_seeds:
+                checkpoint = ck / "students" / fam.name / (f"seed-{seed}" if r.seeds > 1 else "") / "best"
+                for dataset in store_sets:
+                    store = ck / "stores" / fam.name / (f"seed-{seed}" if r.seeds > 1 else "") / dataset
+                    step = plan.add(
+                        f"store {fam.name} {dataset}" + (f" seed {seed}" if r.seeds > 1 else ""),
+                        mb
+                        + [
+                            "precompute",
+                            "--model",
+                            fam.store_model,
+                            "--checkpoint",
+                            str(checkpoint),
+                            "--dataset",
+                            dataset,
+                            "--first-stage",
+                            first,
+                            "--top-k",
+                            str(r.top_k),
+                            "--mode",
+                            fam.store_mode,
+                            "--dtype",
+                            "fp16",
+                            "--device",
+                            args.device,
+                            "-o",
+                            str(store),
+                        ],
+                        done=store / "manifest.json",
+                        resume_flag=store.parent / f".{store.name}.partial",  # an interrupted store continues
+                    )
+                    if facts is not None:
+                        step.cost = full_plan.store(
+                            fam.name, r.efficiency_queries, r.top_k, dataset, r.max_length, facts, bb
+                        )
+
+    if not r.efficiency_queries:
+        add_stores(seeds, datasets, "auto")
     # 4. evaluation: one experiment file, every ranker x dataset through `micebench run --config`
     seed_part = "seed-{seed}/" if r.seeds > 1 else ""
     rankers: list[dict[str, object]] = [{"name": "bm25", "model": "bm25", "backbone": "reference"}]
@@ -420,17 +493,79 @@ def build_plan(args: argparse.Namespace) -> Plan:
             "checkpoint": str(ck / "students" / fam.name) + "/" + seed_part + "best",
             "backbone": "trained",
         }
-        if fam.store_model:
+        if fam.store_model and not r.efficiency_queries:
             entry["precomputed"] = str(ck / "stores" / fam.name) + "/" + seed_part + "{dataset}"
         if fam.train_model != "colbert":
             entry["max_length"] = r.max_length
         rankers.append(entry)
-        if fam.store_model:  # the same model re-ranking from the texts: its time per query without the store
+        if fam.store_model and not r.efficiency_queries:  # the same model from the texts: its time without a store
             texts = {k: v for k, v in entry.items() if k != "precomputed"}
             rankers.append({**texts, "name": f"{fam.name}-texts"})
     config = res / f"paper-{size}.toml"
-    plan.configs[config] = experiment_toml(res, r, rankers, r.in_domain, r.out_of_domain, seeds)
-    plan.evaluate("evaluate: micebench run --config", mb + ["run", "--config", str(config)], res)
+    device = {"device": args.device, "dtype": args.dtype} if size == "full" else None
+    plan.configs[config] = experiment_toml(res, r, rankers, r.in_domain, r.out_of_domain, seeds, device=device)
+    step = plan.evaluate("evaluate: micebench run --config", mb + ["run", "--config", str(config)], res)
+    if facts is not None:
+        scored = [("", "none")] + [(f.name, "none") for f in students]
+        step.cost = full_plan.evaluation(scored, datasets, r.seeds, r.top_k, r.max_length, facts, bb=bb)
+    if r.efficiency_queries:
+        # 4b. the efficiency table: the BM25 top-k of a sample of in-domain queries, stores of the first seed's
+        # models for those candidates only, and the same models from the store and from the texts over the sample
+        sample = res / "efficiency" / f"{in_domain}-sample-{r.efficiency_queries}.trec"
+        bm25_runs = res / slug(in_domain) / "bm25"
+        step = plan.add(
+            f"efficiency sample: BM25 top-{r.top_k} of {r.efficiency_queries} {in_domain} queries",
+            [
+                sys.executable,
+                str(HERE / "full_plan.py"),
+                "sample-run",
+                str(bm25_runs),
+                str(r.efficiency_queries),
+                str(sample),
+            ],
+            done=sample,
+        )
+        step.micebench = False
+        add_stores(seeds[:1], [in_domain], str(sample))
+        first = f"seed-{seeds[0]}/" if r.seeds > 1 else ""
+        timed_rankers: list[dict[str, object]] = []
+        rows: list[tuple[str, str]] = []
+        for fam in students:
+            if fam.store_model or fam.name == "ce":
+                entry = {
+                    "name": fam.name if fam.store_model == "" else f"{fam.name}-texts",
+                    "model": fam.run_model,
+                    "checkpoint": str(ck / "students" / fam.name) + "/" + first + "best",
+                    "backbone": "trained",
+                }
+                if fam.train_model != "colbert":
+                    entry["max_length"] = r.max_length
+                timed_rankers.append(entry)
+                rows.append((fam.name, "none"))
+            if fam.store_model:
+                store_dir = ck / "stores" / fam.name / first.rstrip("/") / in_domain
+                timed_rankers.append({**entry, "name": fam.name, "precomputed": str(store_dir)})
+                rows.append((fam.name, "states" if fam.store_model == "mice" else "precomputed"))
+        efficiency = res / "efficiency"
+        eff_config = res / f"paper-{size}-efficiency.toml"
+        plan.configs[eff_config] = experiment_toml(
+            efficiency, r, timed_rankers, [in_domain], [], seeds[:1], first_stage=str(sample), device=device
+        )
+        step = plan.evaluate(
+            "efficiency: the sample from the stores and from the texts",
+            mb + ["run", "--config", str(eff_config)],
+            efficiency,
+        )
+        if facts is not None:
+            step.cost = full_plan.evaluation(
+                rows, [in_domain], 1, r.top_k, r.max_length, facts, queries=r.efficiency_queries, bb=bb
+            )
+        plan.check_report = [f.name for f in students]
+        plan.same_scores = [
+            (efficiency / slug(in_domain) / slug(f.name), efficiency / slug(in_domain) / slug(f"{f.name}-texts"))
+            for f in students
+            if f.store_model
+        ]
     # 5. efficiency: model-only timing at batch 64 (the report reads <results>/latency/)
     timed = ["ce"]
     for f in students:
@@ -440,9 +575,9 @@ def build_plan(args: argparse.Namespace) -> Plan:
             timed += ["colbert:precomputed", "colbert"]
         elif f.name != "ce":
             timed.append(f.name)
-    arch = "minilm-l6" if size == "mini" else "minilm-l12"
+    arch = r.arch or ("minilm-l6" if size == "mini" else "minilm-l12")
     plan.add(
-        "latency: model-only, batch 64",
+        f"latency: model-only, batch {r.latency_batch}",
         mb
         + [
             "latency",
@@ -451,11 +586,12 @@ def build_plan(args: argparse.Namespace) -> Plan:
             "--arch",
             arch,
             "--batch",
-            "64",
+            str(r.latency_batch),
             "--doc-len",
             str(min(r.max_length, 512)),
             "--device",
             args.device,
+            *(["--dtype", args.dtype] if size == "full" else []),
             "-o",
             str(res),
             "--name",
@@ -619,7 +755,7 @@ def dry_run(plan: Plan) -> int:
     command = typer.main.get_command(app)
     problems = []
     root = data_dir(None)
-    for step in plan.steps:
+    for step in (s for s in plan.steps if s.micebench):
         argv = step.command()[1:]
         sub = command.commands[argv[0]]  # type: ignore[attr-defined]
         try:
@@ -659,13 +795,57 @@ def dry_run(plan: Plan) -> int:
                 problems.append(f"{path.name}: {err}")
     for step in plan.steps:
         print("$ " + shlex.join(step.command()))
+    print_costs(plan)
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     print(f"dry run: {len(plan.steps)} commands, {len(plan.configs)} experiment files, {len(problems)} problems")
     return 1 if problems else 0
 
 
+def plan_disk(plan: Plan) -> float:
+    """Bytes the unfinished steps will write (and the data caches, unless a step has finished already)."""
+    steps = [s for s in plan.steps if s.cost is not None]
+    need = sum(s.cost.disk for s in steps if not s.finished())
+    fresh = not any(s.finished() for s in steps)
+    return need + (plan.caches.disk if plan.caches is not None and fresh else 0.0)
+
+
+def print_costs(plan: Plan) -> None:
+    """Per step and in total: estimated disk and GPU-hours (benchmarks/full_plan.py states every unit cost)."""
+    if plan.caches is None:
+        return
+    import full_plan
+
+    rows = [(s.name, s.cost) for s in plan.steps if s.cost is not None]
+    rows.append(("data caches: ir_datasets downloads and docstores, BM25 indexes", plan.caches))
+    width = max(len(name) for name, _ in rows)
+    print(f"estimate{'':<{width - 8}}  {'disk':>10}  {'GPU-hours (H100, assumed 100 TFLOP/s)':>10}")
+    for name, cost in rows:
+        print(f"{name:<{width}}  {full_plan.human(cost.disk):>10}  {cost.gpu_hours:>10.2f}")
+    disk, hours = sum(c.disk for _, c in rows), sum(c.gpu_hours for _, c in rows)
+    print(f"{'total':<{width}}  {full_plan.human(disk):>10}  {hours:>10.2f}")
+
+
+def check_disk(plan: Plan, where: Path) -> str | None:
+    """One line when the disk holding `where` has less free space than the plan's estimate, else None."""
+    if plan.caches is None:
+        return None
+    import full_plan
+
+    need, free = plan_disk(plan), full_plan.free_bytes(where)
+    if free < need:
+        return (
+            f"the plan needs about {full_plan.human(need)} of disk (estimate: --dry-run lists it per step) but "
+            f"{where} has {full_plan.human(free)} free"
+        )
+    return None
+
+
 def execute(plan: Plan, times_file: Path) -> int:
+    short = check_disk(plan, times_file.parent)
+    if short is not None:
+        print(f"paper_mini: {short}", file=sys.stderr)
+        return 1
     times_file.parent.mkdir(parents=True, exist_ok=True)
     for path, text in plan.configs.items():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -690,6 +870,28 @@ def execute(plan: Plan, times_file: Path) -> int:
             print(f"paper_mini: step failed (exit {code}): {step.name}; rerun to resume", file=sys.stderr)
             return code
     print(f"all steps done in {time.perf_counter() - total:.0f} s; step times in {times_file}")
+    return check_report(plan, times_file.parent / "report")
+
+
+def check_report(plan: Plan, folder: Path) -> int:
+    """--smoke: every family is a row of the written report (one line and exit 1 if not)."""
+    if not plan.check_report:
+        return 0
+    tables = "".join(p.read_text(encoding="utf-8") for p in sorted(folder.rglob("table.md")))
+    missing = [name for name in plan.check_report if f"| {name} " not in tables]
+    if missing:
+        print(f"paper_mini: the report in {folder} has no row for {missing}", file=sys.stderr)
+        return 1
+    print(f"report in {folder}: a row for every family ({', '.join(plan.check_report)})")
+    import json
+
+    for stored, texts in plan.same_scores:  # why effectiveness may be scored from the texts: the same values
+        try:
+            values = [json.loads((f / "metrics.json").read_text())["measures"]["nDCG@10"] for f in (stored, texts)]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(f"{stored.name}: no nDCG@10 to compare ({type(err).__name__})")
+            continue
+        print(f"{stored.name}: nDCG@10 {values[0]:.4f} from its store, {values[1]:.4f} from the texts")
     return 0
 
 
@@ -704,7 +906,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher-gap", action="store_true", help="train and evaluate MICE recipe variants")
     parser.add_argument("--checkpoints", default=None, help="default checkpoints/paper-mini (or paper-full)")
     parser.add_argument("--results", default=None, help="default results/paper-mini (or paper-full)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="with --full: every step of the --full plan on local fixtures registered under the same ir_datasets "
+        "ids, tiny models and a handful of steps (offline; benchmarks/full_smoke.py)",
+    )
     parser.add_argument("--device", default=os.environ.get("DEVICE", "auto"))
+    parser.add_argument(
+        "--dtype",
+        default=os.environ.get("DTYPE", "fp32"),
+        choices=["fp32", "bf16", "fp16"],
+        help="--full: evaluation and latency dtype (fp32: the paper's; training uses bf16 autocast on CUDA)",
+    )
     parser.add_argument(
         "--teacher-file",
         default="data/bert_cat_ensemble_msmarcopassage_train_scores_ids.tsv",
@@ -714,15 +928,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--micebench", default=os.environ.get("MICEBENCH", str(Path(sys.executable).parent / "micebench"))
     )
     args = parser.parse_args(argv)
-    size = "paper-full" if args.full else "paper-mini"
+    if args.smoke and not args.full:
+        parser.error("--smoke checks the --full plan: add --full")
+    size = "paper-full-smoke" if args.smoke else "paper-full" if args.full else "paper-mini"
     args.checkpoints = args.checkpoints or f"checkpoints/{size}"
     args.results = args.results or f"results/{size}"
     return args
 
 
+def prepare_smoke(args: argparse.Namespace) -> None:
+    """--smoke: write the fixtures and the tiny base model, point the plan at them and set the environment the
+    commands run under (a private ir_datasets home and cache, no mirror, offline)."""
+    import full_smoke
+
+    root = Path(args.checkpoints) / "fixtures"
+    paths = full_smoke.build(root)
+    os.environ.update(full_smoke.environment(root))
+    os.environ.pop("MICEBENCH_DATA", None)
+    full_smoke.register(root)  # in this process too: the dry run resolves the ids
+    args.smoke_root, args.smoke_base = str(root), paths["base"]
+    args.teacher_file, args.micebench = paths["teacher_file"], paths["micebench"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    plan = build_plan(args)
+    try:
+        if args.smoke:
+            prepare_smoke(args)
+        plan = build_plan(args)
+    except PlanError as err:
+        print(f"paper_mini: {err}", file=sys.stderr)
+        return 2
     if args.dry_run:
         return dry_run(plan)
     return execute(plan, Path(args.results) / "step-times.tsv")

@@ -345,7 +345,12 @@ def run_manifest(
         "ranker_options": ranker.effective_options(),
         "ranker": ranker.describe(),
         "dataset": dataset.describe(),
-        "first_stage": {"source": candidates.source, "top_k": config.top_k, "pairs": pairs},
+        "first_stage": {
+            "source": candidates.source,
+            "top_k": config.top_k,
+            "pairs": pairs,
+            "queries": sum(1 for docs in candidates.run.values() if docs),  # the re-ranked ones (time per query)
+        },
         "seed": config.seed,
         "world_size": world_size,
         "timings": timings,

@@ -50,7 +50,7 @@ def test_full_plan_is_the_papers_recipe(paper_mini):
             "5000",
         )
         assert (_option(argv, "--steps"), _option(argv, "--seeds")) == ("125000", "5")
-    (config,) = plan.configs.values()
+    config = next(iter(plan.configs.values()))  # the table's evaluation (the second times stores on a sample)
     data = tomllib.loads(config)
     assert data["top_k"] == 1000 and data["seeds"] == [12, 13, 14, 15, 16]
     assert data["datasets"]["in_domain"] == ["msmarco-dev", "trec-dl-19", "trec-dl-20"]
@@ -136,3 +136,126 @@ def test_an_interrupted_evaluation_resumes(paper_mini, tmp_path):
     assert "--resume" not in evaluate.command()
     (tmp_path / "scifact" / ".mice-l2+2.partial").mkdir(parents=True)
     assert evaluate.command()[-1] == "--resume"
+
+
+def test_full_dry_run_states_disk_and_gpu_hours_that_fit(paper_mini, capsys):
+    """The 5-seed plan's estimate (per step and in total) stays within 200 GB: stores only for the efficiency
+    sample, effectiveness from the texts."""
+    assert paper_mini.main(["--full", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (total,) = [line for line in lines if line.startswith("total ")]
+    disk, unit, hours = total.split()[1:4]
+    assert unit == "GB" and 100 < float(disk.replace(",", "")) <= 200 and float(hours) > 1
+    stores = [line for line in lines if line.startswith("store ")]
+    assert len(stores) == 3 and all("seed 12" in line for line in stores)  # one seed, one dataset per store family
+    assert any(line.startswith("data caches") for line in lines)
+
+
+def test_full_plan_scores_effectiveness_from_the_texts_and_times_stores_on_a_sample(paper_mini):
+    plan = _plan(paper_mini, "--full")
+    main, efficiency = (tomllib.loads(text) for text in plan.configs.values())
+    assert not any("precomputed" in r for r in main["rankers"]) and main["device"] == "auto"
+    sample = efficiency["first_stage"]
+    assert efficiency["seeds"] == [12] and efficiency["datasets"]["in_domain"] == ["msmarco-dev"]
+    stored = {r["name"]: r for r in efficiency["rankers"] if "precomputed" in r}
+    assert set(stored) == {"mice-l4+3", "mice-l4+8", "colbert"}
+    for step in (s for s in plan.steps if s.argv[1] == "precompute"):
+        assert _option(step.argv, "--first-stage") == sample and "seed-12" in _option(step.argv, "-o")
+
+
+def test_a_real_run_refuses_when_the_disk_is_smaller_than_the_estimate(paper_mini, tmp_path, monkeypatch, capsys):
+    import full_plan
+
+    monkeypatch.setattr(full_plan, "free_bytes", lambda path: 10**9)
+    plan = _plan(paper_mini, "--full", "--checkpoints", str(tmp_path / "ck"), "--results", str(tmp_path / "res"))
+    assert paper_mini.execute(plan, tmp_path / "res" / "step-times.tsv") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1.0 GB free" in err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("families", "says"), [("nosuch", "unknown family ['nosuch']"), ("mice-l2+2", "add ce to --families")]
+)
+def test_impossible_families_are_bad_input(paper_mini, capsys, families, says):
+    assert paper_mini.main(["--families", families, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err
+
+
+def test_smoke_needs_full(paper_mini, capsys):
+    with pytest.raises(SystemExit) as exited:
+        paper_mini.main(["--smoke"])
+    assert exited.value.code == 2 and "add --full" in capsys.readouterr().err
+
+
+def test_unreadable_curves_leave_the_training_unfinished(paper_mini, tmp_path, capsys):
+    plan = _plan(paper_mini, "--checkpoints", str(tmp_path))
+    training = next(s for s in plan.steps if s.argv[1] == "train")
+    training.done.parent.mkdir(parents=True)
+    training.done.write_bytes(b"\xff\xfe\x00garbage\x80")
+    assert not training.finished()
+    assert str(training.done) in capsys.readouterr().out
+    training.done.write_text("no,step,column\n1,2,3\n")
+    assert not training.finished()
+
+
+# -- what the smoke run found in the full path ---------------------------------------------------------------------
+def test_auto_ranks_a_shipped_run_without_scores_with_bm25(tmp_path):
+    """MS MARCO's top1000 files carry no scores (ir_datasets gives every row 0): `auto` must not take their arbitrary
+    order as the BM25 ranking; a shipped run with scores is still used."""
+    from micebench.data import load_dataset
+    from micebench.firststage.candidates import first_stage
+    from tests.conftest import write_beir
+
+    words = ["alpha beta", "gamma delta", "alpha gamma", "beta beta", "delta alpha"]
+    corpus = [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(words)]
+    folder = write_beir(tmp_path / "c", corpus, [{"_id": "q1", "text": "alpha"}], [("q1", "d0", 1)])
+    (folder / "candidates").mkdir()
+    shipped = folder / "candidates" / "bm25.trec"
+    shipped.write_text("".join(f"q1 Q0 d{i} {i + 1} 0 bm25\n" for i in (3, 1, 0, 2, 4)))
+    candidates = first_stage(load_dataset(str(folder)), "auto", 10)
+    assert candidates.source.startswith("bm25s") and set(candidates.run["q1"]) == {"d0", "d2", "d4"}
+    shipped.write_text("".join(f"q1 Q0 d{i} {r} {9 - r} bm25\n" for r, i in enumerate((3, 1, 0, 2, 4), 1)))
+    candidates = first_stage(load_dataset(str(folder)), "auto", 10)
+    assert candidates.source == "dataset:bm25" and list(candidates.run["q1"])[0] == "d3"
+
+
+def test_train_gives_no_split_to_an_ir_datasets_id(monkeypatch):
+    """`train --train msmarco-passage/train` failed with "--split applies to local folders" (the default split)."""
+    from micebench.training import run as training_run
+    from micebench.training.loop import TrainConfig
+
+    seen = []
+
+    def load(name, data_dir=None, split=None):
+        seen.append(split)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr("micebench.data.load_dataset", load)
+    config = TrainConfig(model="ce", init="x", train="msmarco-passage/train", teacher_scores="t.tsv")
+    with pytest.raises(RuntimeError):
+        training_run.build_training_set(config, None, None)
+    assert seen == [None]
+
+
+def test_time_per_query_counts_the_reranked_queries_of_a_sampled_first_stage(tmp_path):
+    """The efficiency sample re-ranks 100 of MS MARCO dev's 6,980 judged queries: its time per query divides by the
+    queries that had candidates (recorded in the manifest), not by every judged query."""
+    import numpy as np
+
+    from micebench.evaluation.measures import Evaluation
+    from micebench.report.collect import collect_folders
+    from micebench.results import result_dir, write_result
+
+    root = tmp_path / "results"
+    qids = [f"q{i}" for i in range(10)]
+    for ranker, first_stage in (("sampled", {"queries": 2}), ("whole", {})):
+        values = np.linspace(0, 1, 10)
+        evaluation = Evaluation({"nDCG@10": 0.5}, {"nDCG@10": dict(zip(qids, map(float, values), strict=True))}, 1, 10)
+        manifest = {"dataset": {"name": "d"}, "ranker_label": ranker, "seed": 0, "config": {"model": "ce"},
+                    "ranker": {"ranker": "ce"}, "timings": {"rerank_s": 1.0}, "first_stage": first_stage}  # fmt: skip
+        write_result(result_dir(root, "d", ranker), {q: {"x": 1.0} for q in qids}, evaluation, manifest, tag=ranker)
+    runs = collect_folders([result_dir(root, "d", r) for r in ("sampled", "whole")], {}, None).runs
+    per_query = dict(zip(runs["ranker"], runs["rerank_ms_per_query"], strict=True))
+    assert per_query == {"sampled": 500.0, "whole": 100.0}

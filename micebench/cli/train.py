@@ -57,7 +57,10 @@ def train(
             " The teacher reads as many."
         ),
     ] = None,
-    split: Annotated[str, typer.Option(help="qrels split of a local training folder.")] = "train",
+    split: Annotated[
+        str | None,
+        typer.Option(help="qrels split of a local training folder (default train; not for ir_datasets ids)."),
+    ] = None,
     negatives: Annotated[int, typer.Option(help="BM25 hard negatives per query (>= 1).")] = 20,
     group_size: Annotated[
         int, typer.Option(help="listwise: documents per query in the softmax, 1 positive + G-1 negatives (>= 2).")

@@ -10,7 +10,7 @@ from micebench.data.trec import Run, ranked, read_run
 from micebench.errors import DataError, UnknownNameError, not_found
 
 FIRST_STAGE_HELP = (
-    "auto (the dataset's shipped bm25 run, else bm25), bm25 (bm25s, k1=0.9 b=0.4), "
+    "auto (the dataset's shipped bm25 run if it has scores, else bm25), bm25 (bm25s, k1=0.9 b=0.4), "
     "dataset:<name> (a run shipped with the dataset), full (every document), or a TREC run file path"
 )
 
@@ -33,6 +33,18 @@ def _top(run: Run, qids: set[str], k: int) -> Run:
     return {qid: dict(ranked(run.get(qid, {}))[:k]) for qid in sorted(qids)}
 
 
+def _scored(run: Run) -> bool:
+    """False for a run whose scores are all equal (ir_datasets gives 0 to every row of a `qid pid` file)."""
+    first = None
+    for docs in run.values():
+        for score in docs.values():
+            if first is None:
+                first = score
+            elif score != first:
+                return True
+    return False
+
+
 def first_stage(dataset: Dataset, spec: str, top_k: int) -> Candidates:
     """Candidates for the judged queries of `dataset` according to `spec` (see FIRST_STAGE_HELP), completed as the
     collection's protocol says (`Dataset.rerank_set`)."""
@@ -50,6 +62,11 @@ def _first_stage(dataset: Dataset, spec: str, top_k: int) -> Candidates:
         raise DataError(f"dataset {dataset.name!r}: no judged query has a text in queries")
     if spec == "auto":
         spec = "dataset:bm25" if "bm25" in dataset.candidate_names() else "bm25"
+        if spec == "dataset:bm25":
+            shipped = dataset.candidates("bm25")
+            if _scored(shipped):
+                return Candidates(_top(shipped, judged, top_k), spec, is_bm25=True)
+            spec = "bm25"  # a shipped run without scores (MS MARCO's top1000 files): its ranking is unknown
     if spec.startswith("dataset:"):
         name = spec.split(":", 1)[1]
         if name not in dataset.candidate_names():

@@ -167,7 +167,9 @@ def collect_folders(
     for folder in sorted(folders, key=lambda f: (len(f.parts), str(f))):  # a duplicate deeper down is skipped
         try:
             manifest, _, perquery = _read_result(folder)
-            run = _run_row(folder, manifest, len(perquery), index)
+            reranked = (manifest.get("first_stage") or {}).get("queries")  # a sampled first stage re-ranks fewer
+            valid = isinstance(reranked, int) and not isinstance(reranked, bool) and reranked > 0
+            run = _run_row(folder, manifest, reranked if valid else len(perquery), index)
             key = (run["dataset"], run["ranker"], run["seed"])
             if key in seen:
                 raise ValueError(f"same dataset, ranker and seed as {seen[key]}")

@@ -133,12 +133,23 @@ def _teacher_files(spec: str | None) -> dict[str, list[int]]:
     return found
 
 
+def training_split(train: str, data_dir: str | None, split: str | None) -> str | None:
+    """The qrels split to train on: a local folder's `train` by default; an ir_datasets id names its split itself."""
+    from micebench.data.registry import data_dir as mirror
+    from micebench.data.registry import where
+
+    if split is None:
+        return "train" if where(train, mirror(data_dir))[0] == "local" else None
+    return split
+
+
 def build_training_set(
     config: TrainConfig, data_dir: str | None, split: str | None, dataset: Any = None, held_out: set[str] | None = None
 ) -> TrainingSet:
     """The training triples with their teacher scores; `held_out` queries (the validation split) are left out."""
     from micebench.data import load_dataset
 
+    split = training_split(config.train, data_dir, split)
     dataset = dataset if dataset is not None else load_dataset(config.train, data_dir, split)
     held_out = held_out or set()
     cache = Path(config.output) / "teacher_scores.tsv"
@@ -260,7 +271,7 @@ def train_models(
         validator = make_validator(load_dataset(config.validate, data_dir), config.validate_top_k)
     dataset, held_out = None, set()
     if config.holdout:
-        dataset = load_dataset(config.train, data_dir, split)
+        dataset = load_dataset(config.train, data_dir, training_split(config.train, data_dir, split))
         orphan_judged_queries(dataset)
         held_out = holdout_queries(dataset, config.holdout)
         subset = QuerySubset(dataset, held_out, f"{config.holdout} held-out training queries")

@@ -46,6 +46,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, ModelRanker):
         )
         if self.dtype != torch.float32:  # scores from an fp32 head: bf16 logits would tie
             keep_fp32(*classifier_head(self.model))
+        self.quantize([self.model], keep=classifier_head(self.model))
         self.max_length = options.max_length = capped_length(options.max_length, self.model.config)
         self._torch = torch
 

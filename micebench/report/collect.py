@@ -84,6 +84,7 @@ def _run_row(folder: Path, manifest: dict[str, Any], queries: int, index: dict[s
         "params": info.get("parameters"),
         "rerank_ms_per_query": 1e3 * float(manifest.get("timings", {}).get("rerank_s", 0.0)) / max(queries, 1),
         "store": (manifest.get("config", {}).get("options") or {}).get("precomputed"),
+        "precision": str((manifest.get("ranker_options") or {}).get("dtype") or "fp32"),
         "folder": str(folder),
     }
 
@@ -126,7 +127,7 @@ def _read_latency(folder: Path | None, skipped: list[str]) -> pd.DataFrame:
                     **row,
                     "run": path.stem,
                     "device_name": meta.get("device_name"),
-                    "dtype": meta.get("dtype"),
+                    "dtype": row.get("precision") or meta.get("dtype"),  # a run may time several precisions
                     "threads": meta.get("threads"),
                 }
                 for row in data["rows"]

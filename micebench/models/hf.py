@@ -83,6 +83,9 @@ def quiet_torchao() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+quiet_torchao()  # before any caller's own transformers import (latency's random encoder) loads torchao
+
+
 def load_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
     """Call a transformers `from_pretrained`, turning any failure into one line; for a local checkpoint the line
     names the damaged file (a config that is not JSON, a truncated safetensors file) when there is one."""

@@ -11,8 +11,10 @@ Three parts, each printed as a table (and all of it as one JSON under `benchmark
    dynamic int8 (`onnxruntime.quantization.quantize_dynamic`, QInt8 weights); pairs/s, ratios, and the largest
    score difference from micebench fp32.
 3. **quality**: nDCG@10 of each path on TREC DL 2019 (BM25 top-`--depth`, every judged query) and SciFact (BM25
-   top-`--depth`, the first `--scifact-queries` test queries), with trained checkpoints (`--ce`, `--mice`), and the
-   largest score difference of each path from fp32 over those pairs.
+   top-`--depth`, the first `--scifact-queries` test queries), with trained models: `dense` (the packaged
+   all-MiniLM-L6-v2, a trained bi-encoder) always, the cross-encoder and MICE when trained checkpoints are given
+   (`--ce`, `--mice`, or found at their default places), and the largest score difference of each path from fp32
+   over those pairs.
 
     python benchmarks/precision_paths.py [--parts throughput,onnx,quality] [--threads 1] [--repeats 3]
 
@@ -67,17 +69,36 @@ def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     rows, meta = measure(config)
     fp32 = {r["label"]: r["median_ms"] for r in rows if r["precision"] == "fp32"}
-    print(f"\n## throughput: MiniLM-L12 shape, random weights, batch {args.batch}, q32+d{args.doc_len} tokens, "
-          f"{meta['threads']} thread(s), median of {args.repeats} interleaved calls; busy={meta['load']['busy']}")
+    print(
+        f"\n## throughput: MiniLM-L12 shape, random weights, batch {args.batch}, q32+d{args.doc_len} tokens, "
+        f"{meta['threads']} thread(s), median of {args.repeats} interleaved calls; busy={meta['load']['busy']}"
+    )
     print(f"{'model':<22}{'path':<6}{'docs/s':>9}{'vs fp32':>9}{'vs ce (same path)':>19}{'peak MB':>9}")
     out = []
     for r in rows:
         vs_fp32 = fp32[r["label"]] / r["median_ms"]
         peak = r.get("peak_memory_mb")
-        print(f"{r['label']:<22}{r['precision']:<6}{r['docs_per_s']:>9.1f}{vs_fp32:>8.2f}x"
-              f"{r.get('speedup_vs_ce', float('nan')):>18.2f}x{'–' if peak is None else f'{peak:.0f}':>9}")
-        out.append({k: r.get(k) for k in ("label", "precision", "median_ms", "p10_ms", "p90_ms", "docs_per_s",
-                                          "speedup_vs_ce", "peak_memory_mb", "busy")} | {"vs_fp32": vs_fp32})
+        print(
+            f"{r['label']:<22}{r['precision']:<6}{r['docs_per_s']:>9.1f}{vs_fp32:>8.2f}x"
+            f"{r.get('speedup_vs_ce', float('nan')):>18.2f}x{'–' if peak is None else f'{peak:.0f}':>9}"
+        )
+        out.append(
+            {
+                k: r.get(k)
+                for k in (
+                    "label",
+                    "precision",
+                    "median_ms",
+                    "p10_ms",
+                    "p90_ms",
+                    "docs_per_s",
+                    "speedup_vs_ce",
+                    "peak_memory_mb",
+                    "busy",
+                )
+            }
+            | {"vs_fp32": vs_fp32}
+        )
     return out
 
 
@@ -102,9 +123,9 @@ def onnx_models(model: Any, batch: dict[str, Any], folder: str) -> tuple[str, st
 
     warnings.filterwarnings("ignore")  # the TorchScript exporter's deprecation and tracer notes
     logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's advice to pre-process
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     import inspect
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     signature = list(inspect.signature(model.forward).parameters)
     names = sorted(batch, key=signature.index)  # the exporter names the inputs in the order forward takes them
@@ -137,8 +158,9 @@ def against_onnx(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
     rankers = {}
     for path in PATHS:
         torch.manual_seed(0)  # the packaged bi-encoder gets the same fresh head on every path
-        rankers[path] = load_ranker("ce", checkpoint=checkpoint, device="cpu", dtype=path,
-                                    batch_size=args.batch, max_length=args.max_length)
+        rankers[path] = load_ranker(
+            "ce", checkpoint=checkpoint, device="cpu", dtype=path, batch_size=args.batch, max_length=args.max_length
+        )
     ref = rankers["fp32"]
     batches = [b for query, docs in groups for _, b in ref.host_batches(query, docs)]
     pairs = sum(len(b["input_ids"]) for b in batches)
@@ -148,8 +170,10 @@ def against_onnx(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
-    sessions = {p: ort.InferenceSession(f, options, providers=["CPUExecutionProvider"])
-                for p, f in (("onnx-fp32", fp32_file), ("onnx-int8", int8_file))}
+    sessions = {
+        p: ort.InferenceSession(f, options, providers=["CPUExecutionProvider"])
+        for p, f in (("onnx-fp32", fp32_file), ("onnx-int8", int8_file))
+    }
     feeds = [{k: v.numpy() for k, v in b.items()} for b in batches]
 
     def torch_pass(path: str) -> np.ndarray:
@@ -170,21 +194,36 @@ def against_onnx(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
             samples[name].append(time.perf_counter() - start)
     rate = {name: pairs / statistics.median(s) for name, s in samples.items()}
     best = max((f"ce-{p}" for p in PATHS), key=rate.get)
-    print(f"\n## micebench ce against ONNX Runtime {ort.__version__}: {checkpoint}, {pairs} TREC DL 2019 BM25 pairs "
-          f"(mean {tokens:.0f} tokens, at most {args.max_length}), batch {args.batch}, {args.threads} thread(s), "
-          f"median of {args.repeats} interleaved passes")
+    print(
+        f"\n## micebench ce against ONNX Runtime {ort.__version__}: {checkpoint}, {pairs} TREC DL 2019 BM25 pairs "
+        f"(mean {tokens:.0f} tokens, at most {args.max_length}), batch {args.batch}, {args.threads} thread(s), "
+        f"median of {args.repeats} interleaved passes"
+    )
     print(f"{'system':<12}{'pairs/s':>9}{'vs ce-fp32':>12}{'vs onnx-int8':>14}{'max |score - ce-fp32|':>24}")
     rows = {}
     for name in passes:
         diff = float(np.abs(scores[name] - scores["ce-fp32"]).max())
-        rows[name] = {"pairs_per_s": rate[name], "vs_ce_fp32": rate[name] / rate["ce-fp32"],
-                      "vs_onnx_int8": rate[name] / rate["onnx-int8"], "max_score_diff": diff,
-                      "p10_p90_s": [float(np.percentile(samples[name], q)) for q in (10, 90)]}
-        print(f"{name:<12}{rate[name]:>9.1f}{rows[name]['vs_ce_fp32']:>11.2f}x{rows[name]['vs_onnx_int8']:>13.2f}x"
-              f"{diff:>24.2e}")
+        rows[name] = {
+            "pairs_per_s": rate[name],
+            "vs_ce_fp32": rate[name] / rate["ce-fp32"],
+            "vs_onnx_int8": rate[name] / rate["onnx-int8"],
+            "max_score_diff": diff,
+            "p10_p90_s": [float(np.percentile(samples[name], q)) for q in (10, 90)],
+        }
+        print(
+            f"{name:<12}{rate[name]:>9.1f}{rows[name]['vs_ce_fp32']:>11.2f}x{rows[name]['vs_onnx_int8']:>13.2f}x"
+            f"{diff:>24.2e}"
+        )
     print(f"fastest micebench path: {best}, {rate[best] / rate['onnx-int8']:.2f}x ONNX Runtime dynamic int8")
-    return {"checkpoint": checkpoint, "pairs": pairs, "mean_tokens": tokens, "max_length": args.max_length,
-            "onnxruntime": ort.__version__, "rows": rows, "fastest": best}
+    return {
+        "checkpoint": checkpoint,
+        "pairs": pairs,
+        "mean_tokens": tokens,
+        "max_length": args.max_length,
+        "onnxruntime": ort.__version__,
+        "rows": rows,
+        "fastest": best,
+    }
 
 
 def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -207,8 +246,10 @@ def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str
             bm25_run.setdefault(qid, {})[docno] = float(score)
         level = dataset.relevance_level
         base = evaluate(qrels, bm25_run, ["ndcg@10"], rel_level=level).means["ndcg@10"]
-        print(f"\n## quality: {name}, BM25 top-{args.depth}, {len(qrels)} queries ({len(frame)} pairs); "
-              f"BM25 nDCG@10 {base:.4f}")
+        print(
+            f"\n## quality: {name}, BM25 top-{args.depth}, {len(qrels)} queries ({len(frame)} pairs); "
+            f"BM25 nDCG@10 {base:.4f}"
+        )
         print(f"{'ranker':<12}{'path':<6}{'nDCG@10':>9}{'vs fp32 (points)':>18}{'max |score diff|':>18}{'s':>7}")
         for label, (family, checkpoint, extra) in models.items():
             fp32_scores, fp32_ndcg = None, None
@@ -225,10 +266,22 @@ def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str
                     fp32_scores, fp32_ndcg = scores, ndcg
                 diff = float(np.abs(scores - fp32_scores).max())
                 print(f"{label:<12}{path:<6}{ndcg:>9.4f}{100 * (ndcg - fp32_ndcg):>+18.2f}{diff:>18.2e}{seconds:>7.0f}")
-                results.append({"dataset": name, "ranker": label, "checkpoint": checkpoint, "path": path,
-                                "ndcg@10": ndcg, "points_vs_fp32": 100 * (ndcg - fp32_ndcg),
-                                "max_score_diff": diff, "seconds": seconds, "queries": len(qrels),
-                                "pairs": len(frame), "depth": args.depth, "bm25_ndcg@10": base})
+                results.append(
+                    {
+                        "dataset": name,
+                        "ranker": label,
+                        "checkpoint": checkpoint,
+                        "path": path,
+                        "ndcg@10": ndcg,
+                        "points_vs_fp32": 100 * (ndcg - fp32_ndcg),
+                        "max_score_diff": diff,
+                        "seconds": seconds,
+                        "queries": len(qrels),
+                        "pairs": len(frame),
+                        "depth": args.depth,
+                        "bm25_ndcg@10": base,
+                    }
+                )
     return results
 
 
@@ -267,7 +320,11 @@ def main() -> None:
     if "onnx" in parts:
         report["onnx"] = against_onnx(args, ce)
     if "quality" in parts:
-        models = {"ce": ("ce", ce, {"max_length": 256, "batch_size": args.batch})}
+        # the packaged all-MiniLM-L6-v2 is a trained bi-encoder: `dense` always; the cross-encoder and MICE only
+        # from trained checkpoints (a fresh head ranks at random)
+        models = {"dense": ("dense", "minilm-l6", {"batch_size": args.batch})}
+        if ce != "minilm-l6":
+            models["ce"] = ("ce", ce, {"max_length": 256, "batch_size": args.batch})
         if mice:
             models["mice-l2+2"] = ("mice", mice, {"max_length": 256, "batch_size": args.batch})
         report["quality"] = quality(args, models)

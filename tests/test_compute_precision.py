@@ -28,7 +28,13 @@ from tests.test_precision_and_throughput import QUERY, varied_docs
 pytest.importorskip("torchao")
 
 #: family -> (bf16 bound, int8 bound) on max |score - fp32 score|
-BOUNDS = {"ce": (0.05, 0.12), "mask2": (0.05, 0.12), "mice-l1+1": (0.05, 0.12), "colbert": (0.2, 0.5), "dense": (0.01, 0.04)}
+BOUNDS = {
+    "ce": (0.05, 0.12),
+    "mask2": (0.05, 0.12),
+    "mice-l1+1": (0.05, 0.12),
+    "colbert": (0.2, 0.5),
+    "dense": (0.01, 0.04),
+}
 #: Linear layers a 2-layer BERT encoder holds (query, key, value, attention output, intermediate, output)
 LINEAR_PER_LAYER = 6
 

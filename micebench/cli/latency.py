@@ -135,5 +135,8 @@ def latency(
     if include_tokenization:
         for row in rows:
             if "tokenize_ms" in row:
-                out().print(f"{row['label']} ({row['precision']}): tokenisation {row['tokenize_ms']:.1f} ms, total {row['total_ms']:.1f} ms")
+                out().print(
+                    f"{row['label']} ({row['precision']}): tokenisation {row['tokenize_ms']:.1f} ms, "
+                    f"total {row['total_ms']:.1f} ms"
+                )
     out().print(f"written to {json_path} and .csv")

@@ -118,7 +118,10 @@ def precision_facts(device: Any, dtype: Any, head_dtype: Any = None) -> dict[str
 #: compute precisions that quantise the Linear layers, and the float dtype the rest of the model stays in
 QUANTIZED = {"int8": "float32"}
 #: what an int8 run does, as manifests record it
-INT8_METHOD = "torchao Int8DynamicActivationInt8Weight: Linear layers with int8 weights (per channel) and int8 activations (per token, quantised at run time)"
+INT8_METHOD = (
+    "torchao Int8DynamicActivationInt8Weight: Linear layers with int8 weights (per channel) and int8 activations "
+    "(per token, quantised at run time)"
+)
 
 
 def is_quantized(precision: str) -> bool:

@@ -177,11 +177,15 @@ def pick_device(device: str = "auto") -> Any:
 
 #: compute precisions -> the torch dtype the model's weights are held in (int8 quantises the Linear layers of an
 #: fp32 model: `models.precision.quantize_linear_int8`)
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "float32"}
+DTYPES = {
+    "fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "float32",
+    "onnx-fp32": "float32", "onnx-int8": "float32",  # `ce` only: ONNX Runtime runs the exported model (models.onnx)
+}  # fmt: skip
 
 
 def pick_dtype(dtype: str) -> Any:
-    """fp32 | fp16 | bf16 | int8 -> the torch dtype the weights are held in (float32 for int8)."""
+    """fp32 | fp16 | bf16 | int8 | onnx-fp32 | onnx-int8 -> the torch dtype the weights are held in (float32 for
+    int8 and the ONNX Runtime paths)."""
     import torch
 
     if dtype not in DTYPES:

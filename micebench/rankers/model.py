@@ -10,7 +10,9 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, ClassVar
 
+from micebench.errors import MicebenchError
 from micebench.models.hf import apply_tf32_choice, load_pretrained, model_facts, pick_device, pick_dtype
+from micebench.models.onnx import is_onnx
 from micebench.models.precision import compute_facts, is_quantized, precision_facts, quantize_linear_int8
 from micebench.rankers.contract import ModelOptions, Ranker, RankerOptions
 
@@ -19,6 +21,8 @@ class ModelRanker(Ranker):
     """A ranker with weights: checkpoint, device, dtype, batch size and tokenizer, set up the same way for all."""
 
     Options: ClassVar[type[RankerOptions]] = ModelOptions
+    #: whether the family can run on ONNX Runtime (`--dtype onnx-fp32|onnx-int8`)
+    onnx_backend: ClassVar[bool] = False
     #: the weights' source as given (local folder, short name or hub id)
     checkpoint: str | None
     #: the torch device and dtype the model runs in
@@ -33,6 +37,10 @@ class ModelRanker(Ranker):
         self.checkpoint = options.checkpoint if checkpoint is None else checkpoint
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype)
+        if is_onnx(options.dtype) and not self.onnx_backend:
+            raise MicebenchError(f"--dtype {options.dtype} (ONNX Runtime) runs the ce family only, not {self.name}")
+        if is_onnx(options.dtype) and self.device.type != "cpu":
+            raise MicebenchError(f"--dtype {options.dtype} runs on the CPU (ONNX Runtime), not on {self.device}")
         #: the compute precision asked for (fp32, fp16, bf16, int8): int8 holds fp32 weights, then `quantize`s
         self.precision = options.dtype
         self.quantized_layers = 0

@@ -127,7 +127,8 @@ def test_a_run_records_its_precision_and_keeps_its_own_folder(tmp_path, capsys, 
 def test_unknown_precision_is_one_line(tmp_path, capsys, spread_ce):
     code, out, err = cli(capsys, "latency", "--models", "ce", "--checkpoint", spread_ce, "--dtype", "fp32,int4",
                          "--device", "cpu", "-o", str(tmp_path))  # fmt: skip
-    assert code == 2 and err.strip().splitlines() == ["error: unknown dtype 'int4' (use fp32, fp16, bf16, int8)"]
+    known = "fp32, fp16, bf16, int8, onnx-fp32, onnx-int8"
+    assert code == 2 and err.strip().splitlines() == [f"error: unknown dtype 'int4' (use {known})"]
     assert not (tmp_path / "latency").exists() or not any((tmp_path / "latency").iterdir())
 
 
@@ -178,3 +179,34 @@ def test_report_rows_join_the_latency_of_their_precision():
     assert latency_row(latency, "ce", False, "int8")["docs_per_s"] == 25.0
     assert latency_row(latency, "ce", False)["docs_per_s"] == 10.0
     assert latency_row(latency, "ce", False, "bf16") is None
+
+
+# -- ONNX Runtime backend (ce only) -------------------------------------------------------------------------------
+def test_ce_on_onnx_runtime_scores_like_fp32(spread_ce):
+    """Measured (tiny CE, 40 documents): onnx-fp32 within 1e-7 of torch fp32, onnx-int8 within 0.03."""
+    pytest.importorskip("onnxruntime")
+    docs = varied_docs(40)
+    fp32 = _load("ce", spread_ce, "fp32").score(QUERY, docs)
+    exported = _load("ce", spread_ce, "onnx-fp32")
+    assert np.abs(exported.score(QUERY, docs) - fp32).max() <= 1e-4
+    int8 = _load("ce", spread_ce, "onnx-int8")
+    scores = int8.score(QUERY, docs)
+    assert np.abs(scores - fp32).max() <= 0.12 and _spearman(scores, fp32) >= 0.9
+    facts = int8.describe()
+    assert facts["precision"] == "onnx-int8" and facts["backend"].startswith("onnxruntime ")
+    assert "head (Gemm)" in facts["quantization"]
+
+
+@pytest.mark.parametrize("family", ["mask2", "colbert"])
+def test_onnx_runtime_is_refused_beyond_ce_in_one_line(family, spread_ce, spread_encoder):
+    checkpoint = spread_encoder if family == "colbert" else spread_ce
+    with pytest.raises(MicebenchError, match=r"^--dtype onnx-int8 \(ONNX Runtime\) runs the ce family only, not "):
+        _load(family, checkpoint, "onnx-int8")
+
+
+def test_onnx_runtime_missing_is_one_line(monkeypatch, spread_ce):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MicebenchError, match=r"^--dtype onnx-fp32/onnx-int8 needs ONNX Runtime: pip install"):
+        _load("ce", spread_ce, "onnx-int8")

@@ -234,7 +234,7 @@ def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str
     from micebench.frames import candidates_frame
 
     results = []
-    for name in ("trec-dl-2019-passage", "scifact"):
+    for name in args.quality_sets.split(","):
         dataset = load_dataset(name)
         frame = candidates_frame(dataset, first_stage(dataset, "auto", args.depth), with_text=True)
         qrels = dataset.qrels()
@@ -299,6 +299,7 @@ def main() -> None:
     parser.add_argument("--mice", default=None, help=f"MICE checkpoint (default {TRAINED_MICE} if present)")
     parser.add_argument("--depth", type=int, default=20, help="quality part: BM25 candidates re-ranked")
     parser.add_argument("--scifact-queries", type=int, default=100)
+    parser.add_argument("--quality-sets", default="trec-dl-2019-passage,scifact")
     parser.add_argument("--output", default="benchmarks/results")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

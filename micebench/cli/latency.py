@@ -39,8 +39,8 @@ def latency(
     dtype: Annotated[
         str,
         typer.Option(
-            help="Model compute precision: fp32 | fp16 | bf16 | int8 (torchao dynamic int8), or a comma list "
-            "to time every model on each path, interleaved."
+            help="Model compute precision: fp32 | fp16 | bf16 | int8 (torchao dynamic int8) | onnx-fp32 | "
+            "onnx-int8 (ce on ONNX Runtime), or a comma list to time every model on each path, interleaved."
         ),
     ] = "fp32",
     warmup: Annotated[int, typer.Option(help="Untimed calls per model first (>= 0).")] = 3,

@@ -60,7 +60,8 @@ class RunConfig:
         self.options = {k: v for k, v in self.options.items() if v is not None}
 
     def ranker_label(self) -> str:
-        """Result-folder name of the ranker: `--name`, else the model's label plus a given checkpoint's name."""
+        """Result-folder name of the ranker: `--name`, else the model's label plus a given checkpoint's name, and
+        the compute precision when it is not fp32 (`ce-int8`: the paths of one model never share a folder)."""
         if self.name:
             return self.name
         cls, _ = resolve_ranker(self.model)
@@ -69,8 +70,9 @@ class RunConfig:
         if checkpoint:
             from micebench.models.hf import resolve_model
 
-            return f"{label}-{Path(resolve_model(checkpoint)).name}"
-        return label
+            label = f"{label}-{Path(resolve_model(checkpoint)).name}"
+        precision = self.options.get("dtype")
+        return f"{label}-{precision}" if isinstance(precision, str) and precision != "fp32" else label
 
 
 @dataclass

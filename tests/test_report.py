@@ -634,6 +634,7 @@ def test_efficiency_table_joins_runs_stores_and_latency_per_ranker(tmp_path):
     assert table["ce"] == {
         "ranker": "ce",
         "family": "ce",
+        "precision": "fp32",
         "params (M)": "22.7",
         "GFLOP/doc": "4.0",
         "docs/s (model only)": "100.0",

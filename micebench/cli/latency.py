@@ -36,7 +36,13 @@ def latency(
     ] = 32,
     precompute: Annotated[str, typer.Option(help="Default for models without ':mode': none | states | kv.")] = "none",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16.")] = "fp32",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Model compute precision: fp32 | fp16 | bf16 | int8 (torchao dynamic int8) | onnx-fp32 | "
+            "onnx-int8 (ce on ONNX Runtime), or a comma list to time every model on each path, interleaved."
+        ),
+    ] = "fp32",
     warmup: Annotated[int, typer.Option(help="Untimed calls per model first (>= 0).")] = 3,
     repeats: Annotated[int, typer.Option(help="Timed calls per model, interleaved (>= 1).")] = 10,
     arch: Annotated[
@@ -99,16 +105,18 @@ def latency(
     json_path, _ = write_latency(rows, meta, Path(output) / "latency", run)
     table = Table(
         title=f"latency · {dtype} · batch {batch} · q{query_len}+d{doc_len} tokens · model only, per batch",
-        caption=f"{meta['device_name']}, {meta['threads']} threads; every column in {json_path.with_suffix('.csv')}",
+        caption=f"{meta['device_name']}, {meta['threads']} threads; vs ce: against ce in the same precision; every "
+        f"column in {json_path.with_suffix('.csv')}",
     )
-    columns = ["model", "median ms", "p10-p90 ms", "docs/s", "vs ce", "FLOP ratio"]
+    columns = ["model", "precision", "median ms", "p10-p90 ms", "docs/s", "vs ce", "FLOP ratio"]
     if wide:
-        columns += ["params", "GFLOP/doc", "GFLOP/s", "share"]
+        columns += ["params", "GFLOP/doc", "GFLOP/s", "share", "peak MB"]
     for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     for row in rows:
         cells = {
             "model": row["label"],
+            "precision": row["precision"],
             "median ms": f"{row['median_ms']:.1f}",
             "p10-p90 ms": f"{row['p10_ms']:.0f}-{row['p90_ms']:.0f}",
             "docs/s": f"{row['docs_per_s']:.0f}",
@@ -118,6 +126,7 @@ def latency(
             "GFLOP/doc": f"{row['flops_per_doc'] / 1e9:.2f}",
             "GFLOP/s": f"{row['achieved_gflops']:.0f}",
             "share": f"{row.get('share_of_flop_ratio', float('nan')):.0%}",
+            "peak MB": "–" if row.get("peak_memory_mb") is None else f"{row['peak_memory_mb']:.0f}",
         }
         table.add_row(*(cells[c] for c in columns))
     out().print(table)
@@ -126,5 +135,8 @@ def latency(
     if include_tokenization:
         for row in rows:
             if "tokenize_ms" in row:
-                out().print(f"{row['label']}: tokenisation {row['tokenize_ms']:.1f} ms, total {row['total_ms']:.1f} ms")
+                out().print(
+                    f"{row['label']} ({row['precision']}): tokenisation {row['tokenize_ms']:.1f} ms, "
+                    f"total {row['total_ms']:.1f} ms"
+                )
     out().print(f"written to {json_path} and .csv")

@@ -24,7 +24,7 @@ import torch
 from micebench.errors import MicebenchError
 from micebench.latency.architectures import architecture_config
 from micebench.latency.load import LoadMeter
-from micebench.latency.timer import Clock, interleaved, peak_memory_mb
+from micebench.latency.timer import Clock, interleaved, peak_memory_mb, peak_rss_mb
 from micebench.models.hf import count_parameters, pick_device, pick_dtype
 
 
@@ -38,6 +38,7 @@ class LatencyConfig:
     doc_len: int = 512
     precompute: str = "none"
     device: str = "auto"
+    #: compute precision(s): fp32 | fp16 | bf16 | int8, or a comma list to time every model on each, interleaved
     dtype: str = "fp32"
     warmup: int = 3
     repeats: int = 10
@@ -62,6 +63,11 @@ class LatencyConfig:
         if self.repeats < 1 or self.warmup < 0:
             raise MicebenchError("--repeats must be at least 1 and --warmup at least 0")
 
+    @property
+    def precisions(self) -> list[str]:
+        """The compute precisions to time, in the order given (`--dtype fp32,int8`)."""
+        return [p.strip() for p in str(self.dtype).split(",") if p.strip()]
+
 
 @dataclass
 class BenchModel:
@@ -76,6 +82,13 @@ class BenchModel:
     extra: dict[str, Any] = field(default_factory=dict)
     #: the row's name: the model, with `:mode` for models that have more than one latency mode
     label: str = ""
+    #: the compute precision it runs in (fp32, bf16, int8...)
+    precision: str = "fp32"
+
+    @property
+    def key(self) -> str:
+        """The model's name in a run timing several precisions: `label@precision`."""
+        return f"{self.label}@{self.precision}"
 
 
 def parse_model(spec: str, default_precompute: str) -> tuple[str, str]:
@@ -138,7 +151,12 @@ class LatencyBench:
         self.device = pick_device(config.device)
         if self.device.type == "cuda":  # events, synchronisation and memory statistics follow the current GPU
             torch.cuda.set_device(self.device)
-        self.dtype = pick_dtype(config.dtype)
+        if not config.precisions:
+            raise MicebenchError("--dtype names no precision (fp32, fp16, bf16, int8, or a comma list)")
+        if len(set(config.precisions)) != len(config.precisions):
+            raise MicebenchError("the same precision is listed twice in --dtype")
+        for precision in config.precisions:
+            pick_dtype(precision)
         self.gen = torch.Generator().manual_seed(config.seed)
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.checkpoint = config.checkpoint or self._random_checkpoint(config.arch)
@@ -184,8 +202,9 @@ class LatencyBench:
             self._tmp.cleanup()
 
     # -- models -------------------------------------------------------------------------------------------------
-    def build(self, spec: str) -> BenchModel:
-        """Load the ranker of `spec` on the bench's weights and prepare its timed call on synthetic tokens."""
+    def build(self, spec: str, precision: str | None = None) -> BenchModel:
+        """Load the ranker of `spec` on the bench's weights in `precision` (default: the first of `--dtype`) and
+        prepare its timed call on synthetic tokens."""
         from micebench.rankers.base import declared_options, load_ranker
 
         name, mode = parse_model(spec, self.config.precompute)
@@ -194,7 +213,7 @@ class LatencyBench:
             **self.config.options,
             "checkpoint": self.checkpoint,
             "device": str(self.device),
-            "dtype": self.config.dtype,
+            "dtype": precision or self.config.precisions[0],
             "batch_size": self.config.batch,
             "untrained": True,
         }
@@ -216,14 +235,15 @@ class LatencyBench:
             ranker.bench_tokenize(query_text, doc_texts, mode),
             ranker.bench_facts(),
             label=name if len(type(ranker).bench_modes) == 1 else f"{name}:{mode}",
+            precision=precision or self.config.precisions[0],
         )
 
     # -- measurement --------------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
-        models = [self.build(spec) for spec in self.config.models]
-        labels = [m.label for m in models]
-        if len(set(labels)) != len(labels):
+        if len({parse_model(spec, self.config.precompute) for spec in self.config.models}) != len(self.config.models):
             raise MicebenchError("the same model is listed twice")
+        models = [self.build(spec, p) for p in self.config.precisions for spec in self.config.models]
+        labels = [m.key for m in models]
         clock = Clock(self.device)
         cuda = self.device.type == "cuda"
         calls = dict(zip(labels, (m.call for m in models), strict=True))
@@ -240,16 +260,16 @@ class LatencyBench:
             tokenize = interleaved(calls, Clock("cpu"), 1, max(3, self.config.repeats // 2))
         peaks = {}
         for label, model in zip(labels, models, strict=True):
-            if cuda:
-                peaks[label] = peak_memory_mb(self.device, model.call)
+            peaks[label] = peak_memory_mb(self.device, model.call) if cuda else peak_rss_mb(model.call)
         rows = []
-        reference = next((lab for lab in labels if lab in ("ce",)), None)
         for label, model in zip(labels, models, strict=True):
             timing = stats[label].as_dict()
             seconds = stats[label].median
             row = {
                 "model": model.name,
-                "label": label,
+                "label": model.label,
+                "precision": model.precision,
+                "dtype": model.precision,
                 "precompute": model.precompute,
                 "batch": self.config.batch,
                 "query_len": self.config.query_len,
@@ -268,12 +288,16 @@ class LatencyBench:
                 row["tokenize_ms"] = tokenize[label].median * 1e3
                 row["total_ms"] = row["median_ms"] + row["tokenize_ms"]
             rows.append(row)
-        if reference is not None:
-            ref = next(r for r in rows if r["label"] == reference)
-            for row in rows:
+        for precision in self.config.precisions:  # every ratio at equal precision: ce in the same precision
+            mine = [r for r in rows if r["precision"] == precision]
+            ref = next((r for r in mine if r["label"] == "ce"), None)
+            for row in mine if ref is not None else []:
                 row["speedup_vs_ce"] = ref["median_ms"] / row["median_ms"]
                 row["flop_ratio_vs_ce"] = ref["flops_per_doc"] / row["flops_per_doc"]
                 row["share_of_flop_ratio"] = row["speedup_vs_ce"] / row["flop_ratio_vs_ce"]
+            base = next((r for r in rows if r["label"] == "ce" and r["precision"] == self.config.precisions[0]), None)
+            for row in mine if base is not None and len(self.config.precisions) > 1 else []:
+                row["speedup_vs_ce_" + self.config.precisions[0]] = base["median_ms"] / row["median_ms"]
         return rows
 
     def time_calls(self, calls: dict[str, Callable[[], Any]], clock: Clock) -> dict[str, Any]:
@@ -305,6 +329,9 @@ class LatencyBench:
             "load": self.load.facts(),
             "dtype": self.config.dtype,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_memory": "CUDA allocator peak above the memory allocated before the call"
+            if self.device.type == "cuda"
+            else "peak resident memory (Linux VmHWM, reset before the call) above the resident memory before it",
             "weights": self.config.checkpoint or f"random ({self.config.arch})",
             "timing": "CUDA events" if self.device.type == "cuda" else "wall clock (perf_counter)",
             "covers": "model only per batch (one query, `batch` documents)"

@@ -87,6 +87,60 @@ def peak_memory_mb(device: Any, fn: Callable[[], Any]) -> float:
         return (torch.cuda.max_memory_allocated(target) - base) / 2**20
 
 
+def _status_kib(field: str) -> int | None:
+    """A `kB` field of /proc/self/status (VmRSS, VmHWM), None where there is none (not Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _release_freed_memory() -> None:
+    """Hand memory that earlier calls freed back to the system (glibc's `malloc_trim`), so that the next call's
+    pages count as its own rather than being served, unseen, from the allocator's free lists."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def peak_rss_mb(fn: Callable[[], Any]) -> float | None:
+    """Peak resident memory (MiB) that one call of `fn()` adds to this process on the CPU, or None where it cannot
+    be measured (not Linux, or /proc/self/clear_refs not writable).
+
+    The process's high-water mark (VmHWM) is reset to the current resident size before the call (writing 5 to
+    /proc/self/clear_refs, Linux 4.0+) and read after it; the figure is that peak less the resident size before
+    the call, so the weights and every other ranker's memory, resident before, are left out."""
+    gc_collect()
+    _release_freed_memory()
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        return None
+    before = _status_kib("VmRSS")
+    fn()
+    peak = _status_kib("VmHWM")
+    if before is None or peak is None:
+        return None
+    return max(peak - before, 0) / 1024
+
+
+def gc_collect() -> None:
+    """Free unreachable Python objects (and the tensors they hold) before a memory measurement."""
+    import gc
+
+    gc.collect()
+
+
 def interleaved(
     calls: dict[str, Callable[[], Any]],
     clock: Clock,

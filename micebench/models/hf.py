@@ -78,6 +78,16 @@ from micebench.models.precision import (
 log = logging.getLogger("micebench")
 
 
+def quiet_torchao() -> None:
+    """Silence torchao's import-time notes (its CUDA-only kernels missing on a CPU build, enum registrations),
+    which transformers triggers on every model load once torchao is installed."""
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+quiet_torchao()  # before any caller's own transformers import (latency's random encoder) loads torchao
+
+
 def load_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
     """Call a transformers `from_pretrained`, turning any failure into one line; for a local checkpoint the line
     names the damaged file (a config that is not JSON, a truncated safetensors file) when there is one."""
@@ -85,6 +95,7 @@ def load_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    quiet_torchao()
     source = resolve_model(name)
     try:
         return loader.from_pretrained(source, **kwargs)
@@ -182,11 +193,17 @@ def pick_device(device: str = "auto") -> Any:
         raise MicebenchError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from None
 
 
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+#: compute precisions -> the torch dtype the model's weights are held in (int8 quantises the Linear layers of an
+#: fp32 model: `models.precision.quantize_linear_int8`)
+DTYPES = {
+    "fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "float32",
+    "onnx-fp32": "float32", "onnx-int8": "float32",  # `ce` only: ONNX Runtime runs the exported model (models.onnx)
+}  # fmt: skip
 
 
 def pick_dtype(dtype: str) -> Any:
-    """fp32 | fp16 | bf16 -> torch dtype."""
+    """fp32 | fp16 | bf16 | int8 | onnx-fp32 | onnx-int8 -> the torch dtype the weights are held in (float32 for
+    int8 and the ONNX Runtime paths)."""
     import torch
 
     if dtype not in DTYPES:

@@ -113,3 +113,86 @@ def precision_facts(device: Any, dtype: Any, head_dtype: Any = None) -> dict[str
     if head_dtype is not None and head_dtype != dtype:
         facts["head_dtype"] = dtype_name(head_dtype)
     return facts
+
+
+#: compute precisions that quantise the Linear layers, and the float dtype the rest of the model stays in
+QUANTIZED = {"int8": "float32"}
+#: what an int8 run does, as manifests record it
+INT8_METHOD = (
+    "torchao Int8DynamicActivationInt8Weight: Linear layers with int8 weights (per channel) and int8 activations "
+    "(per token, quantised at run time)"
+)
+
+
+def is_quantized(precision: str) -> bool:
+    """Whether the compute precision `precision` (fp32, bf16, int8...) quantises the Linear layers."""
+    return precision in QUANTIZED
+
+
+def quantize_linear_int8(modules: list[Any], keep: list[Any] = ()) -> int:  # type: ignore[assignment]
+    """Quantise every `torch.nn.Linear` inside `modules` (those inside `keep`, the scoring head, excepted) to int8
+    weights with dynamic int8 activations (torchao, the maintained successor of torch.ao's dynamic quantisation);
+    returns how many layers were quantised. Without torchao: one line saying how to install it."""
+    import logging
+
+    import torch
+
+    for name in ("torchao", "torch.utils._pytree"):  # its CUDA-only kernels missing on a CPU build, enum notes
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError:
+        raise MicebenchError(
+            "--dtype int8 needs torchao: pip install 'micebench[int8]' (or pip install torchao)"
+        ) from None
+    kept = {id(m) for module in keep for m in module.modules()}
+    count = 0
+
+    def chosen(module: Any, _name: str) -> bool:
+        nonlocal count
+        take = isinstance(module, torch.nn.Linear) and id(module) not in kept
+        count += take
+        return take
+
+    for module in modules:
+        quantize_(module, Int8DynamicActivationInt8WeightConfig(), filter_fn=chosen)
+    return count
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX on x86, BF16 on Arm), so that a bf16 run is
+    fast; without it torch emulates bf16 (correct, but slower than fp32)."""
+    import torch
+
+    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    if probe is not None:
+        try:
+            return bool(probe())
+        except RuntimeError:
+            pass
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = set(info.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def compute_facts(device: Any, dtype: Any, precision: str, quantized_layers: int = 0) -> dict[str, Any]:
+    """The `describe()` fields on the compute precision: `precision` (fp32, bf16, int8...), how int8 quantises,
+    and for a bf16 run on the CPU whether the CPU computes bf16 natively."""
+    import torch
+
+    facts: dict[str, Any] = {"precision": precision}
+    if is_quantized(precision):
+        facts["quantization"] = INT8_METHOD
+        facts["quantized_layers"] = quantized_layers
+        try:
+            from importlib.metadata import version
+
+            facts["torchao"] = version("torchao")
+        except Exception:  # noqa: BLE001 - a version is a fact, not a requirement
+            pass
+    if torch.device(device).type == "cpu" and dtype == torch.bfloat16:
+        facts["cpu_bf16"] = "native" if cpu_bf16_native() else "emulated"
+    return facts

@@ -155,10 +155,12 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
         else:  # as PyLate converts them: each word as one token (an unknown word skips [UNK])
             skipped = {self.tokenizer.convert_tokens_to_ids(w) for w in self.skiplist_words} - {None}
         self.skiplist = torch.tensor(sorted(skipped), dtype=torch.long)
-        # stores are fingerprinted on the weights as loaded, so a bf16 run opens a store built in fp32
-        self._fingerprint = self._weights_fingerprint() if options.precomputed and self.dtype != torch.float32 else None
+        # stores are fingerprinted on the weights as loaded, so a bf16 or int8 run opens a store built in fp32
+        low = self.dtype != torch.float32 or self.precision != "fp32"
+        self._fingerprint = self._weights_fingerprint() if options.precomputed and low else None
         move_model(self.encoder, self.device, self.dtype)
         move_model(self.projection, self.device, self.dtype)
+        self.quantize([self.encoder])  # int8: the encoder's Linear layers; the projection stays fp32
         self.skiplist = self.skiplist.to(self.device)
         self.open_store(options.precomputed)
 

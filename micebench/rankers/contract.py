@@ -55,7 +55,11 @@ class ModelOptions(RankerOptions):
 
     checkpoint: str | None = option(None, "weights: a local folder, short name or hub id")
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps (auto: CUDA, then MPS, then CPU)")
-    dtype: str = option("fp32", "fp32 | fp16 | bf16: the dtype the model runs in")
+    dtype: str = option(
+        "fp32",
+        "fp32 | fp16 | bf16 | int8 | onnx-fp32 | onnx-int8: the model's compute precision (int8: torchao dynamic "
+        "int8 Linear layers; onnx-*: ce on ONNX Runtime, CPU)",
+    )
 
     MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {"max_length": (3, "[CLS] text [SEP]")}
 

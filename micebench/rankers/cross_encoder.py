@@ -12,6 +12,7 @@ from micebench.errors import MicebenchError
 from micebench.models.batching import length_sorted_batches, pad_multiple, pad_rows, scores_to_host, to_device
 from micebench.models.checkpoints import check_family
 from micebench.models.hf import capped_length, classifier_options, load_model, logits_to_scores
+from micebench.models.onnx import is_onnx
 from micebench.models.precision import classifier_head, keep_fp32, modules_dtype
 from micebench.rankers.capabilities import Benchmarkable, Trainable
 from micebench.rankers.memory import oom_backoff
@@ -26,6 +27,7 @@ class CrossEncoderRanker(Trainable, Benchmarkable, ModelRanker):
 
     name = "ce"
     Options = CrossEncoderOptions
+    onnx_backend = True
 
     def __init__(self, options: CrossEncoderOptions):
         check_family(options.checkpoint, self.name)  # a MICE or ColBERT checkpoint would lose weights silently
@@ -46,8 +48,17 @@ class CrossEncoderRanker(Trainable, Benchmarkable, ModelRanker):
         )
         if self.dtype != torch.float32:  # scores from an fp32 head: bf16 logits would tie
             keep_fp32(*classifier_head(self.model))
+        self.quantize([self.model], keep=classifier_head(self.model))
         self.max_length = options.max_length = capped_length(options.max_length, self.model.config)
         self._torch = torch
+        self.onnx = None
+        if is_onnx(self.precision):  # the loaded fp32 model, exported (and quantised) for ONNX Runtime
+            from micebench.models.onnx import OnnxClassifier
+
+            example = dict(
+                self.tokenizer(["a query", "q"], ["a longer document text", "d"], padding=True, return_tensors="pt")
+            )
+            self.onnx = OnnxClassifier(self.model, example, self.precision, torch.get_num_threads())
 
     def tokenize_pairs(self, queries: list[str], docs: list[str]) -> Any:
         """`[CLS] q [SEP] d [SEP]` batches, truncated longest-first to `max_length` (as sentence-transformers)."""
@@ -62,7 +73,13 @@ class CrossEncoderRanker(Trainable, Benchmarkable, ModelRanker):
 
     def forward(self, batch: Any, **kwargs: Any) -> Any:
         """Model output for a tokenised batch, moved to the model's device if it is not there (kwargs such as
-        output_attentions go to the model)."""
+        output_attentions go to the model); on ONNX Runtime, an output with the logits only."""
+        if self.onnx is not None:
+            if kwargs:
+                raise MicebenchError(f"{', '.join(kwargs)} is not available on ONNX Runtime (--dtype {self.precision})")
+            from types import SimpleNamespace
+
+            return SimpleNamespace(logits=self.onnx(dict(batch)))
         return self.model(**to_device(dict(batch), self.device), **kwargs)
 
     def encode_pairs(self, query: str, docs: list[str]) -> Any:
@@ -148,4 +165,11 @@ class CrossEncoderRanker(Trainable, Benchmarkable, ModelRanker):
         return modules_dtype(*classifier_head(self.model))
 
     def details(self) -> dict[str, Any]:
-        return {"max_length": self.max_length, "batch_size": self.batch_size, "oom_backoffs": self.oom_backoffs}
+        facts = {"max_length": self.max_length, "batch_size": self.batch_size, "oom_backoffs": self.oom_backoffs}
+        if self.onnx is not None:
+            from micebench.models.onnx import ONNX_INT8_METHOD
+
+            facts["backend"] = f"onnxruntime {self.onnx.onnxruntime}"
+            if self.precision == "onnx-int8":
+                facts["quantization"] = ONNX_INT8_METHOD
+        return facts

@@ -40,6 +40,7 @@ class DenseRanker(ModelRanker):
         self.pooling = st_config.get("pooling", "mean")
         self.load_tokenizer()
         self.model = load_model(AutoModel, self.checkpoint, self.device, self.dtype, attn_implementation="sdpa")
+        self.quantize([self.model])
         self.max_length = capped_length(self.max_length, self.model.config)
         self._torch = torch
         #: (doc ids, their embeddings, query ids, theirs) of the frame given to `prepare`

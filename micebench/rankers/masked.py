@@ -23,6 +23,7 @@ class MaskedCrossEncoderRanker(CrossEncoderRanker):
 
     name = "masked-ce"
     Options = MaskedOptions
+    onnx_backend = False  # the per-layer masks are hooks the exported graph would not keep
 
     def __init__(self, options: MaskedOptions):
         schedule = options.schedule

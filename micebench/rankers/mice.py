@@ -83,9 +83,9 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
         if limit is not None:  # the defaults (512) are the model's own budget, capped without a note
             mice.query_max_length = min(mice.query_max_length, limit)
         mice.doc_max_length = capped_length(mice.doc_max_length, self.model.config)
-        # stores are fingerprinted on the weights as loaded, so a bf16 run opens a store built in fp32
+        # stores are fingerprinted on the weights as loaded, so a bf16 or int8 run opens a store built in fp32
         self._fingerprints = {}
-        if options.precomputed and self.dtype != torch.float32:
+        if options.precomputed and (self.dtype != torch.float32 or self.precision != "fp32"):
             from micebench.store.manifest import read_manifest
 
             mode = read_manifest(options.precomputed).get("mode")
@@ -94,6 +94,7 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
         move_model(self.model, self.device, self.dtype)
         if self.dtype != torch.float32:  # scores from an fp32 head: bf16 logits would tie
             keep_fp32(*self.model.head_modules())
+        self.quantize([self.model], keep=self.model.head_modules())
         self.untrained = options.untrained
         self.open_store(options.precomputed)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, ClassVar
 
+from micebench.errors import MicebenchError
 from micebench.models.hf import apply_tf32_choice, load_pretrained, model_facts, pick_device, pick_dtype
-from micebench.models.precision import precision_facts
+from micebench.models.onnx import is_onnx
+from micebench.models.precision import compute_facts, is_quantized, precision_facts, quantize_linear_int8
 from micebench.rankers.contract import ModelOptions, Ranker, RankerOptions
 
 
@@ -19,6 +21,8 @@ class ModelRanker(Ranker):
     """A ranker with weights: checkpoint, device, dtype, batch size and tokenizer, set up the same way for all."""
 
     Options: ClassVar[type[RankerOptions]] = ModelOptions
+    #: whether the family can run on ONNX Runtime (`--dtype onnx-fp32|onnx-int8`)
+    onnx_backend: ClassVar[bool] = False
     #: the weights' source as given (local folder, short name or hub id)
     checkpoint: str | None
     #: the torch device and dtype the model runs in
@@ -33,6 +37,13 @@ class ModelRanker(Ranker):
         self.checkpoint = options.checkpoint if checkpoint is None else checkpoint
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype)
+        if is_onnx(options.dtype) and not self.onnx_backend:
+            raise MicebenchError(f"--dtype {options.dtype} (ONNX Runtime) runs the ce family only, not {self.name}")
+        if is_onnx(options.dtype) and self.device.type != "cpu":
+            raise MicebenchError(f"--dtype {options.dtype} runs on the CPU (ONNX Runtime), not on {self.device}")
+        #: the compute precision asked for (fp32, fp16, bf16, int8): int8 holds fp32 weights, then `quantize`s
+        self.precision = options.dtype
+        self.quantized_layers = 0
         apply_tf32_choice(self.device, self.dtype)  # before any model loads: a bad value fails fast
         self.batch_size = int(getattr(options, "batch_size", 1))
         self.oom_backoffs = 0
@@ -42,6 +53,12 @@ class ModelRanker(Ranker):
         from transformers import AutoTokenizer
 
         self.tokenizer = load_pretrained(AutoTokenizer, source or str(self.checkpoint))
+
+    def quantize(self, modules: list[Any], keep: list[Any] = ()) -> None:  # type: ignore[assignment]
+        """In an int8 run, quantise the Linear layers of `modules` (not those of `keep`, the scoring head, which
+        stays fp32); a no-op in any other precision. Families call it once their weights are on the device."""
+        if is_quantized(self.precision):
+            self.quantized_layers = quantize_linear_int8(modules, keep)
 
     @abstractmethod
     def weight_modules(self) -> list[Any]:
@@ -61,5 +78,6 @@ class ModelRanker(Ranker):
             "ranker": self.name,
             **model_facts(self.checkpoint, self.device, self.dtype, *self.weight_modules()),
             **precision_facts(self.device, self.dtype, self.head_dtype()),
+            **compute_facts(self.device, self.dtype, self.precision, self.quantized_layers),
             **self.details(),
         }

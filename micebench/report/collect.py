@@ -92,6 +92,7 @@ def _run_row(folder: Path, manifest: dict[str, Any], queries: int, index: dict[s
         "rerank_ms_per_query": 1e3 * float(manifest.get("timings", {}).get("rerank_s", 0.0)) / max(queries, 1),
         "store": (manifest.get("config", {}).get("options") or {}).get("precomputed"),
         "learned": training_verdict(manifest),
+        "precision": str((manifest.get("ranker_options") or {}).get("dtype") or "fp32"),
         "folder": str(folder),
     }
 
@@ -148,7 +149,7 @@ def _read_latency(folder: Path | None, skipped: list[str]) -> pd.DataFrame:
                     **row,
                     "run": path.stem,
                     "device_name": meta.get("device_name"),
-                    "dtype": meta.get("dtype"),
+                    "dtype": row.get("precision") or meta.get("dtype"),  # a run may time several precisions
                     "threads": meta.get("threads"),
                 }
                 for row in data["rows"]

@@ -18,6 +18,7 @@ STORE_MODES = ("states", "kv", "precomputed")
 COLUMNS = [
     "ranker",
     "family",
+    "precision",
     "params (M)",
     "GFLOP/doc",
     "docs/s (model only)",
@@ -51,13 +52,15 @@ def store_bytes_per_doc(store: object) -> float:
         return math.nan
 
 
-def latency_row(latency: pd.DataFrame, name: str, from_store: bool) -> pd.Series | None:
-    """The latest latency row timing `name` in the same mode (store or texts), preferring batch 64."""
+def latency_row(latency: pd.DataFrame, name: str, from_store: bool, precision: str = "fp32") -> pd.Series | None:
+    """The latest latency row timing `name` in the same mode (store or texts) and compute precision, preferring
+    batch 64."""
     if latency.empty or "label" not in latency:
         return None
     base = latency["label"].astype(str).str.split(":").str[0]
     stored = latency.get("precompute", pd.Series("none", index=latency.index)).isin(STORE_MODES)
-    rows = latency[(base == name) & (stored == from_store)]
+    timed_in = latency.get("dtype", pd.Series("fp32", index=latency.index)).fillna("fp32").astype(str)
+    rows = latency[(base == name) & (stored == from_store) & (timed_in == precision)]
     if rows.empty:
         return None
     rows = rows.assign(_b64=rows.get("batch", pd.Series(0, index=rows.index)) == 64)
@@ -79,7 +82,9 @@ def ranker_efficiency(collection: Collection, rankers: list[str]) -> pd.DataFram
         stores = [store_bytes_per_doc(s) for s in mine.get("store", pd.Series(dtype=object))]
         known = [b for b in stores if not math.isnan(b)]
         from_store = bool(known)
-        timed = latency_row(collection.latency, name, from_store)
+        raw = first.get("precision")
+        precision = raw if isinstance(raw, str) and raw else "fp32"
+        timed = latency_row(collection.latency, name, from_store, precision)
         params = pd.to_numeric(mine["params"], errors="coerce").dropna()
 
         def timed_value(key: str, scale: float = 1.0, timed: pd.Series | None = timed) -> float:
@@ -91,6 +96,7 @@ def ranker_efficiency(collection: Collection, rankers: list[str]) -> pd.DataFram
             {
                 "ranker": ranker,
                 "family": name + (" (store)" if from_store else ""),
+                "precision": precision,
                 "params (M)": round(float(params.iloc[0]) / 1e6, 1) if not params.empty else math.nan,
                 "GFLOP/doc": round(timed_value("flops_per_doc", 1e9), 3),
                 "docs/s (model only)": round(timed_value("docs_per_s"), 0),
@@ -113,8 +119,9 @@ def efficiency_caption(collection: Collection) -> str:
             parts.append(f"batch {int(first['batch'])}")
         setting = f" ({', '.join(parts)})" if parts else ""
     return (
-        "params: the checkpoint as run; GFLOP/doc, docs/s and peak memory: `micebench latency`, model only, the "
-        f"family's architecture in the same mode{setting}; ms/query: re-ranking time per query of the runs "
+        "params: the checkpoint as run; precision: the run's compute precision (one row per path); GFLOP/doc, "
+        "docs/s and peak memory: `micebench latency`, model only, the family's architecture in the same mode and "
+        f"precision{setting}; ms/query: re-ranking time per query of the runs "
         "(end to end: tokenisation or store reads included), mean over the datasets; store KiB/doc: the stores "
         "the runs read. – = not measured."
     )

@@ -404,7 +404,9 @@ def _read_qrels_and_bm25(source: NanoSource) -> tuple[dict[str, list[str]], dict
     for row, (qid, cell) in enumerate(zip(qids, _column(qrels, source, "qrels", "corpus-id"), strict=True), 1):
         where = f"{source.label('qrels')}: row {row} (query {qid!r}) corpus-id"
         is_list = isinstance(cell, list | tuple | np.ndarray) or (isinstance(cell, str) and cell.strip()[:1] == "[")
-        docs = id_list(cell, where) if is_list else _ids([cell], source, "qrels", f"corpus-id in row {row}")
+        if cell is None:
+            raise DataError(f"{source.label('qrels')}: row {row} (query {qid!r}) has no corpus-id (null)")
+        docs = id_list(cell, where) if is_list else [str(cell)]
         judged.setdefault(qid, [])
         judged[qid] += [d for d in docs if d not in judged[qid]]
     bm25 = _per_query_lists(source, "bm25", load_table(source, "bm25"), "corpus-ids")

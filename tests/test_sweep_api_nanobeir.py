@@ -184,7 +184,11 @@ def _nanobeir_en(root: Path, subset: str, frame: pd.DataFrame) -> None:
 
 
 NANOBEIR_EN_CASES = [
-    ("qrels", pd.DataFrame({"query-id": ["q1", "q2"], "corpus-id": ["d1", None]}), "row 2 (query 'q2') has no corpus-id (null)"),
+    (
+        "qrels",
+        pd.DataFrame({"query-id": ["q1", "q2"], "corpus-id": ["d1", None]}),
+        "row 2 (query 'q2') has no corpus-id (null)",
+    ),
     ("qrels", pd.DataFrame({"query-id": ["q1"], "doc": ["d1"]}), "has no column 'corpus-id'"),
     ("bm25", pd.DataFrame({"query-id": ["q1", "q9x"], "corpus-ids": [["d1"], ["d2"]]}), "query id 'q9x' is not in"),
     ("bm25", pd.DataFrame({"query-id": ["q1"], "corpus-ids": ["d1 d2"]}), "'d1 d2' is not a list of ids"),
@@ -383,3 +387,18 @@ def test_ids_a_store_lacks_are_not_only_an_extend_away(store_setup):
     assert "built on 'a': if the frame comes from 'a', add them" in str(error.value)
     assert "a frame of another collection needs a store built on that collection" in str(error.value)
     json.dumps(str(error.value))  # a plain string
+
+
+def test_the_hub_unreachable_is_one_line_naming_the_set_and_the_older_layout(capsys, tmp_path, monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'sentence-transformers/NanoBEIR-en' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.delenv("MICEBENCH_NANOBEIR_DIR", raising=False)
+    monkeypatch.delenv("MICEBENCH_NANOBEIR_LAYOUT", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    code, _, err = _run_nano(capsys, tmp_path, "nano-quora")
+    _one_line(code, err, "cannot load sentence-transformers/NanoBEIR-en (corpus, split NanoQuoraRetrieval)")
+    assert "MICEBENCH_NANOBEIR_LAYOUT=per-set" in err
+    _nothing_written(tmp_path)

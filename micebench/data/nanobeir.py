@@ -270,7 +270,8 @@ def load_table(source: NanoSource, config: str) -> Columns:
         raise
     except Exception as error:  # the hub unreachable, a damaged cache: one line naming the set
         reason = " ".join(str(error).split())[:300]
-        raise DataError(f"cannot load {source.label(config)}: {type(error).__name__}: {reason}") from None
+        other = f" ({LAYOUT_ENV}=per-set reads the older per-set repositories)" if source.layout == NANOBEIR_EN else ""
+        raise DataError(f"cannot load {source.label(config)}: {type(error).__name__}: {reason}{other}") from None
 
 
 def _read_parquet(files: list[Path]) -> Columns:

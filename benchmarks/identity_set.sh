@@ -21,7 +21,7 @@ $MB run --model dense --dataset scifact --first-stage full --top-k 1000 -o "$R" 
 $MB run --model bm25 --dataset trec-dl-19 -o "$R" --overwrite
 $MB run --model dense --dataset trec-dl-19 -o "$R" --overwrite
 for model in ce mask2; do
-  $MB run --model $model --checkpoint minilm-l6 --dataset trec-dl-19 --top-k 20 -o "$R" --overwrite
+  $MB run --model $model --checkpoint minilm-l6 --untrained --dataset trec-dl-19 --top-k 20 -o "$R" --overwrite
 done
 $MB run --model mice-l2+2 --checkpoint minilm-l6 --untrained --dataset trec-dl-19 --top-k 20 -o "$R" --overwrite
 $MB run --model colbert --checkpoint minilm-l6 --dataset trec-dl-19 --top-k 20 -o "$R" --overwrite

@@ -246,6 +246,8 @@ def ranker_stage(config: RunConfig, device: str | None) -> Ranker:
     options = dict(config.options)
     if device is not None and device != options.get("device", "auto") and "device" in option_names(config.model):
         options["device"] = device
+    if "head_seed" in option_names(config.model) and options.get("head_seed") is None:
+        options["head_seed"] = config.seed  # a fresh score head is drawn from the run's seed, as the API's from 0
     ranker = load_ranker(config.model, **options)
     ranker.check_ready_for_effectiveness()
     return ranker

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from micebench.data.nanobeir import split_protocol, suite_members
+from micebench.data.nanobeir import check_set, nano_set, split_protocol, suite_members
 from micebench.pipeline import RunConfig, RunResult
 from micebench.results import slug
 
@@ -58,7 +58,8 @@ def write_suite_index(config: RunConfig, runs: list[RunConfig]) -> Path:
 
 
 def run_suite(config: RunConfig, announce: Callable[[RunConfig, RunResult | None], None]) -> list[RunResult]:
-    """Run every member of a suite (finished ones kept unless `overwrite`), after checking that all resolve."""
+    """Run every member of a suite (finished ones kept unless `overwrite`), after checking that all resolve and that
+    every member's files read (a damaged or missing fifth set is refused before the first set runs)."""
     from micebench.data.registry import data_dir, dataset_label, where
     from micebench.pipeline import check_config, result_folder, run_experiment
     from micebench.results import is_complete
@@ -66,8 +67,12 @@ def run_suite(config: RunConfig, announce: Callable[[RunConfig, RunResult | None
     check_config(config)
     runs = suite_runs(config)
     root = data_dir(config.data_dir)
-    for run in runs:
+    for run in runs:  # every member's files found and readable before the first member writes anything
         where(run.dataset, root)
+    for run in runs:
+        member = nano_set(run.dataset)
+        if member is not None:
+            check_set(member[0])
     results = []
     for i, run in enumerate(runs):
         if is_complete(result_folder(run, dataset_label(run.dataset))) and not run.overwrite:

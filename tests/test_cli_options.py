@@ -32,6 +32,7 @@ NOT_DEFAULT: dict[str, Any] = {
     "merge_layer": 1,
     "top_layers": 1,
     "untrained": True,
+    "head_seed": 7,
     "top_self_attention": False,
     "query_attends_cls": True,
     "cls_attends_document": True,
@@ -92,7 +93,7 @@ def every_option(family: str, tmp_path: Path, small: Path, ce: str, encoder: str
     given["checkpoint"] = encoder if family in ("dense", "colbert") else ce
     if "precomputed" in fields:
         store = tmp_path / "store"
-        shared = {k: v for k, v in given.items() if k not in ("dtype", "untrained")}
+        shared = {k: v for k, v in given.items() if k not in ("dtype", "untrained", "head_seed")}
         code, _, err = cli(
             capsys, "precompute", "--model", family, "--dataset", str(small), "-o", str(store), *as_flags(shared)
         )

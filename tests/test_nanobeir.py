@@ -52,6 +52,23 @@ def write_nano_set(root: Path, repo: str) -> None:
         frame.to_parquet(folder / "train-00000-of-00001.parquet", index=False)
 
 
+def write_nanobeir_en(root: Path, split: str, relevance: list = RELEVANCE) -> None:
+    """One set in the current layout: `NanoBEIR-en/<subset>/<split>-00000-of-00001.parquet` for the subsets
+    corpus, queries, qrels (one row per judged pair) and bm25."""
+    tables = {
+        "corpus": pd.DataFrame({"_id": list(CORPUS), "text": list(CORPUS.values())}),
+        "queries": pd.DataFrame({"_id": list(QUERIES), "text": list(QUERIES.values())}),
+        "qrels": pd.DataFrame(
+            [(q, d, 1) for q, positives, _ in relevance for d in positives], columns=["query-id", "corpus-id", "score"]
+        ),
+        "bm25": pd.DataFrame([(q, ranked) for q, _, ranked in relevance], columns=["query-id", "corpus-ids"]),
+    }
+    for subset, frame in tables.items():
+        folder = root / "NanoBEIR-en" / subset
+        folder.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(folder / f"{split}-00000-of-00001.parquet", index=False)
+
+
 @pytest.fixture
 def nano_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """All 13 sets (the same small content) in the hub layout, read through MICEBENCH_NANOBEIR_DIR."""
@@ -187,14 +204,60 @@ def test_bad_names_and_missing_files_are_one_line(nano_dir: Path, tmp_path: Path
     assert not (tmp_path / "r" / "nano-nq").exists()
 
 
-def test_the_hub_is_read_through_datasets_load_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the local folder the loader asks `datasets.load_dataset` for the hub repository's config."""
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        ("nanobeir-en", (("sentence-transformers/NanoBEIR-en", "qrels"), {"split": "NanoFiQA2018"})),
+        ("per-set", (("sentence-transformers/NanoFiQA2018-bm25", "relevance"), {"split": "train"})),
+    ],
+)
+def test_the_hub_is_read_through_datasets_load_dataset(monkeypatch: pytest.MonkeyPatch, layout, expected) -> None:
+    """Without the local folder the loader asks `datasets.load_dataset` for the hub repository's config and split:
+    `sentence-transformers/NanoBEIR-en` (split `Nano<Set>`) by default, the per-set repositories on request."""
     import datasets
 
-    from micebench.data.nanobeir import load_table
+    from micebench.data.nanobeir import LAYOUT_ENV, load_table, nano_source
+
+    class Table:
+        column_names = ["query-id"]
+
+        def __getitem__(self, name):
+            return ["q1"]
 
     monkeypatch.delenv(LOCAL_DIR_ENV, raising=False)
+    if layout == "per-set":
+        monkeypatch.setenv(LAYOUT_ENV, layout)
     calls = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or "table")
-    assert load_table(NANO_SETS["fiqa"], "relevance") == "table"
-    assert calls == [(("sentence-transformers/NanoFiQA2018-bm25", "relevance"), {"split": "train"})]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or Table())
+    source = nano_source(NANO_SETS["fiqa"])
+    assert load_table(source, expected[0][1]) == {"query-id": ["q1"]}
+    assert calls == [expected] and source.layout == layout
+
+
+def test_the_current_layout_gives_the_same_result_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sentence-transformers/NanoBEIR-en` (subsets corpus/queries/qrels/bm25, split `Nano<Set>`) read from the
+    local folder gives the per-set layout's values; each manifest names the layout it read."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    write_nano_set(old, NANO_SETS["scifact"].repo)
+    write_nanobeir_en(new, "NanoSciFact")
+    write_nanobeir_en(new, "NanoNQ", RELEVANCE[:1])  # another split in the same files is not read
+    values, layouts = {}, {}
+    for name, root in (("old", old), ("new", new)):
+        monkeypatch.setenv(LOCAL_DIR_ENV, str(root))
+        out = tmp_path / f"results-{name}"
+        result = invoke("run", "--model", "first-stage", "--dataset", "nano-scifact@evaluator", "--output", str(out))
+        assert result.exit_code == 0, result.output
+        folder = out / "nano-scifact_evaluator" / "first-stage"
+        values[name] = (folder / "perquery.tsv").read_text()
+        layouts[name] = json.loads((folder / "manifest.json").read_text())["dataset"]["layout"]
+    assert values["old"] == values["new"]
+    assert layouts["old"].startswith("per-set: sentence-transformers/NanoSciFact-bm25")
+    assert (
+        layouts["new"]
+        == "nanobeir-en: sentence-transformers/NanoBEIR-en (corpus/queries/qrels/bm25, split NanoSciFact)"
+    )
+    monkeypatch.setenv(LOCAL_DIR_ENV, str(new))
+    ds = load_dataset("nano-scifact")
+    assert ds.qrels() == {"q1": {"d1": 1, "d7": 1}, "q2": {"d3": 1}, "q3": {"d8": 1}}
+    assert ds.source == f"local:{new.resolve() / 'NanoBEIR-en'}@NanoSciFact"
+    assert load_dataset("nano-nq").queries() == {"q1": QUERIES["q1"]}  # the bm25 subset's queries

@@ -74,7 +74,9 @@ def test_bf16_scores_come_from_an_fp32_head(request, monkeypatch, model, backbon
         for module in (cross_encoder, mice):
             patch.setattr(module, "keep_fp32", lambda *modules: None)
         bf16_head = _bf16_scores(model, checkpoint, docs)
-    assert len(np.unique(fp32)) == len(docs)
+    # fp32 scores of 100 random texts: the closest two differ by 5 ulps (tiny BERT), 9 (MICE), 150 and more
+    # (ModernBERT) on AMD EPYC; another CPU's rounding may tie such a pair, so "none tie" is "at most 3 ties"
+    assert len(np.unique(fp32)) >= len(docs) - 3
     assert len(np.unique(scores)) >= 97 > len(np.unique(bf16_head)), (len(np.unique(scores)), len(np.unique(bf16_head)))
     if backbone == "modernbert":  # the tiny BERT's scores barely vary: its errors are the body's, not the head's
         assert np.abs(scores - fp32).mean() < np.abs(bf16_head - fp32).mean()

@@ -77,10 +77,15 @@ def test_experiment_matches_micebench_run(runs: dict[str, Path], tiny_bert_ce: s
     ).set_index("name")
     table.columns = [str(c) for c in table.columns]  # ir_measures objects as their names
     assert "nDCG@10 p-value corrected" in table.columns and "nDCG@10 reject" in table.columns
+    # Random tiny weights put some documents within 1 ulp of each other (ADI, this CE: two queries); another CPU's
+    # rounding may tie them exactly, and trec_eval and ranx order exact ties differently. The evaluations are
+    # compared where the ranking is defined: per query without an exact tie, the means when no query has one.
+    tied = {name: tied_queries(pipeline(topics)) for name, pipeline in (("ce", ce), ("mice", mice))}
     for name in ("ce", "mice"):
         folder = runs["ce" if name == "ce" else "mice-run"]
         measures = json.loads((folder / "metrics.json").read_text())["measures"]
-        assert table.at[name, "nDCG@10"] == pytest.approx(measures["nDCG@10"], abs=1e-6)
+        if not tied[name]:
+            assert table.at[name, "nDCG@10"] == pytest.approx(measures["nDCG@10"], abs=1e-6)
 
     per_query = pt.Experiment([ce, mice], topics, qrels, [pt.measures.nDCG @ 10], names=["ce", "mice"], perquery=True)
     for name in ("ce", "mice"):
@@ -88,6 +93,11 @@ def test_experiment_matches_micebench_run(runs: dict[str, Path], tiny_bert_ce: s
         ours = pd.read_csv(folder / "perquery.tsv", sep="\t", dtype={"qid": str}).set_index("qid")["nDCG@10"]
         theirs = per_query[per_query["name"] == name].set_index("qid")["value"]
         assert set(per_query["measure"].astype(str)) == {"nDCG@10"}
+        assert len(tied[name]) < len(ours) / 4  # the comparison below still covers most queries
+        ours, theirs = (
+            ours.drop(index=list(tied[name]), errors="ignore"),
+            theirs.drop(index=list(tied[name]), errors="ignore"),
+        )
         assert theirs.sort_index().to_numpy() == pytest.approx(ours.sort_index().to_numpy(), abs=1e-6)
 
     for name, pipeline in (("ce", ce), ("mice", mice)):
@@ -98,6 +108,12 @@ def test_experiment_matches_micebench_run(runs: dict[str, Path], tiny_bert_ce: s
             assert score == pytest.approx(expected[qid][docno], abs=1e-5)
         first = scored[scored["rank"] == 0].set_index("qid")["score"]
         assert (first == scored.groupby("qid")["score"].max()).all()  # PyTerrier's ranks: 0 is the best
+
+
+def tied_queries(scored: pd.DataFrame) -> set[str]:
+    """Queries of a scored frame in which two documents have exactly the same score (the run file's six decimals
+    would tie far more)."""
+    return {str(qid) for qid, scores in scored.groupby("qid")["score"] if scores.nunique() < len(scores)}
 
 
 def test_reranker_needs_the_text_column_unless_stored(tiny_bert_ce: str) -> None:

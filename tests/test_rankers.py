@@ -41,10 +41,39 @@ def test_cross_encoder_equals_unmodified_hf_logits(tiny_bert_ce, batch_size):
     assert ranker.describe()["attention"] == "sdpa"
 
 
-def test_cross_encoder_from_packaged_bi_encoder_gets_a_single_logit_head(minilm_path):
-    ranker = load_ranker("ce", checkpoint="minilm-l6", device="cpu")
-    assert ranker.model.config.num_labels == 1
-    assert ranker.score(QUERY, DOCS[:2]).shape == (2,)
+def test_cross_encoder_from_packaged_bi_encoder_gets_a_seeded_single_logit_head(minilm_path):
+    """A bi-encoder as `ce` gets a fresh one-logit head drawn from a seed (0 unless given): two loads score alike,
+    another seed otherwise; an effectiveness check refuses it unless untrained=True."""
+    import torch
+
+    first = load_ranker("ce", checkpoint="minilm-l6", device="cpu")
+    assert first.model.config.num_labels == 1 and first.fresh_head == ["classifier.bias", "classifier.weight"]
+    torch.manual_seed(123)  # the global generator's state does not matter
+    again = load_ranker("ce", checkpoint="minilm-l6", device="cpu", untrained=True)
+    other = load_ranker("ce", checkpoint="minilm-l6", device="cpu", untrained=True, head_seed=1)
+    assert torch.equal(first.model.classifier.weight, again.model.classifier.weight)  # the same draw, not a kernel
+    assert not torch.equal(first.model.classifier.weight, other.model.classifier.weight)
+    assert first.score(QUERY, DOCS[:2]).shape == (2,)
+    with pytest.raises(MicebenchError, match="minilm-l6 has no trained score head .*pass --untrained"):
+        first.check_ready_for_effectiveness()
+    again.check_ready_for_effectiveness()
+    assert first.describe()["fresh_head_seed"] == 0
+
+
+def test_a_trained_head_is_neither_redrawn_nor_refused(tiny_bert_ce):
+    from safetensors.torch import load_file
+
+    ranker = load_ranker("ce", checkpoint=tiny_bert_ce, device="cpu", head_seed=5)
+    saved = load_file(f"{tiny_bert_ce}/model.safetensors")["classifier.weight"]
+    assert ranker.fresh_head == [] and "fresh_head_seed" not in ranker.describe()
+    assert torch_equal(ranker.model.classifier.weight, saved)
+    ranker.check_ready_for_effectiveness()
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a.detach().cpu(), b)
 
 
 def test_dense_matches_sentence_transformers(minilm_path):
@@ -148,6 +177,8 @@ def test_effective_options_record_defaults(tiny_bert_ce):
         "batch_size": 32,
         "max_length": 512,
         "attn_implementation": "sdpa",
+        "untrained": False,
+        "head_seed": 0,
     }
 
 

@@ -32,6 +32,7 @@ def _command(data_dir: Path, out: Path, *extra: str) -> list[str]:
         "cpu",
         "--max-length",
         "256",
+        "--untrained",  # the packaged bi-encoder has no trained score head: a fresh one from the seed
         "-o",
         str(out),
         *extra,

@@ -9,7 +9,7 @@ from pathlib import Path
 from micebench.data.base import Dataset
 from micebench.data.facts import DatasetFacts
 from micebench.data.local import LocalBeirDataset, is_beir_folder
-from micebench.data.nanobeir import NANO_SETS, NanoBeirDataset, nano_set
+from micebench.data.nanobeir import NANO_SETS, NANOBEIR_EN, NanoBeirDataset, check_local_files, nano_set, nano_source
 from micebench.errors import DataError, UnknownNameError, not_found
 
 DATA_DIR_ENV = "MICEBENCH_DATA"
@@ -103,8 +103,12 @@ def where(name: str, data_dir_path: Path | None = None) -> tuple[str, str]:
     if _looks_like_path(name):
         raise DataError(not_found("dataset folder", name))
     nano = nano_set(name)
-    if nano is not None:
-        return "huggingface", nano[0].hub_id
+    if nano is not None:  # the local folder's files (checked), or the hub repository and split
+        source = nano_source(nano[0])
+        if source.folder is not None:
+            check_local_files(source)
+            return "local", f"{source.folder}@{source.split}" if source.layout == NANOBEIR_EN else str(source.folder)
+        return "huggingface", source.key.partition(":")[2]
     short = SHORT_NAMES.get(name)
     if data_dir_path is not None:
         for folder in short.mirror_folders if short else (name,):
@@ -148,7 +152,7 @@ def load_dataset(name: str, data_dir_path: str | Path | None = None, split: str 
     """Resolve a dataset name (path, short name, mirror folder or ir_datasets id) and open it with its facts."""
     kind, target = where(name, data_dir(data_dir_path))
     label = dataset_label(name)
-    nano = nano_set(name) if kind == "huggingface" else None
+    nano = nano_set(name) if not Path(name).expanduser().is_dir() else None
     if nano is not None:
         if split is not None:
             raise DataError("--split applies to local folders; NanoBEIR sets have one split")

@@ -277,6 +277,7 @@ def load_weights(loader: Any, checkpoint: str, read_apart: Collection[str] = (),
     model, info = load_pretrained(loader, checkpoint, output_loading_info=True, **kwargs)
     check_missing_weights(checkpoint, info["missing_keys"])  # an error first, before any warning
     check_unused_weights(checkpoint, type(model).__name__, info["unexpected_keys"], read_apart)
+    model.micebench_missing_keys = tuple(sorted(info.get("missing_keys") or ()))  # drawn afresh, not loaded
     return model
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
 from micebench.rankers.options import CrossEncoderOptions
 from micebench.rankers.registry import register_ranker
+
+log = logging.getLogger(__name__)
+#: weights of a classifier's score head (BERT, RoBERTa, ELECTRA, DistilBERT: classifier; ModernBERT: head and
+#: classifier; decoder rerankers: score): missing from a checkpoint, they are drawn afresh
+HEAD_KEYS = ("classifier.", "score.", "head.", "pre_classifier.")
 
 
 @register_ranker("ce", "cross-encoder: [CLS] query [SEP] document [SEP] with full attention")
@@ -38,14 +44,27 @@ class CrossEncoderRanker(Trainable, Benchmarkable, ModelRanker):
         self.max_length = options.max_length
         extra = classifier_options(self.checkpoint)
         self.load_tokenizer()
-        self.model = load_model(
-            AutoModelForSequenceClassification,
-            self.checkpoint,
-            self.device,
-            self.dtype,
-            attn_implementation=options.attn_implementation,
-            **extra,
-        )
+        self.untrained = options.untrained
+        self.head_seed = 0 if options.head_seed is None else options.head_seed
+
+        def load() -> Any:
+            return load_model(
+                AutoModelForSequenceClassification,
+                self.checkpoint,
+                self.device,
+                self.dtype,
+                attn_implementation=options.attn_implementation,
+                **extra,
+            )
+
+        if extra:  # not a classifier: its score head is drawn afresh, from the seed (the same on every load)
+            torch.manual_seed(self.head_seed)
+        self.model = load()
+        self.fresh_head = [k for k in getattr(self.model, "micebench_missing_keys", ()) if k.startswith(HEAD_KEYS)]
+        if self.fresh_head and not extra:  # a classifier whose weights lack the head: drawn again from the seed
+            torch.manual_seed(self.head_seed)
+            self.model = load()
+        self._warn_fresh_head = bool(self.fresh_head) and not self.untrained  # once, when it first scores
         if self.dtype != torch.float32:  # scores from an fp32 head: bf16 logits would tie
             keep_fp32(*classifier_head(self.model))
         self.quantize([self.model], keep=classifier_head(self.model))
@@ -59,6 +78,25 @@ class CrossEncoderRanker(Trainable, Benchmarkable, ModelRanker):
                 self.tokenizer(["a query", "q"], ["a longer document text", "d"], padding=True, return_tensors="pt")
             )
             self.onnx = OnnxClassifier(self.model, example, self.precision, torch.get_num_threads())
+
+    def no_head_message(self) -> str:
+        """Why a checkpoint without a trained score head is refused, and what to do."""
+        return (
+            f"{self.checkpoint} has no trained score head ({', '.join(self.fresh_head[:2])} drawn afresh from seed "
+            f"{self.head_seed}): refused; train it (`micebench train --model {self.name} --init {self.checkpoint}`) "
+            "or pass --untrained (untrained=True) to evaluate it as it is"
+        )
+
+    def check_ready_for_effectiveness(self) -> None:
+        if self.fresh_head and not self.untrained:
+            raise MicebenchError(self.no_head_message())
+
+    def effective_options(self) -> dict[str, Any]:
+        return {**super().effective_options(), "head_seed": self.head_seed}
+
+    def describe(self) -> dict[str, Any]:
+        facts = super().describe()
+        return {**facts, "fresh_head_seed": self.head_seed} if self.fresh_head else facts
 
     def tokenize_pairs(self, queries: list[str], docs: list[str]) -> Any:
         """`[CLS] q [SEP] d [SEP]` batches, truncated longest-first to `max_length` (as sentence-transformers)."""
@@ -99,6 +137,14 @@ class CrossEncoderRanker(Trainable, Benchmarkable, ModelRanker):
         """Pairs tokenised once, scored in length-sorted batches; the scores reach the host in one copy."""
         if not query.strip():
             raise MicebenchError("empty query text")
+        if self._warn_fresh_head:
+            self._warn_fresh_head = False
+            log.warning(
+                "%s has no trained score head: a fresh one drawn from seed %d scores at random (untrained=True "
+                "silences this; runs and Reranker refuse it without)",
+                self.checkpoint,
+                self.head_seed,
+            )
         with self._torch.inference_mode():
             return scores_to_host(((i, self.score_batch(b)) for i, b in self.host_batches(query, docs)), len(docs))
 

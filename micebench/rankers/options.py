@@ -29,8 +29,17 @@ class CrossEncoderOptions(ModelOptions):
         "maximum tokens of a query-document pair (>= 5), truncated longest first; beyond the model's positions: capped",
     )
     attn_implementation: str = option("sdpa", "transformers attention: sdpa | eager (eager can return weights)")
+    untrained: bool = option(False, "allow evaluating a checkpoint without a trained score head (a fresh one)")
+    head_seed: int | None = option(
+        None, "seed of a fresh score head, 0 to 2**32-1 (default: the run's or training's --seed; 0 in the API)"
+    )
 
     MIN_LENGTHS: ClassVar[dict[str, tuple[int, str]]] = {"max_length": (5, "[CLS] query [SEP] document [SEP]")}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.head_seed is not None and not 0 <= self.head_seed <= 2**32 - 1:
+            raise MicebenchError(f"head seed must be between 0 and 2**32 - 1 (got {self.head_seed})")
 
 
 @dataclass

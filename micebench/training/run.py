@@ -49,6 +49,8 @@ def student_options(config: TrainConfig) -> dict[str, Any]:
     }
     if "untrained" in option_names(config.model):
         options["untrained"] = True  # a student is untrained by definition
+    if "head_seed" in option_names(config.model) and options.get("head_seed") is None:
+        options["head_seed"] = config.seed  # a fresh score head is drawn from the training seed
     ranker_options(config.model, **options)
     return options
 

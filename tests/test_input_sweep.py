@@ -487,7 +487,11 @@ SWEEP_EXPERIMENT_CASES = [
     ('first_stage = "dataset:nosuchrun"', 'model = "bm25"', "ships no 'nosuchrun' run"),
     ("", 'model = "mice"\nmerge_layer = 0\nuntrained = true', "merge layer 0 is impossible"),
     ("", 'model = "mice-l2+0"\nuntrained = true', "0 top layers are impossible"),
-    ("", 'model = "ce"\ncheckpoint = "minilm-l6"\ndtype = "fp64"', "unknown dtype 'fp64' (use fp32, fp16, bf16, int8, onnx-fp32, onnx-int8)"),
+    (
+        "",
+        'model = "ce"\ncheckpoint = "minilm-l6"\ndtype = "fp64"',
+        "unknown dtype 'fp64' (use fp32, fp16, bf16, int8, onnx-fp32, onnx-int8)",
+    ),
     ("", 'model = "ce"\ncheckpoint = "minilm-l6"\ndevice = "tpu"', "unknown device 'tpu'"),
     ("", 'model = "masked-ce"\nschedule = "nosuchpreset"', "cannot parse schedule rule 'nosuchpreset'"),
     ("", 'model = "ce"\nmax_length = 1', "--max-length 1 cannot hold [CLS] query [SEP] document [SEP]"),

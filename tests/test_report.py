@@ -639,6 +639,7 @@ def test_efficiency_table_joins_runs_stores_and_latency_per_ranker(tmp_path):
         "docs/s (model only)": "100.0",
         "ms/query (end to end)": str(round(1e3 * (3.0 + 1.0) / 2 / n, 1)),
         "store KiB/doc": "",
+        "store": "",
         "peak memory (MB)": "900.0",
     }
     assert table["mice-l2+2"]["family"] == "mice-l2+2 (store)"

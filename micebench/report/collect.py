@@ -84,6 +84,9 @@ def _run_row(folder: Path, manifest: dict[str, Any], queries: int, index: dict[s
         "params": info.get("parameters"),
         "rerank_ms_per_query": 1e3 * float(manifest.get("timings", {}).get("rerank_s", 0.0)) / max(queries, 1),
         "store": (manifest.get("config", {}).get("options") or {}).get("precomputed"),
+        # what the store held when the run read it (runs before these were recorded: read from the store)
+        "store_bytes_per_doc": (info.get("store") or {}).get("bytes_per_doc"),
+        "store_codec": (info.get("store") or {}).get("codec"),
         "folder": str(folder),
     }
 

@@ -23,6 +23,7 @@ COLUMNS = [
     "docs/s (model only)",
     "ms/query (end to end)",
     "store KiB/doc",
+    "store",
     "peak memory (MB)",
 ]
 
@@ -51,6 +52,16 @@ def store_bytes_per_doc(store: object) -> float:
         return math.nan
 
 
+def stored_sizes(runs: pd.DataFrame) -> list[float]:
+    """Bytes per document of the stores a ranker's runs read: as the run recorded it, else from the store."""
+    recorded = runs.get("store_bytes_per_doc", pd.Series(math.nan, index=runs.index))
+    sizes = [
+        float(b) if isinstance(b, int | float) and not pd.isna(b) else store_bytes_per_doc(s)
+        for b, s in zip(recorded, runs.get("store", pd.Series(None, index=runs.index)), strict=True)
+    ]
+    return [b for b in sizes if not math.isnan(b)]
+
+
 def latency_row(latency: pd.DataFrame, name: str, from_store: bool) -> pd.Series | None:
     """The latest latency row timing `name` in the same mode (store or texts), preferring batch 64."""
     if latency.empty or "label" not in latency:
@@ -76,8 +87,8 @@ def ranker_efficiency(collection: Collection, rankers: list[str]) -> pd.DataFram
             continue
         first = mine.iloc[0]
         name = family(str(first["model"]), first.get("merge_layer"), first.get("top_layers"))
-        stores = [store_bytes_per_doc(s) for s in mine.get("store", pd.Series(dtype=object))]
-        known = [b for b in stores if not math.isnan(b)]
+        known = stored_sizes(mine)
+        codecs = sorted({str(c) for c in mine.get("store_codec", pd.Series(dtype=object)).dropna()})
         from_store = bool(known)
         timed = latency_row(collection.latency, name, from_store)
         params = pd.to_numeric(mine["params"], errors="coerce").dropna()
@@ -96,6 +107,7 @@ def ranker_efficiency(collection: Collection, rankers: list[str]) -> pd.DataFram
                 "docs/s (model only)": round(timed_value("docs_per_s"), 0),
                 "ms/query (end to end)": round(float(mine["rerank_ms_per_query"].mean()), 1),
                 "store KiB/doc": round(sum(known) / len(known) / 1024, 1) if known else math.nan,
+                "store": ", ".join(codecs) if codecs else ("yes" if known else ""),
                 "peak memory (MB)": round(timed_value("peak_memory_mb"), 0),
             }
         )
@@ -115,6 +127,6 @@ def efficiency_caption(collection: Collection) -> str:
     return (
         "params: the checkpoint as run; GFLOP/doc, docs/s and peak memory: `micebench latency`, model only, the "
         f"family's architecture in the same mode{setting}; ms/query: re-ranking time per query of the runs "
-        "(end to end: tokenisation or store reads included), mean over the datasets; store KiB/doc: the stores "
-        "the runs read. – = not measured."
+        "(end to end: tokenisation or store reads included), mean over the datasets; store KiB/doc and store: the "
+        "size and codec of the stores the runs read. – = not measured."
     )

@@ -12,7 +12,7 @@ store needs no faiss.
   centroids) plus each dimension's residual quantised to b = 1 or 2 bits, with bucket cutoffs at the residuals'
   quantiles (i/2^b) and bucket weights at the midpoint quantiles ((i + 0.5)/2^b), per dimension (ColBERTv2 shares
   one set of cutoffs over all dimensions; MICE states have outlier dimensions, so each dimension gets its own).
-  Decoding: x = C[id] + W[bucket_j, j].
+  Decoding: x = C[id] + W[bucket_j, j], read a byte at a time from a table of the 256 values of each byte.
 
 Vectors of a field whose training sample all have unit norm (ColBERT's embeddings) are normalised again after
 decoding, as ColBERTv2 does.
@@ -255,9 +255,15 @@ class ResidualCodec(FieldCodec):
         self.normalize = normalize
         self.id_dtype = torch.int16 if self.K <= 2**15 else torch.int32
         device = centroids.device
-        self._flat_weights = self.weights.reshape(-1)
-        self._columns = torch.arange(self.dim, device=device)
         self._shifts = torch.arange(0, 8, self.bits, device=device, dtype=torch.uint8)
+        # decoding table: for byte position p and byte value v, the weights of the 8/b dimensions it packs
+        per_byte, nbytes = 8 // self.bits, self.dim * self.bits // 8
+        values = torch.arange(256, device=device)
+        buckets = (values[:, None] >> self._shifts.long()) & ((1 << self.bits) - 1)  # (256, per_byte)
+        dims = torch.arange(self.dim, device=device).view(nbytes, per_byte)
+        table = self.weights[buckets[None, :, :], dims[:, None, :]]  # (nbytes, 256, per_byte)
+        self._table = table.reshape(nbytes * 256, per_byte).contiguous()
+        self._byte_offsets = torch.arange(nbytes, device=device) * 256
         self._index: Any = None
 
     @classmethod
@@ -317,11 +323,10 @@ class ResidualCodec(FieldCodec):
     def decode(self, field: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, packed = parts[f"{field}.centroid"], parts[f"{field}.residual"]
         lead = ids.shape
-        base = self.centroids.index_select(0, ids.reshape(-1).long())
-        mask = (1 << self.bits) - 1
-        buckets = ((packed.reshape(-1, packed.shape[-1], 1) >> self._shifts) & mask).reshape(-1, self.dim)
-        residual = self._flat_weights[buckets.long() * self.dim + self._columns]
-        return self._finish((base + residual).view(*lead, self.dim))
+        x = self.centroids.index_select(0, ids.reshape(-1).long())
+        rows = (packed.reshape(-1, packed.shape[-1]).long() + self._byte_offsets).reshape(-1)
+        x += self._table.index_select(0, rows).view(-1, self.dim)  # each byte's dimensions from one table row
+        return self._finish(x.view(*lead, self.dim))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"centroids": self.centroids, "cutoffs": self.cutoffs, "weights": self.weights}
@@ -421,6 +426,18 @@ class StoreCodec:
         options = dict(entry.get("options", {}))
         spec = CodecSpec(name, **{k: v for k, v in options.items() if k != "name"})
         return cls(spec, fields, dict(entry.get("training", {})))
+
+
+def store_label(manifest: dict[str, Any]) -> str:
+    """How a store's vectors are kept, in `precompute --dtype` words: fp16, int8, pq48, residual-2bit, ..."""
+    codec = manifest.get("codec")
+    if isinstance(codec, dict):
+        options = codec.get("options", {})
+        if codec.get("name") == "pq":
+            return f"pq{options.get('pq_bytes', '')}"
+        return f"{codec.get('name')}-{options.get('bits', '')}bit"
+    dtype = str(manifest.get("dtype", ""))
+    return {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}.get(dtype, dtype)
 
 
 def check_trainable(spec: CodecSpec, dims: dict[str, int], vectors: int) -> None:

@@ -174,7 +174,18 @@ def main() -> None:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        print(f"rows written to {out / 'codecs.csv'}")
+        from micebench.report.plots import storage_figure
+
+        means = {}
+        for row in rows:
+            means.setdefault(row["codec"], []).append(row)
+        points = [
+            (codec, statistics.mean(r["bytes_per_doc"] for r in mine), statistics.mean(r["ndcg"] for r in mine))
+            for codec, mine in means.items()
+        ]
+        sets = len({r["dataset"] for r in rows})
+        figure = storage_figure(points, f"mean nDCG@10 (x100) over {sets} datasets", out)
+        print(f"rows written to {out / 'codecs.csv'}; figure {figure[0] if figure else '(none)'}")
 
 
 def agreement(ranked: Any, reference: Any) -> tuple[float, float]:

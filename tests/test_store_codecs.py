@@ -232,3 +232,15 @@ def test_bad_codec_options_are_refused_in_one_line(capsys, tmp_path, monkeypatch
     code, _, err = cli(capsys, *args, *extra)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists() and not (tmp_path / ".s.partial").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("dtype", "options"), [("pq", {"pq_bytes": 4}), ("residual", {"residual_bits": 2})])
+def test_codec_stores_decode_on_cuda_as_on_the_cpu(tmp_path, dtype, options):
+    folder, _ = build(tmp_path, dtype, **options, centroids=8 if dtype == "residual" else None)
+    rows = torch.tensor([3, 0, 7])
+    on_cpu, mask = DocumentStore(folder, "fake", "fp-1").gather(rows)
+    on_gpu, gpu_mask = DocumentStore(folder, "fake", "fp-1", device="cuda").gather(rows)
+    assert torch.equal(gpu_mask.cpu(), mask)
+    scale = float(on_cpu["states"].abs().max())
+    assert torch.allclose(on_gpu["states"].cpu(), on_cpu["states"], rtol=0, atol=1e-5 * scale)

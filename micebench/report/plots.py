@@ -118,6 +118,12 @@ def storage_pareto(table: EffectivenessTable, collection: Collection, folder: Pa
             codec = str(costs.loc[ranker, "store"])
             label = ranker if not codec or codec == "yes" or codec in ranker else f"{ranker} ({codec})"
             points.append((label, 1024 * float(size), values[ranker]))
+    return storage_figure(points, y_label, folder)
+
+
+def storage_figure(points: list[tuple[str, float, float]], y_label: str, folder: Path) -> list[Path]:
+    """`pareto_storage.png`/`.svg`: (label, bytes per document, effectiveness) points with their Pareto front (also
+    drawn by `benchmarks/store_codecs.py` from its codec table); nothing for fewer than two points."""
     if len(points) < 2:
         return []
     return _pareto_figure(

@@ -649,6 +649,7 @@ def test_efficiency_table_joins_runs_stores_and_latency_per_ranker(tmp_path):
     assert table["mice-l2+2"]["docs/s (model only)"] == "800.0"  # the batch-64 row, not the batch-8 one
     assert table["mice-l2+2"]["store KiB/doc"] == "6.0"
     assert (table["mice-pq"]["store KiB/doc"], table["mice-pq"]["store"]) == ("4.0", "pq48")
+    assert table["mice-l2+2"]["store"] == "fp16"  # not recorded by the run: read from the store
     assert table["mice-texts"]["family"] == "mice-l2+2"
     assert table["mice-texts"]["GFLOP/doc"] == "2.0"
     assert table["bm25"]["GFLOP/doc"] == ""

@@ -62,6 +62,26 @@ def stored_sizes(runs: pd.DataFrame) -> list[float]:
     return [b for b in sizes if not math.isnan(b)]
 
 
+def stored_codecs(runs: pd.DataFrame) -> list[str]:
+    """How the stores a ranker's runs read keep their vectors (fp16, int8, pq48, ...): as the run recorded it, else
+    from the store's manifest."""
+    from micebench.errors import MicebenchError
+    from micebench.store.codecs import store_label
+    from micebench.store.manifest import read_manifest
+
+    found = set()
+    recorded = runs.get("store_codec", pd.Series(None, index=runs.index))
+    for codec, store in zip(recorded, runs.get("store", pd.Series(None, index=runs.index)), strict=True):
+        if isinstance(codec, str) and codec:
+            found.add(codec)
+        elif isinstance(store, str) and store:
+            try:
+                found.add(store_label(read_manifest(store)))
+            except (MicebenchError, KeyError, TypeError, ValueError):
+                pass
+    return sorted(found)
+
+
 def latency_row(latency: pd.DataFrame, name: str, from_store: bool) -> pd.Series | None:
     """The latest latency row timing `name` in the same mode (store or texts), preferring batch 64."""
     if latency.empty or "label" not in latency:
@@ -88,7 +108,7 @@ def ranker_efficiency(collection: Collection, rankers: list[str]) -> pd.DataFram
         first = mine.iloc[0]
         name = family(str(first["model"]), first.get("merge_layer"), first.get("top_layers"))
         known = stored_sizes(mine)
-        codecs = sorted({str(c) for c in mine.get("store_codec", pd.Series(dtype=object)).dropna()})
+        codecs = stored_codecs(mine)
         from_store = bool(known)
         timed = latency_row(collection.latency, name, from_store)
         params = pd.to_numeric(mine["params"], errors="coerce").dropna()
@@ -107,7 +127,7 @@ def ranker_efficiency(collection: Collection, rankers: list[str]) -> pd.DataFram
                 "docs/s (model only)": round(timed_value("docs_per_s"), 0),
                 "ms/query (end to end)": round(float(mine["rerank_ms_per_query"].mean()), 1),
                 "store KiB/doc": round(sum(known) / len(known) / 1024, 1) if known else math.nan,
-                "store": ", ".join(codecs) if codecs else ("yes" if known else ""),
+                "store": ", ".join(codecs),
                 "peak memory (MB)": round(timed_value("peak_memory_mb"), 0),
             }
         )

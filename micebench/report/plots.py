@@ -116,7 +116,7 @@ def storage_pareto(table: EffectivenessTable, collection: Collection, folder: Pa
         size = costs["store KiB/doc"].get(ranker, np.nan) if ranker in costs.index else np.nan
         if pd.notna(size) and not np.isnan(values.get(ranker, np.nan)):
             codec = str(costs.loc[ranker, "store"])
-            label = ranker if not codec or codec == "yes" or codec in ranker else f"{ranker} ({codec})"
+            label = ranker if not codec or codec in ranker else f"{ranker} ({codec})"
             points.append((label, 1024 * float(size), values[ranker]))
     return storage_figure(points, y_label, folder)
 

@@ -580,6 +580,7 @@ def test_efficiency_table_joins_runs_stores_and_latency_per_ranker(tmp_path):
         "ce": ("ce", None, None, (3.0, 1.0), 22_700_000),
         "mice-l2+2": ("mice", (2, 2), str(store), (0.3, 0.1), 18_000_000),
         "mice-texts": ("mice", (2, 2), None, (1.2, 0.6), 18_000_000),
+        "mice-pq": ("mice", (2, 2), str(tmp_path / "deleted-store"), (0.3, 0.1), 18_000_000),
     }
     for ranker, (model, shape, precomputed, seconds, params) in specs.items():
         for dataset, rerank_s, values in (("scifact", seconds[0], BM25_Q), ("cisi", seconds[1], BM25_Q[::-1])):
@@ -589,6 +590,8 @@ def test_efficiency_table_joins_runs_stores_and_latency_per_ranker(tmp_path):
             manifest["ranker"] = {"ranker": model, "parameters": params}
             if shape:
                 manifest["ranker"]["mice"] = {"merge_layer": shape[0], "top_layers": shape[1]}
+            if ranker == "mice-pq":  # what the run recorded of its store (since deleted)
+                manifest["ranker"]["store"] = {"bytes_per_doc": 4096.0, "codec": "pq48"}
             (folder / "manifest.json").write_text(json.dumps(manifest))
     (root / "latency").mkdir()
     rows = [
@@ -640,16 +643,19 @@ def test_efficiency_table_joins_runs_stores_and_latency_per_ranker(tmp_path):
         "docs/s (model only)": "100.0",
         "ms/query (end to end)": str(round(1e3 * (3.0 + 1.0) / 2 / n, 1)),
         "store KiB/doc": "",
+        "store": "",
         "peak memory (MB)": "900.0",
     }
     assert table["mice-l2+2"]["family"] == "mice-l2+2 (store)"
     assert table["mice-l2+2"]["docs/s (model only)"] == "800.0"  # the batch-64 row, not the batch-8 one
     assert table["mice-l2+2"]["store KiB/doc"] == "6.0"
+    assert (table["mice-pq"]["store KiB/doc"], table["mice-pq"]["store"]) == ("4.0", "pq48")
+    assert table["mice-l2+2"]["store"] == "fp16"  # not recorded by the run: read from the store
     assert table["mice-texts"]["family"] == "mice-l2+2"
     assert table["mice-texts"]["GFLOP/doc"] == "2.0"
     assert table["bm25"]["GFLOP/doc"] == ""
     names = {p.name for p in (tmp_path / "rep").iterdir()}
-    assert {"pareto.png", "pareto_flops.png", "latency.csv"} <= names
+    assert {"pareto.png", "pareto_flops.png", "pareto_storage.png", "latency.csv"} <= names
 
 
 def test_a_manifest_that_is_json_but_not_an_object_is_unreadable_everywhere(tmp_path, caplog):

@@ -49,8 +49,26 @@ def precompute(
         typer.Option(help="MICE: states (default; layer-k states) or kv (top-layer keys/values); ColBERT: embeddings."),
     ] = None,
     dtype: Annotated[
-        str, typer.Option(help="Storage dtype: fp16, fp32, bf16 or int8 (per-token quantised, about half of fp16).")
+        str,
+        typer.Option(
+            help="Storage dtype: fp16, fp32, bf16, int8 (per-token quantised, about half of fp16), pq (OPQ + product "
+            "quantisation, --pq-bytes per token vector) or residual (ColBERTv2's centroid id + --residual-bits per "
+            "dimension); pq and residual train their codebooks on the store's own vectors (faiss)."
+        ),
     ] = "fp16",
+    pq_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="--dtype pq: bytes (8-bit sub-quantisers) per token vector, dividing its size (default: size / 8)."
+        ),
+    ] = None,
+    residual_bits: Annotated[int | None, typer.Option(help="--dtype residual: bits per dimension, 1 or 2.")] = None,
+    centroids: Annotated[
+        int | None, typer.Option(help="--dtype residual: k-means centroids (default: ColBERTv2's rule, capped).")
+    ] = None,
+    train_docs: Annotated[
+        int | None, typer.Option(help="--dtype pq|residual: documents whose vectors train the codebooks (1024).")
+    ] = None,
     first_stage: Annotated[
         str | None,
         typer.Option(
@@ -79,9 +97,11 @@ def precompute(
     """Encode documents once and store their representations (keyed by doc id) for `run --precomputed`."""
     import time
 
+    from micebench.store.codecs import codec_spec
     from micebench.store.precompute import build_store
 
     start = time.perf_counter()
+    codec = codec_spec(dtype, pq_bytes, residual_bits, centroids, train_docs)
     path = build_store(
         model,
         dataset,
@@ -99,6 +119,7 @@ def precompute(
         resume=resume,
         chunk_docs=chunk_docs,
         extend=extend,
+        codec=codec,
     )
     if path is None:  # a torchrun rank > 0: rank 0 reports
         return
@@ -109,6 +130,7 @@ def precompute(
     out().print(
         f"{manifest['num_docs']} documents ({added} added), {manifest['num_tokens']} tokens, "
         f"{manifest['bytes_per_doc'] / 1024:.1f} KiB "
-        f"per document ({manifest['mode']}, {dtype}) in {time.perf_counter() - start:.1f}s (loading included); "
+        f"per document ({manifest['mode']}, {codec.label() if codec else dtype}) in "
+        f"{time.perf_counter() - start:.1f}s (loading included); "
         f"written to {path}"
     )

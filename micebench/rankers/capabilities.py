@@ -149,8 +149,14 @@ class StoreBacked(ModelRanker):
         """The store part of `describe()`."""
         if self.store is None:
             return {}
-        keys = ("mode", "dtype", "fingerprint", "num_docs", "bytes_per_doc")
-        return {"store": {**{k: self.store.manifest.get(k) for k in keys}, "path": str(self.store.folder)}}
+        from micebench.store.codecs import store_label
+
+        manifest = self.store.manifest
+        keys = ("mode", "dtype", "fingerprint", "num_docs", "num_tokens", "bytes_per_doc")
+        facts = {k: manifest.get(k) for k in keys} | {"codec": store_label(manifest)}
+        if manifest.get("num_tokens"):
+            facts["bytes_per_token"] = manifest.get("bytes", 0) / manifest["num_tokens"]
+        return {"store": {**facts, "path": str(self.store.folder)}}
 
 
 class Benchmarkable(ModelRanker):

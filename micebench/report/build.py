@@ -11,7 +11,7 @@ from micebench.atomic import atomic_write_text
 from micebench.errors import MicebenchError, not_found
 from micebench.report.collect import Collection
 from micebench.report.efficiency import efficiency_caption, ranker_efficiency
-from micebench.report.plots import dataset_bars, efficiency_frame_to_md, mice_sweeps, pareto_plot
+from micebench.report.plots import dataset_bars, efficiency_frame_to_md, mice_sweeps, pareto_plot, storage_pareto
 from micebench.report.tables import (
     EffectivenessTable,
     effectiveness_table,
@@ -108,6 +108,7 @@ def write_report(report: Report, formats: tuple[str, ...] = FORMATS, show_std: b
     output.mkdir(parents=True, exist_ok=True)
     figures = [
         *pareto_plot(table, collection, output),
+        *storage_pareto(table, collection, output),
         *mice_sweeps(table, collection, output),
         *dataset_bars(table, output),
     ]

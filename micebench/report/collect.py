@@ -93,6 +93,9 @@ def _run_row(folder: Path, manifest: dict[str, Any], queries: int, index: dict[s
         "store": (manifest.get("config", {}).get("options") or {}).get("precomputed"),
         "learned": training_verdict(manifest),
         "precision": str((manifest.get("ranker_options") or {}).get("dtype") or "fp32"),
+        # what the store held when the run read it (runs before these were recorded: read from the store)
+        "store_bytes_per_doc": (info.get("store") or {}).get("bytes_per_doc"),
+        "store_codec": (info.get("store") or {}).get("codec"),
         "folder": str(folder),
     }
 

@@ -24,6 +24,7 @@ COLUMNS = [
     "docs/s (model only)",
     "ms/query (end to end)",
     "store KiB/doc",
+    "store",
     "peak memory (MB)",
 ]
 
@@ -50,6 +51,36 @@ def store_bytes_per_doc(store: object) -> float:
         return float(read_manifest(store)["bytes_per_doc"])
     except (MicebenchError, KeyError, TypeError, ValueError):
         return math.nan
+
+
+def stored_sizes(runs: pd.DataFrame) -> list[float]:
+    """Bytes per document of the stores a ranker's runs read: as the run recorded it, else from the store."""
+    recorded = runs.get("store_bytes_per_doc", pd.Series(math.nan, index=runs.index))
+    sizes = [
+        float(b) if isinstance(b, int | float) and not pd.isna(b) else store_bytes_per_doc(s)
+        for b, s in zip(recorded, runs.get("store", pd.Series(None, index=runs.index)), strict=True)
+    ]
+    return [b for b in sizes if not math.isnan(b)]
+
+
+def stored_codecs(runs: pd.DataFrame) -> list[str]:
+    """How the stores a ranker's runs read keep their vectors (fp16, int8, pq48, ...): as the run recorded it, else
+    from the store's manifest."""
+    from micebench.errors import MicebenchError
+    from micebench.store.codecs import store_label
+    from micebench.store.manifest import read_manifest
+
+    found = set()
+    recorded = runs.get("store_codec", pd.Series(None, index=runs.index))
+    for codec, store in zip(recorded, runs.get("store", pd.Series(None, index=runs.index)), strict=True):
+        if isinstance(codec, str) and codec:
+            found.add(codec)
+        elif isinstance(store, str) and store:
+            try:
+                found.add(store_label(read_manifest(store)))
+            except (MicebenchError, KeyError, TypeError, ValueError):
+                pass
+    return sorted(found)
 
 
 def latency_row(latency: pd.DataFrame, name: str, from_store: bool, precision: str = "fp32") -> pd.Series | None:
@@ -79,8 +110,8 @@ def ranker_efficiency(collection: Collection, rankers: list[str]) -> pd.DataFram
             continue
         first = mine.iloc[0]
         name = family(str(first["model"]), first.get("merge_layer"), first.get("top_layers"))
-        stores = [store_bytes_per_doc(s) for s in mine.get("store", pd.Series(dtype=object))]
-        known = [b for b in stores if not math.isnan(b)]
+        known = stored_sizes(mine)
+        codecs = stored_codecs(mine)
         from_store = bool(known)
         raw = first.get("precision")
         precision = raw if isinstance(raw, str) and raw else "fp32"
@@ -102,6 +133,7 @@ def ranker_efficiency(collection: Collection, rankers: list[str]) -> pd.DataFram
                 "docs/s (model only)": round(timed_value("docs_per_s"), 0),
                 "ms/query (end to end)": round(float(mine["rerank_ms_per_query"].mean()), 1),
                 "store KiB/doc": round(sum(known) / len(known) / 1024, 1) if known else math.nan,
+                "store": ", ".join(codecs),
                 "peak memory (MB)": round(timed_value("peak_memory_mb"), 0),
             }
         )
@@ -122,6 +154,6 @@ def efficiency_caption(collection: Collection) -> str:
         "params: the checkpoint as run; precision: the run's compute precision (one row per path); GFLOP/doc, "
         "docs/s and peak memory: `micebench latency`, model only, the family's architecture in the same mode and "
         f"precision{setting}; ms/query: re-ranking time per query of the runs "
-        "(end to end: tokenisation or store reads included), mean over the datasets; store KiB/doc: the stores "
-        "the runs read. – = not measured."
+        "(end to end: tokenisation or store reads included), mean over the datasets; store KiB/doc and store: the "
+        "size and codec of the stores the runs read. – = not measured."
     )

@@ -98,6 +98,39 @@ def pareto_plot(table: EffectivenessTable, collection: Collection, folder: Path)
     return written
 
 
+def storage_pareto(table: EffectivenessTable, collection: Collection, folder: Path) -> list[Path]:
+    """The storage Pareto figure: effectiveness (as in `pareto_plot`) against the bytes per document of the store
+    each stored ranker read (log scale; labelled with the store's codec). Needs two stored rankers."""
+    from micebench.report.efficiency import ranker_efficiency
+
+    datasets = [c for c in table.columns if not c.endswith(" avg")]
+    if "OOD avg" in table.columns and table.mean["OOD avg"].notna().sum() >= 1:
+        values = {r: 100 * float(table.mean.loc[r, "OOD avg"]) for r in table.rows}
+        y_label = f"OOD avg {table.metric} (x100)"
+    else:
+        values = {r: 100 * float(table.mean.loc[r, datasets].mean()) for r in table.rows}
+        y_label = f"mean {table.metric} (x100) over {len(datasets)} datasets"
+    costs = ranker_efficiency(collection, table.rows).set_index("ranker")
+    points = []
+    for ranker in table.rows:
+        size = costs["store KiB/doc"].get(ranker, np.nan) if ranker in costs.index else np.nan
+        if pd.notna(size) and not np.isnan(values.get(ranker, np.nan)):
+            codec = str(costs.loc[ranker, "store"])
+            label = ranker if not codec or codec in ranker else f"{ranker} ({codec})"
+            points.append((label, 1024 * float(size), values[ranker]))
+    return storage_figure(points, y_label, folder)
+
+
+def storage_figure(points: list[tuple[str, float, float]], y_label: str, folder: Path) -> list[Path]:
+    """`pareto_storage.png`/`.svg`: (label, bytes per document, effectiveness) points with their Pareto front (also
+    drawn by `benchmarks/store_codecs.py` from its codec table); nothing for fewer than two points."""
+    if len(points) < 2:
+        return []
+    return _pareto_figure(
+        points, "store bytes per document (log scale)", y_label, "Effectiveness vs storage", folder, "pareto_storage"
+    )
+
+
 def _pareto_figure(
     points: list[tuple[str, float, float]], x_label: str, y_label: str, title: str, folder: Path, name: str
 ) -> list[Path]:

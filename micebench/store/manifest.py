@@ -16,6 +16,8 @@ from micebench.store.shards import ShardFile
 
 MANIFEST = "manifest.json"
 FORMAT = 2
+#: stores of a compressing codec (pq, residual: `codecs.py`) have format 3, so that older readers refuse them
+CODEC_FORMAT = 3
 #: manifest keys an extension must share with the store it extends
 _EXTEND_KEYS = ("kind", "mode", "fingerprint", "dtype", "fields")
 
@@ -39,7 +41,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if manifest.get("status") != "complete":
         raise MicebenchError(f"document store is incomplete: {folder}")
     check_manifest_types(manifest, path)
-    if manifest.get("format", 1) > FORMAT:
+    if manifest.get("format", 1) > CODEC_FORMAT:
         raise MicebenchError(f"document store {folder} has format {manifest['format']}: upgrade micebench to read it")
     return manifest
 
@@ -86,6 +88,8 @@ def check_manifest_types(manifest: dict[str, Any], path: Path) -> None:
         if not isinstance(entry, dict):
             raise damaged(f"shards[{i}]", f"must be an object (got {entry!r})")
         check(entry, SHARD_FIELDS, f"shards[{i}].")
+    if "codec" in manifest and not isinstance(manifest["codec"], dict):
+        raise damaged("codec", f"must be an object (got {manifest['codec']!r})")
     if manifest.get("format", 1) >= 2 and not isinstance(manifest.get("index"), dict):
         raise damaged("index", f"must be an object (got {manifest.get('index')!r})")
 

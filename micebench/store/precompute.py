@@ -3,11 +3,13 @@
 What is encoded: the whole corpus (streamed), or only the candidates a first stage returns for the judged
 queries (`first_stage`, `top_k`), each document once, in the order the queries meet them. Extending a store skips
 the documents it already holds. Before encoding, the store's size is projected from a sample of encoded
-documents and the precompute stops when the disk lacks room.
+documents and the precompute stops when the disk lacks room. A pq or residual store (`codecs.py`) first encodes a
+sample of the documents and trains its codebooks on their token vectors (an extension reuses the store's).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +27,7 @@ from micebench.data.base import Dataset, chunked
 from micebench.errors import EnvironmentFault, MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.progress import progress_bar
+from micebench.store.codecs import CODECS, CodecSpec, StoreCodec, check_compatible, train_codec
 from micebench.store.index import ROW, DocIndex
 from micebench.store.manifest import open_index
 from micebench.store.shards import SCALE_DTYPE
@@ -35,8 +38,8 @@ log = logging.getLogger(__name__)
 _CHUNK = 4096
 #: documents encoded to measure the mean number of stored tokens per document
 _SAMPLE = 128
-#: storage dtypes `precompute` accepts
-STORE_DTYPES = ("fp16", "fp32", "bf16", "int8")
+#: storage dtypes `precompute` accepts (pq and residual: compressing codecs, see `codecs.py`)
+STORE_DTYPES = ("fp16", "fp32", "bf16", "int8", *CODECS)
 
 
 def check_positive(**counts: int | None) -> None:
@@ -47,11 +50,13 @@ def check_positive(**counts: int | None) -> None:
 
 
 def store_dtype(dtype: str) -> torch.dtype:
-    """fp16 | fp32 | bf16 | int8 -> the torch dtype shards hold."""
+    """fp16 | fp32 | bf16 | int8 -> the torch dtype shards hold (a codec's vectors are encoded from fp32)."""
     if dtype not in STORE_DTYPES:
         raise MicebenchError(f"unknown store dtype {dtype!r} (use {', '.join(STORE_DTYPES)})")
     if dtype == "int8":
         return torch.int8
+    if dtype in CODECS:
+        return torch.float32
     from micebench.models.hf import pick_dtype
 
     return pick_dtype(dtype)
@@ -74,6 +79,8 @@ class Plan:
     count: int
     sample: list[str]
     record: dict[str, Any] = field(default_factory=dict)
+    #: texts a codec's codebooks are trained on (empty without a codec)
+    training: list[str] = field(default_factory=list)
 
 
 def _absent(docs: Iterable[tuple[str, str]], present: DocIndex) -> Iterator[tuple[str, str]]:
@@ -83,19 +90,25 @@ def _absent(docs: Iterable[tuple[str, str]], present: DocIndex) -> Iterator[tupl
         yield from ((d, t) for d, t in zip(ids, texts, strict=True) if d in absent)
 
 
-def corpus_plan(dataset: Dataset, limit: int | None, present: DocIndex | None) -> Plan:
-    """The whole corpus (its first `limit` documents), minus those in `present`: counted in one streaming pass."""
+def corpus_plan(dataset: Dataset, limit: int | None, present: DocIndex | None, train_docs: int = 0) -> Plan:
+    """The whole corpus (its first `limit` documents), minus those in `present`: counted in one streaming pass
+    (which also draws `train_docs` documents at random, seed 0, for a codec's training)."""
 
     def docs() -> Iterable[tuple[str, str]]:
         stream = islice(dataset.iter_docs(), limit) if limit else dataset.iter_docs()
         return _absent(stream, present) if present is not None else stream
 
-    count, sample = 0, []
+    count, sample, training = 0, [], []
+    rng = np.random.default_rng(0)
     for _, text in docs():
         count += 1
         if len(sample) < _SAMPLE:
             sample.append(text)
-    return Plan(docs, count, sample, {"documents": "corpus", "limit": limit})
+        if len(training) < train_docs:
+            training.append(text)
+        elif train_docs and (slot := int(rng.integers(count))) < train_docs:  # reservoir sampling
+            training[slot] = text
+    return Plan(docs, count, sample, {"documents": "corpus", "limit": limit}, training)
 
 
 def candidate_ids(run: dict[str, dict[str, float]]) -> list[str]:
@@ -105,14 +118,17 @@ def candidate_ids(run: dict[str, dict[str, float]]) -> list[str]:
     return list(dict.fromkeys(d for qid in sorted(run) for d, _ in ranked(run[qid])))
 
 
-def candidates_plan(dataset: Dataset, spec: str, top_k: int, limit: int | None, present: DocIndex | None) -> Plan:
-    """The top-`top_k` candidates of first stage `spec` for the judged queries, minus those in `present`."""
+def candidates_plan(
+    dataset: Dataset, spec: str, top_k: int, limit: int | None, present: DocIndex | None, train_docs: int = 0
+) -> Plan:
+    """The top-`top_k` candidates of first stage `spec` for the judged queries, minus those in `present` (and
+    `train_docs` of them, evenly spaced, for a codec's training)."""
     from micebench.firststage.candidates import first_stage
     from micebench.frames import refuse_absent_candidates
 
     candidates = first_stage(dataset, spec, top_k)
     if candidates.full_corpus:
-        return corpus_plan(dataset, limit, present)
+        return corpus_plan(dataset, limit, present, train_docs)
     ids = candidate_ids(candidates.run)
     wanted = len(ids)
     ids = ids[:limit] if limit else ids
@@ -129,7 +145,10 @@ def candidates_plan(dataset: Dataset, spec: str, top_k: int, limit: int | None, 
         "candidates": wanted,
         "limit": limit,
     }
-    return Plan(lambda: ((d, texts[d]) for d in ids), len(ids), [texts[d] for d in ids[::step][:_SAMPLE]], record)
+    every = max(1, len(ids) // max(train_docs, 1))
+    training = [texts[d] for d in ids[::every][:train_docs]] if train_docs else []
+    sample = [texts[d] for d in ids[::step][:_SAMPLE]]
+    return Plan(lambda: ((d, texts[d]) for d in ids), len(ids), sample, record, training)
 
 
 @dataclass
@@ -152,7 +171,9 @@ class Projection:
         )
 
 
-def project(ranker: Any, mode: str, sample: list[str], docs: int, dtype: torch.dtype) -> Projection:
+def project(
+    ranker: Any, mode: str, sample: list[str], docs: int, dtype: torch.dtype, codec: StoreCodec | None = None
+) -> Projection:
     """Encode `sample` to measure stored tokens per document and vector sizes, and project `docs` documents."""
     tokens, dims = 0, {}
     for idx in length_sorted_batches(sample, ranker.batch_size):
@@ -162,7 +183,9 @@ def project(ranker: Any, mode: str, sample: list[str], docs: int, dtype: torch.d
     fields, _ = ranker.store_fields(mode)
     size = torch.empty(0, dtype=dtype).element_size()
     per_token = sum(dims.get(f, 0) * size for f in fields)
-    if dtype == torch.int8:
+    if codec is not None:
+        per_token = codec.bytes_per_token()
+    elif dtype == torch.int8:
         per_token += len(fields) * torch.empty(0, dtype=SCALE_DTYPE).element_size()
     per_doc_index = 4 + ROW.itemsize + 8 + 16  # lengths, row table, sorted order, a doc id of ~16 bytes
     return Projection(docs, tokens / max(len(sample), 1), per_token, per_doc_index)
@@ -202,13 +225,15 @@ def precompute(
     top_k: int = 100,
     extend: bool = False,
     say: Callable[[str], None] | None = None,
+    codec: CodecSpec | None = None,
 ) -> Path:
     """Build (or with `extend`, add to) the store of `ranker` (MICE in states|kv mode, or ColBERT).
 
     Without `first_stage` the whole corpus is encoded; with it, only the top-`top_k` candidates of the judged
-    queries. `dtype` is fp16, fp32, bf16 or int8 (per-token quantised). Resumable chunk by chunk (`resume`); under
-    torchrun (`world`) chunks are shared round-robin between ranks. `say` receives the projected size (rank 0).
-    Returns the store folder (on every rank, once rank 0 has assembled it).
+    queries. `dtype` is fp16, fp32, bf16 or int8 (per-token quantised), or pq / residual with `codec` (its
+    sizes; codebooks trained on the store's own vectors, or the extended store's reused). Resumable chunk by
+    chunk (`resume`); under torchrun (`world`) chunks are shared round-robin between ranks. `say` receives the
+    projected size (rank 0). Returns the store folder (on every rank, once rank 0 has assembled it).
     """
     from micebench.runstate import Distributed
 
@@ -216,6 +241,10 @@ def precompute(
     world = world or Distributed()
     folder = Path(folder)
     stored = store_dtype(dtype)
+    if codec is not None and codec.name != dtype:
+        raise MicebenchError(f"the {codec.name} codec's options were given with --dtype {dtype}")
+    if codec is None and dtype in CODECS:
+        codec = CodecSpec(dtype)
     fields, kind = ranker.store_fields(mode)
     meta = {
         "kind": kind,
@@ -226,17 +255,39 @@ def precompute(
     }
     options = {"first_stage": first_stage, "top_k": top_k if first_stage else None, "limit": limit}
     options["chunk_docs"] = chunk_docs
-    writer = StoreWriter(folder, meta, fields, stored, overwrite, resume, world.rank, extend=extend, options=options)
+    if codec is not None:
+        options["codec"] = codec.options()
+    writer = StoreWriter(
+        folder,
+        meta,
+        fields,
+        stored,
+        overwrite,
+        resume,
+        world.rank,
+        extend=extend,
+        options=options,
+        codec_name=codec.name if codec else None,
+    )
     present = open_index(folder, writer.base) if writer.base else None
+    existing = writer.existing_codec() if codec is not None else None
+    if existing is not None:
+        check_compatible(codec, existing, folder)
+    train_docs = codec.train_docs if codec is not None and existing is None else 0
     with torch.inference_mode():
         if first_stage is None:
-            plan = corpus_plan(dataset, limit, present)
+            plan = corpus_plan(dataset, limit, present, train_docs)
         else:
-            plan = candidates_plan(dataset, first_stage, top_k, limit, present)
+            plan = candidates_plan(dataset, first_stage, top_k, limit, present, train_docs)
         if plan.count == 0 and present is None:
             raise MicebenchError(f"dataset {dataset.name!r} has no documents to encode")
+        if codec is not None:
+            writer.use_codec(*_codec(ranker, mode, fields, plan, codec, existing, writer, world))
+            if existing is None and world.rank == 0:
+                world.barrier()  # the other ranks read the saved codebooks now
         finished = sum(c["docs"] for c in writer.chunk_records()) if writer.partial.is_dir() else 0
-        projection = project(ranker, mode, plan.sample, plan.count - finished, stored) if plan.count else None
+        todo = plan.count - finished
+        projection = project(ranker, mode, plan.sample, todo, stored, writer.codec) if plan.count else None
     if world.rank == 0:
         if projection is None:
             (say or log.info)(f"nothing to encode: {folder} already holds every requested document")
@@ -254,6 +305,32 @@ def precompute(
         writer.finish({"dataset": dataset.describe(), **plan.record, "added": plan.count})
     world.barrier()
     return folder
+
+
+def _codec(
+    ranker: Any,
+    mode: str,
+    fields: list[str],
+    plan: Plan,
+    spec: CodecSpec,
+    existing: StoreCodec | None,
+    writer: StoreWriter,
+    world: Any,
+) -> tuple[StoreCodec, bool]:
+    """The codebooks to encode with, and whether they are new (to be saved): the store's own when extending or
+    resuming, else trained by rank 0 on the plan's training documents and read back by the other ranks."""
+    if existing is not None:
+        return existing, False
+    if world.rank != 0:
+        world.barrier()  # rank 0 trains and saves
+        return StoreCodec.load(writer.partial, json.loads((writer.partial / "codec.json").read_text())), False
+    texts = plan.training
+    if not texts:
+        raise MicebenchError(f"no documents to train the {spec.name} codebooks on")
+    lengths, packed = encode_chunk(ranker, mode, fields, texts)
+    tokens = sum(lengths) / len(lengths) * plan.count
+    trained = train_codec(spec, packed, int(tokens), len(texts))
+    return trained, True
 
 
 def encode_chunk(ranker: Any, mode: str, fields: list[str], texts: list[str]) -> tuple[list[int], dict[str, Any]]:
@@ -378,7 +455,8 @@ def build_store(
 ) -> Path | None:
     """`micebench precompute`: check every input before the dataset or the model loads, load both, and build the
     store of `model` (default folder results/stores/<dataset>/<label>-<mode>-<dtype>). `build` holds `precompute`'s
-    switches (limit, overwrite, resume, chunk_docs, extend). Returns the folder, or None on a torchrun rank > 0."""
+    switches (limit, overwrite, resume, chunk_docs, extend, codec). Returns the folder, or None on a torchrun rank
+    > 0."""
     from micebench.data import load_dataset
     from micebench.rankers.base import StoreBacked, load_ranker, ranker_options, rankers_with, resolve_ranker
     from micebench.results import slug
@@ -388,6 +466,9 @@ def build_store(
         chunk_docs=build.get("chunk_docs"), batch_size=options.get("batch_size"), limit=build.get("limit"), top_k=top_k
     )
     store_dtype(dtype)
+    codec = build.get("codec")
+    if codec is not None and codec.name != dtype:
+        raise MicebenchError(f"the {codec.name} codec's options were given with --dtype {dtype}")
     if top_k is not None and first_stage is None:
         raise MicebenchError("--top-k applies to --first-stage candidates (without it every document is encoded)")
     cls, _ = resolve_ranker(model)
@@ -400,8 +481,9 @@ def build_store(
     ds = load_dataset(dataset, data_dir, split)
     world = Distributed.from_env(device)
     ranker = load_ranker(model, **{**options, "device": world.device(device)})
+    stored = codec.label() if codec else dtype
     folder = (
-        Path(output) if output else Path("results") / "stores" / slug(ds.name) / f"{slug(ranker.label)}-{mode}-{dtype}"
+        Path(output) if output else Path("results") / "stores" / slug(ds.name) / f"{slug(ranker.label)}-{mode}-{stored}"
     )
     path = precompute(
         ranker,

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from micebench.errors import MicebenchError
+from micebench.store.codecs import StoreCodec
 from micebench.store.manifest import open_index, read_manifest, shard_file
 from micebench.store.shards import SCALE_DTYPE, scale_name
 
@@ -53,8 +54,8 @@ class DocumentStore:
 
     Opening reads the manifest and maps the doc-id index; each shard is checked and memory-mapped on first use.
     `gather` copies the byte ranges of the requested rows out of the maps in one join per field (only their pages
-    are read), pads them with zeros, and converts them to `dtype` (dequantising an int8 store); on CUDA through a
-    reused pinned buffer, copied without blocking.
+    are read), pads them with zeros, and converts them to `dtype` (dequantising an int8 store, decoding the codes of
+    a pq or residual store on the scoring device); on CUDA through a reused pinned buffer, copied without blocking.
     """
 
     def __init__(
@@ -80,14 +81,27 @@ class DocumentStore:
                 f"this model {fingerprint})"
             )
         self.fields: list[str] = list(self.manifest["fields"])
-        self.stored_dtype: torch.dtype = getattr(torch, self.manifest["dtype"])
-        self.quantized = self.stored_dtype == torch.int8
-        self.dtype: torch.dtype = dtype or (torch.float32 if self.quantized else self.stored_dtype)
         self.device = torch.device(device)
+        #: the codebooks of a pq or residual store, on the scoring device (None for plain dtypes and int8)
+        self.codec: StoreCodec | None = None
+        if "codec" in self.manifest:
+            self.codec = StoreCodec.load(self.folder, self.manifest["codec"]).to(self.device)
+            self.stored_dtype = torch.uint8
+            self._dtypes = {name: spec[0] for name, spec in self.codec.stored().items()}
+            self._expected = {name: spec[1] for name, spec in self.codec.stored().items()}
+        else:
+            self.stored_dtype = getattr(torch, self.manifest["dtype"])
+            self._dtypes = {f: self.stored_dtype for f in self.fields}
+            self._expected = {}
+        self.quantized = self.codec is None and self.stored_dtype == torch.int8
+        if self.quantized:
+            self._dtypes |= {scale_name(f): SCALE_DTYPE for f in self.fields}
+        compressed = self.quantized or self.codec is not None
+        self.dtype: torch.dtype = dtype or (torch.float32 if compressed else self.stored_dtype)
         self.entries: list[dict[str, Any]] = list(self.manifest["shards"])
         self._check_sizes()
         self.index = open_index(self.folder, self.manifest)
-        self._names = self.fields + ([scale_name(f) for f in self.fields] if self.quantized else [])
+        self._names = list(self._dtypes)
         shards = len(self.entries)
         #: per tensor name, each shard's bytes (None until the shard is first used)
         self._views: dict[str, list[memoryview | None]] = {name: [None] * shards for name in self._names}
@@ -145,7 +159,8 @@ class DocumentStore:
         for name in self._names:
             expected = self._raw(name)
             shape = shard.shapes[name][1:]
-            if shard.dtypes[name] != expected or self._shapes.setdefault(name, shape) != shape:
+            known = self._shapes.setdefault(name, self._expected.get(name, shape))
+            if shard.dtypes[name] != expected or known != shape:
                 raise MicebenchError(
                     f"corrupt store shard {shard.path}: {name} is {shard.dtypes[name]} {shape}, "
                     f"expected {expected} {self._shapes[name]}"
@@ -157,7 +172,7 @@ class DocumentStore:
 
     def _raw(self, name: str) -> torch.dtype:
         """The dtype tensor `name` is stored in."""
-        return self.stored_dtype if name in self.fields else SCALE_DTYPE
+        return self._dtypes[name]
 
     def _buffer(self, key: str, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A reused flat buffer of at least `size` elements (grown by doubling), pinned when it feeds a GPU."""
@@ -217,7 +232,18 @@ class DocumentStore:
             self._copied = torch.cuda.Event()
             self._copied.record(torch.cuda.current_stream(self.device))  # the stream the copies went to
             mask = mask.to(self.device, non_blocking=True)
+        if self.codec is not None:
+            return {f: self._decode(f, host, mask, length) for f in self.fields}, mask
         return {f: self._convert(f, host) for f in self.fields}, mask
+
+    def _decode(self, field: str, parts: dict[str, torch.Tensor], mask: torch.Tensor, length: np.ndarray) -> Any:
+        """A gathered field of a codec store decoded on the scoring device (padding positions zero, as stored
+        vectors would be), in `self.dtype`."""
+        assert self.codec is not None
+        x = self.codec.decode(field, parts)
+        if len(length) and length.min() != length.max():
+            x = x * mask.unsqueeze(-1).to(x.dtype)
+        return x if x.dtype == self.dtype else x.to(self.dtype)
 
     def _to_device(self, name: str, host: torch.Tensor) -> torch.Tensor:
         """Copy a gathered batch to the GPU through a reused pinned buffer, without blocking."""

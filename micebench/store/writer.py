@@ -14,9 +14,11 @@ import torch
 
 from micebench.atomic import atomic_write_text, writing
 from micebench.errors import MicebenchError
+from micebench.store.codecs import CODEC_FILE, StoreCodec
 from micebench.store.index import DocIndex, row_table
 from micebench.store.manifest import (
     _EXTEND_KEYS,
+    CODEC_FORMAT,
     FORMAT,
     MANIFEST,
     dtype_name,
@@ -37,7 +39,8 @@ class StoreWriter:
     plus a small JSON record (in the partial folder) written after it, so a crash loses at most the chunk in
     progress and `resume` skips the recorded ones. Under torchrun each rank writes its own chunks (chunk i goes to
     rank i mod world) and rank 0 assembles the manifest, in chunk order, so the store is the same as one built by
-    a single process. An int8 `dtype` stores each token vector quantised (int8 values + a float32 scale).
+    a single process. An int8 `dtype` stores each token vector quantised (int8 values + a float32 scale); a
+    `codec` (see `codecs.py`) stores codes instead, its codebooks in the store folder (`use_codec`).
     """
 
     def __init__(
@@ -51,12 +54,15 @@ class StoreWriter:
         rank: int = 0,
         extend: bool = False,
         options: dict[str, Any] | None = None,
+        codec_name: str | None = None,
     ):
         self.folder = Path(folder)
         self.partial = self.folder.parent / f".{self.folder.name}.partial"
         self.meta, self.fields, self.dtype, self.rank = meta, list(fields), dtype, rank
         self.overwrite, self.resume = overwrite, resume
         self.base: dict[str, Any] | None = None
+        self.codec_name = codec_name
+        self.codec: StoreCodec | None = None
         if extend and overwrite:
             raise MicebenchError("--extend adds documents to a store and --overwrite rebuilds it: use one of them")
         if self.folder.exists() and not self.folder.is_dir():
@@ -77,7 +83,7 @@ class StoreWriter:
                     "fingerprint": meta.get("fingerprint"),
                     "mode": meta.get("mode"),
                     "fields": self.fields,
-                    "dtype": dtype_name(dtype),
+                    "dtype": self.dtype_label,
                     "dataset": meta.get("dataset"),
                     "extends": {"docs": self.base["num_docs"], "shards": self.first_shard} if self.base else None,
                     **(options or {}),
@@ -91,12 +97,37 @@ class StoreWriter:
 
     @property
     def quantized(self) -> bool:
-        return self.dtype == torch.int8
+        return self.dtype == torch.int8 and self.codec_name is None
+
+    @property
+    def dtype_label(self) -> str:
+        """What the manifest's `dtype` says: the torch dtype's name, or the codec's (pq, residual)."""
+        return self.codec_name or dtype_name(self.dtype)
+
+    def existing_codec(self) -> StoreCodec | None:
+        """The codebooks to reuse: the extended store's, or those an interrupted build recorded (resume)."""
+        if self.base is not None:
+            entry = self.base.get("codec")
+            return StoreCodec.load(self.folder, entry) if entry else None
+        record = self.partial / "codec.json"
+        if self.resume and record.is_file() and (self.partial / CODEC_FILE).is_file():
+            return StoreCodec.load(self.partial, json.loads(record.read_text()))
+        return None
+
+    def use_codec(self, codec: StoreCodec, save: bool) -> None:
+        """Encode chunks with `codec`; with `save` (rank 0, a new build), write its codebooks into the partial store
+        first, so a resume reuses them."""
+        self.codec = codec
+        if save and self.rank == 0 and self.base is None:
+            with writing(self.folder):
+                self.prepare()
+                codec.save(self.partial)
+                atomic_write_text(self.partial / "codec.json", json.dumps(codec.manifest()), durable=True)
 
     def _check_extends(self, base: dict[str, Any]) -> None:
         """Refuse to extend a store built by another model, mode, dtype or set of fields."""
         ours = {key: self.meta.get(key) for key in ("kind", "mode", "fingerprint")}
-        ours |= {"dtype": dtype_name(self.dtype), "fields": self.fields}
+        ours |= {"dtype": self.dtype_label, "fields": self.fields}
         for key in _EXTEND_KEYS:
             if base.get(key) != ours[key]:
                 raise MicebenchError(
@@ -155,14 +186,23 @@ class StoreWriter:
     def _write_chunk(
         self, index: int, docnos: Sequence[str], lengths: Sequence[int], tensors: dict[str, list[torch.Tensor]]
     ) -> None:
+        import time
+
         from safetensors.torch import save_file
 
         self.prepare()
         name = shard_name(self.first_shard + index)
         packed: dict[str, torch.Tensor] = {}
+        encoding = 0.0
         for field in self.fields:
             x = torch.cat([t.detach() for t in tensors[field]])
-            if self.quantized:
+            if self.codec is not None:
+                start = time.perf_counter()
+                packed.update(self.codec.encode(field, x))
+                encoding += time.perf_counter() - start
+            elif self.codec_name is not None:
+                raise MicebenchError(f"internal: a {self.codec_name} store written without its codebooks")
+            elif self.quantized:
                 values, scales = quantize(x)
                 packed[field] = values.cpu().contiguous()
                 packed[scale_name(field)] = scales.to("cpu", SCALE_DTYPE).contiguous()
@@ -180,6 +220,8 @@ class StoreWriter:
             "tokens": int(packed["lengths"].sum()),
             "bytes": (self.shard_dir / name).stat().st_size,
         }
+        if self.codec is not None:
+            chunk["encode_seconds"] = round(encoding, 4)
         atomic_write_text(self.partial / f"chunk-{index:05d}.json", json.dumps(chunk), durable=True)
 
     def discard(self) -> None:
@@ -207,6 +249,9 @@ class StoreWriter:
         rows = row_table(range(self.first_shard, self.first_shard + len(chunks)), lengths)
         shards = [{k: c[k] for k in ("file", "docs", "tokens", "bytes")} for c in chunks]
         sources = [source] if source else []
+        if self.codec is not None and source is not None:
+            source = {**source, "encode_seconds": round(sum(c.get("encode_seconds", 0.0) for c in chunks), 3)}
+            sources = [source]
         if self.base is None:
             if not docnos:
                 raise MicebenchError("no documents were encoded")
@@ -217,7 +262,7 @@ class StoreWriter:
         """The manifest entries that follow from the documents a store holds."""
         total = sum(s.get("bytes", 0) for s in shards)
         return {
-            "format": FORMAT,
+            "format": CODEC_FORMAT if self.codec_name else FORMAT,
             "num_docs": len(index),
             "num_tokens": int(index.rows["length"].sum(dtype=np.int64)),
             "bytes": total,
@@ -230,10 +275,16 @@ class StoreWriter:
     def _finish_new(self, index: DocIndex, shards: list[dict], sources: list[dict]) -> Path:
         """Write the index and manifest into the partial folder and rename it into place."""
         files = index.save(self.partial, 0)
-        manifest = {**self.meta, "fields": self.fields, "dtype": dtype_name(self.dtype)}
+        manifest = {**self.meta, "fields": self.fields, "dtype": self.dtype_label}
         if self.quantized:
             manifest["quantization"] = {"scheme": "int8, symmetric per token vector", "scale": dtype_name(SCALE_DTYPE)}
         manifest |= self._totals(index, shards, 0, files) | {"sources": sources, "status": "complete"}
+        if self.codec is not None:
+            codec_bytes = (self.partial / CODEC_FILE).stat().st_size
+            encoded = sum(s.get("encode_seconds", 0.0) for s in sources)
+            manifest |= {"format": CODEC_FORMAT, "codec": {**self.codec.manifest(), "bytes": codec_bytes}}
+            manifest["codec"]["encode_seconds"] = round(encoded, 3)
+            (self.partial / "codec.json").unlink(missing_ok=True)
         self._drop_records()
         (self.partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if self.folder.exists():

@@ -1,0 +1,526 @@
+"""Compressing codecs for a document store's token vectors: OPQ + product quantisation, and ColBERTv2 residuals.
+
+A codec store keeps, per field, small integer codes in its shards and the codebooks in `codec.safetensors` beside
+them (recorded in the manifest under `codec`). Codebooks are trained once, by faiss, on a sample of the store's own
+vectors, and reused by `--extend` and `--resume`; encoding uses faiss too. Decoding is plain torch on the scoring
+device (a gather from the codebooks, a matmul for the OPQ rotation, bit operations for the residuals), so reading a
+store needs no faiss.
+
+- `pq`: an OPQ rotation R (d x d, orthonormal) then `M` sub-quantisers of 256 centroids each over d/M dimensions:
+  `M` bytes per token vector. Decoding: y = concat_m C_m[code_m], x = y R (R^T y in column form).
+- `residual` (ColBERTv2's compression): the id of the nearest of K k-means centroids (int16, or int32 above 32,768
+  centroids) plus each dimension's residual quantised to b = 1 or 2 bits, with bucket cutoffs at the residuals'
+  quantiles (i/2^b) and bucket weights at the midpoint quantiles ((i + 0.5)/2^b), per dimension (ColBERTv2 shares
+  one set of cutoffs over all dimensions; MICE states have outlier dimensions, so each dimension gets its own).
+  Decoding: x = C[id] + W[bucket_j, j], read a byte at a time from a table of the 256 values of each byte.
+
+Vectors of a field whose training sample all have unit norm (ColBERT's embeddings) are normalised again after
+decoding, as ColBERTv2 does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from micebench.errors import MicebenchError
+
+#: codec names `precompute --dtype` accepts beside the plain dtypes
+CODECS = ("pq", "residual")
+#: the file holding the codebooks of a codec store
+CODEC_FILE = "codec.safetensors"
+#: centroids per PQ sub-quantiser (8-bit codes)
+PQ_CENTROIDS = 256
+#: OPQ alternations of rotation and PQ (faiss's defaults: 50, with a PQ of 40 then 4 k-means iterations); fewer
+#: here, so that training takes seconds to a minute on a CPU (recorded in the manifest)
+OPQ_ITERATIONS = 10
+OPQ_PQ_FIRST_ITERATIONS = 10
+#: token vectors OPQ's rotation is fitted on (the final PQ uses up to `MAX_TRAIN_VECTORS`)
+OPQ_TRAIN_VECTORS = 32_768
+#: at most this many token vectors train a field's codebooks (a seeded random subset of the sample)
+MAX_TRAIN_VECTORS = 65_536
+#: token vectors per training point a k-means centroid should have (faiss warns below 39)
+POINTS_PER_CENTROID = 39
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """What `precompute` was asked for: the codec and its sizes (None = the default or the store's own)."""
+
+    name: str
+    pq_bytes: int | None = None
+    bits: int | None = None
+    centroids: int | None = None
+    train_docs: int = 1024
+    seed: int = 0
+
+    def options(self) -> dict[str, Any]:
+        """The settings a resume or an extension must share (sizes left to the default are not compared)."""
+        return {k: v for k, v in asdict(self).items() if v is not None and k not in ("train_docs", "seed")}
+
+    def label(self) -> str:
+        """A short name, e.g. pq48 or residual-2bit."""
+        if self.name == "pq":
+            return f"pq{self.pq_bytes or ''}"
+        return f"residual-{self.bits or DEFAULT_BITS}bit"
+
+
+DEFAULT_BITS = 2
+
+
+def default_pq_bytes(dim: int) -> int:
+    """One byte per 8 dimensions (1/16 of fp16), or the nearest divisor of `dim` below."""
+    return next(m for m in range(max(dim // 8, 1), 0, -1) if dim % m == 0)
+
+
+def codec_spec(
+    dtype: str,
+    pq_bytes: int | None = None,
+    residual_bits: int | None = None,
+    centroids: int | None = None,
+    train_docs: int | None = None,
+    seed: int = 0,
+) -> CodecSpec | None:
+    """The codec `--dtype` names (None for a plain dtype), its options checked in one line each."""
+    if dtype not in CODECS:
+        given = [n for n, v in (("pq-bytes", pq_bytes), ("residual-bits", residual_bits)) if v is not None]
+        given += [n for n, v in (("centroids", centroids), ("train-docs", train_docs)) if v is not None]
+        if given:
+            raise MicebenchError(f"--{given[0]} applies to --dtype {'pq' if given[0] == 'pq-bytes' else 'residual'}")
+        return None
+    if dtype == "pq" and (residual_bits is not None or centroids is not None):
+        raise MicebenchError("--residual-bits and --centroids apply to --dtype residual, not pq")
+    if dtype == "residual" and pq_bytes is not None:
+        raise MicebenchError("--pq-bytes applies to --dtype pq, not residual")
+    if pq_bytes is not None and pq_bytes < 1:
+        raise MicebenchError(f"--pq-bytes must be at least 1 (got {pq_bytes})")
+    if residual_bits is not None and residual_bits not in (1, 2):
+        raise MicebenchError(f"--residual-bits must be 1 or 2 (got {residual_bits})")
+    if centroids is not None and centroids < 2:
+        raise MicebenchError(f"--centroids must be at least 2 (got {centroids})")
+    if train_docs is not None and train_docs < 1:
+        raise MicebenchError(f"--train-docs must be at least 1 (got {train_docs})")
+    return CodecSpec(dtype, pq_bytes, residual_bits, centroids, train_docs or 1024, seed)
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise MicebenchError(
+            "the pq and residual store codecs train with faiss: pip install 'micebench[codecs]' (faiss-cpu)"
+        ) from None
+    return faiss
+
+
+def default_centroids(tokens: int, vectors: int) -> int:
+    """ColBERTv2's number of centroids, 2^floor(log2(16 sqrt(tokens))), capped so that the training sample has
+    `POINTS_PER_CENTROID` vectors per centroid."""
+    rule = 2 ** int(math.floor(math.log2(16 * math.sqrt(max(tokens, 1)))))
+    cap = 2 ** int(math.floor(math.log2(max(vectors // POINTS_PER_CENTROID, 2))))
+    return max(2, min(rule, cap))
+
+
+class FieldCodec:
+    """One field's codebooks: encode (tokens, dim) float vectors into named code tensors, decode them back."""
+
+    name: str
+    dim: int
+    normalize: bool
+
+    def stored(self, field: str) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """The tensors a shard holds for `field`: name -> (dtype, per-token shape)."""
+        raise NotImplementedError
+
+    def encode(self, field: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Codes of (tokens, dim) vectors, as CPU tensors named as in `stored`."""
+        raise NotImplementedError
+
+    def decode(self, field: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(..., dim) float32 vectors from gathered code tensors (on the codebooks' device)."""
+        raise NotImplementedError
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The codebooks, by name (saved in the codec file under `<field>.<name>`)."""
+        raise NotImplementedError
+
+    def facts(self) -> dict[str, Any]:
+        """What the manifest records of this field's codec."""
+        raise NotImplementedError
+
+    def bytes_per_token(self) -> int:
+        return sum(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for dtype, shape in self.stored("x").values())
+
+    def to(self, device: torch.device) -> FieldCodec:
+        raise NotImplementedError
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x, dim=-1) if self.normalize else x
+
+
+class PQCodec(FieldCodec):
+    """OPQ rotation + product quantisation (8-bit codes, `M` bytes per vector)."""
+
+    name = "pq"
+
+    def __init__(self, rotation: torch.Tensor, centroids: torch.Tensor, normalize: bool):
+        self.rotation = rotation.float()  # (d, d): y = x R^T (faiss's LinearTransform A)
+        self.centroids = centroids.float()  # (M, 256, d / M)
+        self.M, self.ksub, self.dsub = centroids.shape
+        self.dim = self.M * self.dsub
+        self.normalize = normalize
+        self._flat = self.centroids.reshape(self.M * self.ksub, self.dsub)
+        self._offsets = torch.arange(self.M, device=centroids.device) * self.ksub
+        self._faiss: Any = None
+
+    @classmethod
+    def train(cls, x: np.ndarray, M: int, seed: int, normalize: bool) -> PQCodec:
+        """OPQ then PQ, trained by faiss on `x` (n, d)."""
+        faiss = _faiss()
+        d = x.shape[1]
+        opq = faiss.OPQMatrix(d, M)
+        opq.niter = OPQ_ITERATIONS
+        opq.niter_pq_0 = OPQ_PQ_FIRST_ITERATIONS
+        opq.max_train_points = OPQ_TRAIN_VECTORS
+        inner = _pq(faiss, d, M, seed)
+        opq.pq = inner  # the PQ OPQ alternates with (kept alive by `inner` until training ends)
+        opq.train(x)
+        rotation = faiss.vector_to_array(opq.A).reshape(d, d).copy()
+        pq = _pq(faiss, d, M, seed)  # the final PQ, fully trained in the rotated space
+        pq.train(np.ascontiguousarray(x @ rotation.T, dtype=np.float32))
+        centroids = faiss.vector_to_array(pq.centroids).reshape(M, PQ_CENTROIDS, d // M).copy()
+        return cls(torch.from_numpy(rotation), torch.from_numpy(centroids), normalize)
+
+    def _quantizer(self) -> tuple[Any, Any]:
+        """faiss objects holding these codebooks (for encoding)."""
+        if self._faiss is None:
+            faiss = _faiss()
+            opq = faiss.OPQMatrix(self.dim, self.M)
+            faiss.copy_array_to_vector(self.rotation.cpu().numpy().reshape(-1), opq.A)
+            opq.is_trained = True
+            pq = faiss.ProductQuantizer(self.dim, self.M, 8)
+            faiss.copy_array_to_vector(self.centroids.cpu().numpy().reshape(-1), pq.centroids)
+            self._faiss = (opq, pq)
+        return self._faiss
+
+    def stored(self, field: str) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        return {f"{field}.codes": (torch.uint8, (self.M,))}
+
+    def encode(self, field: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        opq, pq = self._quantizer()
+        rotated = opq.apply_py(np.ascontiguousarray(x.detach().float().cpu().numpy()))
+        return {f"{field}.codes": torch.from_numpy(pq.compute_codes(rotated))}
+
+    def decode(self, field: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        codes = parts[f"{field}.codes"]
+        flat = codes.long() + self._offsets
+        y = self._flat.index_select(0, flat.reshape(-1)).view(*codes.shape[:-1], self.dim)
+        return self._finish(y @ self.rotation)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"rotation": self.rotation, "centroids": self.centroids}
+
+    def facts(self) -> dict[str, Any]:
+        return {"dim": self.dim, "sub_quantizers": self.M, "centroids": self.ksub, "normalize": self.normalize}
+
+    def to(self, device: torch.device) -> PQCodec:
+        return PQCodec(self.rotation.to(device), self.centroids.to(device), self.normalize)
+
+
+def _pq(faiss: Any, d: int, M: int, seed: int) -> Any:
+    pq = faiss.ProductQuantizer(d, M, 8)
+    pq.cp.seed = seed
+    pq.cp.min_points_per_centroid = 1  # small samples are checked (and refused) before training
+    pq.cp.max_points_per_centroid = MAX_TRAIN_VECTORS // PQ_CENTROIDS
+    return pq
+
+
+class ResidualCodec(FieldCodec):
+    """ColBERTv2's residual compression: a centroid id and b bits per dimension."""
+
+    name = "residual"
+
+    def __init__(self, centroids: torch.Tensor, cutoffs: torch.Tensor, weights: torch.Tensor, normalize: bool):
+        self.centroids = centroids.float()  # (K, d)
+        self.cutoffs = cutoffs.float()  # (2^b - 1, d), ascending per dimension
+        self.weights = weights.float()  # (2^b, d)
+        self.K, self.dim = centroids.shape
+        self.bits = int(round(math.log2(weights.shape[0])))
+        self.normalize = normalize
+        self.id_dtype = torch.int16 if self.K <= 2**15 else torch.int32
+        device = centroids.device
+        self._shifts = torch.arange(0, 8, self.bits, device=device, dtype=torch.uint8)
+        # decoding table: for byte position p and byte value v, the weights of the 8/b dimensions it packs
+        per_byte, nbytes = 8 // self.bits, self.dim * self.bits // 8
+        values = torch.arange(256, device=device)
+        buckets = (values[:, None] >> self._shifts.long()) & ((1 << self.bits) - 1)  # (256, per_byte)
+        dims = torch.arange(self.dim, device=device).view(nbytes, per_byte)
+        table = self.weights[buckets[None, :, :], dims[:, None, :]]  # (nbytes, 256, per_byte)
+        self._table = table.reshape(nbytes * 256, per_byte).contiguous()
+        self._byte_offsets = torch.arange(nbytes, device=device) * 256
+        self._index: Any = None
+
+    @classmethod
+    def train(cls, x: np.ndarray, K: int, bits: int, seed: int, normalize: bool) -> ResidualCodec:
+        """k-means (faiss) on `x`, then the residuals' per-dimension quantiles as bucket cutoffs and weights."""
+        faiss = _faiss()
+        kmeans = faiss.Kmeans(
+            x.shape[1],
+            K,
+            niter=20,
+            seed=seed,
+            min_points_per_centroid=1,
+            max_points_per_centroid=max(MAX_TRAIN_VECTORS // K, 1),
+        )
+        kmeans.train(x)
+        centroids = kmeans.centroids.copy()
+        _, ids = kmeans.index.search(x, 1)
+        residuals = x - centroids[ids[:, 0]]
+        options = 2**bits
+        cutoffs = np.quantile(residuals, np.arange(1, options) / options, axis=0)
+        weights = np.quantile(residuals, (np.arange(options) + 0.5) / options, axis=0)
+        return cls(
+            torch.from_numpy(centroids),
+            torch.from_numpy(np.ascontiguousarray(cutoffs, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
+            normalize,
+        )
+
+    def stored(self, field: str) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        return {
+            f"{field}.centroid": (self.id_dtype, ()),
+            f"{field}.residual": (torch.uint8, (self.dim * self.bits // 8,)),
+        }
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """The nearest centroid of each row (faiss's exact L2 search)."""
+        if self._index is None:
+            faiss = _faiss()
+            self._index = faiss.IndexFlatL2(self.dim)
+            self._index.add(np.ascontiguousarray(self.centroids.cpu().numpy()))
+        return self._index.search(x, 1)[1][:, 0]
+
+    def buckets(self, residuals: torch.Tensor) -> torch.Tensor:
+        """Each dimension's bucket (0 .. 2^b - 1) of (n, d) residuals: how many of its cutoffs lie below."""
+        bounds = self.cutoffs.T.contiguous().cpu()
+        return torch.searchsorted(bounds, residuals.T.contiguous(), right=True).T.to(torch.uint8)
+
+    def encode(self, field: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = x.detach().float().cpu()
+        ids = torch.from_numpy(self.assign(np.ascontiguousarray(x.numpy())))
+        buckets = self.buckets(x - self.centroids.cpu()[ids])
+        per_byte = 8 // self.bits
+        groups = buckets.view(len(x), self.dim // per_byte, per_byte)
+        packed = (groups << self._shifts.cpu()).sum(-1, dtype=torch.uint8)  # no overlap: a sum is an or
+        return {f"{field}.centroid": ids.to(self.id_dtype), f"{field}.residual": packed}
+
+    def decode(self, field: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, packed = parts[f"{field}.centroid"], parts[f"{field}.residual"]
+        lead = ids.shape
+        x = self.centroids.index_select(0, ids.reshape(-1).long())
+        rows = (packed.reshape(-1, packed.shape[-1]).long() + self._byte_offsets).reshape(-1)
+        x += self._table.index_select(0, rows).view(-1, self.dim)  # each byte's dimensions from one table row
+        return self._finish(x.view(*lead, self.dim))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"centroids": self.centroids, "cutoffs": self.cutoffs, "weights": self.weights}
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim,
+            "centroids": self.K,
+            "bits": self.bits,
+            "id_dtype": str(self.id_dtype).replace("torch.", ""),
+            "normalize": self.normalize,
+        }
+
+    def to(self, device: torch.device) -> ResidualCodec:
+        return ResidualCodec(
+            self.centroids.to(device), self.cutoffs.to(device), self.weights.to(device), self.normalize
+        )
+
+
+_CLASSES: dict[str, Any] = {"pq": PQCodec, "residual": ResidualCodec}
+
+
+class StoreCodec:
+    """The codecs of every field of a store, their provenance, and the codec file they are saved in."""
+
+    def __init__(self, spec: CodecSpec, fields: dict[str, FieldCodec], training: dict[str, Any]):
+        self.spec, self.fields, self.training = spec, fields, training
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def bytes_per_token(self) -> int:
+        return sum(c.bytes_per_token() for c in self.fields.values())
+
+    def stored(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """Every code tensor a shard holds: name -> (dtype, per-token shape)."""
+        return {name: spec for field, codec in self.fields.items() for name, spec in codec.stored(field).items()}
+
+    def encode(self, field: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.fields[field].encode(field, x)
+
+    def decode(self, field: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.fields[field].decode(field, parts)
+
+    def to(self, device: torch.device | str) -> StoreCodec:
+        device = torch.device(device)
+        return StoreCodec(self.spec, {f: c.to(device) for f, c in self.fields.items()}, self.training)
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest's `codec` entry."""
+        return {
+            "name": self.spec.name,
+            "file": CODEC_FILE,
+            "options": self.spec.options(),
+            "bytes_per_token": self.bytes_per_token(),
+            "fields": {f: c.facts() for f, c in self.fields.items()},
+            "training": self.training,
+        }
+
+    def save(self, folder: Path) -> None:
+        """Write the codebooks to `folder/codec.safetensors` (atomically, durable)."""
+        import os
+
+        from safetensors.torch import save_file
+
+        from micebench.store.shards import release
+
+        tensors = {f"{f}.{n}": t.cpu().contiguous() for f, c in self.fields.items() for n, t in c.tensors().items()}
+        tmp = folder / f".{CODEC_FILE}.tmp"
+        save_file(tensors, str(tmp))
+        release(tmp)
+        os.replace(tmp, folder / CODEC_FILE)
+
+    @classmethod
+    def load(cls, folder: Path, entry: dict[str, Any]) -> StoreCodec:
+        """The codec a manifest's (or a partial store's) `codec` entry describes, read from its file."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(folder) / entry.get("file", CODEC_FILE)
+        name = entry.get("name")
+        if name not in _CLASSES:
+            raise MicebenchError(f"document store {folder} uses codec {name!r}: upgrade micebench to read it")
+        try:
+            tensors = load_file(str(path))
+        except (OSError, SafetensorError) as error:
+            raise MicebenchError(f"corrupt or missing store codebooks {path}: {error}") from None
+        fields = {}
+        for field, facts in entry.get("fields", {}).items():
+            names = ("rotation", "centroids") if name == "pq" else ("centroids", "cutoffs", "weights")
+            missing = [n for n in names if f"{field}.{n}" not in tensors]
+            if missing:
+                raise MicebenchError(f"corrupt store codebooks {path}: no {field}.{missing[0]}")
+            parts = [tensors[f"{field}.{n}"] for n in names]
+            fields[field] = _CLASSES[name](*parts, bool(facts.get("normalize", False)))
+        options = dict(entry.get("options", {}))
+        spec = CodecSpec(name, **{k: v for k, v in options.items() if k != "name"})
+        return cls(spec, fields, dict(entry.get("training", {})))
+
+
+def store_label(manifest: dict[str, Any]) -> str:
+    """How a store's vectors are kept, in `precompute --dtype` words: fp16, int8, pq48, residual-2bit, ..."""
+    codec = manifest.get("codec")
+    if isinstance(codec, dict):
+        options = codec.get("options", {})
+        if codec.get("name") == "pq":
+            return f"pq{options.get('pq_bytes', '')}"
+        return f"{codec.get('name')}-{options.get('bits', '')}bit"
+    dtype = str(manifest.get("dtype", ""))
+    return {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}.get(dtype, dtype)
+
+
+def check_trainable(spec: CodecSpec, dims: dict[str, int], vectors: int) -> None:
+    """Refuse, in one line, a codec the fields' sizes or the training sample cannot support."""
+    if spec.name == "pq":
+        for field, dim in dims.items():
+            M = spec.pq_bytes or default_pq_bytes(dim)
+            if dim % M:
+                raise MicebenchError(
+                    f"--pq-bytes {M} does not divide {field}'s {dim} dimensions (use a divisor of {dim})"
+                )
+        needed = PQ_CENTROIDS
+    else:
+        bits = spec.bits or DEFAULT_BITS
+        for field, dim in dims.items():
+            if (dim * bits) % 8:
+                raise MicebenchError(f"{field}'s {dim} dimensions x {bits} bits do not fill whole bytes")
+        needed = spec.centroids or 2
+    if vectors < needed:
+        raise MicebenchError(
+            f"too few token vectors to train the {spec.name} codebooks: {vectors} in the training sample, at least "
+            f"{needed} needed (encode more documents: --train-docs, or store fp16/int8)"
+        )
+
+
+def train_codec(spec: CodecSpec, samples: dict[str, torch.Tensor], tokens: int, docs: int) -> StoreCodec:
+    """Train one codec per field on its (n, dim) sample vectors (at most `MAX_TRAIN_VECTORS`, a seeded subset);
+    `tokens` is the projected size of the whole store (ColBERTv2's rule for the number of centroids)."""
+    check_trainable(spec, {f: int(x.shape[1]) for f, x in samples.items()}, min(len(x) for x in samples.values()))
+    fields, seconds, used = {}, 0.0, 0
+    K = M = None
+    for field, x in samples.items():
+        data = x.detach().float().cpu().numpy()
+        if len(data) > MAX_TRAIN_VECTORS:
+            pick = np.random.default_rng(spec.seed).choice(len(data), MAX_TRAIN_VECTORS, replace=False)
+            data = data[np.sort(pick)]
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        used = len(data)
+        norms = np.linalg.norm(data, axis=1)
+        normalize = bool(np.all(np.abs(norms - 1) < 1e-3))
+        start = time.perf_counter()
+        if spec.name == "pq":
+            M = spec.pq_bytes or default_pq_bytes(data.shape[1])
+            fields[field] = PQCodec.train(data, M, spec.seed, normalize)
+        else:
+            K = spec.centroids or default_centroids(tokens, len(data))
+            K = min(K, len(data))
+            fields[field] = ResidualCodec.train(data, K, spec.bits or DEFAULT_BITS, spec.seed, normalize)
+        seconds += time.perf_counter() - start
+    training = {
+        "documents": docs,
+        "vectors": used,
+        "seed": spec.seed,
+        "seconds": round(seconds, 3),
+        "library": f"faiss {_faiss().__version__}",
+    }
+    if spec.name == "pq":
+        training["opq_iterations"] = OPQ_ITERATIONS
+    resolved = CodecSpec(
+        spec.name,
+        spec.pq_bytes or (M if spec.name == "pq" else None),
+        spec.bits or (DEFAULT_BITS if spec.name == "residual" else None),
+        K if spec.name == "residual" else None,
+        spec.train_docs,
+        spec.seed,
+    )
+    return StoreCodec(resolved, fields, training)
+
+
+def check_compatible(spec: CodecSpec | None, codec: StoreCodec | None, folder: Path) -> None:
+    """An extension or resume keeps the store's codec: refuse another codec or other sizes in one line."""
+    if codec is None and spec is None:
+        return
+    if codec is None or spec is None or spec.name != codec.name:
+        have = codec.name if codec else "no codec"
+        raise MicebenchError(
+            f"cannot extend {folder}: it is stored with {have}, this precompute asks for "
+            f"{spec.name if spec else 'a plain dtype'}"
+        )
+    ours, theirs = spec.options(), codec.spec.options()
+    differ = sorted(k for k in ours if theirs.get(k) != ours[k])
+    if differ:
+        raise MicebenchError(
+            f"cannot extend {folder}: its codebooks have {differ[0]} {theirs.get(differ[0])!r}, "
+            f"this precompute asks for {ours[differ[0]]!r} (leave it out to reuse the store's)"
+        )

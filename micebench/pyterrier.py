@@ -124,24 +124,29 @@ def check_frame(frame: pd.DataFrame, columns: list[str]) -> None:
         if null.any():
             row = int(null.idxmax())
             raise MicebenchError(f"row {row}{_row_ids(frame, row)}: no {column} (a missing value, NaN)")
-    queries = frame.groupby(frame["qid"].astype(str), sort=False)["query"].transform("first")
-    other = frame["query"].astype(str) != queries.astype(str)
-    if other.any():
-        row = int(other.idxmax())
+    row, first = _second_text(frame, ["qid"], "query")
+    if row is not None:
         raise MicebenchError(
             f"row {row}{_row_ids(frame, row)}: qid {frame.at[row, 'qid']} carries two query texts "
-            f"({str(queries.at[row])[:40]!r} and {str(frame.at[row, 'query'])[:40]!r})"
+            f"({first[:40]!r} and {str(frame.at[row, 'query'])[:40]!r})"
         )
     if "text" in columns:
-        keys = [frame["qid"].astype(str), frame["docno"].astype(str)]
-        first = frame.groupby(keys, sort=False)["text"].transform("first")
-        other = frame["text"].astype(str) != first.astype(str)
-        if other.any():
-            row = int(other.idxmax())
+        row, _ = _second_text(frame, ["qid", "docno"], "text")
+        if row is not None:
             raise MicebenchError(
                 f"row {row}{_row_ids(frame, row)}: docno {frame.at[row, 'docno']} appears twice under qid "
                 f"{frame.at[row, 'qid']} with different texts"
             )
+
+
+def _second_text(frame: Any, keys: list[str], column: str) -> tuple[int | None, str]:
+    """The first row whose `column` differs from the first text of its `keys` group, with that first text."""
+    first = frame.groupby([frame[k].astype(str) for k in keys], sort=False)[column].transform("first")
+    other = frame[column].astype(str) != first.astype(str)
+    if not other.any():
+        return None, ""
+    row = int(other.idxmax())
+    return row, str(first.at[row])
 
 
 def _row_ids(frame: pd.DataFrame, row: int) -> str:

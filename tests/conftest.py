@@ -137,6 +137,25 @@ def any_tiny_ce(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(name[request.param])
 
 
+def write_pylate_dense(folder: Path, tensors: dict | None, dense_config: dict | None = None) -> None:
+    """Give `folder` (an encoder checkpoint) PyLate's layout: a 1_Dense module holding `tensors` (None: no weights
+    file) and `dense_config`, listed in modules.json after the transformer."""
+    import json
+
+    from safetensors.torch import save_file
+
+    (folder / "1_Dense").mkdir()
+    if tensors is not None:
+        save_file(tensors, str(folder / "1_Dense" / "model.safetensors"))
+    if dense_config is not None:
+        (folder / "1_Dense" / "config.json").write_text(json.dumps(dense_config))
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+
+
 def write_beir(folder: Path, corpus: list[dict], queries: list[dict], qrels: list[tuple], split: str = "test") -> Path:
     """Write a small BEIR-layout collection (plain corpus.jsonl) for tests."""
     import json

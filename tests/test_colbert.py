@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from micebench import load_ranker
-from tests.conftest import write_beir
+from tests.conftest import write_beir, write_pylate_dense
 from tests.test_precision_and_throughput import colbert_by_hand
 
 QUERY = "how do goldfish grow"
@@ -163,7 +163,6 @@ def _pylate_folder(tmp_path, encoder, settings=None, dense_config=None, bias=Non
     """A PyLate-layout copy of the tiny encoder (its [Q]/[D] tokens added) whose config sets `settings`."""
     import shutil
 
-    from safetensors.torch import save_file
     from transformers import AutoModel, AutoTokenizer
 
     folder = tmp_path / "pylate"
@@ -174,17 +173,9 @@ def _pylate_folder(tmp_path, encoder, settings=None, dense_config=None, bias=Non
     model = AutoModel.from_pretrained(folder)
     model.resize_token_embeddings(len(tok))
     model.save_pretrained(folder)
-    (folder / "1_Dense").mkdir()
     weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(6))
     tensors = {"linear.weight": weight} | ({"linear.bias": bias} if bias is not None else {})
-    save_file(tensors, str(folder / "1_Dense" / "model.safetensors"))
-    if dense_config is not None:
-        (folder / "1_Dense" / "config.json").write_text(json.dumps(dense_config))
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
-    ]
-    (folder / "modules.json").write_text(json.dumps(modules))
+    write_pylate_dense(folder, tensors, dense_config)
     base = {"query_prefix": "[Q] ", "document_prefix": "[D] ", "query_length": 24, "document_length": 100}
     (folder / "config_sentence_transformers.json").write_text(json.dumps({**base, **(settings or {})}))
     return folder, weight

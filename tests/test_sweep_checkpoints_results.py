@@ -4,13 +4,12 @@ machine), and nothing written."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_beir
+from tests.conftest import write_beir, write_pylate_dense
 from tests.test_cli import cli
 from tests.test_input_sweep import _copy, _edit_json, _refused, _run, tiny_colbertv2, tiny_mice  # noqa: F401
 
@@ -28,19 +27,8 @@ def _fault(code: int, err: str, message: str, folder: Path) -> None:
 
 def _pylate(tmp_path: Path, encoder: str, tensors: dict | None, dense_config: dict | None = None) -> Path:
     """A PyLate-layout copy of the tiny encoder (hidden 32) whose 1_Dense folder holds `tensors` (None: no file)."""
-    from safetensors.torch import save_file
-
     folder = _copy(encoder, tmp_path / "pylate")
-    (folder / "1_Dense").mkdir()
-    if tensors is not None:
-        save_file(tensors, str(folder / "1_Dense" / "model.safetensors"))
-    if dense_config is not None:
-        (folder / "1_Dense" / "config.json").write_text(json.dumps(dense_config))
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
-    ]
-    (folder / "modules.json").write_text(json.dumps(modules))
+    write_pylate_dense(folder, tensors, dense_config)
     return folder
 
 

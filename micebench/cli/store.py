@@ -59,15 +59,16 @@ def precompute(
     pq_bytes: Annotated[
         int | None,
         typer.Option(
-            help="--dtype pq: bytes (8-bit sub-quantisers) per token vector, dividing its size (default: size / 8)."
+            help="--dtype pq: bytes per token vector (8-bit codes), >= 1, dividing its size (default size / 8)."
         ),
     ] = None,
-    residual_bits: Annotated[int | None, typer.Option(help="--dtype residual: bits per dimension, 1 or 2.")] = None,
+    residual_bits: Annotated[int | None, typer.Option(help="--dtype residual: bits per dimension, 1 to 2.")] = None,
     centroids: Annotated[
-        int | None, typer.Option(help="--dtype residual: k-means centroids (default: ColBERTv2's rule, capped).")
+        int | None, typer.Option(help="--dtype residual: k-means centroids (>= 2; default: ColBERTv2's rule, capped).")
     ] = None,
     train_docs: Annotated[
-        int | None, typer.Option(help="--dtype pq|residual: documents whose vectors train the codebooks (1024).")
+        int | None,
+        typer.Option(help="--dtype pq|residual: documents whose vectors train the codebooks (>= 1; default 1024)."),
     ] = None,
     first_stage: Annotated[
         str | None,

@@ -71,12 +71,12 @@ def train(
     holdout: Annotated[
         int,
         typer.Option(
-            help="Validate on N of the training queries, held out of training (a fixed seeded split; 0: none)."
+            help="Validate on N of the training queries, held out of training (>= 0; a fixed seeded split; 0: none)."
         ),
     ] = 0,
     patience: Annotated[
         int,
-        typer.Option(help="Stop when P validations in a row do not improve on the best (0: train to --steps)."),
+        typer.Option(help="Stop when P validations in a row do not improve on the best (>= 0; 0: train to --steps)."),
     ] = 0,
     teacher_norm: Annotated[
         str,
@@ -90,7 +90,9 @@ def train(
     ] = None,
     stop_after: Annotated[
         int | None,
-        typer.Option(help="Stop cleanly with a checkpoint after step N of the schedule (a probe; --resume goes on)."),
+        typer.Option(
+            help="Stop cleanly with a checkpoint after step N of the schedule (>= 1; a probe; --resume goes on)."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
     deterministic: DeterministicOption = False,

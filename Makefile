@@ -27,7 +27,7 @@ $(BIN)/micebench: pyproject.toml
 install: $(BIN)/micebench
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

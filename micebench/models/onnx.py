@@ -71,16 +71,21 @@ class OnnxClassifier:
         if precision == "onnx-int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its pre-processing advice
             quantized = f"{self._folder.name}/model-int8.onnx"
             import onnx
 
             # the head (pooler, classifier: Gemm nodes, which the quantiser first turns into `<name>_MatMul`) stays fp32
             gemms = [node.name for node in onnx.load(path).graph.node if node.op_type == "Gemm"]
             head = [*gemms, *(f"{name}_MatMul" for name in gemms)]
-            quantize_dynamic(
-                path, quantized, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_exclude=head
-            )
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(max(level, logging.ERROR))  # its pre-processing advice, logged to the root logger
+            try:
+                quantize_dynamic(
+                    path, quantized, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_exclude=head
+                )
+            finally:
+                root.setLevel(level)  # micebench's own warnings propagate to the root logger
             path = quantized
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

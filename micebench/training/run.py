@@ -49,7 +49,10 @@ def student_options(config: TrainConfig) -> dict[str, Any]:
     }
     if "untrained" in option_names(config.model):
         options["untrained"] = True  # a student is untrained by definition
-    if "head_seed" in option_names(config.model) and options.get("head_seed") is None:
+    from micebench.pipeline import SEED_RANGE
+
+    seed_ok = isinstance(config.seed, int) and SEED_RANGE[0] <= config.seed <= SEED_RANGE[1]  # else: --seed's error
+    if "head_seed" in option_names(config.model) and options.get("head_seed") is None and seed_ok:
         options["head_seed"] = config.seed  # a fresh score head is drawn from the training seed
     ranker_options(config.model, **options)
     return options

@@ -78,6 +78,14 @@ def test_impossible_training_options_are_refused_before_any_work(
     assert not (tmp_path / "out").exists()
 
 
+def test_resume_with_nothing_to_resume_is_refused_before_the_teacher_scores_anything(
+    capsys, tmp_path, tiny_bert_ce, collection
+):
+    code, out, err = _train(capsys, tiny_bert_ce, collection, tmp_path / "out", "--teacher", "bm25", "--resume")
+    assert code == 2 and "nothing to resume" in err and len(err.strip().splitlines()) == 1, (out, err)
+    assert not (tmp_path / "out" / "teacher_scores.tsv").exists()
+
+
 @pytest.mark.parametrize("source", ["mined", "scores-file"])
 def test_a_judged_query_absent_from_the_queries_is_refused_as_run_refuses_it(
     capsys, tmp_path, tiny_bert_ce, collection, source

@@ -271,6 +271,9 @@ def train_models(
         raise MicebenchError(f"--stop-after must be a whole number of at least 1 (got {stop_after})")
     if config.loss == "margin-mse" and not (config.teacher or config.teacher_scores):
         raise MicebenchError("margin-mse needs --teacher (a ranker spec) or --teacher-scores (a TSV file)")
+    if resume and seeds == 1 and not (Path(config.output) / "last" / "state.pt").is_file():
+        # before the teacher scores every training pair (minutes), not after
+        raise MicebenchError(f"nothing to resume in {config.output} (no last/state.pt)")
     validator = None
     if config.validate:
         validator = make_validator(load_dataset(config.validate, data_dir), config.validate_top_k)

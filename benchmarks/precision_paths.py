@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 PATHS = ("fp32", "bf16", "int8")
-TRAINED_CE = "/work/ckpt/ce/best"
-TRAINED_MICE = "/work/ckpt/mice-l2+2/best"
+TRAINED_CE = "checkpoints/train-demo/ce/best"  # make train-demo's fine-tuned cross-encoder
+TRAINED_MICE = "checkpoints/train-demo/mice-l2+2/best"  # and its distilled MICE
 
 
 def cpu_model() -> str:

@@ -259,3 +259,18 @@ def test_time_per_query_counts_the_reranked_queries_of_a_sampled_first_stage(tmp
     runs = collect_folders([result_dir(root, "d", r) for r in ("sampled", "whole")], {}, None).runs
     per_query = dict(zip(runs["ranker"], runs["rerank_ms_per_query"], strict=True))
     assert per_query == {"sampled": 500.0, "whole": 100.0}
+
+
+@pytest.mark.parametrize(("from_texts", "code"), [(0.41231, 0), (0.4223, 1), (None, 1)])
+def test_the_smoke_fails_when_a_store_scores_otherwise_than_the_texts(paper_mini, tmp_path, capsys, from_texts, code):
+    import json
+
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "table.md").write_text("| mice-l4+3 | 41.2 |\n")
+    stored, texts = tmp_path / "mice", tmp_path / "mice-texts"
+    for folder, value in ((stored, 0.41234), (texts, from_texts)):
+        folder.mkdir()
+        if value is not None:
+            (folder / "metrics.json").write_text(json.dumps({"measures": {"nDCG@10": value}}))
+    plan = paper_mini.Plan(check_report=["mice-l4+3"], same_scores=[(stored, texts)])
+    assert paper_mini.check_report(plan, tmp_path / "report") == code

@@ -276,7 +276,8 @@ class Trainer:
         started = time.monotonic()
         with progress_bar(f"training {self.student.name}", total=self.config.steps, unit="steps") as bar:
             bar.advance(self.step)
-            while self.step < self.config.steps and not self.patience_spent():
+            spent = self.patience_spent()  # it changes only with a validation: not re-read from history every step
+            while self.step < self.config.steps and not spent:
                 loss = self.train_step()
                 record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], **self.last_scale}
                 if self.validator is not None and (
@@ -284,6 +285,8 @@ class Trainer:
                 ):
                     record["validation"] = self._validate()
                 self.history.append(record)
+                if "validation" in record:
+                    spent = self.patience_spent()
                 bar.advance(1)
                 if self.step % self.config.every == 0:
                     self.save_state()
@@ -384,8 +387,10 @@ class Trainer:
         if best.is_file():  # the best checkpoint's card gets the whole validation curve, and the run's verdict
             meta = json.loads(best.read_text(encoding="utf-8"))
             if self.health is not None:
-                meta["learned"] = self.health
-                best.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+                from micebench.atomic import atomic_write_text
+
+                meta["learned"] = self.health  # known only at the end; best/ was saved while training
+                atomic_write_text(best, json.dumps(meta, indent=2, default=str) + "\n")
             self.write_card(best.parent, meta["step"], meta["validation"], self.history)
         frame = pd.DataFrame(self.history)
         frame.to_csv(self.output / "curves.csv", index=False)

@@ -114,8 +114,8 @@ def score_with_teacher(
             spread = by_query.transform(lambda v: v.std(ddof=0)).to_numpy()
             values = (values - by_query.transform("mean").to_numpy()) / np.where(spread > 0, spread, 1.0)
         total += values
-    bad = [i for i, v in enumerate(total) if not np.isfinite(v)]
-    if bad:
+    bad = np.flatnonzero(~np.isfinite(total))
+    if len(bad):
         row = pairs.iloc[bad[0]]
         raise MicebenchError(
             f"teacher {spec} gave {len(bad)} non-finite scores (e.g. query {row['qid']!r}, document "

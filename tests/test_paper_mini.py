@@ -200,7 +200,7 @@ def test_unreadable_curves_leave_the_training_unfinished(paper_mini, tmp_path, c
     assert not training.finished()
 
 
-# -- what the smoke run found in the full path ---------------------------------------------------------------------
+# -- the full path: ir_datasets ids, unscored shipped runs ----------------------------------------------------------
 def test_auto_ranks_a_shipped_run_without_scores_with_bm25(tmp_path):
     """MS MARCO's top1000 files carry no scores (ir_datasets gives every row 0): `auto` must not take their arbitrary
     order as the BM25 ranking; a shipped run with scores is still used."""

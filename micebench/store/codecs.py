@@ -432,12 +432,12 @@ def store_label(manifest: dict[str, Any]) -> str:
     """How a store's vectors are kept, in `precompute --dtype` words: fp16, int8, pq48, residual-2bit, ..."""
     codec = manifest.get("codec")
     if isinstance(codec, dict):
-        options = codec.get("options", {})
-        if codec.get("name") == "pq":
-            return f"pq{options.get('pq_bytes', '')}"
-        return f"{codec.get('name')}-{options.get('bits', '')}bit"
+        options = {k: v for k, v in codec.get("options", {}).items() if k != "name"}
+        return CodecSpec(str(codec.get("name")), **options).label()
+    from micebench.models.hf import DTYPES
+
     dtype = str(manifest.get("dtype", ""))
-    return {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}.get(dtype, dtype)
+    return {DTYPES[name]: name for name in ("fp32", "fp16", "bf16")}.get(dtype, dtype)
 
 
 def check_trainable(spec: CodecSpec, dims: dict[str, int], vectors: int) -> None:

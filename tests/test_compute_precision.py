@@ -98,12 +98,14 @@ def test_int8_quantises_the_encoder_and_keeps_the_head_fp32(spread_ce):
         assert not isinstance(module.weight, TorchAOBaseTensor) and module.weight.dtype == torch.float32
 
 
-def test_bf16_on_the_cpu_records_whether_it_is_native(spread_ce):
-    from micebench.models.precision import cpu_bf16_native
+@pytest.mark.parametrize(("native", "label"), [(True, "native"), (False, "emulated")])
+def test_bf16_on_the_cpu_records_whether_it_is_native(spread_ce, monkeypatch, native, label):
+    import micebench.models.precision as precision
 
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: native)
     facts = _load("ce", spread_ce, "bf16").describe()
     assert facts["precision"] == "bf16" and facts["head_dtype"] == "float32"
-    assert facts["cpu_bf16"] == ("native" if cpu_bf16_native() else "emulated")
+    assert facts["cpu_bf16"] == label
 
 
 def test_a_run_records_its_precision_and_keeps_its_own_folder(tmp_path, capsys, spread_ce):

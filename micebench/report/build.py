@@ -6,6 +6,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from micebench.atomic import atomic_write_text
 from micebench.errors import MicebenchError, not_found
@@ -23,6 +24,9 @@ from micebench.report.tables import (
     to_markdown,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 FORMATS = ("md", "latex", "csv", "html")
 
 
@@ -38,7 +42,12 @@ class Report:
 
 
 def html_page(
-    table: EffectivenessTable, collection: Collection, figures: list[Path], show_std: bool, title: str = ""
+    table: EffectivenessTable,
+    collection: Collection,
+    figures: list[Path],
+    show_std: bool,
+    title: str = "",
+    per_ranker: pd.DataFrame | None = None,
 ) -> str:
     """One page, no external files: tables inline, figures as base64 PNG."""
     images = "".join(
@@ -47,7 +56,7 @@ def html_page(
         for p in figures
         if p.suffix == ".png"
     )
-    per_ranker = ranker_efficiency(collection, table.rows)
+    per_ranker = ranker_efficiency(collection, table.rows) if per_ranker is None else per_ranker
     eff_html = per_ranker.to_html(index=False, na_rep="–", classes="efficiency") + (
         f"<p>{html.escape(efficiency_caption(collection))}</p>"
     )
@@ -106,15 +115,15 @@ def write_report(report: Report, formats: tuple[str, ...] = FORMATS, show_std: b
     """Write the figures and the requested formats of one report into its folder."""
     table, collection, output = report.table, report.collection, report.output
     output.mkdir(parents=True, exist_ok=True)
+    per_ranker = ranker_efficiency(collection, table.rows)  # once: it reads every stored run's store manifest
     figures = [
-        *pareto_plot(table, collection, output),
-        *storage_pareto(table, collection, output),
+        *pareto_plot(table, collection, output, per_ranker),
+        *storage_pareto(table, collection, output, per_ranker),
         *mice_sweeps(table, collection, output),
         *dataset_bars(table, output),
     ]
     written = list(figures)
     efficiency = efficiency_table(collection)
-    per_ranker = ranker_efficiency(collection, table.rows)
     if "md" in formats:
         text = (
             "## Effectiveness\n\n"
@@ -136,7 +145,7 @@ def write_report(report: Report, formats: tuple[str, ...] = FORMATS, show_std: b
         if not efficiency.empty:
             written.append(atomic_write_text(output / "latency.csv", efficiency.to_csv(index=False)))
     if "html" in formats:
-        page = html_page(table, collection, figures, show_std, report.title)
+        page = html_page(table, collection, figures, show_std, report.title, per_ranker)
         written.append(atomic_write_text(output / "report.html", page))
     report.written = written
     return written

@@ -50,20 +50,28 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def pareto_plot(table: EffectivenessTable, collection: Collection, folder: Path) -> list[Path]:
-    """Two Pareto figures: effectiveness (the OOD average when the table has one, else the mean over the datasets
-    every plotted ranker has) against re-ranking time per query and against GFLOPs per document (log scales)."""
-    from micebench.report.efficiency import ranker_efficiency
-
+def effectiveness_values(table: EffectivenessTable) -> tuple[dict[str, float], str, list[str]]:
+    """What the Pareto figures plot upwards: each ranker's OOD average when the table has one, else its mean over
+    the datasets (x100); the axis label; the rankers that have a value (every dataset, for the mean)."""
     datasets = [c for c in table.columns if not c.endswith(" avg")]
     if "OOD avg" in table.columns and table.mean["OOD avg"].notna().sum() >= 1:
         complete = [r for r in table.rows if pd.notna(table.mean.loc[r, "OOD avg"])]
         values = {r: 100 * float(table.mean.loc[r, "OOD avg"]) for r in complete}
-        y_label = f"OOD avg {table.metric} (x100)"
-    else:
-        complete = [r for r in table.rows if table.mean.loc[r, datasets].notna().all()]
-        values = {r: 100 * float(table.mean.loc[r, datasets].mean()) for r in complete}
-        y_label = f"mean {table.metric} (x100) over {len(datasets)} datasets"
+        return values, f"OOD avg {table.metric} (x100)", complete
+    complete = [r for r in table.rows if table.mean.loc[r, datasets].notna().all()]
+    values = {r: 100 * float(table.mean.loc[r, datasets].mean()) for r in complete}
+    return values, f"mean {table.metric} (x100) over {len(datasets)} datasets", complete
+
+
+def pareto_plot(
+    table: EffectivenessTable, collection: Collection, folder: Path, per_ranker: pd.DataFrame | None = None
+) -> list[Path]:
+    """Two Pareto figures: effectiveness (`effectiveness_values`) against re-ranking time per query and against
+    GFLOPs per document (log scales); `per_ranker` is `ranker_efficiency` of the table's rows when already made."""
+    from micebench.report.efficiency import ranker_efficiency
+
+    datasets = [c for c in table.columns if not c.endswith(" avg")]
+    values, y_label, complete = effectiveness_values(table)
     if not complete:
         return []
     runs = collection.runs[collection.runs["dataset"].isin(datasets)]
@@ -78,7 +86,8 @@ def pareto_plot(table: EffectivenessTable, collection: Collection, folder: Path)
         folder,
         "pareto",
     )
-    costs = ranker_efficiency(collection, complete).set_index("ranker")["GFLOP/doc"]
+    per_ranker = ranker_efficiency(collection, table.rows) if per_ranker is None else per_ranker
+    costs = per_ranker.set_index("ranker")["GFLOP/doc"]
     models = dict(zip(collection.runs["ranker"], collection.runs["model"], strict=False))
     flop_floor = 1e-3
     by_flops = [
@@ -98,23 +107,20 @@ def pareto_plot(table: EffectivenessTable, collection: Collection, folder: Path)
     return written
 
 
-def storage_pareto(table: EffectivenessTable, collection: Collection, folder: Path) -> list[Path]:
+def storage_pareto(
+    table: EffectivenessTable, collection: Collection, folder: Path, per_ranker: pd.DataFrame | None = None
+) -> list[Path]:
     """The storage Pareto figure: effectiveness (as in `pareto_plot`) against the bytes per document of the store
     each stored ranker read (log scale; labelled with the store's codec). Needs two stored rankers."""
     from micebench.report.efficiency import ranker_efficiency
 
-    datasets = [c for c in table.columns if not c.endswith(" avg")]
-    if "OOD avg" in table.columns and table.mean["OOD avg"].notna().sum() >= 1:
-        values = {r: 100 * float(table.mean.loc[r, "OOD avg"]) for r in table.rows}
-        y_label = f"OOD avg {table.metric} (x100)"
-    else:
-        values = {r: 100 * float(table.mean.loc[r, datasets].mean()) for r in table.rows}
-        y_label = f"mean {table.metric} (x100) over {len(datasets)} datasets"
-    costs = ranker_efficiency(collection, table.rows).set_index("ranker")
+    values, y_label, complete = effectiveness_values(table)
+    per_ranker = ranker_efficiency(collection, table.rows) if per_ranker is None else per_ranker
+    costs = per_ranker.set_index("ranker")
     points = []
-    for ranker in table.rows:
+    for ranker in complete:
         size = costs["store KiB/doc"].get(ranker, np.nan) if ranker in costs.index else np.nan
-        if pd.notna(size) and not np.isnan(values.get(ranker, np.nan)):
+        if pd.notna(size):
             codec = str(costs.loc[ranker, "store"])
             label = ranker if not codec or codec in ranker else f"{ranker} ({codec})"
             points.append((label, 1024 * float(size), values[ranker]))

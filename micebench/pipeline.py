@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from micebench.data import Dataset, load_dataset
+from micebench.data.check import check_judged_queries
 from micebench.data.trec import Run, ranked
 from micebench.errors import DataError, MicebenchError, first_line
 from micebench.evaluation import DEFAULT_MEASURES, Evaluation
@@ -134,9 +135,7 @@ def check_inputs(config: RunConfig) -> tuple[Dataset, Path]:
         state = "finished" if is_complete(folder) else "existing"
         raise MicebenchError(f"{state} result at {folder} (use --overwrite to replace it)")
     check_queries(dataset.judged_queries())
-    orphans = sorted(set(dataset.qrels()) - set(dataset.queries()))
-    if orphans:
-        raise DataError(f"{len(orphans)} judged query ids are absent from the queries (e.g. {orphans[0]!r})")
+    check_judged_queries(dataset)
     return dataset, folder
 
 

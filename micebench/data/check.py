@@ -93,6 +93,17 @@ def query_problems(path: Path, queries: dict[str, str], judged: set[str]) -> lis
     return [p for p in found if p]
 
 
+def check_judged_queries(dataset: Dataset) -> None:
+    """Refuse judged query ids absent from the queries (one line): `run` cannot score them and training would
+    silently drop them."""
+    orphans = sorted(set(dataset.qrels()) - set(dataset.queries()))
+    if orphans:
+        raise DataError(
+            f"dataset {dataset.name!r}: {len(orphans)} judged query ids are absent from the queries "
+            f"(e.g. {orphans[0]!r})"
+        )
+
+
 def qrels_problems(path: Path, qrels: Qrels, queries: set[str] | None, docs: set[str] | None) -> list[Problem]:
     """Judged query ids absent from the queries (refused by run), judged documents absent from the corpus (warned)."""
     found = []

@@ -48,16 +48,6 @@ class TrainingSet:
 HOLDOUT_SEED = 20260
 
 
-def orphan_judged_queries(dataset: Dataset) -> None:
-    """Refuse judged query ids absent from the queries, as `run` does (training would silently drop them)."""
-    orphans = sorted(set(dataset.qrels()) - set(dataset.queries()))
-    if orphans:
-        raise DataError(
-            f"dataset {dataset.name!r}: {len(orphans)} judged query ids are absent from the queries "
-            f"(e.g. {orphans[0]!r})"
-        )
-
-
 def holdout_queries(dataset: Dataset, count: int) -> set[str]:
     """`count` of the dataset's judged queries with a relevant document, drawn by a fixed seed (the same split for
     every family and training seed): validated on, never trained on."""
@@ -112,7 +102,6 @@ def mine_bm25_triples(
     (queries in `exclude`, the held-out validation queries, are left out)."""
     from micebench.firststage.bm25 import bm25_index_for
 
-    orphan_judged_queries(dataset)
     qrels = dataset.qrels()
     left_out = set(exclude)
     queries = {q: t for q, t in dataset.queries().items() if q in qrels and t.strip() and q not in left_out}

@@ -19,7 +19,6 @@ from micebench.training.data import (
     Triple,
     holdout_queries,
     mine_bm25_triples,
-    orphan_judged_queries,
     read_teacher_scores,
     write_teacher_scores,
 )
@@ -153,9 +152,11 @@ def build_training_set(
 ) -> TrainingSet:
     """The training triples with their teacher scores; `held_out` queries (the validation split) are left out."""
     from micebench.data import load_dataset
+    from micebench.data.check import check_judged_queries
 
     split = training_split(config.train, data_dir, split)
     dataset = dataset if dataset is not None else load_dataset(config.train, data_dir, split)
+    check_judged_queries(dataset)  # as `run` refuses them
     held_out = held_out or set()
     cache = Path(config.output) / "teacher_scores.tsv"
     # the cache is reused only for the same teacher, triples and token budget (its sidecar says which)
@@ -175,7 +176,6 @@ def build_training_set(
     )
     sidecar = cache.with_suffix(".json")
     if config.teacher_scores:
-        orphan_judged_queries(dataset)
         return without_queries(read_teacher_scores(config.teacher_scores, dataset), held_out)
     if config.teacher and cache.is_file() and sidecar.is_file() and sidecar.read_text() == key:
         return read_teacher_scores(cache, dataset)
@@ -280,7 +280,6 @@ def train_models(
     dataset, held_out = None, set()
     if config.holdout:
         dataset = load_dataset(config.train, data_dir, training_split(config.train, data_dir, split))
-        orphan_judged_queries(dataset)
         held_out = holdout_queries(dataset, config.holdout)
         subset = QuerySubset(dataset, held_out, f"{config.holdout} held-out training queries")
         validator = make_validator(subset, config.validate_top_k)

@@ -231,7 +231,7 @@ def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str
     """Part 3: nDCG@10 of each path (and its largest score difference from fp32) with trained checkpoints."""
     from micebench import evaluate, load_dataset, load_ranker
     from micebench.firststage.candidates import first_stage
-    from micebench.frames import candidates_frame
+    from micebench.frames import candidates_frame, frame_to_run
 
     results = []
     for name in args.quality_sets.split(","):
@@ -242,9 +242,7 @@ def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str
             keep = sorted(frame["qid"].unique())[: args.scifact_queries]
             frame = frame[frame["qid"].isin(keep)].reset_index(drop=True)
         qrels = {q: qrels[q] for q in frame["qid"].unique() if q in qrels}
-        bm25_run: dict[str, dict[str, float]] = {}
-        for qid, docno, score in zip(frame["qid"], frame["docno"], frame["score"], strict=True):
-            bm25_run.setdefault(qid, {})[docno] = float(score)
+        bm25_run = frame_to_run(frame)
         level = dataset.relevance_level
         base = evaluate(qrels, bm25_run, ["nDCG@10"], rel_level=level).means["nDCG@10"]
         print(
@@ -259,9 +257,7 @@ def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str
                 start = time.perf_counter()
                 scores = ranker.score_candidates(frame)
                 seconds = time.perf_counter() - start
-                run: dict[str, dict[str, float]] = {}
-                for qid, docno, score in zip(frame["qid"], frame["docno"], scores, strict=True):
-                    run.setdefault(qid, {})[docno] = float(score)
+                run = frame_to_run(frame.assign(score=scores))
                 ndcg = evaluate(qrels, run, ["nDCG@10"], rel_level=level).means["nDCG@10"]
                 if fp32_scores is None:
                     fp32_scores, fp32_ndcg = scores, ndcg

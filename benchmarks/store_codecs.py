@@ -35,8 +35,9 @@ from micebench import load_dataset, load_ranker
 from micebench.data.trec import ranked
 from micebench.evaluation import evaluate
 from micebench.firststage.candidates import first_stage
-from micebench.frames import candidates_frame
+from micebench.frames import candidates_frame, frame_to_run
 from micebench.store.codecs import codec_spec
+from micebench.store.manifest import read_manifest
 from micebench.store.precompute import precompute
 
 #: codec name -> (dtype, options)
@@ -137,7 +138,7 @@ def main() -> None:
                 timings[label].append(time.perf_counter() - start)
                 if repeat == 0:
                     rankings[label] = out
-                    result = {q: dict(zip(g.docno, g.score.astype(float), strict=True)) for q, g in out.groupby("qid")}
+                    result = frame_to_run(out)
                     level = dataset.relevance_level
                     scores[label] = 100 * evaluate(qrels, result, ["nDCG@10"], level).means["nDCG@10"]
         errors = reconstruction_errors(stores, ranker, mode)
@@ -145,7 +146,7 @@ def main() -> None:
             if row["dataset"] != dataset.name or "ndcg" in row:
                 continue
             overlap, spearman = agreement(rankings[row["codec"]], rankings["fp16"])
-            manifest = _manifest(stores[row["codec"]])
+            manifest = read_manifest(stores[row["codec"]])
             codec = manifest.get("codec", {})
             row |= {
                 "docs": manifest["num_docs"],
@@ -245,12 +246,6 @@ def _codecs(args: argparse.Namespace, ranker: Any, mode: str) -> dict[str, tuple
 def _field_dim(ranker: Any, mode: str) -> int:
     tensors, _ = ranker.store_encode(["a short document"], mode)
     return int(next(iter(tensors.values())).shape[-1])
-
-
-def _manifest(folder: Path) -> dict[str, Any]:
-    from micebench.store.manifest import read_manifest
-
-    return read_manifest(folder)
 
 
 def _print(name: str, rows: list[dict[str, Any]]) -> None:

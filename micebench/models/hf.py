@@ -72,17 +72,13 @@ from micebench.models.precision import (
     precision_facts as precision_facts,
 )
 from micebench.models.precision import (
+    quiet_torchao as quiet_torchao,
+)
+from micebench.models.precision import (
     tf32_requested as tf32_requested,
 )
 
 log = logging.getLogger("micebench")
-
-
-def quiet_torchao() -> None:
-    """Silence torchao's import-time notes (its CUDA-only kernels missing on a CPU build, enum registrations),
-    which transformers triggers on every model load once torchao is installed."""
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 quiet_torchao()  # before any caller's own transformers import (latency's random encoder) loads torchao

@@ -8,6 +8,15 @@ from typing import Any
 from micebench.errors import MicebenchError
 
 
+def quiet_torchao() -> None:
+    """Silence torchao's import-time notes (its CUDA-only kernels missing on a CPU build, enum registrations),
+    which transformers triggers on every model load once torchao is installed."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def dtype_name(dtype: Any) -> str:
     """`torch.bfloat16` -> "bfloat16" (as manifests record it)."""
     return str(dtype).replace("torch.", "")
@@ -133,12 +142,10 @@ def quantize_linear_int8(modules: list[Any], keep: list[Any] = ()) -> int:  # ty
     """Quantise every `torch.nn.Linear` inside `modules` (those inside `keep`, the scoring head, excepted) to int8
     weights with dynamic int8 activations (torchao, the maintained successor of torch.ao's dynamic quantisation);
     returns how many layers were quantised. Without torchao: one line saying how to install it."""
-    import logging
 
     import torch
 
-    for name in ("torchao", "torch.utils._pytree"):  # its CUDA-only kernels missing on a CPU build, enum notes
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_torchao()
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError:

@@ -282,7 +282,7 @@ class StoreWriter:
         if self.codec is not None:
             codec_bytes = (self.partial / CODEC_FILE).stat().st_size
             encoded = sum(s.get("encode_seconds", 0.0) for s in sources)
-            manifest |= {"format": CODEC_FORMAT, "codec": {**self.codec.manifest(), "bytes": codec_bytes}}
+            manifest["codec"] = {**self.codec.manifest(), "bytes": codec_bytes}  # format: _totals
             manifest["codec"]["encode_seconds"] = round(encoded, 3)
             (self.partial / "codec.json").unlink(missing_ok=True)
         self._drop_records()

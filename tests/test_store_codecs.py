@@ -89,6 +89,11 @@ def test_residual_codec_reconstructs_within_its_buckets(bits):
     inner = np.isfinite(low) & np.isfinite(high)
     error = np.abs(decoded - x)
     assert inner.any() == (bits == 2) and np.all(error[inner] <= (high - low)[inner] + 1e-5)
+    # the cutoffs and weights are the training residuals' quantiles (ColBERTv2's buckets), computed here by numpy
+    # from this test's own nearest-centroid assignment
+    levels = 2**bits
+    assert np.allclose(cutoffs, np.quantile(residuals, np.arange(1, levels) / levels, axis=0), atol=1e-5)
+    assert np.allclose(weights, np.quantile(residuals, (np.arange(levels) + 0.5) / levels, axis=0), atol=1e-5)
     # weights are the residuals' midpoint quantiles: each lies inside its own bucket
     assert np.all((weights[1:] >= cutoffs - 1e-6) & (weights[:-1] <= cutoffs + 1e-6))
 

@@ -340,7 +340,11 @@ def run_manifest(
     world_size: int,
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """The provenance record of a run: configuration, the options that took effect, data, timings, environment."""
+    """The provenance record of a run: configuration, the options that took effect, data, timings, environment,
+    and the checkpoint's training verdict (so `report` can mark a run that did not learn after the checkpoint moved)."""
+    from micebench.training.health import recorded_verdict
+
+    verdict = recorded_verdict(config.options.get("checkpoint"))
     return {
         "config": asdict(config),
         "config_hash": digest,
@@ -357,6 +361,7 @@ def run_manifest(
         "seed": config.seed,
         "world_size": world_size,
         "timings": timings,
+        **({"training_verdict": verdict} if verdict is not None else {}),
         **environment(),
     }
 

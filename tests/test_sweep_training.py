@@ -314,3 +314,20 @@ def test_train_with_holdout_validates_on_the_held_out_queries(capsys, tmp_path, 
     assert [r["step"] for r in curves if r.get("validation")] == ["2", "4"]
     meta = json.loads((out / "best" / "micebench_training.json").read_text())
     assert meta["triples"] == 4  # 6 triples of the scores file less those of q2 and q5
+
+
+def test_report_reads_the_verdict_from_the_run_manifest_after_the_checkpoint_moved(tmp_path):
+    from micebench.report.collect import training_verdict
+    from micebench.training.health import recorded_verdict
+
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    record = {"learned": False, "reasons": ["the loss stays at the constant scorer's level"]}
+    (checkpoint / "micebench_training.json").write_text(json.dumps({"steps": 10, "learned": record}))
+    assert recorded_verdict(checkpoint) == record and recorded_verdict(tmp_path / "nosuch") is None
+    options = {"config": {"options": {"checkpoint": str(checkpoint)}}}
+    assert training_verdict(options) is False  # a run from before manifests carried it: read from the folder
+    manifest = {**options, "training_verdict": record}  # what `run` writes now
+    (checkpoint / "micebench_training.json").unlink()  # the checkpoint moved or was deleted
+    assert training_verdict(manifest) is False and training_verdict(options) is None
+    assert training_verdict({"config": {"options": {}}}) is None

@@ -101,16 +101,14 @@ def _run_row(folder: Path, manifest: dict[str, Any], queries: int, index: dict[s
 
 
 def training_verdict(manifest: dict[str, Any]) -> bool | None:
-    """Whether the checkpoint a result scored with learned, as `train` recorded it in the checkpoint's
-    micebench_training.json (None: not a micebench-trained checkpoint, or a run from before the check)."""
-    checkpoint = (manifest.get("config", {}).get("options") or {}).get("checkpoint")
-    if not isinstance(checkpoint, str) or not checkpoint:
-        return None
-    path = Path(checkpoint).expanduser() / "micebench_training.json"
-    try:
-        learned = json.loads(path.read_text(encoding="utf-8")).get("learned")
-    except (OSError, ValueError, AttributeError):
-        return None
+    """Whether the checkpoint a result scored with learned: the verdict `run` copied into its manifest from the
+    checkpoint's micebench_training.json, else (runs from before that) read from the checkpoint folder now (None:
+    not a micebench-trained checkpoint, or trained before the check)."""
+    from micebench.training.health import recorded_verdict
+
+    learned = manifest.get("training_verdict")
+    if not isinstance(learned, dict):
+        learned = recorded_verdict((manifest.get("config", {}).get("options") or {}).get("checkpoint"))
     return bool(learned["learned"]) if isinstance(learned, dict) and "learned" in learned else None
 
 

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,3 +69,18 @@ def verdict(
 def warning_text(name: str, result: dict[str, Any]) -> str:
     """The one line `train` prints on stderr for a run that did not learn."""
     return f"warning: {name} did not learn: " + "; ".join(result["reasons"])
+
+
+def recorded_verdict(checkpoint: str | Path | None) -> dict[str, Any] | None:
+    """The verdict `train` recorded in a checkpoint folder's micebench_training.json (None: no folder, not a
+    micebench-trained checkpoint, or one from before the check); `run` copies it into its manifest."""
+    if not isinstance(checkpoint, (str, Path)) or not str(checkpoint):
+        return None
+    from micebench.models.checkpoints import TRAINING_MARKER
+
+    try:
+        learned = json.loads((Path(checkpoint).expanduser() / TRAINING_MARKER).read_text(encoding="utf-8"))
+        learned = learned.get("learned")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return learned if isinstance(learned, dict) and "learned" in learned else None

@@ -227,6 +227,15 @@ def against_onnx(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
     }
 
 
+def quality_paths(family: str) -> tuple[str, ...]:
+    """The paths a family's quality is measured on: torch's three, and for `ce` its ONNX Runtime int8 backend
+    when ONNX Runtime is installed (its fastest CPU path in part 2)."""
+    import importlib.util
+
+    onnx = family == "ce" and importlib.util.find_spec("onnxruntime") is not None
+    return PATHS + (("onnx-int8",) if onnx else ())
+
+
 def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Part 3: nDCG@10 of each path (and its largest score difference from fp32) with trained checkpoints."""
     from micebench import evaluate, load_dataset, load_ranker
@@ -249,10 +258,10 @@ def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str
             f"\n## quality: {name}, BM25 top-{args.depth}, {len(qrels)} queries ({len(frame)} pairs); "
             f"BM25 nDCG@10 {base:.4f}"
         )
-        print(f"{'ranker':<12}{'path':<6}{'nDCG@10':>9}{'vs fp32 (points)':>18}{'max |score diff|':>18}{'s':>7}")
+        print(f"{'ranker':<12}{'path':<10}{'nDCG@10':>9}{'vs fp32 (points)':>18}{'max |score diff|':>18}{'s':>7}")
         for label, (family, checkpoint, extra) in models.items():
             fp32_scores, fp32_ndcg = None, None
-            for path in PATHS:
+            for path in quality_paths(family):
                 ranker = load_ranker(family, checkpoint=checkpoint, device="cpu", dtype=path, **extra)
                 start = time.perf_counter()
                 scores = ranker.score_candidates(frame)
@@ -262,7 +271,7 @@ def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str
                 if fp32_scores is None:
                     fp32_scores, fp32_ndcg = scores, ndcg
                 diff = float(np.abs(scores - fp32_scores).max())
-                print(f"{label:<12}{path:<6}{ndcg:>9.4f}{100 * (ndcg - fp32_ndcg):>+18.2f}{diff:>18.2e}{seconds:>7.0f}")
+                print(f"{label:<12}{path:<10}{ndcg:>9.4f}{100 * (ndcg - fp32_ndcg):>+18.2f}{diff:>18.2e}{seconds:>7.0f}")
                 results.append(
                     {
                         "dataset": name,

@@ -3,11 +3,12 @@
 A codec store keeps, per field, small integer codes in its shards and the codebooks in `codec.safetensors` beside
 them (recorded in the manifest under `codec`). Codebooks are trained once, by faiss, on a sample of the store's own
 vectors, and reused by `--extend` and `--resume`; encoding uses faiss too. Decoding is plain torch on the scoring
-device (a gather from the codebooks, a matmul for the OPQ rotation, bit operations for the residuals), so reading a
+device (a sum of gathered rows of a rotated codebook table for pq, table gathers for the residuals), so reading a
 store needs no faiss.
 
 - `pq`: an OPQ rotation R (d x d, orthonormal) then `M` sub-quantisers of 256 centroids each over d/M dimensions:
-  `M` bytes per token vector. Decoding: y = concat_m C_m[code_m], x = y R (R^T y in column form).
+  `M` bytes per token vector. Decoding: x = concat_m C_m[code_m] R = sum_m C_m[code_m] R_m (R_m: the m-th block of
+  d/M rows of R), read as M rows of a table of every centroid already rotated back (one embedding_bag).
 - `residual` (ColBERTv2's compression): the id of the nearest of K k-means centroids (int16, or int32 above 32,768
   centroids) plus each dimension's residual quantised to b = 1 or 2 bits, with bucket cutoffs at the residuals'
   quantiles (i/2^b) and bucket weights at the midpoint quantiles ((i + 0.5)/2^b), per dimension (ColBERTv2 shares

@@ -306,6 +306,9 @@ def main() -> None:
     parser.add_argument("--scifact-queries", type=int, default=100)
     parser.add_argument("--quality-sets", default="trec-dl-2019-passage,scifact")
     parser.add_argument("--output", default="benchmarks/results")
+    parser.add_argument(
+        "--no-dense", dest="dense", action="store_false", help="quality part: leave out the dense rows"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
@@ -329,7 +332,7 @@ def main() -> None:
     if "quality" in parts:
         # the packaged all-MiniLM-L6-v2 is a trained bi-encoder: `dense` always; the cross-encoder and MICE only
         # from trained checkpoints (a fresh head ranks at random)
-        models = {"dense": ("dense", "minilm-l6", {"batch_size": args.batch})}
+        models = {"dense": ("dense", "minilm-l6", {"batch_size": args.batch})} if args.dense else {}
         if ce != "minilm-l6":
             models["ce"] = ("ce", ce, {"max_length": 256, "batch_size": args.batch})
         if mice:

@@ -129,7 +129,7 @@ QUANTIZED = {"int8": "float32"}
 #: what an int8 run does, as manifests record it
 INT8_METHOD = (
     "torchao Int8DynamicActivationInt8Weight: Linear layers with int8 weights (per channel) and int8 activations "
-    "(per token, quantised at run time)"
+    "(per token with a zero point, quantised at run time)"
 )
 
 
@@ -148,6 +148,7 @@ def quantize_linear_int8(modules: list[Any], keep: list[Any] = ()) -> int:  # ty
     quiet_torchao()
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        from torchao.quantization.quant_primitives import MappingType
     except ImportError:
         raise MicebenchError(
             "--dtype int8 needs torchao: pip install 'micebench[int8]' (or pip install torchao)"
@@ -161,8 +162,11 @@ def quantize_linear_int8(modules: list[Any], keep: list[Any] = ()) -> int:  # ty
         count += take
         return take
 
+    # activations quantised per token with a zero point: post-GELU inputs are nearly one-signed, and a symmetric
+    # range wastes half its levels on them (on a trained cross-encoder: mean |score - fp32| 0.055 against 0.078)
+    config = Int8DynamicActivationInt8WeightConfig(act_mapping_type=MappingType.ASYMMETRIC)
     for module in modules:
-        quantize_(module, Int8DynamicActivationInt8WeightConfig(), filter_fn=chosen)
+        quantize_(module, config, filter_fn=chosen)
     return count
 
 

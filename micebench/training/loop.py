@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from micebench.errors import DataError, MicebenchError, TrainingDiverged, first_line
+from micebench.models.checkpoints import TRAINING_MARKER
 from micebench.rankers.base import Trainable
 from micebench.training.data import TrainingSet
 from micebench.training.losses import LOSSES, bce, listwise, margin_mse
@@ -355,7 +356,7 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self.student.save_checkpoint(tmp)
-        (tmp / "micebench_training.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        (tmp / TRAINING_MARKER).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         self.write_card(tmp, self.step, value, [*self.history, {"step": self.step, "validation": value}])
         shutil.rmtree(self.output / "best", ignore_errors=True)
         os.replace(tmp, self.output / "best")
@@ -383,7 +384,7 @@ class Trainer:
 
         if not self.history:
             return
-        best = self.output / "best" / "micebench_training.json"
+        best = self.output / "best" / TRAINING_MARKER
         if best.is_file():  # the best checkpoint's card gets the whole validation curve, and the run's verdict
             meta = json.loads(best.read_text(encoding="utf-8"))
             if self.health is not None:

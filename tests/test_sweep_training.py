@@ -331,3 +331,22 @@ def test_report_reads_the_verdict_from_the_run_manifest_after_the_checkpoint_mov
     (checkpoint / "micebench_training.json").unlink()  # the checkpoint moved or was deleted
     assert training_verdict(manifest) is False and training_verdict(options) is None
     assert training_verdict({"config": {"options": {}}}) is None
+
+
+def test_run_copies_the_checkpoints_training_verdict_into_its_manifest(tmp_path, capsys, tiny_bert_ce):
+    import shutil
+
+    from tests.conftest import write_beir
+    from tests.test_cli import cli
+
+    checkpoint = tmp_path / "ck"
+    shutil.copytree(tiny_bert_ce, checkpoint)
+    record = {"learned": False, "reasons": ["the loss stays at the constant scorer's level"]}
+    (checkpoint / "micebench_training.json").write_text(json.dumps({"steps": 10, "learned": record}))
+    corpus = [{"_id": f"d{i}", "title": "", "text": f"document {i} about topic {i % 3}"} for i in range(6)]
+    data = write_beir(tmp_path / "small", corpus, [{"_id": "q1", "text": "topic one"}], [("q1", "d1", 1)])
+    code, _, err = cli(capsys, "run", "--model", "ce", "--checkpoint", str(checkpoint), "--dataset", str(data),
+                       "--device", "cpu", "-o", str(tmp_path / "r"))  # fmt: skip
+    assert code == 0, err
+    (manifest,) = [json.loads(p.read_text()) for p in (tmp_path / "r").rglob("manifest.json")]
+    assert manifest["training_verdict"] == record

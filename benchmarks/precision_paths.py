@@ -271,7 +271,9 @@ def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str
                 if fp32_scores is None:
                     fp32_scores, fp32_ndcg = scores, ndcg
                 diff = float(np.abs(scores - fp32_scores).max())
-                print(f"{label:<12}{path:<10}{ndcg:>9.4f}{100 * (ndcg - fp32_ndcg):>+18.2f}{diff:>18.2e}{seconds:>7.0f}")
+                print(
+                    f"{label:<12}{path:<10}{ndcg:>9.4f}{100 * (ndcg - fp32_ndcg):>+18.2f}{diff:>18.2e}{seconds:>7.0f}"
+                )
                 results.append(
                     {
                         "dataset": name,
@@ -306,9 +308,7 @@ def main() -> None:
     parser.add_argument("--scifact-queries", type=int, default=100)
     parser.add_argument("--quality-sets", default="trec-dl-2019-passage,scifact")
     parser.add_argument("--output", default="benchmarks/results")
-    parser.add_argument(
-        "--no-dense", dest="dense", action="store_false", help="quality part: leave out the dense rows"
-    )
+    parser.add_argument("--no-dense", dest="dense", action="store_false", help="quality part: leave out the dense rows")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch

@@ -1,7 +1,8 @@
 """Compressed document stores side by side: size, nDCG@10, re-ranking speed and codebook cost of every codec.
 
 For each dataset, the BM25 top-K candidates of (a subset of) its judged queries are encoded once by the model
-(MICE `states`/`kv`, or ColBERT) and stored with every codec: fp16, int8, pq at several sizes, residual at 1 and
+(MICE `states`/`kv`, or ColBERT) and stored with every codec: fp16, int8, pq at several sizes (also with
+`--token-means`, the token ids' mean vectors as side information), residual at 1 and
 2 bits (the codebooks of each trained on that store's own vectors). Each store then re-ranks the same frame end to
 end (`Ranker.rerank`: the query's encoding, the gather with its decoding, the top layers or MaxSim), interleaved
 with the fp16 store, and the script prints per codec and dataset: bytes per document and per token, nDCG@10 and
@@ -49,7 +50,10 @@ CODECS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def pq(sizes: list[int]) -> dict[str, tuple[str, dict[str, Any]]]:
+def pq(sizes: list[int], token_means: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
+    """pq at each size in bytes per vector (with `token_means`: less each token id's mean vector, 2 more bytes)."""
+    if token_means:
+        return {f"pq{m}+tokens": ("pq", {"pq_bytes": m, "token_means": True}) for m in sizes}
     return {f"pq{m}": ("pq", {"pq_bytes": m}) for m in sizes}
 
 
@@ -92,6 +96,11 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--queries", type=int, default=None, help="the first N judged queries of each set")
     parser.add_argument("--pq-sizes", default=None, help="pq bytes per token vector (default: d/16, d/8, d/4)")
+    parser.add_argument(
+        "--token-pq-sizes",
+        default=None,
+        help="pq sizes with --token-means (default: d/24, d/12, d/8, each the nearest divisor of d below)",
+    )
     parser.add_argument("--codecs", default=None, help="only these (comma-separated labels; fp16 always runs)")
     parser.add_argument("--train-docs", type=int, default=256, help="documents whose vectors train the codebooks")
     parser.add_argument("--repeats", type=int, default=2, help="timed re-rankings per store (interleaved with fp16)")
@@ -237,15 +246,21 @@ def _codecs(args: argparse.Namespace, ranker: Any, mode: str) -> dict[str, tuple
     else:
         dim = _field_dim(ranker, mode)
         sizes = [dim // 16, dim // 8, dim // 4]
+    if args.token_pq_sizes:
+        token_sizes = [int(s) for s in args.token_pq_sizes.split(",")]
+    else:
+        dim = _field_dim(ranker, mode)
+        token_sizes = [next(m for m in range(max(dim // parts, 1), 0, -1) if dim % m == 0) for parts in (24, 12, 8)]
     table = dict(CODECS)
-    every = {"fp16": table.pop("fp16"), "int8": table.pop("int8"), **pq(sizes), **table}
+    every = {"fp16": table.pop("fp16"), "int8": table.pop("int8"), **pq(sizes), **pq(token_sizes, True), **table}
     wanted = set(args.codecs.split(",")) | {"fp16"} if args.codecs else set(every)
     return {label: codec for label, codec in every.items() if label in wanted}
 
 
 def _field_dim(ranker: Any, mode: str) -> int:
     tensors, _ = ranker.store_encode(["a short document"], mode)
-    return int(next(iter(tensors.values())).shape[-1])
+    fields, _ = ranker.store_fields(mode)
+    return int(tensors[fields[0]].shape[-1])
 
 
 def _print(name: str, rows: list[dict[str, Any]]) -> None:

@@ -136,6 +136,12 @@ def test_precomputed_embeddings_equal_on_the_fly(tmp_path, tiny_bert_encoder):
     folder = write_beir(tmp_path / "c", corpus, [{"_id": "q", "text": QUERY}], [("q", "d0", 1)])
     ranker = load_ranker("colbert", checkpoint=tiny_bert_encoder, device="cpu")
     store = precompute(ranker, load_dataset(str(folder)), tmp_path / "store", "embeddings", "fp32")
+    # the token ids a --token-means codec uses: the tokenizer's, the [D] marker after [CLS], punctuation left out
+    tensors, keep = ranker.store_encode(DOCS[:2], "embeddings")
+    for i, text in enumerate(DOCS[:2]):
+        ids = ranker.tokenizer(text)["input_ids"]
+        want = [t for t in [ids[0], ranker.d_marker, *ids[1:]] if t not in ranker.skiplist.tolist()]
+        assert tensors["token_ids"][i][keep[i].bool()].tolist() == want
     stored = load_ranker("colbert", checkpoint=tiny_bert_encoder, device="cpu", precomputed=str(store))
     frame = pd.DataFrame({"qid": "q", "query": QUERY, "docno": ["d2", "d0", "d1"], "text": "", "score": 0.0})
     got = stored.rerank(frame).set_index("docno")["score"]

@@ -14,6 +14,7 @@ from micebench import load_ranker
 from micebench.errors import MicebenchError
 from micebench.models.mice import MiceConfig
 from micebench.models.mice_io import build_mice
+from micebench.rankers.capabilities import TOKEN_IDS
 from tests.conftest import tiny_modernbert_config, write_beir
 
 QUERY = "how do goldfish grow"
@@ -277,6 +278,11 @@ def test_precomputed_store_equals_on_the_fly(tmp_path, tiny4_ce, mode):
     folder = write_beir(tmp_path / "c", corpus, [{"_id": "q", "text": QUERY}], [("q", "d0", 1)])
     ranker = _mice(tiny4_ce, batch_size=2)
     store = precompute(ranker, load_dataset(str(folder)), tmp_path / "store", mode, "fp32")
+    # the token ids a --token-means codec uses are the tokenizer's own, position for position
+    tensors, mask = ranker.store_encode(DOCS[:2], mode)
+    for i, text in enumerate(DOCS[:2]):
+        stored_ids = tensors[TOKEN_IDS][i][mask[i].bool()].tolist()
+        assert stored_ids == ranker.tokenizer(text)["input_ids"]
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["mode"] == mode and manifest["num_docs"] == len(DOCS) and manifest["bytes_per_doc"] > 0
     stored = _mice(tiny4_ce, precomputed=str(store), batch_size=3)

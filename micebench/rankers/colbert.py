@@ -36,7 +36,7 @@ from micebench.models.hf import (
     safetensors_problem,
     weight_fingerprint,
 )
-from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
+from micebench.rankers.capabilities import TOKEN_IDS, Benchmarkable, StoreBacked, Trainable
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
 from micebench.rankers.options import ColBERTOptions
@@ -381,8 +381,10 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
         return self._fingerprint or self._weights_fingerprint()
 
     def store_encode(self, texts: list[str], mode: str) -> tuple[dict[str, Any], Any]:
-        emb, keep = self.encode_documents(texts)
-        return {"embeddings": emb}, keep
+        """Document embeddings and their MaxSim mask (and the token ids, for a `--token-means` codec)."""
+        ids, mask = self.tokenize(texts, self.d_marker, self.doc_length, pad_to_max=False)
+        emb, keep = self.embed_documents(ids, mask)
+        return {"embeddings": emb, TOKEN_IDS: ids}, keep
 
     def score_gathered(self, query: Any, tensors: dict[str, Any], mask: Any, padded: bool) -> Any:
         """MaxSim against stored document embeddings."""

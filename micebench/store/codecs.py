@@ -15,6 +15,14 @@ store needs no faiss.
   one set of cutoffs over all dimensions; MICE states have outlier dimensions, so each dimension gets its own).
   Decoding: x = C[id] + W[bucket_j, j], read a byte at a time from a table of the 256 values of each byte.
 
+With `token_means` (either codec), each vector is first reduced by the mean vector of its token id, and the codec
+quantises what is left (the static token embeddings as side information, as SDR, Cohen et al. 2022, does with an
+autoencoder): a document's vectors at a low layer are mostly their tokens' own, so the residual is several times
+smaller than the vector. The means are those of the training sample per token id, shrunk towards the sample's mean
+vector by `MEAN_SHRINKAGE` pseudo-vectors; token ids the sample lacks use the sample's mean. Each stored token
+keeps its row of that table (int16, 2 bytes, shared by all fields), and decoding adds the row back (for pq, in the
+same embedding_bag).
+
 Vectors of a field whose training sample all have unit norm (ColBERT's embeddings) are normalised again after
 decoding, as ColBERTv2 does.
 """
@@ -31,6 +39,7 @@ import numpy as np
 import torch
 
 from micebench.errors import MicebenchError
+from micebench.rankers.capabilities import TOKEN_IDS
 
 #: codec names `precompute --dtype` accepts beside the plain dtypes
 CODECS = ("pq", "residual")
@@ -48,6 +57,11 @@ OPQ_TRAIN_VECTORS = 32_768
 MAX_TRAIN_VECTORS = 65_536
 #: token vectors per training point a k-means centroid should have (faiss warns below 39)
 POINTS_PER_CENTROID = 39
+#: the tensor a `token_means` shard holds: each token's row of the means table (0: a token id the sample lacked)
+TOKEN_ROWS = "token_rows"
+#: pseudo-vectors at the sample's mean added to each token id's own when averaging (a token seen once is pulled
+#: half-way to the mean vector, one seen 20 times 5%)
+MEAN_SHRINKAGE = 1.0
 
 
 @dataclass(frozen=True)
@@ -60,16 +74,18 @@ class CodecSpec:
     centroids: int | None = None
     train_docs: int = 1024
     seed: int = 0
+    token_means: bool | None = None
 
     def options(self) -> dict[str, Any]:
         """The settings a resume or an extension must share (sizes left to the default are not compared)."""
         return {k: v for k, v in asdict(self).items() if v is not None and k not in ("train_docs", "seed")}
 
     def label(self) -> str:
-        """A short name, e.g. pq48 or residual-2bit."""
+        """A short name, e.g. pq48, residual-2bit or pq32+tokens (with token means)."""
+        side = "+tokens" if self.token_means else ""
         if self.name == "pq":
-            return f"pq{self.pq_bytes or ''}"
-        return f"residual-{self.bits or DEFAULT_BITS}bit"
+            return f"pq{self.pq_bytes or ''}{side}"
+        return f"residual-{self.bits or DEFAULT_BITS}bit{side}"
 
 
 DEFAULT_BITS = 2
@@ -87,6 +103,7 @@ def codec_spec(
     centroids: int | None = None,
     train_docs: int | None = None,
     seed: int = 0,
+    token_means: bool = False,
 ) -> CodecSpec | None:
     """The codec `--dtype` names (None for a plain dtype), its options checked in one line each."""
     if dtype not in CODECS:
@@ -94,6 +111,8 @@ def codec_spec(
         given += [n for n, v in (("centroids", centroids), ("train-docs", train_docs)) if v is not None]
         if given:
             raise MicebenchError(f"--{given[0]} applies to --dtype {'pq' if given[0] == 'pq-bytes' else 'residual'}")
+        if token_means:
+            raise MicebenchError("--token-means applies to --dtype pq or residual")
         return None
     if dtype == "pq" and (residual_bits is not None or centroids is not None):
         raise MicebenchError("--residual-bits and --centroids apply to --dtype residual, not pq")
@@ -107,7 +126,7 @@ def codec_spec(
         raise MicebenchError(f"--centroids must be at least 2 (got {centroids})")
     if train_docs is not None and train_docs < 1:
         raise MicebenchError(f"--train-docs must be at least 1 (got {train_docs})")
-    return CodecSpec(dtype, pq_bytes, residual_bits, centroids, train_docs or 1024, seed)
+    return CodecSpec(dtype, pq_bytes, residual_bits, centroids, train_docs or 1024, seed, token_means or None)
 
 
 def _faiss() -> Any:
@@ -134,17 +153,21 @@ class FieldCodec:
     name: str
     dim: int
     normalize: bool
+    #: (rows, dim) mean vector per row of the store's token table (`token_means`), or None
+    means: torch.Tensor | None = None
 
     def stored(self, field: str) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         """The tensors a shard holds for `field`: name -> (dtype, per-token shape)."""
         raise NotImplementedError
 
-    def encode(self, field: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Codes of (tokens, dim) vectors, as CPU tensors named as in `stored`."""
+    def encode(self, field: str, x: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Codes of (tokens, dim) vectors, as CPU tensors named as in `stored` (`rows`: each token's row of the
+        token means, with `token_means`)."""
         raise NotImplementedError
 
     def decode(self, field: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(..., dim) float32 vectors from gathered code tensors (on the codebooks' device)."""
+        """(..., dim) float32 vectors from gathered code tensors (on the codebooks' device; `TOKEN_ROWS` among
+        them with `token_means`)."""
         raise NotImplementedError
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -164,13 +187,24 @@ class FieldCodec:
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(x, dim=-1) if self.normalize else x
 
+    def _reduce(self, x: torch.Tensor, rows: torch.Tensor | None) -> np.ndarray:
+        """(tokens, dim) float32 vectors to quantise: less their token means, with `token_means`."""
+        x = x.detach().float().cpu()
+        if self.means is not None:
+            if rows is None:
+                raise MicebenchError("internal: a token-means codec encoded without token rows")
+            x = x - self.means.cpu().index_select(0, rows.long().cpu())
+        return np.ascontiguousarray(x.numpy())
+
 
 class PQCodec(FieldCodec):
     """OPQ rotation + product quantisation (8-bit codes, `M` bytes per vector)."""
 
     name = "pq"
 
-    def __init__(self, rotation: torch.Tensor, centroids: torch.Tensor, normalize: bool):
+    def __init__(
+        self, rotation: torch.Tensor, centroids: torch.Tensor, normalize: bool, means: torch.Tensor | None = None
+    ):
         self.rotation = rotation.float()  # (d, d): y = x R^T (faiss's LinearTransform A)
         self.centroids = centroids.float()  # (M, 256, d / M)
         self.M, self.ksub, self.dsub = centroids.shape
@@ -181,13 +215,16 @@ class PQCodec(FieldCodec):
         # halves the table's memory traffic, each entry and the sum rounded at 2^-11 relative, far below PQ's error
         blocks = self.rotation.view(self.M, self.dsub, self.dim)
         table = torch.einsum("mjs,msd->mjd", self.centroids, blocks).reshape(self.M * self.ksub, self.dim)
+        self.means = None if means is None else means.float()
+        if self.means is not None:  # the token means are rows of the same table, after the centroids
+            table = torch.cat([table, self.means])
         self._table = table.to(torch.float16).contiguous()
         self._offsets = torch.arange(self.M, device=centroids.device) * self.ksub
         self._faiss: Any = None
 
     @classmethod
-    def train(cls, x: np.ndarray, M: int, seed: int, normalize: bool) -> PQCodec:
-        """OPQ then PQ, trained by faiss on `x` (n, d)."""
+    def train(cls, x: np.ndarray, M: int, seed: int, normalize: bool, means: torch.Tensor | None = None) -> PQCodec:
+        """OPQ then PQ, trained by faiss on `x` (n, d): the vectors, or their residuals from `means`."""
         faiss = _faiss()
         d = x.shape[1]
         opq = faiss.OPQMatrix(d, M)
@@ -201,7 +238,7 @@ class PQCodec(FieldCodec):
         pq = _pq(faiss, d, M, seed)  # the final PQ, fully trained in the rotated space
         pq.train(np.ascontiguousarray(x @ rotation.T, dtype=np.float32))
         centroids = faiss.vector_to_array(pq.centroids).reshape(M, PQ_CENTROIDS, d // M).copy()
-        return cls(torch.from_numpy(rotation), torch.from_numpy(centroids), normalize)
+        return cls(torch.from_numpy(rotation), torch.from_numpy(centroids), normalize, means)
 
     def _quantizer(self) -> tuple[Any, Any]:
         """faiss objects holding these codebooks (for encoding)."""
@@ -218,25 +255,30 @@ class PQCodec(FieldCodec):
     def stored(self, field: str) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         return {f"{field}.codes": (torch.uint8, (self.M,))}
 
-    def encode(self, field: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode(self, field: str, x: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         opq, pq = self._quantizer()
-        rotated = opq.apply_py(np.ascontiguousarray(x.detach().float().cpu().numpy()))
+        rotated = opq.apply_py(self._reduce(x, rows))
         return {f"{field}.codes": torch.from_numpy(pq.compute_codes(rotated))}
 
     def decode(self, field: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         codes = parts[f"{field}.codes"]
         rows = codes.reshape(-1, self.M).long() + self._offsets
+        if self.means is not None:  # plus the token's mean: one more row of the same bag
+            token = parts[TOKEN_ROWS].reshape(-1, 1).long() + self.M * self.ksub
+            rows = torch.cat([rows, token], dim=1)
         y = torch.nn.functional.embedding_bag(rows, self._table, mode="sum").float()
         return self._finish(y.view(*codes.shape[:-1], self.dim))
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"rotation": self.rotation, "centroids": self.centroids}
+        means = {} if self.means is None else {"means": self.means.half()}  # fp16 values (see `token_means`)
+        return {"rotation": self.rotation, "centroids": self.centroids, **means}
 
     def facts(self) -> dict[str, Any]:
         return {"dim": self.dim, "sub_quantizers": self.M, "centroids": self.ksub, "normalize": self.normalize}
 
     def to(self, device: torch.device) -> PQCodec:
-        return PQCodec(self.rotation.to(device), self.centroids.to(device), self.normalize)
+        means = None if self.means is None else self.means.to(device)
+        return PQCodec(self.rotation.to(device), self.centroids.to(device), self.normalize, means)
 
 
 def _pq(faiss: Any, d: int, M: int, seed: int) -> Any:
@@ -252,8 +294,16 @@ class ResidualCodec(FieldCodec):
 
     name = "residual"
 
-    def __init__(self, centroids: torch.Tensor, cutoffs: torch.Tensor, weights: torch.Tensor, normalize: bool):
+    def __init__(
+        self,
+        centroids: torch.Tensor,
+        cutoffs: torch.Tensor,
+        weights: torch.Tensor,
+        normalize: bool,
+        means: torch.Tensor | None = None,
+    ):
         self.centroids = centroids.float()  # (K, d)
+        self.means = None if means is None else means.float()
         self.cutoffs = cutoffs.float()  # (2^b - 1, d), ascending per dimension
         self.weights = weights.float()  # (2^b, d)
         self.K, self.dim = centroids.shape
@@ -273,8 +323,11 @@ class ResidualCodec(FieldCodec):
         self._index: Any = None
 
     @classmethod
-    def train(cls, x: np.ndarray, K: int, bits: int, seed: int, normalize: bool) -> ResidualCodec:
-        """k-means (faiss) on `x`, then the residuals' per-dimension quantiles as bucket cutoffs and weights."""
+    def train(
+        cls, x: np.ndarray, K: int, bits: int, seed: int, normalize: bool, means: torch.Tensor | None = None
+    ) -> ResidualCodec:
+        """k-means (faiss) on `x` (the vectors, or their residuals from `means`), then the residuals' per-dimension
+        quantiles as bucket cutoffs and weights."""
         faiss = _faiss()
         kmeans = faiss.Kmeans(
             x.shape[1],
@@ -296,6 +349,7 @@ class ResidualCodec(FieldCodec):
             torch.from_numpy(np.ascontiguousarray(cutoffs, dtype=np.float32)),
             torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
             normalize,
+            means,
         )
 
     def stored(self, field: str) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
@@ -317,9 +371,10 @@ class ResidualCodec(FieldCodec):
         bounds = self.cutoffs.T.contiguous().cpu()
         return torch.searchsorted(bounds, residuals.T.contiguous(), right=True).T.to(torch.uint8)
 
-    def encode(self, field: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = x.detach().float().cpu()
-        ids = torch.from_numpy(self.assign(np.ascontiguousarray(x.numpy())))
+    def encode(self, field: str, x: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        reduced = self._reduce(x, rows)
+        x = torch.from_numpy(reduced)
+        ids = torch.from_numpy(self.assign(reduced))
         buckets = self.buckets(x - self.centroids.cpu()[ids])
         per_byte = 8 // self.bits
         groups = buckets.view(len(x), self.dim // per_byte, per_byte)
@@ -332,10 +387,13 @@ class ResidualCodec(FieldCodec):
         x = self.centroids.index_select(0, ids.reshape(-1).long())
         rows = (packed.reshape(-1, packed.shape[-1]).long() + self._byte_offsets).reshape(-1)
         x += self._table.index_select(0, rows).view(-1, self.dim)  # each byte's dimensions from one table row
+        if self.means is not None:
+            x += self.means.index_select(0, parts[TOKEN_ROWS].reshape(-1).long())
         return self._finish(x.view(*lead, self.dim))
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"centroids": self.centroids, "cutoffs": self.cutoffs, "weights": self.weights}
+        means = {} if self.means is None else {"means": self.means.half()}  # fp16 values (see `token_means`)
+        return {"centroids": self.centroids, "cutoffs": self.cutoffs, "weights": self.weights, **means}
 
     def facts(self) -> dict[str, Any]:
         return {
@@ -347,8 +405,9 @@ class ResidualCodec(FieldCodec):
         }
 
     def to(self, device: torch.device) -> ResidualCodec:
+        means = None if self.means is None else self.means.to(device)
         return ResidualCodec(
-            self.centroids.to(device), self.cutoffs.to(device), self.weights.to(device), self.normalize
+            self.centroids.to(device), self.cutoffs.to(device), self.weights.to(device), self.normalize, means
         )
 
 
@@ -356,35 +415,72 @@ _CLASSES: dict[str, Any] = {"pq": PQCodec, "residual": ResidualCodec}
 
 
 class StoreCodec:
-    """The codecs of every field of a store, their provenance, and the codec file they are saved in."""
+    """The codecs of every field of a store, their provenance, and the codec file they are saved in.
 
-    def __init__(self, spec: CodecSpec, fields: dict[str, FieldCodec], training: dict[str, Any]):
+    With `token_means`, `tokens` holds the sorted token ids of the training sample: row r + 1 of every field's means
+    table belongs to `tokens[r]`, row 0 to any other token id.
+    """
+
+    def __init__(
+        self,
+        spec: CodecSpec,
+        fields: dict[str, FieldCodec],
+        training: dict[str, Any],
+        tokens: torch.Tensor | None = None,
+    ):
         self.spec, self.fields, self.training = spec, fields, training
+        self.tokens = None if tokens is None else tokens.long().cpu()
+        rows = 0 if self.tokens is None else len(self.tokens) + 1
+        self.row_dtype = torch.int16 if rows <= 2**15 else torch.int32
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     def bytes_per_token(self) -> int:
-        return sum(c.bytes_per_token() for c in self.fields.values())
+        side = self.row_dtype.itemsize if self.tokens is not None else 0
+        return sum(c.bytes_per_token() for c in self.fields.values()) + side
 
     def stored(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         """Every code tensor a shard holds: name -> (dtype, per-token shape)."""
-        return {name: spec for field, codec in self.fields.items() for name, spec in codec.stored(field).items()}
+        names = {name: spec for field, codec in self.fields.items() for name, spec in codec.stored(field).items()}
+        if self.tokens is not None:
+            names[TOKEN_ROWS] = (self.row_dtype, ())
+        return names
 
-    def encode(self, field: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.fields[field].encode(field, x)
+    def token_rows(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Each token's row of the means tables (0 for a token id the training sample lacked)."""
+        assert self.tokens is not None
+        ids = token_ids.long().cpu()
+        pos = torch.searchsorted(self.tokens, ids).clamp(max=max(len(self.tokens) - 1, 0))
+        found = self.tokens[pos] == ids
+        return torch.where(found, pos + 1, torch.zeros_like(pos)).to(self.row_dtype)
+
+    def encode_chunk(self, vectors: dict[str, torch.Tensor], token_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Every code tensor of a shard, from each field's (tokens, dim) vectors and, with `token_means`, the
+        tokens' ids."""
+        parts: dict[str, torch.Tensor] = {}
+        rows = None
+        if self.tokens is not None:
+            if token_ids is None:
+                raise MicebenchError(
+                    "--token-means needs the token id of every stored vector, which this ranker does not give"
+                )
+            rows = parts[TOKEN_ROWS] = self.token_rows(token_ids)
+        for field, x in vectors.items():
+            parts.update(self.fields[field].encode(field, x, rows))
+        return parts
 
     def decode(self, field: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.fields[field].decode(field, parts)
 
     def to(self, device: torch.device | str) -> StoreCodec:
         device = torch.device(device)
-        return StoreCodec(self.spec, {f: c.to(device) for f, c in self.fields.items()}, self.training)
+        return StoreCodec(self.spec, {f: c.to(device) for f, c in self.fields.items()}, self.training, self.tokens)
 
     def manifest(self) -> dict[str, Any]:
         """The manifest's `codec` entry."""
-        return {
+        entry = {
             "name": self.spec.name,
             "file": CODEC_FILE,
             "options": self.spec.options(),
@@ -392,6 +488,13 @@ class StoreCodec:
             "fields": {f: c.facts() for f, c in self.fields.items()},
             "training": self.training,
         }
+        if self.tokens is not None:
+            entry["token_means"] = {
+                "token_ids": len(self.tokens),
+                "shrinkage": MEAN_SHRINKAGE,
+                "row_dtype": str(self.row_dtype).replace("torch.", ""),
+            }
+        return entry
 
     def save(self, folder: Path) -> None:
         """Write the codebooks to `folder/codec.safetensors` (atomically, durable)."""
@@ -402,6 +505,8 @@ class StoreCodec:
         from micebench.store.shards import release
 
         tensors = {f"{f}.{n}": t.cpu().contiguous() for f, c in self.fields.items() for n, t in c.tensors().items()}
+        if self.tokens is not None:
+            tensors[TOKEN_IDS] = self.tokens.contiguous()
         tmp = folder / f".{CODEC_FILE}.tmp"
         save_file(tensors, str(tmp))
         release(tmp)
@@ -421,17 +526,21 @@ class StoreCodec:
             tensors = load_file(str(path))
         except (OSError, SafetensorError) as error:
             raise MicebenchError(f"corrupt or missing store codebooks {path}: {error}") from None
+        options = dict(entry.get("options", {}))
+        spec = CodecSpec(name, **{k: v for k, v in options.items() if k != "name"})
         fields = {}
         for field, facts in entry.get("fields", {}).items():
             names = ("rotation", "centroids") if name == "pq" else ("centroids", "cutoffs", "weights")
+            names += ("means",) if spec.token_means else ()
             missing = [n for n in names if f"{field}.{n}" not in tensors]
             if missing:
                 raise MicebenchError(f"corrupt store codebooks {path}: no {field}.{missing[0]}")
             parts = [tensors[f"{field}.{n}"] for n in names]
-            fields[field] = _CLASSES[name](*parts, bool(facts.get("normalize", False)))
-        options = dict(entry.get("options", {}))
-        spec = CodecSpec(name, **{k: v for k, v in options.items() if k != "name"})
-        return cls(spec, fields, dict(entry.get("training", {})))
+            means = parts.pop() if spec.token_means else None
+            fields[field] = _CLASSES[name](*parts, bool(facts.get("normalize", False)), means)
+        if spec.token_means and TOKEN_IDS not in tensors:
+            raise MicebenchError(f"corrupt store codebooks {path}: no {TOKEN_IDS}")
+        return cls(spec, fields, dict(entry.get("training", {})), tensors.get(TOKEN_IDS))
 
 
 def store_label(manifest: dict[str, Any]) -> str:
@@ -469,29 +578,61 @@ def check_trainable(spec: CodecSpec, dims: dict[str, int], vectors: int) -> None
         )
 
 
-def train_codec(spec: CodecSpec, samples: dict[str, torch.Tensor], tokens: int, docs: int) -> StoreCodec:
+def token_means(x: torch.Tensor, rows: torch.Tensor, count: int) -> torch.Tensor:
+    """(count, dim) means table of (n, dim) vectors grouped by their token `rows` (1 .. count - 1): each row's mean
+    shrunk towards the mean vector by `MEAN_SHRINKAGE` pseudo-vectors, row 0 the mean vector itself; rounded to
+    fp16, the precision the table is stored and decoded in, so that encoding subtracts what decoding adds."""
+    x = x.detach().double().cpu()
+    overall = x.mean(0)
+    sums = torch.zeros(count, x.shape[1], dtype=torch.float64).index_add_(0, rows.long(), x)
+    counts = torch.bincount(rows.long(), minlength=count).double()[:, None]
+    means = (sums + MEAN_SHRINKAGE * overall) / (counts + MEAN_SHRINKAGE)
+    means[0] = overall
+    return means.to(torch.float16).float()
+
+
+def train_codec(
+    spec: CodecSpec,
+    samples: dict[str, torch.Tensor],
+    tokens: int,
+    docs: int,
+    token_ids: torch.Tensor | None = None,
+) -> StoreCodec:
     """Train one codec per field on its (n, dim) sample vectors (at most `MAX_TRAIN_VECTORS`, a seeded subset);
-    `tokens` is the projected size of the whole store (ColBERTv2's rule for the number of centroids)."""
+    `tokens` is the projected size of the whole store (ColBERTv2's rule for the number of centroids). With
+    `token_means`, `token_ids` (n,) are the sample vectors' token ids: the means table is computed from the whole
+    sample, and the codebooks are trained on what the means leave."""
     check_trainable(spec, {f: int(x.shape[1]) for f, x in samples.items()}, min(len(x) for x in samples.values()))
+    vocabulary = rows = None
+    if spec.token_means:
+        if token_ids is None:
+            raise MicebenchError(
+                "--token-means needs the token id of every stored vector, which this ranker does not give"
+            )
+        vocabulary = torch.unique(token_ids.long().cpu())  # sorted
+        rows = torch.searchsorted(vocabulary, token_ids.long().cpu()) + 1
     fields, seconds, used = {}, 0.0, 0
     K = M = None
     for field, x in samples.items():
-        data = x.detach().float().cpu().numpy()
+        start = time.perf_counter()
+        means = None if rows is None else token_means(x, rows, len(vocabulary) + 1)
+        data = x.detach().float().cpu()
+        normalize = bool(torch.all((data.norm(dim=1) - 1).abs() < 1e-3))
+        if means is not None:
+            data = data - means.index_select(0, rows)
+        data = data.numpy()
         if len(data) > MAX_TRAIN_VECTORS:
             pick = np.random.default_rng(spec.seed).choice(len(data), MAX_TRAIN_VECTORS, replace=False)
             data = data[np.sort(pick)]
         data = np.ascontiguousarray(data, dtype=np.float32)
         used = len(data)
-        norms = np.linalg.norm(data, axis=1)
-        normalize = bool(np.all(np.abs(norms - 1) < 1e-3))
-        start = time.perf_counter()
         if spec.name == "pq":
             M = spec.pq_bytes or default_pq_bytes(data.shape[1])
-            fields[field] = PQCodec.train(data, M, spec.seed, normalize)
+            fields[field] = PQCodec.train(data, M, spec.seed, normalize, means)
         else:
             K = spec.centroids or default_centroids(tokens, len(data))
             K = min(K, len(data))
-            fields[field] = ResidualCodec.train(data, K, spec.bits or DEFAULT_BITS, spec.seed, normalize)
+            fields[field] = ResidualCodec.train(data, K, spec.bits or DEFAULT_BITS, spec.seed, normalize, means)
         seconds += time.perf_counter() - start
     training = {
         "documents": docs,
@@ -509,8 +650,9 @@ def train_codec(spec: CodecSpec, samples: dict[str, torch.Tensor], tokens: int, 
         K if spec.name == "residual" else None,
         spec.train_docs,
         spec.seed,
+        spec.token_means,
     )
-    return StoreCodec(resolved, fields, training)
+    return StoreCodec(resolved, fields, training, vocabulary)
 
 
 def check_compatible(spec: CodecSpec | None, codec: StoreCodec | None, folder: Path) -> None:

@@ -27,7 +27,7 @@ from micebench.data.base import Dataset, chunked
 from micebench.errors import EnvironmentFault, MicebenchError
 from micebench.models.batching import length_sorted_batches
 from micebench.progress import progress_bar
-from micebench.store.codecs import CODECS, CodecSpec, StoreCodec, check_compatible, train_codec
+from micebench.store.codecs import CODECS, TOKEN_IDS, CodecSpec, StoreCodec, check_compatible, train_codec
 from micebench.store.index import ROW, DocIndex
 from micebench.store.manifest import open_index
 from micebench.store.shards import SCALE_DTYPE
@@ -329,23 +329,25 @@ def _codec(
         raise MicebenchError(f"no documents to train the {spec.name} codebooks on")
     lengths, packed = encode_chunk(ranker, mode, fields, texts)
     tokens = sum(lengths) / len(lengths) * plan.count
-    trained = train_codec(spec, packed, int(tokens), len(texts))
+    token_ids = packed.pop(TOKEN_IDS, None)
+    trained = train_codec(spec, packed, int(tokens), len(texts), token_ids)
     return trained, True
 
 
 def encode_chunk(ranker: Any, mode: str, fields: list[str], texts: list[str]) -> tuple[list[int], dict[str, Any]]:
-    """Stored tokens per document and the packed (tokens, dim) tensor of each field, documents in `texts` order.
+    """Stored tokens per document and the packed (tokens, dim) tensor of each field, documents in `texts` order
+    (and the (tokens,) token ids under `TOKEN_IDS`, where the ranker gives them).
 
     Batches are encoded longest first (less padding) and put back in order, so that the documents one query meets
     stay next to each other in the store.
     """
-    order, lengths, pieces = [], [], {f: [] for f in fields}
+    order, lengths, pieces = [], [], {f: [] for f in [*fields, TOKEN_IDS]}
     for idx in length_sorted_batches(texts, ranker.batch_size):
         tensors, mask = ranker.store_encode([texts[i] for i in idx], mode)
         order.extend(idx.tolist())
         lengths.extend(mask.sum(1).tolist())
         keep = mask.bool()
-        for f in fields:
+        for f in fields + [TOKEN_IDS] * (TOKEN_IDS in tensors):
             pieces[f].append(tensors[f][keep])  # (tokens, dim), documents back to back
     sorted_lengths = np.asarray(lengths, dtype=np.int64)
     back = np.argsort(np.asarray(order), kind="stable")  # sorted position of each document of `texts`
@@ -353,7 +355,7 @@ def encode_chunk(ranker: Any, mode: str, fields: list[str], texts: list[str]) ->
     length = sorted_lengths[back]
     tokens = np.repeat(starts - (np.cumsum(length) - length), length) + np.arange(int(length.sum()))
     packed = {}
-    for f in fields:
+    for f in [f for f, got in pieces.items() if got]:
         flat = torch.cat(pieces[f])
         packed[f] = flat.index_select(0, torch.from_numpy(tokens).to(flat.device))
     return length.tolist(), packed

@@ -14,7 +14,7 @@ import torch
 
 from micebench.atomic import atomic_write_text, writing
 from micebench.errors import MicebenchError
-from micebench.store.codecs import CODEC_FILE, StoreCodec
+from micebench.store.codecs import CODEC_FILE, TOKEN_IDS, StoreCodec
 from micebench.store.index import DocIndex, row_table
 from micebench.store.manifest import (
     _EXTEND_KEYS,
@@ -194,13 +194,15 @@ class StoreWriter:
         name = shard_name(self.first_shard + index)
         packed: dict[str, torch.Tensor] = {}
         encoding = 0.0
-        for field in self.fields:
+        if self.codec is not None:
+            start = time.perf_counter()
+            vectors = {field: torch.cat([t.detach() for t in tensors[field]]) for field in self.fields}
+            token_ids = torch.cat(tensors[TOKEN_IDS]) if TOKEN_IDS in tensors else None
+            packed.update(self.codec.encode_chunk(vectors, token_ids))
+            encoding += time.perf_counter() - start
+        for field in self.fields if self.codec is None else ():
             x = torch.cat([t.detach() for t in tensors[field]])
-            if self.codec is not None:
-                start = time.perf_counter()
-                packed.update(self.codec.encode(field, x))
-                encoding += time.perf_counter() - start
-            elif self.codec_name is not None:
+            if self.codec_name is not None:
                 raise MicebenchError(f"internal: a {self.codec_name} store written without its codebooks")
             elif self.quantized:
                 values, scales = quantize(x)

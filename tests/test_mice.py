@@ -14,7 +14,7 @@ from micebench import load_ranker
 from micebench.errors import MicebenchError
 from micebench.models.mice import MiceConfig
 from micebench.models.mice_io import build_mice
-from micebench.rankers.capabilities import TOKEN_IDS
+from micebench.store.codecs import TOKEN_IDS
 from tests.conftest import tiny_modernbert_config, write_beir
 
 QUERY = "how do goldfish grow"

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from micebench.errors import MicebenchError
-from micebench.rankers.capabilities import TOKEN_IDS
 from micebench.store.codecs import (
     CODEC_FILE,
     MEAN_SHRINKAGE,
+    TOKEN_IDS,
     TOKEN_ROWS,
     PQCodec,
     ResidualCodec,

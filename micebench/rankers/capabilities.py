@@ -21,9 +21,6 @@ from micebench.errors import MicebenchError
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
 
-#: the key under which `StoreBacked.store_encode` may give each document token's id (side information for codecs)
-TOKEN_IDS = "token_ids"
-
 
 class Trainable(ModelRanker):
     """A ranker that `micebench train` can fine-tune: differentiable pair scores and a checkpoint folder."""
@@ -79,7 +76,8 @@ class StoreBacked(ModelRanker):
     @abstractmethod
     def store_encode(self, texts: list[str], mode: str) -> tuple[dict[str, Any], Any]:
         """Padded (B, L, dim) tensors per field for a batch of documents, and the (B, L) mask of stored tokens;
-        optionally also their (B, L) token ids under `TOKEN_IDS` (what a `--token-means` codec needs)."""
+        optionally also their (B, L) token ids under `micebench.store.codecs.TOKEN_IDS` (what a `--token-means`
+        codec needs)."""
 
     @abstractmethod
     def encode_stored_query(self, query: str) -> Any:

@@ -36,7 +36,7 @@ from micebench.models.hf import (
     safetensors_problem,
     weight_fingerprint,
 )
-from micebench.rankers.capabilities import TOKEN_IDS, Benchmarkable, StoreBacked, Trainable
+from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
 from micebench.rankers.options import ColBERTOptions
@@ -382,6 +382,8 @@ class ColBERTRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
 
     def store_encode(self, texts: list[str], mode: str) -> tuple[dict[str, Any], Any]:
         """Document embeddings and their MaxSim mask (and the token ids, for a `--token-means` codec)."""
+        from micebench.store.codecs import TOKEN_IDS
+
         ids, mask = self.tokenize(texts, self.d_marker, self.doc_length, pad_to_max=False)
         emb, keep = self.embed_documents(ids, mask)
         return {"embeddings": emb, TOKEN_IDS: ids}, keep

@@ -15,7 +15,7 @@ from micebench.models.batching import length_sorted_batches, pad_multiple, pad_r
 from micebench.models.checkpoints import check_family
 from micebench.models.hf import DEFAULT_CROSS_ENCODER, capped_length, logits_to_scores, move_model, position_limit
 from micebench.models.precision import keep_fp32, modules_dtype
-from micebench.rankers.capabilities import TOKEN_IDS, Benchmarkable, StoreBacked, Trainable
+from micebench.rankers.capabilities import Benchmarkable, StoreBacked, Trainable
 from micebench.rankers.contract import RankerOptions
 from micebench.rankers.memory import oom_backoff
 from micebench.rankers.model import ModelRanker
@@ -230,6 +230,8 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
     def store_encode_ids(self, input_ids: Any, mask: Any, mode: str) -> tuple[dict[str, Any], Any]:
         """Store tensors for tokenised documents: layer-k states, or each top layer's keys and values (and the
         token ids, which a `--token-means` codec uses as side information)."""
+        from micebench.store.codecs import TOKEN_IDS
+
         states = self.model.encode_bottom(input_ids, mask)
         if mode == "states":
             return {"states": states, TOKEN_IDS: input_ids}, mask

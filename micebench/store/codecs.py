@@ -39,7 +39,6 @@ import numpy as np
 import torch
 
 from micebench.errors import MicebenchError
-from micebench.rankers.capabilities import TOKEN_IDS
 
 #: codec names `precompute --dtype` accepts beside the plain dtypes
 CODECS = ("pq", "residual")
@@ -57,6 +56,9 @@ OPQ_TRAIN_VECTORS = 32_768
 MAX_TRAIN_VECTORS = 65_536
 #: token vectors per training point a k-means centroid should have (faiss warns below 39)
 POINTS_PER_CENTROID = 39
+#: the key under which a ranker's `store_encode` may give each stored token's id, (B, L) beside its mask: the side
+#: information `token_means` needs (MICE and ColBERT give it)
+TOKEN_IDS = "token_ids"
 #: the tensor a `token_means` shard holds: each token's row of the means table (0: a token id the sample lacked)
 TOKEN_ROWS = "token_rows"
 #: pseudo-vectors at the sample's mean added to each token id's own when averaging (a token seen once is pulled

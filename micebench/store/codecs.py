@@ -453,10 +453,7 @@ class StoreCodec:
     def token_rows(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Each token's row of the means tables (0 for a token id the training sample lacked)."""
         assert self.tokens is not None
-        ids = token_ids.long().cpu()
-        pos = torch.searchsorted(self.tokens, ids).clamp(max=max(len(self.tokens) - 1, 0))
-        found = self.tokens[pos] == ids
-        return torch.where(found, pos + 1, torch.zeros_like(pos)).to(self.row_dtype)
+        return token_rows(self.tokens, token_ids).to(self.row_dtype)
 
     def encode_chunk(self, vectors: dict[str, torch.Tensor], token_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Every code tensor of a shard, from each field's (tokens, dim) vectors and, with `token_means`, the
@@ -580,6 +577,13 @@ def check_trainable(spec: CodecSpec, dims: dict[str, int], vectors: int) -> None
         )
 
 
+def token_rows(vocabulary: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Each token id's row of a means table over the sorted `vocabulary`: its position + 1, or 0 if absent."""
+    ids = token_ids.long().cpu()
+    pos = torch.searchsorted(vocabulary, ids).clamp(max=max(len(vocabulary) - 1, 0))
+    return torch.where(vocabulary[pos] == ids, pos + 1, torch.zeros_like(pos))
+
+
 def token_means(x: torch.Tensor, rows: torch.Tensor, count: int) -> torch.Tensor:
     """(count, dim) means table of (n, dim) vectors grouped by their token `rows` (1 .. count - 1): each row's mean
     shrunk towards the mean vector by `MEAN_SHRINKAGE` pseudo-vectors, row 0 the mean vector itself; rounded to
@@ -612,7 +616,7 @@ def train_codec(
                 "--token-means needs the token id of every stored vector, which this ranker does not give"
             )
         vocabulary = torch.unique(token_ids.long().cpu())  # sorted
-        rows = torch.searchsorted(vocabulary, token_ids.long().cpu()) + 1
+        rows = token_rows(vocabulary, token_ids)
     fields, seconds, used = {}, 0.0, 0
     K = M = None
     for field, x in samples.items():

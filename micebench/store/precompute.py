@@ -327,28 +327,32 @@ def _codec(
     texts = plan.training
     if not texts:
         raise MicebenchError(f"no documents to train the {spec.name} codebooks on")
-    lengths, packed = encode_chunk(ranker, mode, fields, texts)
+    lengths, packed = encode_chunk(ranker, mode, fields, texts, token_ids=bool(spec.token_means))
     tokens = sum(lengths) / len(lengths) * plan.count
     token_ids = packed.pop(TOKEN_IDS, None)
     trained = train_codec(spec, packed, int(tokens), len(texts), token_ids)
     return trained, True
 
 
-def encode_chunk(ranker: Any, mode: str, fields: list[str], texts: list[str]) -> tuple[list[int], dict[str, Any]]:
+def encode_chunk(
+    ranker: Any, mode: str, fields: list[str], texts: list[str], token_ids: bool = False
+) -> tuple[list[int], dict[str, Any]]:
     """Stored tokens per document and the packed (tokens, dim) tensor of each field, documents in `texts` order
-    (and the (tokens,) token ids under `TOKEN_IDS`, where the ranker gives them).
+    (with `token_ids`, also the (tokens,) token ids under `TOKEN_IDS`, where the ranker gives them).
 
     Batches are encoded longest first (less padding) and put back in order, so that the documents one query meets
     stay next to each other in the store.
     """
-    order, lengths, pieces = [], [], {f: [] for f in [*fields, TOKEN_IDS]}
+    wanted = [*fields, TOKEN_IDS] if token_ids else fields
+    order, lengths, pieces = [], [], {f: [] for f in wanted}
     for idx in length_sorted_batches(texts, ranker.batch_size):
         tensors, mask = ranker.store_encode([texts[i] for i in idx], mode)
         order.extend(idx.tolist())
         lengths.extend(mask.sum(1).tolist())
         keep = mask.bool()
-        for f in fields + [TOKEN_IDS] * (TOKEN_IDS in tensors):
-            pieces[f].append(tensors[f][keep])  # (tokens, dim), documents back to back
+        for f in wanted:
+            if f != TOKEN_IDS or f in tensors:  # (a ranker without token ids: the codec refuses it in one line)
+                pieces[f].append(tensors[f][keep])  # (tokens, dim), documents back to back
     sorted_lengths = np.asarray(lengths, dtype=np.int64)
     back = np.argsort(np.asarray(order), kind="stable")  # sorted position of each document of `texts`
     starts = (np.cumsum(sorted_lengths) - sorted_lengths)[back]
@@ -411,6 +415,7 @@ def _encode(ranker: Any, mode: str, fields: list[str], plan: Plan, writer: Store
     """Encode the plan's documents chunk by chunk (this rank's chunks not yet recorded) into shards, each shard
     written in the background while the next chunk is encoded."""
     done = writer.done_chunks()
+    side = writer.codec is not None and writer.codec.tokens is not None  # the codec reads each token's id
     with (
         torch.inference_mode(),
         progress_bar("precomputing documents", total=plan.count, unit="docs") as bar,
@@ -418,7 +423,7 @@ def _encode(ranker: Any, mode: str, fields: list[str], plan: Plan, writer: Store
     ):
         for index, (ids, texts) in enumerate(chunked(plan.docs(), size)):
             if index % world.world == world.rank and index not in done:
-                lengths, packed = encode_chunk(ranker, mode, fields, texts)
+                lengths, packed = encode_chunk(ranker, mode, fields, texts, side)
                 background.submit(index, ids, lengths, packed)
             bar.advance(len(ids))
 

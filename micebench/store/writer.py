@@ -194,22 +194,21 @@ class StoreWriter:
         name = shard_name(self.first_shard + index)
         packed: dict[str, torch.Tensor] = {}
         encoding = 0.0
+        if self.codec_name is not None and self.codec is None:
+            raise MicebenchError(f"internal: a {self.codec_name} store written without its codebooks")
+        vectors = {field: torch.cat([t.detach() for t in tensors[field]]) for field in self.fields}
         if self.codec is not None:
             start = time.perf_counter()
-            vectors = {field: torch.cat([t.detach() for t in tensors[field]]) for field in self.fields}
             token_ids = torch.cat(tensors[TOKEN_IDS]) if TOKEN_IDS in tensors else None
             packed.update(self.codec.encode_chunk(vectors, token_ids))
-            encoding += time.perf_counter() - start
-        for field in self.fields if self.codec is None else ():
-            x = torch.cat([t.detach() for t in tensors[field]])
-            if self.codec_name is not None:
-                raise MicebenchError(f"internal: a {self.codec_name} store written without its codebooks")
-            elif self.quantized:
+            encoding = time.perf_counter() - start
+        elif self.quantized:
+            for field, x in vectors.items():
                 values, scales = quantize(x)
                 packed[field] = values.cpu().contiguous()
                 packed[scale_name(field)] = scales.to("cpu", SCALE_DTYPE).contiguous()
-            else:
-                packed[field] = x.to("cpu", self.dtype).contiguous()
+        else:
+            packed.update({field: x.to("cpu", self.dtype).contiguous() for field, x in vectors.items()})
         packed["lengths"] = torch.tensor(list(lengths), dtype=torch.int32)
         tmp = self.shard_dir / f".{name}.tmp"
         save_file(packed, str(tmp))

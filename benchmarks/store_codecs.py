@@ -259,15 +259,14 @@ def _untrained(model: str) -> dict[str, Any]:
 
 def _codecs(args: argparse.Namespace, ranker: Any, mode: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """fp16 first (the reference), int8, the pq sizes, the residual codecs."""
+    dim = _field_dim(ranker, mode)
     if args.pq_sizes:
         sizes = [int(s) for s in args.pq_sizes.split(",")]
     else:
-        dim = _field_dim(ranker, mode)
         sizes = [dim // 16, dim // 8, dim // 4]
     if args.token_pq_sizes:
         token_sizes = [int(s) for s in args.token_pq_sizes.split(",")]
     else:
-        dim = _field_dim(ranker, mode)
         token_sizes = [next(m for m in range(max(dim // parts, 1), 0, -1) if dim % m == 0) for parts in (24, 12, 8)]
     table = dict(CODECS)
     every = {"fp16": table.pop("fp16"), "int8": table.pop("int8"), **pq(sizes), **pq(token_sizes, True), **table}

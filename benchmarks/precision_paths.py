@@ -12,10 +12,11 @@ Three parts, each printed as a table (and all of it as one JSON under `benchmark
    (`ort-fp32`, `ort-int8`: `onnxruntime.quantization.quantize_dynamic` with its defaults, QInt8 weights);
    pairs/s, ratios, and the largest score difference from micebench fp32.
 3. **quality**: nDCG@10 of each path on TREC DL 2019 (BM25 top-`--depth`, every judged query) and SciFact (BM25
-   top-`--depth`, the first `--scifact-queries` test queries), with trained models: `dense` (the packaged
-   all-MiniLM-L6-v2, a trained bi-encoder) always, the cross-encoder and MICE when trained checkpoints are given
-   (`--ce`, `--mice`, or found at their default places), and the largest score difference of each path from fp32
-   over those pairs.
+   top-`--depth`, every judged test query or the first `--scifact-queries`), with trained models: `dense` (the
+   packaged all-MiniLM-L6-v2, a trained bi-encoder) always, the cross-encoder and MICE when trained checkpoints are
+   given (`--ce`, `--mice`, or found at their default places); each path's difference from fp32 in points with
+   the 95% confidence interval of the per-query differences and the paired t-test's p, and its largest score
+   difference from fp32 over those pairs.
 
     python benchmarks/precision_paths.py [--parts throughput,onnx,quality] [--threads 1] [--repeats 3]
 
@@ -239,6 +240,7 @@ def quality_paths(family: str) -> tuple[str, ...]:
 def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Part 3: nDCG@10 of each path (and its largest score difference from fp32) with trained checkpoints."""
     from micebench import evaluate, load_dataset, load_ranker
+    from micebench.evaluation.paired import paired_difference
     from micebench.firststage.candidates import first_stage
     from micebench.frames import candidates_frame, frame_to_run
 
@@ -247,7 +249,7 @@ def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str
         dataset = load_dataset(name)
         frame = candidates_frame(dataset, first_stage(dataset, "auto", args.depth), with_text=True)
         qrels = dataset.qrels()
-        if name == "scifact":
+        if name == "scifact" and args.scifact_queries:
             keep = sorted(frame["qid"].unique())[: args.scifact_queries]
             frame = frame[frame["qid"].isin(keep)].reset_index(drop=True)
         qrels = {q: qrels[q] for q in frame["qid"].unique() if q in qrels}
@@ -258,21 +260,27 @@ def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str
             f"\n## quality: {name}, BM25 top-{args.depth}, {len(qrels)} queries ({len(frame)} pairs); "
             f"BM25 nDCG@10 {base:.4f}"
         )
-        print(f"{'ranker':<12}{'path':<10}{'nDCG@10':>9}{'vs fp32 (points)':>18}{'max |score diff|':>18}{'s':>7}")
+        print(
+            f"{'ranker':<12}{'path':<10}{'nDCG@10':>9}{'vs fp32 (points)':>18}{'95% CI':>9}{'p':>6}"
+            f"{'max |score diff|':>18}{'s':>7}"
+        )
         for label, (family, checkpoint, extra) in models.items():
-            fp32_scores, fp32_ndcg = None, None
+            fp32_scores, fp32_ndcg, fp32_per_query = None, None, None
             for path in quality_paths(family):
                 ranker = load_ranker(family, checkpoint=checkpoint, device="cpu", dtype=path, **extra)
                 start = time.perf_counter()
                 scores = ranker.score_candidates(frame)
                 seconds = time.perf_counter() - start
                 run = frame_to_run(frame.assign(score=scores))
-                ndcg = evaluate(qrels, run, ["nDCG@10"], rel_level=level).means["nDCG@10"]
+                evaluation = evaluate(qrels, run, ["nDCG@10"], rel_level=level)
+                ndcg, per_query = evaluation.means["nDCG@10"], evaluation.per_query["nDCG@10"]
                 if fp32_scores is None:
-                    fp32_scores, fp32_ndcg = scores, ndcg
+                    fp32_scores, fp32_ndcg, fp32_per_query = scores, ndcg, per_query
+                difference = paired_difference(per_query, fp32_per_query)
                 diff = float(np.abs(scores - fp32_scores).max())
                 print(
-                    f"{label:<12}{path:<10}{ndcg:>9.4f}{100 * (ndcg - fp32_ndcg):>+18.2f}{diff:>18.2e}{seconds:>7.0f}"
+                    f"{label:<12}{path:<10}{ndcg:>9.4f}{100 * (ndcg - fp32_ndcg):>+18.2f}{difference.ci95:>9.2f}"
+                    f"{difference.p:>6.2f}{diff:>18.2e}{seconds:>7.0f}"
                 )
                 results.append(
                     {
@@ -282,6 +290,9 @@ def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str
                         "path": path,
                         "ndcg@10": ndcg,
                         "points_vs_fp32": 100 * (ndcg - fp32_ndcg),
+                        "ci95_points": difference.ci95,
+                        "p_vs_fp32": difference.p,
+                        "per_query": per_query,
                         "max_score_diff": diff,
                         "seconds": seconds,
                         "queries": len(qrels),
@@ -305,7 +316,7 @@ def main() -> None:
     parser.add_argument("--ce", default=None, help=f"cross-encoder checkpoint (default {TRAINED_CE} if present)")
     parser.add_argument("--mice", default=None, help=f"MICE checkpoint (default {TRAINED_MICE} if present)")
     parser.add_argument("--depth", type=int, default=20, help="quality part: BM25 candidates re-ranked")
-    parser.add_argument("--scifact-queries", type=int, default=100)
+    parser.add_argument("--scifact-queries", type=int, default=0, help="quality part: the first N (0: every judged)")
     parser.add_argument("--quality-sets", default="trec-dl-2019-passage,scifact")
     parser.add_argument("--output", default="benchmarks/results")
     parser.add_argument("--no-dense", dest="dense", action="store_false", help="quality part: leave out the dense rows")

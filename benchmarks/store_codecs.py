@@ -37,6 +37,7 @@ import torch
 from micebench import load_dataset, load_ranker
 from micebench.data.trec import ranked
 from micebench.evaluation import evaluate
+from micebench.evaluation.paired import paired_difference
 from micebench.firststage.candidates import first_stage
 from micebench.frames import candidates_frame, frame_to_run
 from micebench.store.codecs import codec_spec
@@ -162,6 +163,7 @@ def main() -> None:
             overlap, spearman = agreement(rankings[row["codec"]], rankings["fp16"])
             manifest = read_manifest(stores[row["codec"]])
             codec = manifest.get("codec", {})
+            difference = paired_difference(per_query[row["codec"]], per_query["fp16"])
             row |= {
                 "docs": manifest["num_docs"],
                 "tokens_per_doc": manifest["num_tokens"] / manifest["num_docs"],
@@ -170,7 +172,8 @@ def main() -> None:
                 "codebook_bytes": codec.get("bytes", 0),
                 "ndcg": scores[row["codec"]],
                 "delta": scores[row["codec"]] - scores["fp16"],
-                **paired(per_query[row["codec"]], per_query["fp16"]),
+                "ci95": difference.ci95,
+                "p": difference.p,
                 "top10_overlap": overlap,
                 "spearman": spearman,
                 "rel_error": errors[row["codec"]],
@@ -202,18 +205,6 @@ def main() -> None:
         sets = len({r["dataset"] for r in rows})
         figure = storage_figure(points, f"mean nDCG@10 (x100) over {sets} datasets", out)
         print(f"rows written to {out / 'codecs.csv'}; figure {figure[0] if figure else '(none)'}")
-
-
-def paired(mine: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
-    """The per-query nDCG@10 differences from fp16 (x100): the half-width of their mean's 95% confidence interval
-    (Student's t) and the paired t-test's p-value; how far a difference of this many queries can be trusted."""
-    from scipy import stats
-
-    diffs = [100 * (mine.get(q, 0.0) - reference[q]) for q in reference]
-    if len(diffs) < 2 or statistics.pstdev(diffs) == 0:
-        return {"ci95": 0.0, "p": 1.0}
-    half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
-    return {"ci95": float(half), "p": float(stats.ttest_1samp(diffs, 0.0).pvalue)}
 
 
 def agreement(ranked: Any, reference: Any) -> tuple[float, float]:

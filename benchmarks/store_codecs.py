@@ -2,8 +2,10 @@
 
 For each dataset, the BM25 top-K candidates of (a subset of) its judged queries are encoded once by the model
 (MICE `states`/`kv`, or ColBERT) and stored with every codec: fp16, int8, pq at several sizes (also with
-`--token-means`, the token ids' mean vectors as side information), residual at 1 and
-2 bits (the codebooks of each trained on that store's own vectors). Each store then re-ranks the same frame end to
+`--token-means`, the token ids' mean vectors as side information, and for MICE states with `--weighted` too, in
+the metric of the top layers' cross keys and values), residual at 1 and 2 bits (the codebooks of each trained on
+that store's own vectors; `--codebook-seeds 0,1,2` trains each once per seed and prints the mean over seeds,
+since a codec's nDCG@10 moves with its codebooks). Each store then re-ranks the same frame end to
 end (`Ranker.rerank`: the query's encoding, the gather with its decoding, the top layers or MaxSim), interleaved
 with the fp16 store, and the script prints per codec and dataset: bytes per document and per token, nDCG@10 and
 its difference from fp16 (with the 95% confidence interval of the mean per-query difference and a paired t-test's
@@ -53,11 +55,12 @@ CODECS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def pq(sizes: list[int], token_means: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
-    """pq at each size in bytes per vector (with `token_means`: less each token id's mean vector, 2 more bytes)."""
-    if token_means:
-        return {f"pq{m}+tokens": ("pq", {"pq_bytes": m, "token_means": True}) for m in sizes}
-    return {f"pq{m}": ("pq", {"pq_bytes": m}) for m in sizes}
+def pq(sizes: list[int], token_means: bool = False, weighted: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
+    """pq at each size in bytes per vector (with `token_means`: less each token id's mean vector, 2 more bytes;
+    `weighted`: in the metric of the model's reading maps)."""
+    options = {"token_means": True} if token_means else {}
+    options |= {"weighted": True} if weighted else {}
+    return {codec_spec("pq", m, **options).label(): ("pq", {"pq_bytes": m, **options}) for m in sizes}
 
 
 class CachedEncoder:
@@ -106,6 +109,9 @@ def main() -> None:
     )
     parser.add_argument("--codecs", default=None, help="only these (comma-separated labels; fp16 always runs)")
     parser.add_argument("--train-docs", type=int, default=256, help="documents whose vectors train the codebooks")
+    parser.add_argument(
+        "--codebook-seeds", default="0", help="train each pq/residual codec once per seed (comma-separated)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="timed re-rankings per store (interleaved with fp16)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work-dir", default=None)
@@ -128,7 +134,7 @@ def main() -> None:
         frame = candidates_frame(dataset, first_stage(dataset, str(run_file), args.top_k), with_text=False)
         encoder = CachedEncoder(ranker)
         stores: dict[str, Path] = {}
-        for label, (dtype, options) in _codecs(args, ranker, mode).items():
+        for label, (dtype, options) in _seeded(_codecs(args, ranker, mode), args.codebook_seeds).items():
             spec = codec_spec(dtype, **options, train_docs=args.train_docs if dtype in ("pq", "residual") else None)
             folder = work / f"{dataset.name.replace('/', '_')}-{label}"
             start = time.perf_counter()
@@ -186,6 +192,7 @@ def main() -> None:
         ranker.open_store(None)
         _print(dataset.name, [r for r in rows if r["dataset"] == dataset.name])
     _goals(rows, args.model, mode)
+    _over_seeds(rows)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -260,9 +267,43 @@ def _codecs(args: argparse.Namespace, ranker: Any, mode: str) -> dict[str, tuple
     else:
         token_sizes = [next(m for m in range(max(dim // parts, 1), 0, -1) if dim % m == 0) for parts in (24, 12, 8)]
     table = dict(CODECS)
-    every = {"fp16": table.pop("fp16"), "int8": table.pop("int8"), **pq(sizes), **pq(token_sizes, True), **table}
+    every = {"fp16": table.pop("fp16"), "int8": table.pop("int8"), **pq(sizes), **pq(token_sizes, True)}
+    if ranker.store_readers(mode):  # the model declares how it reads its store: the weighted variants too
+        every |= pq(token_sizes, True, weighted=True)
+    every |= table
     wanted = set(args.codecs.split(",")) | {"fp16"} if args.codecs else set(every)
     return {label: codec for label, codec in every.items() if label in wanted}
+
+
+def _seeded(codecs: dict[str, tuple[str, dict[str, Any]]], seeds: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each trained codec once per codebook seed (`label` for the first seed, `label/s<seed>` for the others)."""
+    out = {}
+    first, *others = [int(s) for s in seeds.split(",")]
+    for label, (dtype, options) in codecs.items():
+        if dtype not in ("pq", "residual"):
+            out[label] = (dtype, options)
+            continue
+        out[label] = (dtype, {**options, "seed": first})
+        out |= {f"{label}/s{seed}": (dtype, {**options, "seed": seed}) for seed in others}
+    return out
+
+
+def _over_seeds(rows: list[dict[str, Any]]) -> None:
+    """Per codec and set, the difference from fp16 averaged over its codebook seeds, with its range."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["codec"].split("/s")[0], r["dataset"]), []).append(r["delta"])
+    if all(len(v) == 1 for v in groups.values()):
+        return
+    print("\nnDCG@10 vs fp16, mean over codebook seeds [lowest, highest]:")
+    for codec in dict.fromkeys(c for c, _ in groups):
+        cells = [
+            f"{d} {statistics.mean(v):+.2f} [{min(v):+.2f}, {max(v):+.2f}]"
+            for (c, d), v in groups.items()
+            if c == codec and c != "fp16"
+        ]
+        if cells:
+            print(f"  {codec:<22} " + "; ".join(cells))
 
 
 def _field_dim(ranker: Any, mode: str) -> int:

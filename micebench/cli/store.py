@@ -77,6 +77,13 @@ def precompute(
             "2 more bytes per token), much closer at the same size for MICE's states."
         ),
     ] = False,
+    weighted: Annotated[
+        bool,
+        typer.Option(
+            help="--dtype pq: quantise in the metric of the linear maps the model reads each field through (MICE "
+            "states: the top layers' cross keys and values), so the codes keep what changes the scores."
+        ),
+    ] = False,
     first_stage: Annotated[
         str | None,
         typer.Option(
@@ -109,7 +116,9 @@ def precompute(
     from micebench.store.precompute import build_store
 
     start = time.perf_counter()
-    codec = codec_spec(dtype, pq_bytes, residual_bits, centroids, train_docs, token_means=token_means)
+    codec = codec_spec(
+        dtype, pq_bytes, residual_bits, centroids, train_docs, token_means=token_means, weighted=weighted
+    )
     path = build_store(
         model,
         dataset,

@@ -136,7 +136,7 @@ def main() -> None:
         stores: dict[str, Path] = {}
         for label, (dtype, options) in _seeded(_codecs(args, ranker, mode), args.codebook_seeds).items():
             spec = codec_spec(dtype, **options, train_docs=args.train_docs if dtype in ("pq", "residual") else None)
-            folder = work / f"{dataset.name.replace('/', '_')}-{label}"
+            folder = work / f"{dataset.name.replace('/', '_')}-{label.replace('/', '-')}"
             start = time.perf_counter()
             precompute(
                 encoder, dataset, folder, mode, dtype, overwrite=True, first_stage=str(run_file), top_k=args.top_k,

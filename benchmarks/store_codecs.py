@@ -2,10 +2,9 @@
 
 For each dataset, the BM25 top-K candidates of (a subset of) its judged queries are encoded once by the model
 (MICE `states`/`kv`, or ColBERT) and stored with every codec: fp16, int8, pq at several sizes (also with
-`--token-means`, the token ids' mean vectors as side information, and for MICE states with `--weighted` too, in
-the metric of the top layers' cross keys and values), residual at 1 and 2 bits (the codebooks of each trained on
-that store's own vectors; `--codebook-seeds 0,1,2` trains each once per seed and prints the mean over seeds,
-since a codec's nDCG@10 moves with its codebooks). Each store then re-ranks the same frame end to
+`--token-means`, the token ids' mean vectors as side information), residual at 1 and 2 bits (the codebooks of
+each trained on that store's own vectors; `--codebook-seeds 0,1,2` trains each once per seed and prints the mean
+over seeds, since a codec's nDCG@10 moves with its codebooks). Each store then re-ranks the same frame end to
 end (`Ranker.rerank`: the query's encoding, the gather with its decoding, the top layers or MaxSim), interleaved
 with the fp16 store, and the script prints per codec and dataset: bytes per document and per token, nDCG@10 and
 its difference from fp16 (with the 95% confidence interval of the mean per-query difference and a paired t-test's
@@ -55,12 +54,11 @@ CODECS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def pq(sizes: list[int], token_means: bool = False, weighted: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
-    """pq at each size in bytes per vector (with `token_means`: less each token id's mean vector, 2 more bytes;
-    `weighted`: in the metric of the model's reading maps)."""
-    options = {"token_means": True} if token_means else {}
-    options |= {"weighted": True} if weighted else {}
-    return {codec_spec("pq", m, **options).label(): ("pq", {"pq_bytes": m, **options}) for m in sizes}
+def pq(sizes: list[int], token_means: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
+    """pq at each size in bytes per vector (with `token_means`: less each token id's mean vector, 2 more bytes)."""
+    if token_means:
+        return {f"pq{m}+tokens": ("pq", {"pq_bytes": m, "token_means": True}) for m in sizes}
+    return {f"pq{m}": ("pq", {"pq_bytes": m}) for m in sizes}
 
 
 class CachedEncoder:
@@ -267,10 +265,7 @@ def _codecs(args: argparse.Namespace, ranker: Any, mode: str) -> dict[str, tuple
     else:
         token_sizes = [next(m for m in range(max(dim // parts, 1), 0, -1) if dim % m == 0) for parts in (24, 12, 8)]
     table = dict(CODECS)
-    every = {"fp16": table.pop("fp16"), "int8": table.pop("int8"), **pq(sizes), **pq(token_sizes, True)}
-    if ranker.store_readers(mode):  # the model declares how it reads its store: the weighted variants too
-        every |= pq(token_sizes, True, weighted=True)
-    every |= table
+    every = {"fp16": table.pop("fp16"), "int8": table.pop("int8"), **pq(sizes), **pq(token_sizes, True), **table}
     wanted = set(args.codecs.split(",")) | {"fp16"} if args.codecs else set(every)
     return {label: codec for label, codec in every.items() if label in wanted}
 

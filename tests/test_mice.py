@@ -111,55 +111,6 @@ def test_top_layers_are_copies_of_source_layers_k_to_k_plus_m(tiny4_bert):
     )
 
 
-def test_states_are_read_through_the_source_layers_key_and_value_weights(tiny4_bert):
-    """What a `--weighted` codec quantises for: the stored states' readers are the source cross-encoder's key and
-    value weights of layers k .. k+m-1, and the cross keys and values are those maps applied to the states."""
-    from transformers import AutoModelForSequenceClassification
-
-    source = AutoModelForSequenceClassification.from_pretrained(tiny4_bert).eval()
-    ranker = _mice(tiny4_bert, k=1, m=2)
-    readers = ranker.store_readers("states")["states"]
-    expected = []
-    for j in range(2):
-        attention = source.bert.encoder.layer[1 + j].attention.self
-        expected += [attention.key.weight, attention.value.weight]
-    assert torch.equal(readers, torch.cat(expected).detach())
-    assert ranker.store_readers("kv") == {}  # kv fields are stored as the model reads them
-    states = torch.randn(2, 5, readers.shape[1], generator=torch.Generator().manual_seed(0))
-    hidden = readers.shape[1]
-    with torch.no_grad():
-        for j, (k, v) in enumerate(ranker.model.document_kv(states)):
-            attention = source.bert.encoder.layer[1 + j].attention.self
-            for got, rows, bias in (
-                (k, slice(0, hidden), attention.key.bias),
-                (v, slice(hidden, None), attention.value.bias),
-            ):
-                flat = got.transpose(1, 2).reshape(2, 5, hidden)
-                maps = readers[2 * j * hidden : (2 * j + 2) * hidden][rows]
-                torch.testing.assert_close(flat, states @ maps.T + bias, atol=1e-5, rtol=0)
-
-
-def test_modernbert_states_are_read_through_the_normed_value_maps(tiny4_modernbert):
-    """ModernBERT normalises the states before its cross projections: for states of zero mean and unit variance
-    per token the norm is its per-dimension weight alone, so the values are the states times the readers' value
-    rows exactly; the key rows are read the same way before their rotary phases."""
-    ranker = _mice(tiny4_modernbert, k=2, m=2)
-    readers = ranker.store_readers("states")["states"]
-    hidden = readers.shape[1]
-    assert readers.shape == (2 * 2 * hidden, hidden)
-    states = torch.randn(1, 6, hidden, generator=torch.Generator().manual_seed(1))
-    states = (states - states.mean(-1, keepdim=True)) / states.std(-1, unbiased=False, keepdim=True)
-    with torch.no_grad():
-        for j, (_, v) in enumerate(ranker.model.document_kv(states)):
-            norm = ranker.model.top[j].cross_norm
-            shift = norm.bias if getattr(norm, "bias", None) is not None else torch.zeros(hidden)
-            weights = ranker.model.top[j].cross_attention.Wqkv
-            bias = weights.bias[2 * hidden :] if weights.bias is not None else 0.0
-            value_maps = readers[(2 * j + 1) * hidden : (2 * j + 2) * hidden]
-            expected = states @ value_maps.T + shift @ weights.weight[2 * hidden :].T + bias
-            torch.testing.assert_close(v.transpose(1, 2).reshape(1, 6, hidden), expected, atol=1e-4, rtol=0)
-
-
 def test_modernbert_top_layers_are_copies_of_source_layers(tiny4_modernbert):
     from transformers import AutoModelForSequenceClassification
 

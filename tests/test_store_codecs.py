@@ -23,7 +23,6 @@ from micebench.store.codecs import (
     PQCodec,
     ResidualCodec,
     codec_spec,
-    reader_metric,
     token_means,
 )
 from micebench.store.document_store import DocumentStore
@@ -172,41 +171,6 @@ def test_token_means_are_added_back_exactly_and_shrink_the_error(name):
     assert error < 0.3 * np.mean((plain.decode("states", plain.encode("states", torch.from_numpy(x))).numpy() - x) ** 2)
 
 
-#: reading maps that amplify two of 16 dimensions tenfold (as a model's projections amplify outlier dimensions)
-GAINS = torch.tensor([10.0, 10.0] + [1.0] * 14)
-
-
-def test_reader_metric_is_the_square_root_of_the_readers_gram_matrix():
-    a = torch.from_numpy(random_vectors(48, 16, seed=3)).double()  # three stacked 16 x 16 maps
-    t = reader_metric(a).numpy()
-    gram = (a.T @ a).numpy()
-    expected = gram * 16 / np.trace(gram) + 1e-4 * np.eye(16)
-    assert np.allclose(t, t.T) and np.allclose(t @ t, expected, atol=1e-9 * np.abs(expected).max())
-
-
-def test_weighted_pq_decodes_faiss_codes_back_through_the_metric_and_keeps_what_the_readers_see():
-    x = random_vectors(800, 16, seed=4)
-    readers = torch.diag(GAINS)
-    weight = reader_metric(readers)
-    codec = PQCodec.train(x, M=4, seed=0, normalize=False, weight=weight)
-    codes = codec.encode("states", torch.from_numpy(x))["states.codes"]
-    # faiss's decoding of the codes lies in the weighted space z = x T^T; numpy maps it back with T's inverse
-    inverse = np.linalg.inv(weight.numpy()).T
-    in_z = faiss_decode(codec.rotation.numpy(), codec.centroids.numpy(), codes.numpy())
-    reference = in_z @ inverse
-    decoded = codec.decode("states", {"states.codes": codes}).numpy()
-    rows = codec.centroids.numpy()[np.arange(4), codes.numpy().astype(np.int64)]  # (n, M, d/M), z-space blocks
-    blocks = codec.rotation.numpy().reshape(4, 4, 16)
-    sizes = np.linalg.norm(np.einsum("nms,msd->nmd", rows, blocks) @ inverse, axis=-1).sum(-1)
-    assert np.all(np.abs(decoded - reference).max(-1) <= 5 * 2.0**-11 * sizes)
-    # against the same codec unweighted: less error in what the readers see (the amplified dimensions)
-    plain = PQCodec.train(x, M=4, seed=0, normalize=False)
-    unweighted = plain.decode("states", plain.encode("states", torch.from_numpy(x))).numpy()
-    seen = GAINS.numpy()
-    weighted_error = np.mean(((decoded - x) * seen) ** 2)
-    assert weighted_error < 0.8 * np.mean(((unweighted - x) * seen) ** 2)
-
-
 # -- stores -----------------------------------------------------------------------------------------------------
 class NoisyRanker(WordRanker):
     """WordRanker whose token vectors differ per document (word vector + a small per-(document, position) noise),
@@ -220,41 +184,6 @@ class NoisyRanker(WordRanker):
             for field in tensors:
                 tensors[field][i] += noise * mask[i, :, None]
         return tensors, mask
-
-
-class ReaderRanker(NoisyRanker):
-    """NoisyRanker whose model reads its `states` through maps that amplify two dimensions (what `--weighted`
-    quantises for)."""
-
-    def store_readers(self, mode):
-        return {"states": torch.diag(GAINS[:DIM])} if mode == "states" else {}
-
-
-def test_weighted_store_records_the_metric_and_decodes_through_it(tmp_path):
-    folder, _ = build(tmp_path, "pq", ReaderRanker(), pq_bytes=4, chunk_docs=16, weighted=True)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["codec"]["options"] == {"name": "pq", "pq_bytes": 4, "weighted": True}
-    from safetensors.torch import load_file
-
-    from micebench.store.codecs import store_label
-
-    books = load_file(str(folder / CODEC_FILE))
-    squares = GAINS[:DIM].double() ** 2  # diagonal readers: T = diag(sqrt(g^2 d / sum g^2 + 1e-4))
-    expected_metric = torch.diag((squares * DIM / squares.sum() + 1e-4).sqrt()).float()
-    assert torch.allclose(books["states.weight"], expected_metric, atol=1e-6)
-    assert store_label(manifest) == "pq4+weighted"
-    # the gather decodes faiss's codes through the stored metric
-    codes = load_file(str(folder / "shard-00000.safetensors"))["states.codes"]
-    store = DocumentStore(folder, "fake", "fp-1")
-    row = store.index.rows[int(store.positions(["d2"])[0])]
-    start, length = int(row["start"]), int(row["length"])
-    in_z = faiss_decode(books["states.rotation"].numpy(), books["states.centroids"].numpy(), codes[start:][:length])
-    expected = in_z @ np.linalg.inv(books["states.weight"].numpy()).T
-    got = store.gather(store.positions(["d2"]))[0]["states"][0, :length].numpy()
-    assert np.allclose(got, expected, rtol=0, atol=2e-3 * np.abs(expected).max())
-    # an extension reuses the metric with the codebooks
-    extended, _ = build(tmp_path, "pq", ReaderRanker(), folder=folder, pq_bytes=4, weighted=True, extend=True)
-    assert (extended / CODEC_FILE).read_bytes() == (folder / CODEC_FILE).read_bytes()
 
 
 class TokenRanker(NoisyRanker):
@@ -295,7 +224,6 @@ def build(tmp_path: Path, dtype: str, ranker: WordRanker | None = None, **option
         dtype,
         *(options.pop(k, None) for k in ("pq_bytes", "residual_bits", "centroids")),
         token_means=options.pop("token_means", False),
-        weighted=options.pop("weighted", False),
     )
     folder = options.pop("folder", tmp_path / "store")
     dataset = load_dataset(str(collection(tmp_path)))
@@ -429,9 +357,6 @@ def test_extend_and_resume_reuse_the_codebooks(tmp_path, monkeypatch):
         (["--dtype", "residual", "--centroids", "64", "--limit", "3"], "at least 64 needed"),
         (["--dtype", "pq", "--pq-bytes", "4", "--token-means"], "--token-means needs the token id of every stored"),
         (["--dtype", "int8", "--token-means"], "--token-means applies to --dtype pq or residual"),
-        (["--dtype", "pq", "--pq-bytes", "4", "--weighted"], "--weighted needs the linear maps the model reads"),
-        (["--dtype", "residual", "--weighted"], "--weighted applies to --dtype pq, not residual"),
-        (["--dtype", "fp16", "--weighted"], "--weighted applies to --dtype pq"),
     ],
 )
 def test_bad_codec_options_are_refused_in_one_line(capsys, tmp_path, monkeypatch, extra, message):

@@ -77,13 +77,6 @@ def precompute(
             "2 more bytes per token), much closer at the same size for MICE's states."
         ),
     ] = False,
-    weighted: Annotated[
-        bool,
-        typer.Option(
-            help="--dtype pq: quantise in the metric of the linear maps the model reads each field through (MICE "
-            "states: the top layers' cross keys and values), so the codes keep what changes the scores."
-        ),
-    ] = False,
     first_stage: Annotated[
         str | None,
         typer.Option(
@@ -116,9 +109,7 @@ def precompute(
     from micebench.store.precompute import build_store
 
     start = time.perf_counter()
-    codec = codec_spec(
-        dtype, pq_bytes, residual_bits, centroids, train_docs, token_means=token_means, weighted=weighted
-    )
+    codec = codec_spec(dtype, pq_bytes, residual_bits, centroids, train_docs, token_means=token_means)
     path = build_store(
         model,
         dataset,

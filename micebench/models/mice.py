@@ -208,11 +208,6 @@ class MiceModel(nn.Module):
         d_states = self.encode_bottom(d_input_ids, d_attention_mask)
         return self.score_from_states(q_states, q_attention_mask, d_attention_mask, query_index, d_states=d_states)
 
-    def state_readers(self) -> torch.Tensor:
-        """Every top layer's linear maps of the layer-k document states (cross keys and values), stacked: what a
-        `--weighted` codec of a `states` store quantises for."""
-        return torch.cat([layer.kv_readers() for layer in self.top])
-
     def fingerprint(self, mode: str) -> str:
         """Hash of the weights a document store depends on: embeddings + bottom layers (+ top cross k/v for kv)."""
         modules: list[nn.Module] = [self.embeddings, self.bottom]

@@ -55,11 +55,6 @@ class BertMiceTopLayer(nn.Module):
         """The modules `cross_kv` depends on (part of a kv store's fingerprint)."""
         return [self.cross_attention.self.key, self.cross_attention.self.value]
 
-    def kv_readers(self) -> torch.Tensor:
-        """The (2H, H) linear maps `cross_kv` applies to the document states: key and value weights, stacked."""
-        ca = self.cross_attention.self
-        return torch.cat([ca.key.weight, ca.value.weight]).detach()
-
     def cross_attend(
         self,
         hidden: torch.Tensor,

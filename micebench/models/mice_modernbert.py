@@ -75,13 +75,6 @@ class ModernBertMiceTopLayer(nn.Module):
         """The modules `cross_kv` depends on (part of a kv store's fingerprint)."""
         return [self.cross_norm, self.cross_attention.Wqkv]
 
-    def kv_readers(self) -> torch.Tensor:
-        """The (2H, H) linear maps `cross_kv` applies to the document states, to first order: the key and value rows
-        of Wqkv times the norm's per-dimension weight (the normalisation's own per-token scale left out)."""
-        width = self.num_heads * self.head_dim
-        gain = self.cross_norm.weight if self.cross_norm.weight is not None else 1.0
-        return (self.cross_attention.Wqkv.weight[width : 3 * width] * gain).detach()
-
     def cross_attend(
         self, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, cls_too: bool, rope: Any
     ) -> torch.Tensor:

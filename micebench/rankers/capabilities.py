@@ -79,11 +79,6 @@ class StoreBacked(ModelRanker):
         optionally also their (B, L) token ids under `micebench.store.codecs.TOKEN_IDS` (what a `--token-means`
         codec needs)."""
 
-    def store_readers(self, mode: str) -> dict[str, Any]:
-        """Per stored field, the (rows, dim) stacked weights of the linear maps the model reads it through, which a
-        `--weighted` codec quantises for; empty where the model reads its stored vectors as they are."""
-        return {}
-
     @abstractmethod
     def encode_stored_query(self, query: str) -> Any:
         """What `score_gathered` needs of a query, computed once per query (MICE's layer-k states, ColBERT's

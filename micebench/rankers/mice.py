@@ -220,10 +220,6 @@ class MiceRanker(StoreBacked, Trainable, Benchmarkable, ModelRanker):
             return ["states"], self.store_kind
         return [f"{kv}{j}" for j in range(self.mice.top_layers) for kv in ("k", "v")], self.store_kind
 
-    def store_readers(self, mode: str) -> dict[str, Any]:
-        """`states` are read through every top layer's cross keys and values; `kv` fields are stored as read."""
-        return {"states": self.model.state_readers().float().cpu()} if mode == "states" else {}
-
     def store_fingerprint(self, mode: str) -> str:
         return self._fingerprints.get(mode) or self.model.fingerprint(mode)
 

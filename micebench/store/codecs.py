@@ -23,12 +23,6 @@ vector by `MEAN_SHRINKAGE` pseudo-vectors; token ids the sample lacks use the sa
 keeps its row of that table (int16, 2 bytes, shared by all fields), and decoding adds the row back (for pq, in the
 same embedding_bag).
 
-With `weighted` (pq), each field is quantised in the metric of the linear maps the model reads it through: the
-ranker gives their stacked weights A (`store_readers`; MICE's `states`: every top layer's cross-attention keys and
-values), and the codec quantises z = x T^T with T = (A^T A)^(1/2) (scaled to trace d), so that the squared error
-it minimises is that of A x, what the scores see, rather than of x: dimensions the model amplifies get more of the
-bits. T^-1 is folded into the decoding table, so decoding costs the same.
-
 Vectors of a field whose training sample all have unit norm (ColBERT's embeddings) are normalised again after
 decoding, as ColBERTv2 does.
 """
@@ -83,7 +77,6 @@ class CodecSpec:
     train_docs: int = 1024
     seed: int = 0
     token_means: bool | None = None
-    weighted: bool | None = None
 
     def options(self) -> dict[str, Any]:
         """The settings a resume or an extension must share (sizes left to the default are not compared)."""
@@ -91,7 +84,7 @@ class CodecSpec:
 
     def label(self) -> str:
         """A short name, e.g. pq48, residual-2bit or pq32+tokens (with token means)."""
-        side = ("+tokens" if self.token_means else "") + ("+weighted" if self.weighted else "")
+        side = "+tokens" if self.token_means else ""
         if self.name == "pq":
             return f"pq{self.pq_bytes or ''}{side}"
         return f"residual-{self.bits or DEFAULT_BITS}bit{side}"
@@ -113,7 +106,6 @@ def codec_spec(
     train_docs: int | None = None,
     seed: int = 0,
     token_means: bool = False,
-    weighted: bool = False,
 ) -> CodecSpec | None:
     """The codec `--dtype` names (None for a plain dtype), its options checked in one line each."""
     if dtype not in CODECS:
@@ -123,15 +115,11 @@ def codec_spec(
             raise MicebenchError(f"--{given[0]} applies to --dtype {'pq' if given[0] == 'pq-bytes' else 'residual'}")
         if token_means:
             raise MicebenchError("--token-means applies to --dtype pq or residual")
-        if weighted:
-            raise MicebenchError("--weighted applies to --dtype pq")
         return None
     if dtype == "pq" and (residual_bits is not None or centroids is not None):
         raise MicebenchError("--residual-bits and --centroids apply to --dtype residual, not pq")
     if dtype == "residual" and pq_bytes is not None:
         raise MicebenchError("--pq-bytes applies to --dtype pq, not residual")
-    if dtype == "residual" and weighted:
-        raise MicebenchError("--weighted applies to --dtype pq, not residual")
     if pq_bytes is not None and pq_bytes < 1:
         raise MicebenchError(f"--pq-bytes must be at least 1 (got {pq_bytes})")
     if residual_bits is not None and residual_bits not in (1, 2):
@@ -140,9 +128,7 @@ def codec_spec(
         raise MicebenchError(f"--centroids must be at least 2 (got {centroids})")
     if train_docs is not None and train_docs < 1:
         raise MicebenchError(f"--train-docs must be at least 1 (got {train_docs})")
-    return CodecSpec(
-        dtype, pq_bytes, residual_bits, centroids, train_docs or 1024, seed, token_means or None, weighted or None
-    )
+    return CodecSpec(dtype, pq_bytes, residual_bits, centroids, train_docs or 1024, seed, token_means or None)
 
 
 def _faiss() -> Any:
@@ -219,26 +205,18 @@ class PQCodec(FieldCodec):
     name = "pq"
 
     def __init__(
-        self,
-        rotation: torch.Tensor,
-        centroids: torch.Tensor,
-        normalize: bool,
-        means: torch.Tensor | None = None,
-        weight: torch.Tensor | None = None,
+        self, rotation: torch.Tensor, centroids: torch.Tensor, normalize: bool, means: torch.Tensor | None = None
     ):
         self.rotation = rotation.float()  # (d, d): y = x R^T (faiss's LinearTransform A)
         self.centroids = centroids.float()  # (M, 256, d / M)
         self.M, self.ksub, self.dsub = centroids.shape
         self.dim = self.M * self.dsub
         self.normalize = normalize
-        self.weight = None if weight is None else weight.float()  # (d, d) T of `weighted`: quantised z = x T^T
         # decoding table: sub-quantiser m's centroid j already rotated back, c_mj R[m-th block rows] (M * 256, d),
         # so a vector decodes as the sum of its M table rows (one embedding_bag, no d x d matmul per token); fp16
         # halves the table's memory traffic, each entry and the sum rounded at 2^-11 relative, far below PQ's error
         blocks = self.rotation.view(self.M, self.dsub, self.dim)
         table = torch.einsum("mjs,msd->mjd", self.centroids, blocks).reshape(self.M * self.ksub, self.dim)
-        if self.weight is not None:  # back from the weighted space: x = z T^-T, folded into the table's rows
-            table = torch.linalg.solve(self.weight.double(), table.double().T).T.float()
         self.means = None if means is None else means.float()
         if self.means is not None:  # the token means are rows of the same table, after the centroids
             table = torch.cat([table, self.means])
@@ -247,21 +225,10 @@ class PQCodec(FieldCodec):
         self._faiss: Any = None
 
     @classmethod
-    def train(
-        cls,
-        x: np.ndarray,
-        M: int,
-        seed: int,
-        normalize: bool,
-        means: torch.Tensor | None = None,
-        weight: torch.Tensor | None = None,
-    ) -> PQCodec:
-        """OPQ then PQ, trained by faiss on `x` (n, d): the vectors, or their residuals from `means`, in the space
-        of `weight` T (z = x T^T) when given."""
+    def train(cls, x: np.ndarray, M: int, seed: int, normalize: bool, means: torch.Tensor | None = None) -> PQCodec:
+        """OPQ then PQ, trained by faiss on `x` (n, d): the vectors, or their residuals from `means`."""
         faiss = _faiss()
         d = x.shape[1]
-        if weight is not None:
-            x = np.ascontiguousarray(x @ weight.double().numpy().T, dtype=np.float32)
         opq = faiss.OPQMatrix(d, M)
         opq.niter = OPQ_ITERATIONS
         opq.niter_pq_0 = OPQ_PQ_FIRST_ITERATIONS
@@ -273,7 +240,7 @@ class PQCodec(FieldCodec):
         pq = _pq(faiss, d, M, seed)  # the final PQ, fully trained in the rotated space
         pq.train(np.ascontiguousarray(x @ rotation.T, dtype=np.float32))
         centroids = faiss.vector_to_array(pq.centroids).reshape(M, PQ_CENTROIDS, d // M).copy()
-        return cls(torch.from_numpy(rotation), torch.from_numpy(centroids), normalize, means, weight)
+        return cls(torch.from_numpy(rotation), torch.from_numpy(centroids), normalize, means)
 
     def _quantizer(self) -> tuple[Any, Any]:
         """faiss objects holding these codebooks (for encoding)."""
@@ -292,10 +259,7 @@ class PQCodec(FieldCodec):
 
     def encode(self, field: str, x: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         opq, pq = self._quantizer()
-        reduced = self._reduce(x, rows)
-        if self.weight is not None:
-            reduced = np.ascontiguousarray(reduced @ self.weight.double().cpu().numpy().T, dtype=np.float32)
-        rotated = opq.apply_py(reduced)
+        rotated = opq.apply_py(self._reduce(x, rows))
         return {f"{field}.codes": torch.from_numpy(pq.compute_codes(rotated))}
 
     def decode(self, field: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -309,16 +273,14 @@ class PQCodec(FieldCodec):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         means = {} if self.means is None else {"means": self.means.half()}  # fp16 values (see `token_means`)
-        weight = {} if self.weight is None else {"weight": self.weight}
-        return {"rotation": self.rotation, "centroids": self.centroids, **means, **weight}
+        return {"rotation": self.rotation, "centroids": self.centroids, **means}
 
     def facts(self) -> dict[str, Any]:
         return {"dim": self.dim, "sub_quantizers": self.M, "centroids": self.ksub, "normalize": self.normalize}
 
     def to(self, device: torch.device) -> PQCodec:
         means = None if self.means is None else self.means.to(device)
-        weight = None if self.weight is None else self.weight.to(device)
-        return PQCodec(self.rotation.to(device), self.centroids.to(device), self.normalize, means, weight)
+        return PQCodec(self.rotation.to(device), self.centroids.to(device), self.normalize, means)
 
 
 def _pq(faiss: Any, d: int, M: int, seed: int) -> Any:
@@ -568,13 +530,13 @@ class StoreCodec:
         fields = {}
         for field, facts in entry.get("fields", {}).items():
             names = ("rotation", "centroids") if name == "pq" else ("centroids", "cutoffs", "weights")
-            extra = ("means",) * bool(spec.token_means) + ("weight",) * bool(spec.weighted)
-            missing = [n for n in names + extra if f"{field}.{n}" not in tensors]
+            names += ("means",) if spec.token_means else ()
+            missing = [n for n in names if f"{field}.{n}" not in tensors]
             if missing:
                 raise MicebenchError(f"corrupt store codebooks {path}: no {field}.{missing[0]}")
             parts = [tensors[f"{field}.{n}"] for n in names]
-            optional = {n: tensors[f"{field}.{n}"] for n in extra}
-            fields[field] = _CLASSES[name](*parts, bool(facts.get("normalize", False)), **optional)
+            means = parts.pop() if spec.token_means else None
+            fields[field] = _CLASSES[name](*parts, bool(facts.get("normalize", False)), means)
         if spec.token_means and TOKEN_IDS not in tensors:
             raise MicebenchError(f"corrupt store codebooks {path}: no {TOKEN_IDS}")
         return cls(spec, fields, dict(entry.get("training", {})), tensors.get(TOKEN_IDS))
@@ -635,38 +597,18 @@ def token_means(x: torch.Tensor, rows: torch.Tensor, count: int) -> torch.Tensor
     return means.to(torch.float16).float()
 
 
-def reader_metric(readers: torch.Tensor) -> torch.Tensor:
-    """T = (A^T A)^(1/2) of the (rows, d) stacked linear maps A a field is read through, scaled so that its
-    square has trace d (the scale does not change what PQ learns), with a ridge of 1e-4 of the mean eigenvalue so
-    that T is invertible even if A is not."""
-    a = readers.detach().double().cpu()
-    metric = a.T @ a
-    metric = metric * (metric.shape[0] / torch.trace(metric))
-    values, vectors = torch.linalg.eigh(metric + 1e-4 * torch.eye(metric.shape[0], dtype=torch.float64))
-    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
-
-
 def train_codec(
     spec: CodecSpec,
     samples: dict[str, torch.Tensor],
     tokens: int,
     docs: int,
     token_ids: torch.Tensor | None = None,
-    readers: dict[str, torch.Tensor] | None = None,
 ) -> StoreCodec:
     """Train one codec per field on its (n, dim) sample vectors (at most `MAX_TRAIN_VECTORS`, a seeded subset);
     `tokens` is the projected size of the whole store (ColBERTv2's rule for the number of centroids). With
     `token_means`, `token_ids` (n,) are the sample vectors' token ids: the means table is computed from the whole
-    sample, and the codebooks are trained on what the means leave. With `weighted`, `readers` holds each field's
-    stacked reading maps (the ranker's `store_readers`)."""
+    sample, and the codebooks are trained on what the means leave."""
     check_trainable(spec, {f: int(x.shape[1]) for f, x in samples.items()}, min(len(x) for x in samples.values()))
-    if spec.weighted:
-        unread = [f for f in samples if readers is None or f not in readers]
-        if unread:
-            raise MicebenchError(
-                f"--weighted needs the linear maps the model reads {unread[0]} through, which this ranker does not "
-                "give (MICE states do)"
-            )
     vocabulary = rows = None
     if spec.token_means:
         if token_ids is None:
@@ -692,8 +634,7 @@ def train_codec(
         used = len(data)
         if spec.name == "pq":
             M = spec.pq_bytes or default_pq_bytes(data.shape[1])
-            weight = reader_metric(readers[field]) if spec.weighted and readers else None
-            fields[field] = PQCodec.train(data, M, spec.seed, normalize, means, weight)
+            fields[field] = PQCodec.train(data, M, spec.seed, normalize, means)
         else:
             K = spec.centroids or default_centroids(tokens, len(data))
             K = min(K, len(data))
@@ -716,7 +657,6 @@ def train_codec(
         spec.train_docs,
         spec.seed,
         spec.token_means,
-        spec.weighted,
     )
     return StoreCodec(resolved, fields, training, vocabulary)
 

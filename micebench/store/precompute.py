@@ -330,8 +330,7 @@ def _codec(
     lengths, packed = encode_chunk(ranker, mode, fields, texts, token_ids=bool(spec.token_means))
     tokens = sum(lengths) / len(lengths) * plan.count
     token_ids = packed.pop(TOKEN_IDS, None)
-    readers = getattr(ranker, "store_readers", lambda mode: {})(mode) if spec.weighted else None
-    trained = train_codec(spec, packed, int(tokens), len(texts), token_ids, readers)
+    trained = train_codec(spec, packed, int(tokens), len(texts), token_ids)
     return trained, True
 
 

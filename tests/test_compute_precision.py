@@ -212,3 +212,55 @@ def test_onnx_runtime_missing_is_one_line(monkeypatch, spread_ce):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(MicebenchError, match=r"^--dtype onnx-fp32/onnx-int8 needs ONNX Runtime: pip install"):
         _load("ce", spread_ce, "onnx-int8")
+
+
+# -- SmoothQuant's migration before ONNX Runtime int8 ----------------------------------------------------------
+def _pairs(checkpoint: str) -> dict:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    return dict(tokenizer([QUERY] * 6, varied_docs(6), padding=True, truncation=True, return_tensors="pt"))
+
+
+def test_smoothed_copy_scores_like_the_unmodified_model(spread_ce):
+    from transformers import AutoModelForSequenceClassification
+
+    from micebench.models.smoothing import SmoothedLinear, smoothed_copy
+
+    model = AutoModelForSequenceClassification.from_pretrained(spread_ce).eval()
+    batch = _pairs(spread_ce)
+    smoothed = smoothed_copy(model, batch)
+    with torch.no_grad():
+        expected, got = model(**batch).logits, smoothed(**batch).logits
+    torch.testing.assert_close(got, expected, atol=1e-5 * float(expected.abs().max()), rtol=0)
+    wrapped = [name for name, m in smoothed.named_modules() if isinstance(m, SmoothedLinear)]
+    # every token-level Linear of the encoder (2 layers x 6), not the pooler or the classifier (one vector each)
+    assert len(wrapped) == 2 * LINEAR_PER_LAYER and all(".encoder." in name for name in wrapped)
+    assert not any(isinstance(m, SmoothedLinear) for m in model.modules())  # the model itself is left as it was
+
+
+def test_smoothing_at_alpha_one_half_balances_activation_and_weight_ranges(spread_ce):
+    """SmoothQuant's definition: with alpha 0.5 each input channel's largest |activation| after the division equals
+    its largest |weight| after the multiplication (both sqrt(max|x_j| max|W_:,j|))."""
+    from transformers import AutoModelForSequenceClassification
+
+    from micebench.models.smoothing import SmoothedLinear, smoothed_copy
+
+    model = AutoModelForSequenceClassification.from_pretrained(spread_ce).eval()
+    batch = _pairs(spread_ce)
+    smoothed = smoothed_copy(model, batch, alpha=0.5)
+    seen = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, inputs, out, n=n: seen.__setitem__(n, inputs[0].abs().amax(dim=(0, 1))))
+        for n, m in smoothed.named_modules()
+        if isinstance(m, SmoothedLinear)
+    ]
+    with torch.no_grad():
+        smoothed(**batch)
+    for handle in hooks:
+        handle.remove()
+    for name, module in smoothed.named_modules():
+        if isinstance(module, SmoothedLinear):
+            activation = seen[name] * module.inverse
+            weight = module.linear.weight.abs().amax(dim=0)
+            torch.testing.assert_close(activation, weight, rtol=1e-4, atol=0)

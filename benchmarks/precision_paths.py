@@ -267,6 +267,8 @@ def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str
         for label, (family, checkpoint, extra) in models.items():
             fp32_scores, fp32_ndcg, fp32_per_query = None, None, None
             for path in quality_paths(family):
+                if args.paths and path not in ("fp32", *args.paths.split(",")):
+                    continue
                 ranker = load_ranker(family, checkpoint=checkpoint, device="cpu", dtype=path, **extra)
                 start = time.perf_counter()
                 scores = ranker.score_candidates(frame)
@@ -318,6 +320,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=20, help="quality part: BM25 candidates re-ranked")
     parser.add_argument("--scifact-queries", type=int, default=0, help="quality part: the first N (0: every judged)")
     parser.add_argument("--quality-sets", default="trec-dl-2019-passage,scifact")
+    parser.add_argument("--paths", default=None, help="quality part: only these paths beside fp32 (e.g. onnx-int8)")
     parser.add_argument("--output", default="benchmarks/results")
     parser.add_argument("--no-dense", dest="dense", action="store_false", help="quality part: leave out the dense rows")
     args = parser.parse_args()

@@ -16,8 +16,7 @@ ONNX_PRECISIONS = ("onnx-fp32", "onnx-int8")
 #: what an onnx-int8 run does, as manifests record it
 ONNX_INT8_METHOD = (
     "ONNX Runtime quantize_dynamic: MatMul weights int8 per output channel, activations uint8 quantised at run "
-    "time, after SmoothQuant's migration (alpha 0.7, activation ranges of the export's example pairs); the head "
-    "(Gemm) and embeddings stay fp32"
+    "time; the head (Gemm) and embeddings stay fp32"
 )
 
 
@@ -43,10 +42,6 @@ class OnnxClassifier:
         import torch
 
         self._torch = torch
-        if precision == "onnx-int8":  # a smoothed copy: activation outliers migrate into the weights (smoothing.py)
-            from micebench.models.smoothing import smoothed_copy
-
-            model = smoothed_copy(model, {name: example[name] for name in example})
         self._folder = tempfile.TemporaryDirectory(prefix="micebench-onnx-")
         path = f"{self._folder.name}/model.onnx"
         signature = list(inspect.signature(model.forward).parameters)

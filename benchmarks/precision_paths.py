@@ -240,9 +240,9 @@ def quality_paths(family: str) -> tuple[str, ...]:
 def quality(args: argparse.Namespace, models: dict[str, tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Part 3: nDCG@10 of each path (and its largest score difference from fp32) with trained checkpoints."""
     from micebench import evaluate, load_dataset, load_ranker
-    from micebench.evaluation.paired import paired_difference
     from micebench.firststage.candidates import first_stage
     from micebench.frames import candidates_frame, frame_to_run
+    from micebench.report.significance import paired_difference
 
     results = []
     for name in args.quality_sets.split(","):

@@ -38,9 +38,9 @@ import torch
 from micebench import load_dataset, load_ranker
 from micebench.data.trec import ranked
 from micebench.evaluation import evaluate
-from micebench.evaluation.paired import paired_difference
 from micebench.firststage.candidates import first_stage
 from micebench.frames import candidates_frame, frame_to_run
+from micebench.report.significance import paired_difference
 from micebench.store.codecs import codec_spec
 from micebench.store.manifest import read_manifest
 from micebench.store.precompute import precompute

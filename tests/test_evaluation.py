@@ -8,7 +8,6 @@ import pytest
 
 from micebench.data import load_dataset
 from micebench.evaluation import evaluate
-from micebench.evaluation.paired import paired_difference
 
 QRELS = {"q1": {"a": 3, "b": 1, "c": 0, "z": 2}, "q2": {"x": 1}, "q3": {"y": 1}}
 RUN = {"q1": {"c": 0.9, "a": 0.8, "b": 0.7, "d": 0.6}, "q2": {"w": 2.0, "v": 1.0, "x": 0.5}}
@@ -67,21 +66,3 @@ def test_bundled_runs_reproduce_published_ndcg(data_dir, collection, run_name):
     value = evaluate(dataset.qrels(), dataset.candidates(run_name), ["nDCG@10"], dataset.relevance_level)
     assert round(value.means["nDCG@10"], 4) == REFERENCE[collection][run_name]
     assert value.num_queries == {"trec-dl-2019-passage": 43, "trec-dl-2020-passage": 54}[collection]
-
-
-def test_paired_difference_matches_hand_computed_t_interval():
-    # differences 1, 2, 3, 4 points: mean 2.5, sd sqrt(5/3), t(0.975, 3) = 3.182446, t = 2.5 / (sd / 2) = 3.872983,
-    # two-sided p = 1 - 2 (atan(x) + x / (1 + x^2)) / pi with x = t / sqrt(3) (3 degrees of freedom) = 0.030466
-    reference = {"a": 0.50, "b": 0.40, "c": 0.30, "d": 0.20}
-    mine = {"a": 0.51, "b": 0.42, "c": 0.33, "d": 0.24}
-    got = paired_difference(mine, reference)
-    assert got.queries == 4
-    assert got.mean == pytest.approx(2.5)
-    assert got.ci95 == pytest.approx(3.182446 * (5 / 3) ** 0.5 / 2, rel=1e-6)
-    assert got.p == pytest.approx(0.030466, abs=1e-6)
-
-
-def test_paired_difference_counts_a_missing_query_as_zero_and_handles_no_spread():
-    assert paired_difference({}, {"q": 0.5}).mean == pytest.approx(-50.0)
-    same = paired_difference({"a": 0.3, "b": 0.7}, {"a": 0.3, "b": 0.7})
-    assert (same.mean, same.ci95, same.p) == (0.0, 0.0, 1.0)

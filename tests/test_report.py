@@ -17,7 +17,7 @@ from micebench.evaluation.measures import Evaluation
 from micebench.report.build import FORMATS, Report, plan_reports, write_report
 from micebench.report.collect import collect, collect_groups, load_results
 from micebench.report.discover import find_groups, group_folder, group_slug
-from micebench.report.significance import correct
+from micebench.report.significance import correct, paired_difference
 from micebench.report.tables import DOWN, UP, _latex_escape, effectiveness_table, md_escape, to_latex, to_markdown
 from micebench.results import result_dir, write_result
 from tests.test_cli import cli
@@ -679,3 +679,21 @@ def test_a_store_manifest_that_is_json_but_not_an_object_is_one_line(tmp_path):
     (tmp_path / "manifest.json").write_text('"complete"')
     with pytest.raises(MicebenchError, match="not a JSON object"):
         read_manifest(tmp_path)
+
+
+def test_paired_difference_matches_hand_computed_t_interval():
+    # differences 1, 2, 3, 4 points: mean 2.5, sd sqrt(5/3), t(0.975, 3) = 3.182446, t = 2.5 / (sd / 2) = 3.872983,
+    # two-sided p = 1 - 2 (atan(x) + x / (1 + x^2)) / pi with x = t / sqrt(3) (3 degrees of freedom) = 0.030466
+    reference = {"a": 0.50, "b": 0.40, "c": 0.30, "d": 0.20}
+    mine = {"a": 0.51, "b": 0.42, "c": 0.33, "d": 0.24}
+    got = paired_difference(mine, reference)
+    assert got.queries == 4
+    assert got.mean == pytest.approx(2.5)
+    assert got.ci95 == pytest.approx(3.182446 * (5 / 3) ** 0.5 / 2, rel=1e-6)
+    assert got.p == pytest.approx(0.030466, abs=1e-6)
+
+
+def test_paired_difference_counts_a_missing_query_as_zero_and_handles_no_spread():
+    assert paired_difference({}, {"q": 0.5}).mean == pytest.approx(-50.0)
+    same = paired_difference({"a": 0.3, "b": 0.7}, {"a": 0.3, "b": 0.7})
+    assert (same.mean, same.ci95, same.p) == (0.0, 0.0, 1.0)

@@ -132,16 +132,17 @@ def main() -> None:
         frame = candidates_frame(dataset, first_stage(dataset, str(run_file), args.top_k), with_text=False)
         encoder = CachedEncoder(ranker)
         stores: dict[str, Path] = {}
-        for label, (dtype, options) in _seeded(_codecs(args, ranker, mode), args.codebook_seeds).items():
+        for label, (family, dtype, options) in _seeded(_codecs(args, ranker, mode), args.codebook_seeds).items():
             spec = codec_spec(dtype, **options, train_docs=args.train_docs if dtype in ("pq", "residual") else None)
-            folder = work / f"{dataset.name.replace('/', '_')}-{label.replace('/', '-')}"
+            folder = work / f"{dataset.name.replace('/', '_')}-{label}"
             start = time.perf_counter()
             precompute(
                 encoder, dataset, folder, mode, dtype, overwrite=True, first_stage=str(run_file), top_k=args.top_k,
                 codec=spec,
             )  # fmt: skip
             stores[label] = folder
-            rows.append({"dataset": dataset.name, "codec": label, "build_s": time.perf_counter() - start})
+            row = {"dataset": dataset.name, "codec": label, "family": family, "build_s": time.perf_counter() - start}
+            rows.append(row)
         encoder.cache.clear()
         timings: dict[str, list[float]] = {label: [] for label in stores}
         scores: dict[str, float] = {}
@@ -270,16 +271,17 @@ def _codecs(args: argparse.Namespace, ranker: Any, mode: str) -> dict[str, tuple
     return {label: codec for label, codec in every.items() if label in wanted}
 
 
-def _seeded(codecs: dict[str, tuple[str, dict[str, Any]]], seeds: str) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Each trained codec once per codebook seed (`label` for the first seed, `label/s<seed>` for the others)."""
+def _seeded(codecs: dict[str, tuple[str, dict[str, Any]]], seeds: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """Each trained codec once per codebook seed, as label -> (the codec's own label, dtype, options): `label` for
+    the first seed, `label@s<seed>` for the others."""
     out = {}
     first, *others = [int(s) for s in seeds.split(",")]
     for label, (dtype, options) in codecs.items():
         if dtype not in ("pq", "residual"):
-            out[label] = (dtype, options)
+            out[label] = (label, dtype, options)
             continue
-        out[label] = (dtype, {**options, "seed": first})
-        out |= {f"{label}/s{seed}": (dtype, {**options, "seed": seed}) for seed in others}
+        out[label] = (label, dtype, {**options, "seed": first})
+        out |= {f"{label}@s{seed}": (label, dtype, {**options, "seed": seed}) for seed in others}
     return out
 
 
@@ -287,7 +289,7 @@ def _over_seeds(rows: list[dict[str, Any]]) -> None:
     """Per codec and set, the difference from fp16 averaged over its codebook seeds, with its range."""
     groups: dict[tuple[str, str], list[float]] = {}
     for r in rows:
-        groups.setdefault((r["codec"].split("/s")[0], r["dataset"]), []).append(r["delta"])
+        groups.setdefault((r["family"], r["dataset"]), []).append(r["delta"])
     if all(len(v) == 1 for v in groups.values()):
         return
     print("\nnDCG@10 vs fp16, mean over codebook seeds [lowest, highest]:")

@@ -398,3 +398,44 @@ def test_other_students_train_and_reload(tmp_path, request, collection, model, e
     reloaded = load_ranker(model, checkpoint=str(best), device="cpu", **options)
     docs = ["goldfish tank water", "wifi radio"]
     np.testing.assert_allclose(reloaded.score("goldfish", docs), student.score("goldfish", docs), atol=1e-5)
+
+
+def test_fingerprints_of_older_runs_still_match():
+    """Hashes of the code before `train --dtype` existed: a run started then still resumes."""
+    assert TrainConfig(model="ce", init="minilm-l6", train="scifact").fingerprint() == "f261177f896f82c0"
+    new_recipe = TrainConfig(
+        model="mice-l2+2", init="minilm-l6", train="scifact", holdout=50, teacher_norm="margin-rms"
+    )
+    assert new_recipe.fingerprint() == "7bb3e224d359a4d3"
+    assert replace(new_recipe, dtype="bf16").fingerprint() != new_recipe.fingerprint()
+
+
+def test_bf16_training_on_cpu_autocasts_the_forward_and_records_it(tmp_path, tiny_bert_ce, collection):
+    """`--dtype bf16` runs the forward under bf16 autocast (scores move by bf16 rounding, about 3 significant
+    digits, and no more) while the weights stay fp32; the checkpoint and its card say how it was trained."""
+    training = _training(collection)
+    fp32 = _config(tmp_path / "a", tiny_bert_ce, collection)
+    bf16 = _config(tmp_path / "b", tiny_bert_ce, collection, dtype="bf16")
+    student = load_student(fp32)
+    student.trainable_module().eval()
+    triples = training.triples[:8]
+    with torch.no_grad():
+        exact = Trainer(fp32, student, training).loss_on(triples).item()
+        rounded = Trainer(bf16, student, training).loss_on(triples).item()
+    assert rounded != exact and math.isclose(rounded, exact, rel_tol=5e-2)
+    trainer = Trainer(bf16, load_student(bf16), training)
+    trainer.run()
+    assert all(p.dtype == torch.float32 for p in trainer.module.parameters())
+    meta = json.loads((tmp_path / "b" / "run" / "best" / "micebench_training.json").read_text())
+    assert meta["compute"] == "bf16 autocast" and meta["config"]["dtype"] == "bf16"
+    assert "| compute | bf16 autocast |" in (tmp_path / "b" / "run" / "best" / "README.md").read_text()
+    assert Trainer(fp32, student, training).compute == "fp32"  # auto is fp32 off CUDA, as before
+
+
+def test_an_unknown_training_dtype_is_one_line(tmp_path, tiny_bert_ce, collection, capsys):
+    code, _, err = cli(
+        capsys, "train", "--model", "ce", "--init", tiny_bert_ce, "--train", str(collection), "--loss", "bce",
+        "--steps", "2", "--device", "cpu", "--dtype", "fp16", "-o", str(tmp_path / "x"),
+    )  # fmt: skip
+    assert code == 2 and "unknown --dtype 'fp16' for training (use auto, fp32, bf16)" in err
+    assert not (tmp_path / "x").exists()

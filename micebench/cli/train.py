@@ -12,9 +12,9 @@ from micebench.cli.flags import with_ranker_flags
 from micebench.rankers.options import TRAINABLE
 
 #: declared options `train` does not offer: its own flags set them (--init is the checkpoint, --batch-size counts
-#: triples, --max-length, --schedule and the MICE shape are recorded in the recipe), the student is untrained by
-#: definition, trains in fp32 (bf16 autocast on CUDA) and reads no document store; its scoring batch (validation
-#: only) keeps the family's default
+#: triples, --max-length, --schedule and the MICE shape are recorded in the recipe, --dtype is the training
+#: forward's precision), the student is untrained by definition and reads no document store; its scoring batch
+#: (validation only) keeps the family's default
 TRAIN_LEAVES_OUT = (
     "checkpoint", "device", "dtype", "batch_size", "max_length", "schedule", "merge_layer", "top_layers",
     "precomputed", "untrained",
@@ -95,6 +95,13 @@ def train(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="auto | fp32 | bf16: the training forward's precision (bf16 autocast, fp32 master weights; auto: "
+            "bf16 on CUDA, fp32 elsewhere). Validation scores in fp32."
+        ),
+    ] = "auto",
     deterministic: DeterministicOption = False,
     data_dir: DataDirOption = None,
     model_options: dict[str, Any] | None = None,
@@ -133,6 +140,7 @@ def train(
         teacher_norm=teacher_norm,
         output=output,
         device=device,
+        dtype=dtype,
         extra=dict(model_options or {}),
     )
     import time

@@ -57,7 +57,7 @@ class TrainConfig:
     every: int = 1000
     output: str = "checkpoints/run"
     device: str = "auto"
-    bf16: bool = True
+    dtype: str = "auto"  # the training forward's precision: auto (bf16 autocast on CUDA, else fp32), fp32, bf16
     extra: dict[str, Any] = field(default_factory=dict)
     holdout: int = 0  # training queries held out (a fixed seeded split) to validate on instead of --validate
     patience: int = 0  # stop after this many validations without improvement (0: train to --steps)
@@ -65,12 +65,13 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         # options added after the first release are hashed only when set, so older runs still resume
-        later = {"holdout": 0, "patience": 0, "teacher_norm": "none"}
+        later = {"holdout": 0, "patience": 0, "teacher_norm": "none", "dtype": "auto"}
         keep = {
             k: v
             for k, v in asdict(self).items()
             if k not in ("output", "device", "every", "patience") and not (k in later and later[k] == v)
         }
+        keep["bf16"] = True  # the field `dtype` replaced (always true then): hashed as before so older runs resume
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -121,6 +122,9 @@ class Trainer:
             raise MicebenchError("--group-size above 2 needs --loss listwise (margin-mse and bce use triples)")
         if config.teacher_norm not in TEACHER_NORMS:
             raise MicebenchError(f"unknown --teacher-norm {config.teacher_norm!r} (use {', '.join(TEACHER_NORMS)})")
+        #: the device type whose bf16 autocast wraps the training forward (None: fp32)
+        self.autocast = autocast_device(config.dtype, student.device)
+        self.compute = "bf16 autocast" if self.autocast else "fp32"
         margins = teacher_margins(training)
         check_teacher_scores(training, margins)
         self.config, self.student, self.training, self.validator = config, student, training, validator
@@ -140,7 +144,6 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.best: float | None = None
-        self.autocast = config.bf16 and torch.device(student.device).type == "cuda"
         #: teacher scores are divided by this before the loss (1 unless --teacher-norm margin-rms)
         self.teacher_scale = 1.0
         if config.teacher_norm == "margin-rms" and margins.size:
@@ -192,7 +195,7 @@ class Trainer:
 
     # -- one step -----------------------------------------------------------------------------------------------
     def _scores(self, queries: list[str], docs: list[str]) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.autocast or "cpu", dtype=torch.bfloat16, enabled=self.autocast is not None):
             return self.student.score_pairs(queries, docs).float()
 
     def loss_on(self, triples: list[Any], keys: Any = None) -> torch.Tensor:
@@ -350,6 +353,7 @@ class Trainer:
             "training_set": self.training.source,
             "triples": len(self.training.triples),
             "teacher_scale": self.teacher_scale,
+            "compute": self.compute,
             "learned": self.health,
         }
         tmp = self.output / f".best.tmp-{os.getpid()}"
@@ -375,6 +379,7 @@ class Trainer:
             training_set=self.training.source,
             triples=len(self.training.triples),
             learned=self.health,
+            compute=self.compute,
         )
         write_model_card(folder, asdict(self.config), facts, self.output.resolve().name)
 
@@ -418,6 +423,35 @@ class Trainer:
 #: --teacher-norm: "none" keeps the teacher's scores; "margin-rms" divides them by the root mean square of the
 #: training set's teacher margins, so the margins the student must reach have unit size whatever the teacher
 TEACHER_NORMS = ("none", "margin-rms")
+#: `train --dtype`: auto (bf16 autocast on CUDA, fp32 elsewhere: the default since the first release), fp32, bf16
+TRAIN_DTYPES = ("auto", "fp32", "bf16")
+
+
+def autocast_device(dtype: str, device: Any) -> str | None:
+    """The device type whose bf16 autocast wraps the training forward for `--dtype` on `device`, or None (fp32).
+
+    Master weights, optimiser state and the loss stay fp32 (autocast), as in mixed-precision GPU training. bf16 on
+    a CPU without bf16 arithmetic is allowed (torch emulates it) with a warning: it is slower than fp32 there.
+    """
+    if dtype not in TRAIN_DTYPES:
+        raise MicebenchError(f"unknown --dtype {dtype!r} for training (use {', '.join(TRAIN_DTYPES)})")
+    kind = torch.device(device).type
+    if dtype == "fp32" or (dtype == "auto" and kind != "cuda"):
+        return None
+    if kind not in ("cuda", "cpu"):
+        raise MicebenchError(f"--dtype bf16 trains on cuda or cpu, not {kind} (use --dtype fp32)")
+    if kind == "cpu":
+        from micebench.models.precision import cpu_bf16_native
+
+        if not cpu_bf16_native():
+            import sys
+
+            print(
+                "warning: this CPU has no bf16 arithmetic: bf16 training is emulated, slower than --dtype fp32",
+                file=sys.stderr,
+                flush=True,
+            )
+    return kind
 
 
 def teacher_margins(training: TrainingSet) -> np.ndarray:

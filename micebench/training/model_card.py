@@ -34,6 +34,7 @@ class CardFacts:
     training_set: str  # where the triples came from
     triples: int
     learned: dict[str, Any] | None = None  # training.health's verdict once the run has ended (None: still running)
+    compute: str = "fp32"  # the training forward's precision as run ("fp32" or "bf16 autocast")
 
 
 def _base_model(init: str) -> str | None:
@@ -118,6 +119,7 @@ def card_text(train: dict[str, Any], facts: CardFacts, checkpoint_config: dict[s
         ("batch", f"{train['batch_size']} triples x {train['grad_accumulation']} accumulation"),
         ("learning rate", f"{train['lr']:g} (AdamW, {train['warmup']} warm-up steps, linear decay)"),
         ("seed", str(train["seed"])),
+        ("compute", facts.compute),
     ]
     lines = [
         f"---\n{header}---",

@@ -90,7 +90,36 @@ def test_mini_students_share_one_recipe_and_one_teacher_score_file(paper_mini):
         "adi",
     }
     stored = {r["name"]: r.get("precomputed") for r in data["rankers"]}
-    assert stored["mice-l2+2"] == "ck/stores/mice-l2+2/{dataset}" and stored["mice-l2+2-texts"] is None
+    assert stored["mice-l2+2"] == "ck/stores/mice-l2+2/{dataset}"
+    assert not any(name.endswith("-texts") for name in stored)  # a store scores as the texts do: no duplicate rows
+
+
+def test_more_seeds_train_every_student_on_the_new_seeds_and_link_seed_12(paper_mini):
+    """`--seeds 3`: every default student on seeds 13 and 14 by the table's recipe, one resumable training per seed;
+    seed 12 (the table's model and its results on every set) is linked, not trained or scored again."""
+    base = _plan(paper_mini)
+    plan = _plan(paper_mini, "--seeds", "3")
+    assert [s.argv for s in plan.steps[: len(base.steps) - 1]] == [s.argv for s in base.steps[:-1]]
+    students = [s.argv for s in base.steps if s.argv[1] == "train"][1:]
+    extra = [s for s in plan.steps if s.name.startswith("seed 1")]
+    assert len(extra) == 2 * len(students) == 8
+    for step in extra:
+        table = next(a for a in students if _option(a, "--model") == _option(step.argv, "--model"))
+        seed = _option(step.argv, "--seed")
+        name = Path(_option(table, "-o")).name
+        assert _option(step.argv, "-o") == str(Path("ck/seeds") / name / f"seed-{seed}")
+        assert _option(step.argv, "--teacher-scores") == str(Path("ck/students/ce/teacher_scores.tsv"))
+        for flag in ("--init", "--steps", "--lr", "--warmup", "--batch-size", "--holdout", "--patience"):
+            assert _option(step.argv, flag) == _option(table, flag)
+    assert sorted({_option(s.argv, "--seed") for s in extra}) == ["13", "14"]
+    assert plan.links[Path("ck/seeds/mice-l2+2/seed-12")] == Path("ck/students/mice-l2+2")
+    assert plan.links[Path("res-seeds/cisi/colbert/seed-12")] == Path("res/cisi/colbert")
+    data = tomllib.loads(plan.configs[Path("res/seeds.toml")])
+    assert data["seeds"] == [12, 13, 14] and len(data["datasets"]["out_of_domain"]) == 8
+    assert {r["checkpoint"] for r in data["rankers"]} == {
+        f"ck/seeds/{name}/seed-{{seed}}/best" for name in ("ce", "mask2", "mice-l2+2", "colbert")
+    }
+    assert plan.steps[-1].argv[1:] == ["report", "--results", "res-seeds", "--std", "--baseline", "ce"]
 
 
 def test_a_finished_step_is_skipped(paper_mini, tmp_path, capsys):

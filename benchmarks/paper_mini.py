@@ -296,6 +296,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         r = replace(r, **smoke_scale(args.smoke_base))
     mb = [args.micebench]
     ck, res = Path(args.checkpoints), Path(args.results)
+    train_dtype = [] if args.train_dtype == "auto" else ["--dtype", args.train_dtype]  # every training alike
     plan = Plan()
     common = [
         "--loss",
@@ -314,6 +315,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         str(r.every),
         "--device",
         args.device,
+        *train_dtype,
     ]
     data = ["--train", r.train] + (["--split", r.split] if r.split else [])
     if r.validate:
@@ -376,6 +378,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 "200",
                 "--device",
                 args.device,
+                *train_dtype,
                 "--seed",
                 "12",
                 "-o",
@@ -704,6 +707,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 str(r.every),
                 "--device",
                 args.device,
+                *train_dtype,
                 "--max-length",
                 str(r.max_length),
             ]
@@ -937,6 +941,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("DTYPE", "fp32"),
         choices=["fp32", "bf16", "fp16"],
         help="--full: evaluation and latency dtype (fp32: the paper's; training uses bf16 autocast on CUDA)",
+    )
+    parser.add_argument(
+        "--train-dtype",
+        default=os.environ.get("TRAIN_DTYPE", "auto"),
+        choices=["auto", "fp32", "bf16"],
+        help="every training's train --dtype (auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 on a CPU with bf16 "
+        "arithmetic trains 1.5-1.7x faster)",
     )
     parser.add_argument(
         "--teacher-file",

@@ -303,3 +303,9 @@ def test_the_smoke_fails_when_a_store_scores_otherwise_than_the_texts(paper_mini
             (folder / "metrics.json").write_text(json.dumps({"measures": {"nDCG@10": value}}))
     plan = paper_mini.Plan(check_report=["mice-l4+3"], same_scores=[(stored, texts)])
     assert paper_mini.check_report(plan, tmp_path / "report") == code
+
+
+def test_every_training_takes_the_same_train_dtype(paper_mini):
+    trains = [s.argv for s in _plan(paper_mini, "--train-dtype", "bf16", "--seeds", "2").steps if s.argv[1] == "train"]
+    assert len(trains) == 1 + 4 + 4 and {_option(a, "--dtype") for a in trains} == {"bf16"}
+    assert not any("--dtype" in s.argv for s in _plan(paper_mini).steps if s.argv[1] == "train")  # auto: as before

@@ -327,6 +327,24 @@ def build_plan(args: argparse.Namespace) -> Plan:
     if r.teacher_norm != "none":
         common += ["--teacher-norm", r.teacher_norm]
 
+    def student_argv(fam: Family, teacher: list[str], seeds_flags: list[str], output: Path) -> list[str]:
+        """`micebench train` of one student by the table's recipe (the table's, --seeds' and every seed alike)."""
+        length = [] if fam.train_model == "colbert" else ["--max-length", str(r.max_length)]
+        model = ["--model", fam.train_model, *fam.train_flags, "--init", r.base]
+        return mb + ["train", *model, *data, *teacher, *common, *length, *seeds_flags, "-o", str(output)]
+
+    def student_entry(fam: Family, name: str, checkpoint: str) -> dict[str, object]:
+        """A student's `[[rankers]]` entry in an experiment file (ColBERT keeps its own lengths)."""
+        entry: dict[str, object] = {
+            "name": name,
+            "model": fam.run_model,
+            "checkpoint": checkpoint,
+            "backbone": "trained",
+        }
+        if fam.train_model != "colbert":
+            entry["max_length"] = r.max_length
+        return entry
+
     from micebench.results import slug
 
     in_domain = r.in_domain[0]  # the extras are evaluated in domain only
@@ -403,28 +421,9 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 )
         else:
             teacher = ["--teacher-scores", scores_file]
-        length = [] if fam.train_model == "colbert" else ["--max-length", str(r.max_length)]
         plan.train(
             f"student {fam.name}: train from {r.base} ({r.steps} steps)",
-            mb
-            + [
-                "train",
-                "--model",
-                fam.train_model,
-                *fam.train_flags,
-                "--init",
-                r.base,
-                *data,
-                *teacher,
-                *common,
-                *length,
-                "--seed",
-                "12",
-                "--seeds",
-                str(r.seeds),
-                "-o",
-                str(out),
-            ],
+            student_argv(fam, teacher, ["--seed", "12", "--seeds", str(r.seeds)], out),
             output=out,
             steps=r.steps,
             seeds=seeds if r.seeds > 1 else None,
@@ -491,16 +490,9 @@ def build_plan(args: argparse.Namespace) -> Plan:
             }
         )
     for fam in students:
-        entry: dict[str, object] = {
-            "name": fam.name,
-            "model": fam.run_model,
-            "checkpoint": str(ck / "students" / fam.name) + "/" + seed_part + "best",
-            "backbone": "trained",
-        }
+        entry = student_entry(fam, fam.name, str(ck / "students" / fam.name) + "/" + seed_part + "best")
         if fam.store_model and not r.efficiency_queries:
             entry["precomputed"] = str(ck / "stores" / fam.name) + "/" + seed_part + "{dataset}"
-        if fam.train_model != "colbert":
-            entry["max_length"] = r.max_length
         rankers.append(entry)  # a store scores as the texts do (checked by the tests and by --full --smoke)
     config = res / f"paper-{size}.toml"
     device = {"device": args.device, "dtype": args.dtype} if size == "full" else None
@@ -533,14 +525,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
         rows: list[tuple[str, str]] = []
         for fam in students:
             if fam.store_model or fam.name == "ce":
-                entry = {
-                    "name": fam.name if fam.store_model == "" else f"{fam.name}-texts",
-                    "model": fam.run_model,
-                    "checkpoint": str(ck / "students" / fam.name) + "/" + first + "best",
-                    "backbone": "trained",
-                }
-                if fam.train_model != "colbert":
-                    entry["max_length"] = r.max_length
+                name = fam.name if fam.store_model == "" else f"{fam.name}-texts"
+                entry = student_entry(fam, name, str(ck / "students" / fam.name) + "/" + first + "best")
                 timed_rankers.append(entry)
                 rows.append((fam.name, "none"))
             if fam.store_model:
@@ -615,39 +601,14 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 plan.links[seeds_res / slug(dataset) / slug(fam.name) / "seed-12"] = (
                     res / slug(dataset) / slug(fam.name)
                 )
-            length = [] if fam.train_model == "colbert" else ["--max-length", str(r.max_length)]
             for seed in more:  # one training per seed: each resumes on its own
                 plan.train(
                     f"seed {seed} {fam.name}: train from {r.base} ({r.steps} steps)",
-                    mb
-                    + [
-                        "train",
-                        "--model",
-                        fam.train_model,
-                        *fam.train_flags,
-                        "--init",
-                        r.base,
-                        *data,
-                        "--teacher-scores",
-                        scores_file,
-                        *common,
-                        *length,
-                        "--seed",
-                        str(seed),
-                        "-o",
-                        str(out / f"seed-{seed}"),
-                    ],
+                    student_argv(fam, ["--teacher-scores", scores_file], ["--seed", str(seed)], out / f"seed-{seed}"),
                     output=out / f"seed-{seed}",
                     steps=r.steps,
                 )
-            entry: dict[str, object] = {
-                "name": fam.name,
-                "model": fam.run_model,
-                "checkpoint": str(out) + "/seed-{seed}/best",
-                "backbone": "trained",
-            }
-            if fam.train_model != "colbert":
-                entry["max_length"] = r.max_length
+            entry = student_entry(fam, fam.name, str(out) + "/seed-{seed}/best")
             seed_rankers.append(entry)
         seeds_config = res / "seeds.toml"
         plan.configs[seeds_config] = experiment_toml(

@@ -120,8 +120,7 @@ class Trainer:
             )
         if config.group_size > 2 and config.loss != "listwise":
             raise MicebenchError("--group-size above 2 needs --loss listwise (margin-mse and bce use triples)")
-        if config.teacher_norm not in TEACHER_NORMS:
-            raise MicebenchError(f"unknown --teacher-norm {config.teacher_norm!r} (use {', '.join(TEACHER_NORMS)})")
+        check_recipe_names(config)
         #: the device type whose bf16 autocast wraps the training forward (None: fp32)
         self.autocast = autocast_device(config.dtype, student.device)
         self.compute = "bf16 autocast" if self.autocast else "fp32"
@@ -427,14 +426,21 @@ TEACHER_NORMS = ("none", "margin-rms")
 TRAIN_DTYPES = ("auto", "fp32", "bf16")
 
 
+def check_recipe_names(config: TrainConfig) -> None:
+    """`--teacher-norm` and `--dtype` among their names, in one line naming the flag (before any work)."""
+    if config.teacher_norm not in TEACHER_NORMS:
+        raise MicebenchError(f"unknown --teacher-norm {config.teacher_norm!r} (use {', '.join(TEACHER_NORMS)})")
+    if config.dtype not in TRAIN_DTYPES:
+        raise MicebenchError(f"unknown --dtype {config.dtype!r} for training (use {', '.join(TRAIN_DTYPES)})")
+
+
 def autocast_device(dtype: str, device: Any) -> str | None:
-    """The device type whose bf16 autocast wraps the training forward for `--dtype` on `device`, or None (fp32).
+    """The device type whose bf16 autocast wraps the training forward for `--dtype` (one of TRAIN_DTYPES) on
+    `device`, or None (fp32).
 
     Master weights, optimiser state and the loss stay fp32 (autocast), as in mixed-precision GPU training. bf16 on
     a CPU without bf16 arithmetic is allowed (torch emulates it) with a warning: it is slower than fp32 there.
     """
-    if dtype not in TRAIN_DTYPES:
-        raise MicebenchError(f"unknown --dtype {dtype!r} for training (use {', '.join(TRAIN_DTYPES)})")
     kind = torch.device(device).type
     if dtype == "fp32" or (dtype == "auto" and kind != "cuda"):
         return None

@@ -235,12 +235,9 @@ def check_training_numbers(
         raise MicebenchError(
             f"--holdout and --patience must be whole numbers of at least 0 (got {config.holdout}, {config.patience})"
         )
-    from micebench.training.loop import TEACHER_NORMS, TRAIN_DTYPES
+    from micebench.training.loop import check_recipe_names
 
-    if config.teacher_norm not in TEACHER_NORMS:
-        raise MicebenchError(f"unknown --teacher-norm {config.teacher_norm!r} (use {', '.join(TEACHER_NORMS)})")
-    if config.dtype not in TRAIN_DTYPES:
-        raise MicebenchError(f"unknown --dtype {config.dtype!r} for training (use {', '.join(TRAIN_DTYPES)})")
+    check_recipe_names(config)
     if config.holdout and config.validate:
         raise MicebenchError("give --validate DATASET or --holdout N (validate on held-out training queries), not both")
     if config.patience and not (config.validate or config.holdout):
